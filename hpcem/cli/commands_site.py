@@ -1,0 +1,3 @@
+"""``hpcem site`` and ``hpcem queue``: sysadmin and job-watching commands."""
+
+COMMANDS: list = []

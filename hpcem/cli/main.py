@@ -1,0 +1,56 @@
+"""The ``hpcem`` command: a thin click layer over the library.
+
+Library code raises :class:`hpcem.errors.HpcemError`; here each error becomes one line on
+stderr and a non-zero exit code (a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from hpcem import __version__
+from hpcem.errors import HpcemError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hpcem")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """hpcem: reproducible cryo-EM single-particle processing on HPC batch systems."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register() -> None:
+    # Each command module defines its click commands; this is the only list of them.
+    from hpcem.cli import commands_site
+
+    for command in commands_site.COMMANDS:
+        cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    _register()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="hpcem", standalone_mode=False)
+    except HpcemError as exc:
+        if debug:
+            raise
+        click.echo(f"hpcem: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("hpcem: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
