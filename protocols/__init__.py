@@ -1,0 +1,1 @@
+"""Built-in hpcem protocols, one per file."""

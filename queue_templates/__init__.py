@@ -1,0 +1,1 @@
+"""Shipped Jinja2 queue templates, one per scheduler."""

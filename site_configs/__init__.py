@@ -1,0 +1,1 @@
+"""Shipped site configs (TOML), one per site."""
