@@ -1,0 +1,151 @@
+"""Low-level file handling of the store: crash-safe replacement of whole HDF5 files and
+reading them with clear errors.
+
+Every file that changes is replaced whole: it is written under a temporary name in the
+same folder (``<name>.tmp-<pid>-<rand>``), flushed, fsync'ed, renamed over the old name
+with :func:`os.replace` (atomic on POSIX filesystems) and the folder is fsync'ed. A
+reader therefore sees either the old or the new file, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+# We do our own locking (hpcem.store.locks); HDF5's own file locks fail on NFS/Lustre/GPFS.
+# Must be set before HDF5 opens a file; h5py.File(locking=False) is passed as well.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
+import h5py
+import numpy as np
+
+from hpcem.errors import CorruptStoreError, SchemaVersionError
+
+#: Version of the on-disk layout written by this code (see docs/store.md).
+SCHEMA_VERSION = 1
+
+TMP_MARK = ".tmp-"
+STR_DTYPE = h5py.string_dtype("utf-8")
+
+#: fsync files and folders on commit (survives power loss, not only process death).
+FSYNC = os.environ.get("HPCEM_STORE_FSYNC", "1") != "0"
+
+
+def tmp_name(path: Path) -> Path:
+    """A fresh temporary name next to ``path`` (same folder, so rename is atomic)."""
+    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_path(path: Path, directory: bool = False) -> None:
+    """fsync a file or a folder by path (no-op when HPCEM_STORE_FSYNC=0)."""
+    if not FSYNC:
+        return
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_h5(path: Path) -> Iterator[h5py.File]:
+    """Write a new HDF5 file that atomically replaces ``path`` when the block ends.
+
+    If the block raises, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        with h5py.File(tmp, "w", locking=False) as f:
+            yield f
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_path(path.parent, directory=True)
+
+
+def open_h5(path: Path, what: str = "store file") -> h5py.File:
+    """Open an HDF5 file read-only; CorruptStoreError naming the file if it cannot be.
+
+    FileNotFoundError passes through unchanged (callers decide what a missing file means).
+    """
+    path = Path(path)
+    try:
+        return h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if not path.exists():
+            raise FileNotFoundError(str(path)) from exc
+        size = path.stat().st_size
+        reason = str(exc).split("(")[0].strip() or exc.__class__.__name__
+        raise CorruptStoreError(
+            f"{path}: {what} is corrupt or truncated and cannot be read "
+            f"({reason}; {size} bytes); it was not modified"
+        ) from exc
+
+
+def check_header(f: h5py.File, expected_type: str | tuple[str, ...], what: str) -> str:
+    """Check ``hpcem_type`` and ``schema_version`` attributes; return the type name."""
+    path = f.filename
+    try:
+        type_name = _as_str(f.attrs["hpcem_type"])
+        version = int(f.attrs["schema_version"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptStoreError(
+            f"{path}: {what} lacks its hpcem_type/schema_version attributes; "
+            "it is not an hpcem store file or is damaged"
+        ) from exc
+    if version > SCHEMA_VERSION or version < 1:
+        raise SchemaVersionError(
+            f"{path}: {what} has schema_version {version}, this hpcem supports up to "
+            f"{SCHEMA_VERSION}; upgrade hpcem to read it"
+        )
+    allowed = (expected_type,) if isinstance(expected_type, str) else expected_type
+    if type_name not in allowed:
+        raise CorruptStoreError(f"{path}: {what} has hpcem_type {type_name!r}, expected "
+                                f"{' or '.join(allowed)}")
+    return type_name
+
+
+def _as_str(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def read_str_array(ds: h5py.Dataset) -> np.ndarray:
+    """Read a vlen string dataset as an object array of ``str``."""
+    if ds.shape == (0,):
+        return np.empty(0, dtype=object)
+    return ds.asstr()[()]
+
+
+def write_column(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    """Write one column as a contiguous dataset (strings as vlen UTF-8)."""
+    if data.dtype == object or data.dtype.kind in "UST":
+        group.create_dataset(name, data=np.asarray(data, dtype=object), dtype=STR_DTYPE)
+    else:
+        group.create_dataset(name, data=data)
+
+
+def attr_str(f: h5py.File | h5py.Group, name: str, default: str = "") -> str:
+    """A string attribute (default when missing)."""
+    if name not in f.attrs:
+        return default
+    return _as_str(f.attrs[name])
+
+
+def clean_tmp_files(folder: Path) -> None:
+    """Remove leftover ``*.tmp-*`` files (call only while holding the folder's lock)."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if TMP_MARK in entry.name and entry.is_file():
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
