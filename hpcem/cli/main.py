@@ -26,10 +26,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     # Each command module defines its click commands; this is the only list of them.
-    from hpcem.cli import commands_site
+    from hpcem.cli import commands_demo, commands_project, commands_runs, commands_site
 
-    for command in commands_site.COMMANDS:
-        cli.add_command(command)
+    for module in (commands_project, commands_runs, commands_site, commands_demo):
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("hpcem: aborted", err=True)
         return 130
+    except click.UsageError as exc:
+        hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"hpcem: error: {exc.format_message()}{hint}", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"hpcem: error: {exc.format_message()}", err=True)
         return exc.exit_code
     return 0
 

@@ -1,0 +1,391 @@
+"""``hpcem run | status | log | continue | restart | stop | copy``.
+
+Imports of heavy modules stay inside the commands: ``hpcem status`` must answer fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import click
+
+from hpcem.errors import HpcemError, RunError
+
+EXECUTION_OPTIONS = ("site", "queue", "walltime", "cores", "nodes", "dispatch", "max_blocks")
+
+
+def _open(path: str):
+    from hpcem.store import Project
+
+    return Project.open(path)
+
+
+def _run_ref(project, ref: str):
+    """A run by id or by (unique) label."""
+    runs = project.runs
+    if ref.isdigit():
+        for r in runs:
+            if r.id == int(ref):
+                return r
+    matches = [r for r in runs if r.label == ref]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise RunError(f"label {ref!r} names several runs ({', '.join(str(r.id) for r in matches)}); use the id")
+    raise RunError(f"no run {ref!r} in project {project.path} ('hpcem status {project.path}' lists them)")
+
+
+# --- hpcem run -----------------------------------------------------------------------------
+class ProtocolGroup(click.Group):
+    """Subcommands are the registered protocols, built from their declarations."""
+
+    def list_commands(self, ctx):
+        from hpcem.protocol.registry import registry
+
+        return registry().names()
+
+    def get_command(self, ctx, name):
+        from hpcem.protocol.registry import get_protocol
+
+        return _protocol_command(get_protocol(name))
+
+    def resolve_command(self, ctx, args):
+        # Let an unknown protocol raise our ProtocolError (with suggestions).
+        name = args[0]
+        return name, self.get_command(ctx, name), args[1:]
+
+    def format_commands(self, ctx, formatter):
+        from hpcem.protocol.registry import registry
+
+        reg = registry()
+        rows = [(n, reg.protocols[n].label) for n in reg.names()]
+        with formatter.section("Protocols"):
+            formatter.write_dl(rows)
+
+
+def _execution_options() -> list[click.Option]:
+    return [
+        click.Option(["--input", "inputs"], multiple=True, metavar="NAME=RUN:OUTPUT",
+                     help="Input pointer to an output of another run (repeatable)."),
+        click.Option(["--label"], default="", help="A label for the run (default: the protocol's)."),
+        click.Option(["--wait"], is_flag=True, help="Wait for the run to end, showing progress."),
+        click.Option(["--workers"], type=int, default=None,
+                     help="Local worker processes (default: the number of cores)."),
+        click.Option(["--site"], default=None, help="Site config to run on (see 'hpcem site list')."),
+        click.Option(["--queue"], default=None, help="Queue/partition: sends the whole run as one batch job."),
+        click.Option(["--walltime"], default=None, help="Walltime of the batch job, e.g. 2:00:00."),
+        click.Option(["--cores"], type=int, default=None, help="Cores of the batch job."),
+        click.Option(["--nodes"], type=int, default=None, help="Nodes of the batch job."),
+        click.Option(["--dispatch"], type=click.Choice(["local", "job", "parsl"]), default=None,
+                     help="local: this machine; job: whole run as one batch job; "
+                          "parsl: steps dispatched to cluster nodes by Parsl."),
+        click.Option(["--max-blocks", "max_blocks"], type=int, default=None,
+                     help="With --dispatch parsl: most batch jobs (blocks) at once."),
+        click.Option(["--save-only"], is_flag=True, help="Store the run (state saved) without launching it."),
+    ]
+
+
+def _protocol_command(protocol) -> click.Command:
+    from hpcem.cli.forms import protocol_options
+
+    param_names = [p.name for p in protocol.params]
+
+    def callback(inputs, label, wait, workers, save_only, **kwargs):
+        project = click.get_current_context().parent.params["project"]
+        params = {n: kwargs.pop(n) for n in param_names if kwargs.get(n) is not None}
+        for p in protocol.params:  # paths given on the command line are relative to the cwd
+            if p.kind == "path" and isinstance(params.get(p.name), str):
+                params[p.name] = os.path.abspath(os.path.expanduser(params[p.name]))
+        execution_opts = {k: kwargs.pop(k) for k in EXECUTION_OPTIONS}
+        _do_run(project, protocol.name, params, inputs, label, wait, workers, save_only, execution_opts)
+
+    cites = "; ".join(c.short for c in protocol.citations)
+    help_text = f"{protocol.label}.\n\n{protocol.help}".strip()
+    if cites:
+        help_text += f"\n\nCite: {cites}"
+    return click.Command(
+        protocol.name,
+        params=protocol_options(protocol) + _execution_options(),
+        callback=callback,
+        help=help_text,
+        short_help=protocol.label,
+    )
+
+
+def _parse_inputs(values) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in values:
+        name, sep, ref = item.partition("=")
+        if not sep or not name or not ref:
+            raise HpcemError(f"--input {item!r}: expected NAME=RUN:OUTPUT, e.g. micrographs=1:micrographs")
+        out.setdefault(name, []).append(ref)
+    return out
+
+
+def _do_run(project_path, protocol_name, params, inputs, label, wait, workers, save_only, opts):
+    from hpcem.execution import runs as lifecycle
+    from hpcem.execution.placement import execution_request
+
+    project = _open(project_path)
+    execution = execution_request(project, opts)
+    run = lifecycle.create_run(project, protocol_name, params, _parse_inputs(inputs), label, execution)
+    if save_only:
+        click.echo(f"run {run.id} ({run.label}) saved")
+        return
+    lifecycle.launch(project, run.id, workers)
+    click.echo(f"run {run.id} ({run.label}) launched")
+    if wait:
+        _wait(project, run.id)
+
+
+def _wait(project, run_id: int) -> None:
+    from hpcem.execution.runs import ACTIVE_STATES, diagnose
+
+    tty = sys.stderr.isatty()
+    last = None
+    while True:
+        run = project.run(run_id)
+        state, reason = diagnose(run)
+        line = f"run {run_id}: {state} {_bar(run.steps_done, run.steps_total)}"
+        if tty:
+            click.echo("\r" + line.ljust(70), nl=False, err=True)
+        elif line != last:
+            click.echo(line, err=True)
+        last = line
+        if state not in ACTIVE_STATES:
+            break
+        time.sleep(0.2)
+    if tty:
+        click.echo("", err=True)
+    if state != "finished":
+        raise RunError(f"run {run_id} {state}: {reason or run.error}")
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    if total <= 0:
+        return "[" + " " * width + "]   0/?"
+    filled = int(width * done / total)
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total} steps"
+
+
+@click.group("run", cls=ProtocolGroup, invoke_without_command=False,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("project")
+def run_cmd(project):
+    """Run PROTOCOL in PROJECT: hpcem run PROJECT PROTOCOL [--param value ...].
+
+    Each protocol has its own options: 'hpcem run PROJECT PROTOCOL --help' lists them and
+    'hpcem protocols PROTOCOL' shows its full form. Examples:
+
+    \b
+      hpcem run ./proj import.micrographs --files 'raw/*.mrc' --pixel-size-A 1.0 --wait
+      hpcem run ./proj ctf.estimate --input micrographs=1:micrographs --wait
+    """
+
+
+# --- hpcem status ----------------------------------------------------------------------------
+@click.command("status")
+@click.argument("project")
+@click.argument("run", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--log-lines", default=10, show_default=True, help="Log lines shown for one run.")
+def status_cmd(project, run, as_json, log_lines):
+    """Where is my project at? One row per run, or the details of RUN (id or label)."""
+    from hpcem.execution.runs import summarize
+
+    proj = _open(project)
+    if run is None:
+        rows = [summarize(r) for r in proj.runs]
+        if as_json:
+            click.echo(json.dumps({"project": str(proj.path), "runs": [r.to_json() for r in rows]}, indent=1))
+            return
+        _print_table(proj, rows)
+        return
+    _print_run(proj, _run_ref(proj, run), as_json, log_lines)
+
+
+def _fmt_elapsed(seconds: float) -> str:
+    if not seconds:
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt_outputs(outputs: dict) -> str:
+    parts = []
+    for name, o in outputs.items():
+        size = o.get("size")
+        parts.append(f"{name}({size})" if size is not None else name)
+    return ", ".join(parts) or "-"
+
+
+def _print_table(project, rows) -> None:
+    click.echo(f"project {project.path}: {len(rows)} run{'s' if len(rows) != 1 else ''}")
+    if not rows:
+        return
+    header = ("ID", "LABEL", "PROTOCOL", "STATE", "STEPS", "ELAPSED", "OUTPUTS")
+    table = [header] + [
+        (str(r.id), r.label[:30], r.protocol, r.state, f"{r.steps_done}/{r.steps_total}",
+         _fmt_elapsed(r.elapsed_s), _fmt_outputs(r.outputs))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1])
+
+
+def _print_run(project, run, as_json, log_lines) -> None:
+    from hpcem.execution.runs import summarize
+
+    summary = summarize(run)
+    steps = project.read_steps(run.id).to_records()
+    log_path = project.run_dir(run.id) / "run.log"
+    tail = _tail(log_path, log_lines)
+    if as_json:
+        click.echo(json.dumps({
+            **summary.to_json(),
+            "params": run.params, "inputs": run.inputs, "execution": run.execution,
+            "steps": [{k: _jsonable(v) for k, v in s.items() if k not in ("args_json", "result_json")} for s in steps],
+            "log_tail": tail,
+        }, indent=1))
+        return
+    click.echo(f"run {run.id}: {run.label}  [{run.protocol}]")
+    click.echo(f"  state    {summary.state}" + (f"  ({summary.reason})" if summary.reason else ""))
+    click.echo(f"  steps    {summary.steps_done}/{summary.steps_total}   elapsed {_fmt_elapsed(summary.elapsed_s)}")
+    if run.execution.get("jobs"):
+        for job in run.execution["jobs"]:
+            click.echo(f"  job      {job.get('id')} on {job.get('site')}/{job.get('queue')}: {job.get('state', '?')}")
+    click.echo("  params")
+    for k, v in run.params.items():
+        click.echo(f"    {k} = {v!r}")
+    click.echo("  inputs")
+    for k, v in run.inputs.items():
+        click.echo(f"    {k} = {', '.join(v)}")
+    click.echo("  outputs")
+    for name, o in summary.outputs.items():
+        click.echo(f"    {name}: {o['type']} ({o['size']} items)")
+    click.echo("  steps")
+    for s in steps[:50]:
+        took = s["ended"] - s["started"]
+        took_s = f"{took:.2f}s" if not math.isnan(took) else ""
+        err = f"  {s['error']}" if s["error"] else ""
+        click.echo(f"    {s['name']:32s} {s['state']:9s} {s['host']:10s} {took_s}{err}")
+    if len(steps) > 50:
+        click.echo(f"    ... {len(steps) - 50} more")
+    click.echo("  log")
+    for line in tail:
+        click.echo(f"    {line}")
+
+
+def _jsonable(v):
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def _tail(path, n: int) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return lines[-n:] if n > 0 else []
+
+
+# --- hpcem log -------------------------------------------------------------------------------
+@click.command("log")
+@click.argument("project")
+@click.argument("run")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
+def log_cmd(project, run, follow):
+    """Print the log of RUN (id or label)."""
+    from hpcem.execution.runs import ACTIVE_STATES, effective_state
+
+    proj = _open(project)
+    rec = _run_ref(proj, run)
+    path = proj.run_dir(rec.id) / "run.log"
+    pos = 0
+    while True:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                chunk = fh.read()
+                pos = fh.tell()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            click.echo(chunk.decode(errors="replace"), nl=False)
+        if not follow or effective_state(proj.run(rec.id)) not in ACTIVE_STATES:
+            if follow and not chunk:
+                break
+            if not follow:
+                break
+        time.sleep(0.3)
+
+
+# --- continue / restart / stop / copy ----------------------------------------------------------
+def _lifecycle_command(name: str, doc: str, action):
+    @click.command(name, help=doc)
+    @click.argument("project")
+    @click.argument("run")
+    @click.option("--wait", is_flag=True, help="Wait for the run to end, showing progress.")
+    @click.option("--workers", type=int, default=None, help="Local worker processes.")
+    def command(project, run, wait, workers):
+        proj = _open(project)
+        rec = _run_ref(proj, run)
+        message = action(proj, rec, workers)
+        click.echo(message)
+        if wait and name in ("continue", "restart"):
+            _wait(proj, rec.id)
+
+    return command
+
+
+def _continue(proj, rec, workers):
+    from hpcem.execution.runs import continue_run
+
+    continue_run(proj, rec.id, workers)
+    return f"run {rec.id} ({rec.label}) continued"
+
+
+def _restart(proj, rec, workers):
+    from hpcem.execution.runs import restart_run
+
+    restart_run(proj, rec.id, workers)
+    return f"run {rec.id} ({rec.label}) restarted from scratch"
+
+
+def _stop(proj, rec, workers):
+    from hpcem.execution.runs import stop_run
+
+    stop_run(proj, rec.id)
+    return f"run {rec.id} ({rec.label}) stopped"
+
+
+def _copy(proj, rec, workers):
+    from hpcem.execution.runs import copy_run
+
+    new = copy_run(proj, rec.id)
+    return f"run {new.id} ({new.label}) saved as a copy of run {rec.id}; launch it with 'hpcem continue {proj.path} {new.id}'"
+
+
+COMMANDS = [
+    run_cmd,
+    status_cmd,
+    log_cmd,
+    _lifecycle_command("continue", "Continue RUN: redo only steps that did not finish or changed.", _continue),
+    _lifecycle_command("restart", "Restart RUN from scratch: its outputs and step records are wiped.", _restart),
+    _lifecycle_command("stop", "Stop RUN: kill its processes (or cancel its jobs) and mark it aborted.", _stop),
+    _lifecycle_command("copy", "Copy RUN: a new saved run with the same parameters and inputs.", _copy),
+]

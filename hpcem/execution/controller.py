@@ -1,0 +1,303 @@
+"""The controller of one run: plans steps, dispatches them, records results, resumes.
+
+One controller process per run is the only writer of that run's records (guarded by a
+lock file). It skips steps that already finished with the same identity (function +
+arguments), so ``continue`` redoes only what is missing or changed. It waits on futures
+with a timeout (no fixed sleeps) and commits step records in batches: at most every
+``COMMIT_INTERVAL_S`` while steps stream in, and at once when nothing else is running.
+
+Run it as ``python -m hpcem.execution.controller PROJECT RUN_ID [--workers N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+
+from hpcem.errors import HpcemError
+from hpcem.execution.context import RunContext
+from hpcem.execution.graph import StepGraph
+from hpcem.execution.log import RunLog
+from hpcem.protocol.registry import get_protocol
+
+COMMIT_INTERVAL_S = 0.5
+HEARTBEAT_S = 5.0
+FINISHED = "finished"
+
+
+class _Stop(Exception):
+    """Raised inside the controller when it is asked to stop (SIGTERM/SIGINT)."""
+
+
+def _new_record(step) -> dict:
+    return {
+        "id": step.id,
+        "name": step.name,
+        "func": step.func,
+        "state": "pending",
+        "deps_json": json.dumps(list(step.deps)),
+        "args_json": json.dumps(step.args, sort_keys=True),
+        "started": math.nan,
+        "ended": math.nan,
+        "host": "",
+        "exit_code": -1,
+        "error": "",
+        "job_id": "",
+        "attempts": 0,
+        "result_json": "null",
+    }
+
+
+class Controller:
+    """Runs one run to its end (finished, failed or aborted)."""
+
+    def __init__(self, project, run_id: int, executor, *, commit_interval_s=COMMIT_INTERVAL_S):
+        self.project = project
+        self.run_id = run_id
+        self.executor = executor
+        self.commit_interval_s = commit_interval_s
+        self.log = RunLog(project.run_dir(run_id))
+        self._stop_requested = False
+        self._waiting = False
+
+    # --- planning ------------------------------------------------------------------------
+    def plan(self):
+        """Build the step graph and merge it with the stored step records."""
+        run = self.project.run(self.run_id)
+        protocol = get_protocol(run.protocol)
+        self.ctx = RunContext(self.project, self.run_id, run.params, run.inputs)
+        self.graph = StepGraph(protocol().steps(self.ctx), protocol.name)
+        stored = {r["id"]: r for r in self.project.read_steps(self.run_id).to_records()}
+        self.records: dict[str, dict] = {}
+        results = {}
+        for name in self.graph.order:
+            step = self.graph.steps[name]
+            old = stored.get(step.id)
+            if old is not None and old["state"] == FINISHED:
+                rec = dict(old, name=name)
+                results[name] = json.loads(rec["result_json"])
+            else:
+                rec = _new_record(step)
+                if old is not None:
+                    rec["attempts"] = int(old["attempts"])
+            self.records[name] = rec
+        self.ctx.set_results(results)
+        return self.graph
+
+    # --- running -------------------------------------------------------------------------
+    def run(self) -> str:
+        """Execute the plan; return the final run state."""
+        self.plan()
+        finished = {n for n, r in self.records.items() if r["state"] == FINISHED}
+        reused = len(finished)
+        self._commit(state="running", force=True, extra={
+            "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+            "ended": math.nan, "error": "", "heartbeat": time.time(),
+        })
+        self.log.event("run", f"running {len(self.graph)} steps ({reused} already finished)")
+        running: dict[concurrent.futures.Future, str] = {}
+        failed: list[str] = []
+        last_commit = last_beat = time.monotonic()
+        dirty = False
+        try:
+            while True:
+                if self._stop_requested:
+                    raise _Stop()
+                if not failed:
+                    for name in self.graph.ready(finished, [*running.values(), *self._failed_names()]):
+                        dirty = True
+                        if self.graph.steps[name].controller:
+                            self._run_inline(name, finished, failed)
+                        else:
+                            running[self._submit(name)] = name
+                if not running:
+                    break
+                self._waiting = True
+                try:
+                    done, _ = concurrent.futures.wait(
+                        running, timeout=HEARTBEAT_S, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                finally:
+                    self._waiting = False
+                for future in done:
+                    name = running.pop(future)
+                    self._collect(name, future, finished, failed)
+                    dirty = True
+                now = time.monotonic()
+                if dirty and (not running or now - last_commit >= self.commit_interval_s):
+                    self._commit(heartbeat=True)
+                    last_commit, dirty = now, False
+                elif now - last_beat >= HEARTBEAT_S:
+                    self._commit(heartbeat=True, force=True)
+                    last_beat = now
+        except _Stop:
+            self.executor.shutdown(cancel=True)
+            for name in running.values():
+                self.records[name]["state"] = "aborted"
+                self.records[name]["error"] = "stopped by user"
+            self.log.event("run", "aborted: stopped by user", level="warning")
+            self._commit(state="aborted", force=True, extra={"ended": time.time(), "error": "stopped by user"})
+            return "aborted"
+        self.executor.shutdown()
+        if failed:
+            first = self.records[failed[0]]
+            error = f"step {failed[0]} failed: {first['error']}"
+            self.log.event("run", error, level="error")
+            self._commit(state="failed", force=True, extra={"ended": time.time(), "error": error})
+            return "failed"
+        self.log.event("run", "finished")
+        self._commit(state="finished", force=True, extra={"ended": time.time(), "error": ""})
+        return "finished"
+
+    def _failed_names(self) -> list[str]:
+        return [n for n, r in self.records.items() if r["state"] == "failed"]
+
+    def _submit(self, name: str):
+        step = self.graph.steps[name]
+        rec = self.records[name]
+        rec.update(state="running", started=time.time(), attempts=int(rec["attempts"]) + 1)
+        self.log.event(name, "submitted")
+        resources = {"mpi": [step.mpi.ranks, step.mpi.threads_per_rank]} if step.mpi else {}
+        return self.executor.submit(step.func, step.args, resources)
+
+    def _collect(self, name, future, finished, failed) -> None:
+        rec = self.records[name]
+        try:
+            out = future.result()
+        except Exception as exc:  # the step's own error: record it, keep the run readable
+            rec.update(state="failed", ended=time.time(), exit_code=1, error=_one_line(exc))
+            self.log.event(name, f"failed: {_one_line(exc)}", level="error",
+                           detail="".join(traceback.format_exception(exc)))
+            failed.append(name)
+            return
+        try:
+            result_json = json.dumps(out["result"], allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            rec.update(state="failed", ended=time.time(), exit_code=1,
+                       error=f"result is not JSON-serialisable: {exc}")
+            failed.append(name)
+            return
+        rec.update(state=FINISHED, started=out["started"], ended=out["ended"], host=out["host"],
+                   exit_code=0, error="", result_json=result_json)
+        self.ctx._results[name] = out["result"]
+        finished.add(name)
+        self.log.event(name, f"finished on {out['host']} in {out['ended'] - out['started']:.3f} s")
+
+    def _run_inline(self, name, finished, failed) -> None:
+        step = self.graph.steps[name]
+        rec = self.records[name]
+        rec.update(state="running", started=time.time(), attempts=int(rec["attempts"]) + 1)
+        self.ctx.step_name = name
+        from hpcem.execution.worker import resolve
+
+        try:
+            result = resolve(step.func)(self.ctx, **step.args)
+            result_json = json.dumps(result, allow_nan=False)
+        except Exception as exc:
+            rec.update(state="failed", ended=time.time(), exit_code=1, error=_one_line(exc))
+            self.log.event(name, f"failed: {_one_line(exc)}", level="error",
+                           detail="".join(traceback.format_exception(exc)))
+            failed.append(name)
+            return
+        finally:
+            self.ctx.step_name = None
+        rec.update(state=FINISHED, ended=time.time(), host=socket.gethostname(), exit_code=0,
+                   result_json=result_json)
+        self.ctx._results[name] = result
+        finished.add(name)
+        self.log.event(name, "finished (controller)")
+
+    def _commit(self, state=None, force=False, heartbeat=False, extra=None) -> None:
+        from hpcem.store import StepTable
+
+        records = [self.records[n] for n in self.graph.order]
+        self.project.write_steps(self.run_id, StepTable.from_records(records))
+        fields = {
+            "steps_done": sum(r["state"] == FINISHED for r in records),
+            "steps_total": len(records),
+        }
+        if state:
+            fields["state"] = state
+        if heartbeat or force:
+            fields["heartbeat"] = time.time()
+        fields.update(extra or {})
+        self.project.update_run(self.run_id, **fields)
+
+    def request_stop(self, *_ignored) -> None:
+        """Signal handler: stop at once while waiting, else at the next loop turn."""
+        self._stop_requested = True
+        if self._waiting:
+            raise _Stop()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    if isinstance(exc, HpcemError):
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def make_executor(run, workers: int | None):
+    """The executor a run asked for (local processes unless it was sent to Parsl)."""
+    dispatch = run.execution.get("dispatch", "local")
+    if dispatch == "parsl":
+        from hpcem.cluster.site import load_site
+        from hpcem.execution.parsl_executor import ParslExecutor
+
+        opts = run.execution.get("parsl", {})
+        return ParslExecutor(load_site(run.execution["site"]), run_dir=None, **opts)
+    from hpcem.execution.local import LocalExecutor
+
+    return LocalExecutor(workers or run.execution.get("workers") or None)
+
+
+def run_controller(project_path: str, run_id: int, workers: int | None = None) -> str:
+    """Open the project, lock the run, and run its controller to the end."""
+    from hpcem.store import Project
+    from hpcem.store.locks import FileLock
+
+    project = Project.open(project_path)
+    run = project.run(run_id)
+    lock = FileLock(project.run_dir(run_id) / "controller.lock", f"run {run_id}")
+    lock.acquire(timeout_s=0)
+    try:
+        executor = make_executor(run, workers)
+        controller = Controller(project, run_id, executor)
+        signal.signal(signal.SIGTERM, controller.request_stop)
+        signal.signal(signal.SIGINT, controller.request_stop)
+        try:
+            return controller.run()
+        except HpcemError as exc:
+            # A planning error (bad protocol, missing input) fails the run with its reason.
+            project.update_run(run_id, state="failed", ended=time.time(), error=str(exc))
+            controller.log.event("run", f"failed: {exc}", level="error")
+            raise
+    finally:
+        lock.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the controller of one hpcem run.")
+    parser.add_argument("project")
+    parser.add_argument("run_id", type=int)
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        state = run_controller(args.project, args.run_id, args.workers)
+    except HpcemError as exc:
+        print(f"hpcem controller: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0 if state == FINISHED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Where a run executes: here (local workers), as one batch job, or Parsl-dispatched steps.
+
+Turns the command-line execution options into the ``execution`` dict stored with the run
+and checks them against the site config *before* anything is stored or submitted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from hpcem.errors import ConfigError
+
+
+def execution_request(project, opts: Mapping[str, Any]) -> dict:
+    """The run's execution dict from options (site, queue, walltime, cores, nodes, dispatch)."""
+    opts = {k: v for k, v in opts.items() if v is not None}
+    dispatch = opts.get("dispatch")
+    if dispatch is None:
+        dispatch = "job" if "queue" in opts else "local"
+    site_name = opts.get("site") or getattr(project, "default_site", None) or ("localhost" if dispatch == "local" else None)
+    if dispatch == "local":
+        if set(opts) & {"queue", "walltime", "nodes"}:
+            raise ConfigError("--queue/--walltime/--nodes need --dispatch job or parsl (or a --queue)")
+        return {"mode": "local", "dispatch": "local", "site": site_name or "localhost"}
+    if not site_name:
+        raise ConfigError(f"--dispatch {dispatch} needs --site NAME (see 'hpcem site list')")
+    from hpcem.cluster.site import load_site
+
+    site = load_site(site_name)
+    queue = opts.get("queue") or site.default_queue
+    resources = {
+        "queue": queue,
+        "walltime": opts.get("walltime") or site.defaults.walltime,
+        "cores": int(opts.get("cores") or 1),
+        "nodes": int(opts.get("nodes") or 1),
+    }
+    site.check_request(**resources)  # ConfigError: unknown queue, walltime over the limit...
+    execution = {"site": site.name, "resources": resources}
+    if dispatch == "job":
+        return {**execution, "mode": "job", "dispatch": "local"}
+    parsl = {"max_blocks": int(opts.get("max_blocks") or 2)}
+    return {**execution, "mode": "local", "dispatch": "parsl", "parsl": parsl}

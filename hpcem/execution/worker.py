@@ -1,0 +1,40 @@
+"""What a worker process runs for one step: import ``module:function`` and call it.
+
+Shared by every executor (local processes, Parsl workers on cluster nodes), so a step
+behaves the same wherever it runs. Workers never touch the project store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import time
+from typing import Any, Callable
+
+from hpcem.errors import ProtocolError
+
+
+def resolve(func_ref: str) -> Callable:
+    """The function named by ``"module:function"``."""
+    module_name, _, attr = func_ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ProtocolError(f"cannot find step function {func_ref!r}: {exc}") from None
+    return obj
+
+
+def execute_step(func_ref: str, args: dict) -> dict:
+    """Run one step; return its result with where and when it ran."""
+    started = time.time()
+    result = resolve(func_ref)(**args)
+    return {
+        "result": result,
+        "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "pid": os.getpid(),
+        "started": started,
+        "ended": time.time(),
+    }

@@ -1,0 +1,145 @@
+"""Validation before launch: every problem with a run's parameters and inputs, together.
+
+Turns raw values (strings from the command line or JSON values from a workflow) into
+typed values, checks ranges, choices and required values, resolves input pointers
+(``RUN:OUTPUT``, where RUN is a run id or label) against the project, and then asks the
+protocol for its own checks. Raises one :class:`ValidationError` listing every problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping, Sequence
+
+from hpcem.errors import HpcemError, ValidationError
+from hpcem.protocol.declare import Protocol
+
+# Runs whose outputs may be used as inputs: finished ones, and running ones (streaming).
+USABLE_STATES = ("finished", "running", "launched")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """A validated request: typed parameter values and resolved input pointers."""
+
+    protocol: str
+    params: dict[str, Any]
+    inputs: dict[str, list[str]]  # name -> ["<run id>:<output>", ...]
+
+
+def convert_params(protocol: type[Protocol], raw: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """Typed values for every declared parameter (defaults filled) and the problems."""
+    problems: list[str] = []
+    known = {p.name for p in protocol.params}
+    for name in raw:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"{protocol.name}: unknown parameter '{name}'{hint}")
+    values: dict[str, Any] = {}
+    for p in protocol.params:
+        raw_value = raw.get(p.name, p.default)
+        try:
+            values[p.name] = p.convert(raw_value)
+        except ValueError as exc:
+            problems.append(f"parameter '{p.name}': {exc}")
+            values[p.name] = None
+    for p in protocol.params:
+        if p.applies(values):
+            problems.extend(p.check(values[p.name]))
+    return values, problems
+
+
+def resolve_inputs(
+    protocol: type[Protocol], raw: Mapping[str, Sequence[str] | str], project
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Resolve ``name -> RUN:OUTPUT`` pointers against ``project``; return them and problems."""
+    problems: list[str] = []
+    declared = {i.name: i for i in protocol.inputs}
+    for name in raw:
+        if name not in declared:
+            close = difflib.get_close_matches(name, sorted(declared), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"{protocol.name}: unknown input '{name}'{hint}")
+    resolved: dict[str, list[str]] = {}
+    runs = None
+    for spec in protocol.inputs:
+        given = raw.get(spec.name, [])
+        refs = [given] if isinstance(given, str) else list(given)
+        if not refs:
+            if spec.required:
+                problems.append(f"input '{spec.name}' is required ({' or '.join(spec.types)})")
+            continue
+        if len(refs) > 1 and not spec.many:
+            problems.append(f"input '{spec.name}' takes one pointer, got {len(refs)}")
+        if runs is None:
+            runs = project.runs
+        out = []
+        for ref in refs:
+            pointer, problem = _resolve_pointer(ref, spec, runs)
+            if problem:
+                problems.append(problem)
+            else:
+                out.append(pointer)
+        resolved[spec.name] = out
+    return resolved, problems
+
+
+def _resolve_pointer(ref: str, spec, runs) -> tuple[str, str]:
+    run_part, sep, output = str(ref).rpartition(":")
+    if not sep or not run_part or not output:
+        return "", f"input '{spec.name}': {ref!r} is not RUN:OUTPUT (e.g. 1:micrographs)"
+    matches = [r for r in runs if str(r.id) == run_part.lstrip("0") or r.label == run_part]
+    if run_part.isdigit():
+        matches = [r for r in runs if r.id == int(run_part)] or matches
+    if not matches:
+        return "", f"input '{spec.name}': no run {run_part!r} in this project"
+    if len(matches) > 1:
+        ids = ", ".join(str(r.id) for r in matches)
+        return "", f"input '{spec.name}': label {run_part!r} names several runs ({ids}); use the id"
+    run = matches[0]
+    if run.state not in USABLE_STATES:
+        return "", f"input '{spec.name}': run {run.id} ({run.label}) is {run.state}, not finished"
+    if output not in run.outputs:
+        have = ", ".join(sorted(run.outputs)) or "none"
+        return "", f"input '{spec.name}': run {run.id} has no output {output!r} (it has: {have})"
+    out_type = _output_type(run.outputs[output])
+    if out_type not in spec.types:
+        return "", (
+            f"input '{spec.name}': {run.id}:{output} is a {out_type}, "
+            f"expected {' or '.join(spec.types)}"
+        )
+    return f"{run.id}:{output}", ""
+
+
+def _output_type(entry) -> str:
+    return entry["type"] if isinstance(entry, dict) else str(entry)
+
+
+def validate_request(
+    protocol: type[Protocol],
+    params: Mapping[str, Any],
+    inputs: Mapping[str, Sequence[str] | str],
+    project,
+    make_context=None,
+) -> RunRequest:
+    """Validate everything and return a :class:`RunRequest`, or raise ValidationError.
+
+    ``make_context(request)`` builds the context for the protocol's own checks; they run
+    only when the generic checks pass (they may rely on typed values and inputs).
+    """
+    values, problems = convert_params(protocol, params)
+    resolved, input_problems = resolve_inputs(protocol, inputs, project)
+    problems += input_problems
+    request = RunRequest(protocol.name, values, resolved)
+    if not problems:
+        try:
+            ctx = make_context(request) if make_context else request
+            problems += list(protocol().validate(ctx))
+        except HpcemError as exc:
+            problems.append(str(exc))
+    if problems:
+        head = f"{protocol.name}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: "
+        raise ValidationError(head + "; ".join(problems), problems)
+    return request
