@@ -1,0 +1,42 @@
+"""Pure-numpy reference of the rotational / elliptical average kernel.
+
+Same definition as ``cython_kernels/radial.pyx`` (see there); used to test the kernel
+and as the fallback when the compiled module is missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def radial_average_numpy(
+    spectrum: np.ndarray,
+    n_bins: int,
+    center_y: float,
+    center_x: float,
+    scale_u: float = 1.0,
+    scale_v: float = 1.0,
+    angle_rad: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (average, weight) over radial bins 0..n_bins-1 (bin width 1 pixel)."""
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    ny, nx = spectrum.shape
+    dy = (np.arange(ny, dtype=np.float64) - center_y)[:, None]
+    dx = (np.arange(nx, dtype=np.float64) - center_x)[None, :]
+    ca, sa = np.cos(angle_rad), np.sin(angle_rad)
+    u = scale_u * (dx * ca + dy * sa)
+    v = scale_v * (-dx * sa + dy * ca)
+    r = np.sqrt(u * u + v * v).ravel()
+    values = np.asarray(spectrum, dtype=np.float64).ravel()
+    keep = r < n_bins
+    r, values = r[keep], values[keep]
+    i0 = np.floor(r).astype(np.intp)
+    f = r - i0
+    sums = np.bincount(i0, (1 - f) * values, n_bins + 1)
+    sums += np.bincount(i0 + 1, f * values, n_bins + 1)
+    weights = np.bincount(i0, 1 - f, n_bins + 1) + np.bincount(i0 + 1, f, n_bins + 1)
+    average = np.zeros(n_bins)
+    weight = weights[:n_bins]
+    np.divide(sums[:n_bins], weight, out=average, where=weight > 0)
+    return average, weight.copy()
