@@ -131,13 +131,7 @@ class _Parser:
         return self.test()
 
     def column(self, name: str) -> np.ndarray:
-        try:
-            return self.getter(name)
-        except KeyError:
-            close = difflib.get_close_matches(name, self.columns, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise self.error(f"unknown column {name!r}{hint} (columns: "
-                             f"{', '.join(self.columns)})") from None
+        return lookup(self.getter, self.columns, name, self.text)
 
     def test(self) -> np.ndarray:
         name = self.take("name")
@@ -163,6 +157,17 @@ class _Parser:
             value = self.take("value")
             mask = compare(col, op, value, name, self.text)
         return ~mask if negate else mask
+
+
+def lookup(getter: Getter, columns: list[str], name: str, text: str) -> np.ndarray:
+    """The column called ``name``; QueryError naming close matches when unknown."""
+    try:
+        return getter(name)
+    except KeyError:
+        close = difflib.get_close_matches(name, columns, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise QueryError(f"query {text!r}: unknown column {name!r}{hint} (columns: "
+                         f"{', '.join(columns)})") from None
 
 
 def _check_value(col: np.ndarray, value: Any, name: str, text: str) -> Any:
@@ -203,7 +208,7 @@ def evaluate(text: str | None, getter: Getter, columns: Iterable[str],
         mask &= _Parser(text, getter, columns).parse()
     for name, cond in keywords.items():
         text_kw = f"{name}={cond!r}"
-        col = _Parser(text_kw, getter, columns).column(name)
+        col = lookup(getter, columns, name, text_kw)
         if isinstance(cond, tuple):
             if len(cond) != 2:
                 raise QueryError(f"query {text_kw}: a range is (low, high)")
