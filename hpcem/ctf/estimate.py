@@ -31,7 +31,7 @@ import numpy as np
 from scipy import optimize
 from scipy.ndimage import gaussian_filter1d
 
-from hpcem.ctf.model import ctf_1d
+from hpcem.ctf.model import ctf_1d, electron_wavelength_A
 from hpcem.ctf.radial_numpy import radial_average_numpy
 from hpcem.errors import ValidationError
 
@@ -67,7 +67,7 @@ def tiled_power_spectrum(
         raise ValidationError(f"micrograph {image.shape} is smaller than the tile size {tile}")
     if not 0 <= overlap < 1:
         raise ValidationError(f"tile overlap must be in [0, 1), got {overlap}")
-    step = max(1, int(round(tile * (1 - overlap))))
+    step = max(1, round(tile * (1 - overlap)))
     starts_y = range(0, image.shape[0] - tile + 1, step)
     starts_x = range(0, image.shape[1] - tile + 1, step)
 
@@ -127,9 +127,11 @@ class _Fitter:
     ):
         self.n_bins = tile // 2
         self.bin_k = 1.0 / (tile * pixel_size_A)
-        self.optics = dict(
-            voltage_kV=voltage_kV, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast
-        )
+        self.optics = {
+            "voltage_kV": voltage_kV,
+            "cs_mm": cs_mm,
+            "amplitude_contrast": amplitude_contrast,
+        }
         k = np.arange(self.n_bins) * self.bin_k
         self.band = (k >= 1.0 / res_low_A) & (k <= 1.0 / res_high_A)
         if self.band.sum() < 16:
@@ -175,7 +177,8 @@ class _Fitter:
         model = _highpass_normalise(ctf2[None, :], self.sigma_bins)[0]
         k = np.arange(self.lo, self.hi) * self.bin_k
         # Local correlation over a window of ~one ring at each frequency.
-        ring_k = 1.0 / (2.0 * 0.0197 * max(defocus_A, 1.0) * np.maximum(k, self.bin_k))
+        lam = electron_wavelength_A(self.optics["voltage_kV"])
+        ring_k = 1.0 / (2.0 * lam * max(defocus_A, 1.0) * np.maximum(k, self.bin_k))
         window = np.clip(ring_k / self.bin_k, 4, 40)
         best_k = float(k[self.in_band][0])
         for i in np.flatnonzero(self.in_band):
@@ -219,7 +222,7 @@ def estimate_ctf(
     -------
     dict with ``defocus_u``, ``defocus_v`` (Å), ``defocus_angle`` (deg),
     ``fit_resolution_A`` (highest resolution where the fitted rings still match the
-    data) and ``fit_score`` (correlation of data and model in the band, −1..1), plus
+    data locally, correlation >= 0.3; never beyond ``res_high_A``) and ``fit_score`` (correlation of data and model in the band, −1..1), plus
     ``defocus_1d`` (the rotational-average fit) and ``radial_backend``.
     """
     if not pixel_size_A > 0:
@@ -249,9 +252,10 @@ def estimate_ctf(
 
     # Grid step: the ring phase at the band edge moves by < π/4 per step.
     k_hi = 1.0 / res_high_A
-    step = min(250.0, 0.25 / (0.0197 * k_hi * k_hi))
+    step = min(250.0, 0.25 / (electron_wavelength_A(voltage_kV) * k_hi * k_hi))
     grid = np.arange(defocus_min_A, defocus_max_A + step, step)
-    scores = fitter.scores(data, grid)
+    grid_models = fitter.models(grid)
+    scores = grid_models @ data
     best = float(grid[int(np.argmax(scores))])
     refined = optimize.minimize_scalar(
         lambda d: -fitter.scores(data, np.array([d]))[0],
@@ -263,7 +267,9 @@ def estimate_ctf(
     u, v, angle = defocus_1d, defocus_1d, 0.0
 
     if astigmatism:
-        u, v, angle, score = _fit_astigmatism(spectrum, fitter, defocus_1d, score)
+        u, v, angle, score = _fit_astigmatism(
+            spectrum, fitter, grid, grid_models, defocus_1d, score
+        )
     mean = 0.5 * (u + v)
     scale = (math.sqrt(u / mean), math.sqrt(v / mean), math.radians(angle))
     profile = radial_profile(spectrum, *scale)
@@ -278,44 +284,66 @@ def estimate_ctf(
     }
 
 
+# Grid of relative astigmatism (U − V) / (U + V) and angles searched before refinement.
+_ASTIG_RATIOS = (0.02, 0.04, 0.07, 0.1, 0.15)
+_ASTIG_ANGLES_DEG = tuple(range(0, 180, 15))
+
+
 def _fit_astigmatism(
-    spectrum: np.ndarray, fitter: _Fitter, defocus_1d: float, score_1d: float
+    spectrum: np.ndarray,
+    fitter: _Fitter,
+    grid: np.ndarray,
+    grid_models: np.ndarray,
+    defocus_1d: float,
+    score_1d: float,
 ) -> tuple[float, float, float, float]:
-    """Nelder–Mead over (mean, half difference, angle) on elliptical averages."""
+    """Grid over (ratio, angle) with all mean defoci at once, then Nelder–Mead.
+
+    The elliptical average depends only on the ratio and angle, so each grid point is
+    one kernel call scored against every mean defocus by one matrix product.
+    """
+    best_score, best = score_1d, (defocus_1d, 0.0, 0.0)
+    for ratio in _ASTIG_RATIOS:
+        scale_u, scale_v = math.sqrt(1.0 + ratio), math.sqrt(1.0 - ratio)
+        for angle_deg in _ASTIG_ANGLES_DEG:
+            data = fitter.prepare(
+                radial_profile(spectrum, scale_u, scale_v, math.radians(angle_deg))
+            )
+            scores = grid_models @ data
+            i = int(np.argmax(scores))
+            if scores[i] > best_score:
+                best_score, best = float(scores[i]), (float(grid[i]), ratio, float(angle_deg))
 
     def negative_score(params: np.ndarray) -> float:
-        mean, half_diff, angle_rad = params
-        u, v = mean + half_diff, mean - half_diff
-        if v <= 0.1 * mean:
+        mean, half_diff, angle_deg = params
+        if not (mean > 0 and abs(half_diff) < 0.5 * mean):
             return 1.0
-        profile = radial_profile(spectrum, math.sqrt(u / mean), math.sqrt(v / mean), angle_rad)
-        data = fitter.prepare(profile)
-        return -float(fitter.scores(data, np.array([mean]))[0])
+        ratio = half_diff / mean
+        profile = radial_profile(
+            spectrum, math.sqrt(1.0 + ratio), math.sqrt(1.0 - ratio), math.radians(angle_deg)
+        )
+        return -float(fitter.scores(fitter.prepare(profile), np.array([mean]))[0])
 
-    best = (-score_1d, np.array([defocus_1d, 0.0, 0.0]))
-    start_diff = max(200.0, 0.03 * defocus_1d)
-    for angle in np.radians([0.0, 45.0, 90.0, 135.0]):
-        start = np.array([defocus_1d, start_diff, angle])
-        simplex = np.array(
-            [
-                start,
-                start + [0.02 * defocus_1d, 0, 0],
-                start + [0, start_diff, 0],
-                start + [0, 0, math.radians(30.0)],
-            ]
-        )
-        result = optimize.minimize(
-            negative_score,
-            start,
-            method="Nelder-Mead",
-            options={"initial_simplex": simplex, "xatol": 1.0, "fatol": 1e-5, "maxiter": 300},
-        )
-        if result.fun < best[0]:
-            best = (float(result.fun), result.x)
-    mean, half_diff, angle_rad = best[1]
+    mean0, ratio0, angle0 = best
+    start = np.array([mean0, ratio0 * mean0, angle0])
+    step_diff = max(100.0, 0.01 * mean0)
+    simplex = np.array(
+        [start, start + [0.005 * mean0, 0, 0], start + [0, step_diff, 0], start + [0, 0, 7.5]]
+    )
+    result = optimize.minimize(
+        negative_score,
+        start,
+        method="Nelder-Mead",
+        options={"initial_simplex": simplex, "xatol": 1.0, "fatol": 1e-6, "maxiter": 400},
+    )
+    if -result.fun > best_score:
+        best_score, (mean, half_diff, angle_deg) = -float(result.fun), result.x
+    else:
+        mean, half_diff, angle_deg = start
     u, v = mean + abs(half_diff), mean - abs(half_diff)
-    angle_deg = math.degrees(angle_rad) + (90.0 if half_diff < 0 else 0.0)
-    return float(u), float(v), float(angle_deg % 180.0), -best[0]
+    if half_diff < 0:  # keep U the larger defocus: swap axes
+        angle_deg += 90.0
+    return float(u), float(v), float(angle_deg % 180.0), best_score
 
 
 def estimate_ctf_from_file(

@@ -155,15 +155,15 @@ def simulate_micrograph(
         raise ValidationError(f"snr must be > 0, got {snr}")
     defocus_v_A = defocus_u_A if defocus_v_A is None else defocus_v_A
     rng = np.random.default_rng(seed)
-    ctf_params = dict(
-        defocus_u_A=defocus_u_A,
-        defocus_v_A=defocus_v_A,
-        angle_deg=angle_deg,
-        voltage_kV=voltage_kV,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        b_factor_A2=b_factor_A2,
-    )
+    ctf_params = {
+        "defocus_u_A": defocus_u_A,
+        "defocus_v_A": defocus_v_A,
+        "angle_deg": angle_deg,
+        "voltage_kV": voltage_kV,
+        "cs_mm": cs_mm,
+        "amplitude_contrast": amplitude_contrast,
+        "b_factor_A2": b_factor_A2,
+    }
     obj_ft, centres = _object_ft(
         rng, shape, pixel_size_A, n_particles, particle_diameter_A, ice_level
     )
@@ -247,15 +247,15 @@ def simulate_movie(
         raise ValidationError(f"pixel size must be > 0 Å, got {pixel_size_A}")
     defocus_v_A = defocus_u_A if defocus_v_A is None else defocus_v_A
     rng = np.random.default_rng(seed)
-    ctf_params = dict(
-        defocus_u_A=defocus_u_A,
-        defocus_v_A=defocus_v_A,
-        angle_deg=angle_deg,
-        voltage_kV=voltage_kV,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        b_factor_A2=b_factor_A2,
-    )
+    ctf_params = {
+        "defocus_u_A": defocus_u_A,
+        "defocus_v_A": defocus_v_A,
+        "angle_deg": angle_deg,
+        "voltage_kV": voltage_kV,
+        "cs_mm": cs_mm,
+        "amplitude_contrast": amplitude_contrast,
+        "b_factor_A2": b_factor_A2,
+    }
     obj_ft, centres = _object_ft(
         rng, shape, pixel_size_A, n_particles, particle_diameter_A, ice_level
     )
