@@ -21,8 +21,8 @@ STATE_MAP: dict[str, JobState] = {
     "I": JobState.RUNNING,
     "T": JobState.QUEUED,
     "t": JobState.QUEUED,
-    "Z": JobState.RUNNING,  # exited, not yet reaped: the exit-code file decides
-    "X": JobState.RUNNING,
+    "Z": JobState.COMPLETED,  # exited, not yet reaped: the exit-code file decides
+    "X": JobState.COMPLETED,
 }
 
 # The script path is passed as an argument ($1), never pasted into the shell text.

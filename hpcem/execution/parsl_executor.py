@@ -1,0 +1,146 @@
+"""Independent steps on cluster nodes through Parsl's HighThroughputExecutor.
+
+Blocks are batch jobs built from hpcem's site template (:class:`HpcemProvider`); Parsl
+scales them up and down with the number of pending steps. Workers only compute and
+return JSON-serialisable results; the single controller writes the project store.
+Every Parsl listener binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import json
+import os
+from pathlib import Path
+
+from hpcem.cluster.site import Site
+from hpcem.errors import RunError, ValidationError
+
+
+def call_step(func_ref: str, args: dict):
+    """Run on a worker: import ``module:function``, call it with ``**args``, return the
+    JSON round-tripped result (so that what comes back is exactly what can be stored)."""
+    module_name, _, func_name = func_ref.partition(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return json.loads(json.dumps(func(**args)))
+
+
+def _check_func_ref(func_ref: str) -> None:
+    module_name, sep, func_name = func_ref.partition(":")
+    if not sep or not module_name or not func_name.isidentifier():
+        raise ValidationError(f"step function {func_ref!r} is not 'module:function'")
+
+
+class ParslExecutor:
+    """The executor contract (``submit``/``shutdown``) on a site, via Parsl HTEX.
+
+    Construction only stores settings; :meth:`start` creates the provider, the
+    executor and the Parsl DataFlowKernel.
+    """
+
+    def __init__(self, site: Site, *, queue: str | None = None, max_blocks: int = 1,
+                 min_blocks: int = 0, init_blocks: int = 0, nodes_per_block: int = 1,
+                 workers_per_node: int | None = None, walltime_s: int | None = None,
+                 run_dir: str | os.PathLike = "hpcem-parsl", max_idletime_s: float = 30.0,
+                 strategy_period_s: float = 1.0, label: str = "hpcem"):
+        self.site = site
+        self.queue = queue or site.default_queue
+        self.max_blocks = max_blocks
+        self.min_blocks = min_blocks
+        self.init_blocks = init_blocks
+        self.nodes_per_block = nodes_per_block
+        self.workers_per_node = workers_per_node
+        self.walltime_s = walltime_s
+        self.run_dir = Path(run_dir)
+        self.max_idletime_s = max_idletime_s
+        self.strategy_period_s = strategy_period_s
+        self.label = label
+        self.provider = None
+        self._dfk = None
+        self._app = None
+
+    def start(self) -> "ParslExecutor":
+        """Start Parsl (interchange on 127.0.0.1); blocks are submitted as steps arrive."""
+        if self._dfk is not None:
+            return self
+        from parsl.app.app import python_app
+        from parsl.config import Config
+        from parsl.dataflow.dflow import DataFlowKernel
+        from parsl.executors import HighThroughputExecutor
+
+        from hpcem.cluster.parsl_provider import HpcemProvider
+
+        self.site.queue(self.queue)  # ConfigError now, not inside Parsl
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cores = self.site.queues[self.queue].cores_per_node
+        self.provider = HpcemProvider(
+            self.site, queue=self.queue, script_dir=str(self.run_dir / "blocks"),
+            nodes_per_block=self.nodes_per_block, init_blocks=self.init_blocks,
+            min_blocks=self.min_blocks, max_blocks=self.max_blocks,
+            walltime_s=self.walltime_s, cores_per_node=cores,
+        )
+        htex = HighThroughputExecutor(
+            label=self.label,
+            provider=self.provider,
+            address="127.0.0.1",
+            loopback_address="127.0.0.1",
+            max_workers_per_node=self.workers_per_node or cores,
+            cores_per_worker=1,
+            heartbeat_period=5,
+            heartbeat_threshold=30,
+            poll_period=10,
+            worker_logdir_root=str(self.run_dir / "workers"),
+        )
+        config = Config(
+            executors=[htex],
+            run_dir=str(self.run_dir / "runinfo"),
+            strategy="htex_auto_scale",
+            strategy_period=self.strategy_period_s,
+            max_idletime=self.max_idletime_s,
+            usage_tracking=0,
+            initialize_logging=False,
+        )
+        self._dfk = DataFlowKernel(config)
+        self._app = python_app(call_step, data_flow_kernel=self._dfk, executors=[self.label])
+        return self
+
+    def submit(self, func_ref: str, args: dict, resources: dict | None = None) -> concurrent.futures.Future:
+        """Run ``func_ref(**args)`` on a worker; the future's result is its return value."""
+        if self._dfk is None:
+            raise RunError("ParslExecutor.submit before start()")
+        _check_func_ref(func_ref)
+        try:
+            json.dumps(args)
+        except TypeError as exc:
+            raise ValidationError(f"arguments of {func_ref} are not JSON-serialisable: {exc}") from None
+        return self._app(func_ref, args)
+
+    def job_ids(self) -> list[str]:
+        """Batch job ids of every block submitted so far."""
+        return self.provider.tracker.job_ids if self.provider else []
+
+    @property
+    def status_calls(self) -> int:
+        return self.provider.status_calls if self.provider else 0
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Stop Parsl; its blocks are cancelled (``cancel`` also cancels pending steps first)."""
+        if self._dfk is None:
+            return
+        if cancel:
+            for task in list(self._dfk.tasks.values()):
+                fut = task.get("app_fu")
+                if fut is not None and not fut.done():
+                    fut.cancel()
+        try:
+            self._dfk.cleanup()
+        finally:
+            self._dfk = None
+            self._app = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.shutdown(cancel=exc[0] is not None)
