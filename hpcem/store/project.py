@@ -46,7 +46,7 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = (
 _RECORD_KEYS = ("params", "inputs", "outputs", "execution")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RunRecord:
     """One run as stored in the project index. Times are unix seconds (nan if unset);
     ``inputs`` maps an input name to refs ``"run_id:set_name"``; ``outputs`` maps an
@@ -70,6 +70,14 @@ class RunRecord:
     error: str = ""
     execution: dict = field(default_factory=dict)
     project_path: Path | None = field(default=None, compare=False, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        # nan == nan here: unset times compare equal (project_path is not compared)
+        if not isinstance(other, RunRecord):
+            return NotImplemented
+        return all(_same(getattr(self, f), getattr(other, f)) for f in _RUN_FIELDS)
+
+    __hash__ = None
 
     @property
     def outputs_sets(self) -> OutputSets:
@@ -335,6 +343,12 @@ class Project:
             raise StoreError(f"run {run_id} of project {self.path} has no set {name!r} "
                              f"(no {d / MANIFEST})")
         return Set.open(self.path, d)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
 
 
 def _py(v: Any) -> Any:

@@ -127,7 +127,16 @@ class StepTable:
     def __eq__(self, other) -> bool:
         if not isinstance(other, StepTable):
             return NotImplemented
-        return self.to_records() == other.to_records() if len(self) else len(other) == 0
+        if len(self) != len(other):
+            return False
+        for name, dtype, _ in COLUMNS:
+            a, b = self.columns[name], other.columns[name]
+            if dtype == "str":
+                if a.tolist() != b.tolist():
+                    return False
+            elif not np.array_equal(a, b, equal_nan=dtype.startswith("float")):
+                return False
+        return True
 
     __hash__ = None
 
