@@ -37,6 +37,8 @@ def _particle_centres(
     rng: np.random.Generator, shape: tuple[int, int], n: int, diameter_px: float
 ) -> np.ndarray:
     """Up to ``n`` non-overlapping centres (y, x) inside the image, in pixels."""
+    if n <= 0:
+        return np.zeros((0, 2), dtype=np.float64)
     margin = 0.5 * diameter_px
     low = np.array([margin, margin])
     high = np.array([shape[0] - margin, shape[1] - margin])

@@ -15,7 +15,9 @@ from hpcem.ctf.model import (
 from hpcem.errors import ValidationError
 
 
-@pytest.mark.parametrize(("voltage_kV", "expected_A"), [(300, 0.01969), (200, 0.02508), (100, 0.03701)])
+@pytest.mark.parametrize(
+    ("voltage_kV", "expected_A"), [(300, 0.01969), (200, 0.02508), (100, 0.03701)]
+)
 def test_wavelength_matches_textbook(voltage_kV, expected_A):
     assert electron_wavelength_A(voltage_kV) == pytest.approx(expected_A, abs=1e-5)
 
@@ -48,7 +50,9 @@ def test_ctf_2d_isotropic_equals_1d():
     shape, px = (96, 128), 1.3
     ky, kx = frequency_grid(shape, px)
     expected = ctf_1d(np.sqrt(ky**2 + kx**2), 12000.0, 300.0, 2.7, 0.07)
-    np.testing.assert_allclose(ctf_2d(shape, px, 12000.0, 12000.0, 33.0, 300.0, 2.7, 0.07), expected)
+    np.testing.assert_allclose(
+        ctf_2d(shape, px, 12000.0, 12000.0, 33.0, 300.0, 2.7, 0.07), expected
+    )
 
 
 def test_ctf_2d_astigmatism_axes():

@@ -1,0 +1,68 @@
+"""Defocus estimation on simulated micrographs with known ground truth (and one real one)."""
+
+import numpy as np
+import pytest
+
+from hpcem.ctf import estimate_ctf, estimate_ctf_from_file
+from hpcem.errors import ValidationError
+from hpcem.io import write_mrc
+from hpcem.sim import simulate_micrograph
+
+SHAPE = (2048, 2048)
+
+
+@pytest.mark.parametrize(
+    ("defocus_A", "pixel_size_A", "seed"),
+    [(8000.0, 1.0, 11), (15000.0, 1.25, 12), (25000.0, 1.5, 13), (25000.0, 1.0, 14)],
+)
+def test_defocus_within_2_percent(defocus_A, pixel_size_A, seed):
+    image, truth = simulate_micrograph(SHAPE, pixel_size_A, defocus_A, snr=0.05, seed=seed)
+    result = estimate_ctf(image, pixel_size_A, astigmatism=False)
+    assert result["defocus_u"] == result["defocus_v"] and result["defocus_angle"] == 0.0
+    assert result["defocus_u"] == pytest.approx(truth["defocus_u"], rel=0.02)
+    assert result["fit_score"] > 0.5
+    assert result["fit_resolution_A"] < 8.0
+
+
+@pytest.mark.parametrize(("u", "v", "angle"), [(16000.0, 14000.0, 30.0), (25000.0, 23500.0, 120.0)])
+def test_astigmatism_recovered(u, v, angle):
+    image, _ = simulate_micrograph(SHAPE, 1.2, u, v, angle, snr=0.05, seed=21)
+    result = estimate_ctf(image, 1.2)
+    assert result["defocus_u"] == pytest.approx(u, rel=0.02)
+    assert result["defocus_v"] == pytest.approx(v, rel=0.02)
+    diff = abs((result["defocus_angle"] - angle + 90.0) % 180.0 - 90.0)
+    assert diff < 5.0
+
+
+def test_no_astigmatism_stays_small():
+    image, _ = simulate_micrograph(SHAPE, 1.0, 12000.0, snr=0.05, seed=31)
+    result = estimate_ctf(image, 1.0)
+    for key in ("defocus_u", "defocus_v"):
+        assert result[key] == pytest.approx(12000.0, rel=0.02)
+
+
+def test_estimate_from_file_checks_pixel_size(tmp_path):
+    image, _ = simulate_micrograph((1024, 1024), 1.1, 18000.0, snr=0.1, seed=41)
+    path = write_mrc(tmp_path / "sim.mrc", image, pixel_size_A=1.1)
+    result = estimate_ctf_from_file(path, astigmatism=False)
+    assert result["pixel_size_A"] == pytest.approx(1.1, rel=1e-6)
+    assert result["defocus_u"] == pytest.approx(18000.0, rel=0.02)
+    with pytest.raises(ValidationError, match="sim.mrc: header pixel size 1.1000"):
+        estimate_ctf_from_file(path, pixel_size_A=1.3)
+
+
+def test_invalid_band_raises():
+    image = np.zeros((512, 512), dtype=np.float32)
+    with pytest.raises(ValidationError, match="Nyquist"):
+        estimate_ctf(image, 2.0, res_high_A=3.0)
+    with pytest.raises(ValidationError, match="smaller than the tile"):
+        estimate_ctf(image[:100, :100], 1.0)
+
+
+def test_real_krios_micrograph_plausible(shared_file):
+    """No ground truth here: EPU's nominal defocus is ~0.9 µm, so we only check that the
+    estimate is in the plausible range around it and that the rings fit well."""
+    result = estimate_ctf_from_file(shared_file("mrcfile-1.5.4/fei-extended.mrc"))
+    assert 5000.0 < result["defocus_u"] < 16000.0
+    assert result["fit_score"] > 0.6
+    assert result["fit_resolution_A"] < 8.0

@@ -1,0 +1,164 @@
+"""Image files: real MRC headers, corrupt files, pixel-size checks, round trips."""
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+
+from hpcem.errors import DataFormatError, ValidationError
+from hpcem.io import (
+    check_pixel_size,
+    read_header,
+    read_image,
+    write_mrc,
+    write_tiff_movie,
+)
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- real files ------------------------------------------------------------------------
+def test_fei_micrograph_header(shared_file):
+    path = shared_file("mrcfile-1.5.4/fei-extended.mrc")
+    header = read_header(path)
+    assert header.shape == (1, 3838, 3710)
+    assert header.dtype == np.uint16
+    assert header.kind == "micrograph"
+    assert header.pixel_size_A == pytest.approx(0.8538, abs=1e-4)
+    assert check_pixel_size(header, 0.8538) == []
+
+
+def test_fei_micrograph_pixel_size_mismatch_is_validation_error(shared_file):
+    header = read_header(shared_file("mrcfile-1.5.4/fei-extended.mrc"))
+    with pytest.raises(ValidationError, match=r"fei-extended.mrc: header pixel size 0.8538"):
+        check_pixel_size(header, 1.06)
+
+
+def test_fei_micrograph_reads_as_float32_2d(shared_file):
+    image = read_image(shared_file("mrcfile-1.5.4/fei-extended.mrc"))
+    assert image.shape == (3838, 3710) and image.dtype == np.float32
+    assert image.min() >= 0  # uint16 counts
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "pixel_size_A"),
+    [("EMD-3197.map", (20, 20, 20), 11.4), ("EMD-3001.map", (25, 43, 73), 0.44825)],
+)
+def test_emdb_maps_are_volumes(shared_file, name, shape, pixel_size_A):
+    header = read_header(shared_file(f"mrcfile-1.5.4/{name}"))
+    assert header.kind == "volume"
+    assert header.shape == shape
+    assert header.pixel_size_A == pytest.approx(pixel_size_A, rel=1e-4)
+
+
+def test_emd_3001_keeps_non_cubic_voxels_and_symmetry_header(shared_file):
+    path = shared_file("mrcfile-1.5.4/EMD-3001.map")
+    header = read_header(path)
+    assert header.voxel_size_A == pytest.approx((0.45875, 0.3925, 0.44825), rel=1e-4)
+    assert read_image(path, index=3).shape == (43, 73)
+
+
+def test_relion_stack_without_map_id_is_tolerated(shared_file):
+    """Older writers omit the MAP ID; we accept the file and record the oddity."""
+    header = read_header(shared_file("cryodrgn-4.3.1/relion31.mrcs"))
+    assert header.kind == "stack" and header.shape == (5, 256, 256)
+    assert header.pixel_size_A is None  # voxel size 1.0 means "not set"
+    assert any("Map ID" in w for w in header.warnings)
+    assert check_pixel_size(header, 2.806)  # a note, no error
+
+
+# --- corrupt files ---------------------------------------------------------------------
+def test_truncated_mrc_is_data_format_error_and_untouched(shared_file, tmp_path):
+    source = shared_file("mrcfile-1.5.4/EMD-3197.map")
+    broken = tmp_path / "truncated.map"
+    broken.write_bytes(source.read_bytes()[:20000])
+    before = _sha(broken)
+    with pytest.raises(
+        DataFormatError, match=r"truncated.map: not an MRC file or corrupt: truncated"
+    ):
+        read_header(broken)
+    with pytest.raises(DataFormatError, match=r"truncated.map"):
+        read_image(broken)
+    assert _sha(broken) == before
+
+
+def test_random_bytes_are_data_format_error(tmp_path):
+    path = tmp_path / "noise.mrc"
+    path.write_bytes(np.random.default_rng(1).bytes(50_000))
+    before = _sha(path)
+    with pytest.raises(DataFormatError, match=r"noise.mrc: not an MRC file or corrupt") as info:
+        read_image(path)
+    assert "\n" not in str(info.value)
+    assert _sha(path) == before
+
+
+def test_tiny_file_and_missing_file(tmp_path):
+    tiny = tmp_path / "tiny.mrc"
+    tiny.write_bytes(b"MRC")
+    with pytest.raises(DataFormatError, match="tiny.mrc: .*shorter than the 1024-byte header"):
+        read_header(tiny)
+    with pytest.raises(DataFormatError, match="absent.mrc: cannot read"):
+        read_header(tmp_path / "absent.mrc")
+
+
+def test_corrupt_tiff_is_data_format_error(tmp_path):
+    path = tmp_path / "broken.tif"
+    path.write_bytes(b"II*\x00" + b"\xff" * 100)
+    with pytest.raises(DataFormatError, match="broken.tif: not a TIFF file or corrupt"):
+        read_header(path)
+
+
+# --- writing and round trips -----------------------------------------------------------
+def test_write_mrc_round_trip_and_no_overwrite(tmp_path):
+    image = np.random.default_rng(2).normal(size=(64, 80)).astype(np.float32)
+    path = write_mrc(tmp_path / "mic.mrc", image, pixel_size_A=1.06)
+    header = read_header(path)
+    assert header.kind == "micrograph" and header.shape == (1, 64, 80)
+    assert header.pixel_size_A == pytest.approx(1.06, rel=1e-6)
+    np.testing.assert_array_equal(read_image(path), image)
+    with pytest.raises(ValidationError, match="exists"):
+        write_mrc(path, image, 1.06)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_stack_and_volume_kinds(tmp_path):
+    data = np.zeros((3, 16, 16), dtype=np.float32)
+    assert read_header(write_mrc(tmp_path / "p.mrcs", data, 2.0)).kind == "stack"
+    assert read_header(write_mrc(tmp_path / "v.mrc", data, 2.0)).kind == "volume"
+    assert read_header(write_mrc(tmp_path / "m.mrc", data, 2.0, kind="movie")).kind == "stack"
+    np.testing.assert_array_equal(read_image(tmp_path / "p.mrcs", index=2), data[2])
+    with pytest.raises(ValidationError, match="out of range"):
+        read_image(tmp_path / "p.mrcs", index=3)
+
+
+def test_tiff_movie_round_trip(tmp_path):
+    frames = np.random.default_rng(3).poisson(1.0, size=(7, 48, 40)).astype(np.uint16)
+    path = write_tiff_movie(tmp_path / "movie.tif", frames, pixel_size_A=0.83)
+    header = read_header(path)
+    assert header.kind == "movie" and header.shape == (7, 48, 40)
+    assert header.dtype == np.uint16
+    assert header.pixel_size_A == pytest.approx(0.83, rel=1e-6)
+    np.testing.assert_array_equal(read_image(path), frames.astype(np.float32))
+    np.testing.assert_array_equal(read_image(path, index=4), frames[4].astype(np.float32))
+    # Written by the field's library, readable by it too.
+    np.testing.assert_array_equal(tifffile.imread(path), frames)
+
+
+def test_tiff_without_pixel_size(tmp_path):
+    path = tmp_path / "plain.tiff"
+    tifffile.imwrite(path, np.zeros((2, 8, 8), dtype=np.uint8))
+    header = read_header(path)
+    assert header.pixel_size_A is None and header.kind == "movie"
+
+
+def test_reading_never_modifies_inputs(shared_file, tmp_path):
+    copy = tmp_path / "EMD-3197.map"
+    shutil.copy(shared_file("mrcfile-1.5.4/EMD-3197.map"), copy)
+    before = (_sha(copy), copy.stat().st_mtime_ns)
+    read_header(copy)
+    read_image(copy)
+    assert (_sha(copy), copy.stat().st_mtime_ns) == before
