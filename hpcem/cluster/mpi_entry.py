@@ -1,0 +1,41 @@
+"""Entry point every MPI rank runs: ``python -m hpcem.cluster.mpi_entry FUNC ARGS RESULT``.
+
+Each rank imports ``module:function`` and calls it with the JSON arguments; rank 0
+writes ``{"result": ...}`` to RESULT (atomically). A failing rank aborts the whole job
+so that no rank waits forever in a collective.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import traceback
+
+
+def main(argv: list[str]) -> int:
+    func_ref, args_file, result_file = argv
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    try:
+        module_name, _, func_name = func_ref.partition(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+        with open(args_file) as f:
+            args = json.load(f)
+        result = func(**args)
+        if comm.rank == 0:
+            tmp = f"{result_file}.tmp.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump({"result": result, "ranks": comm.size}, f)
+            os.replace(tmp, result_file)
+    except Exception:  # noqa: BLE001 - report and abort every rank
+        sys.stderr.write(f"rank {comm.rank}: step {func_ref} failed\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        comm.Abort(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
