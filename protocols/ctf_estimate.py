@@ -75,7 +75,7 @@ class EstimateCTF(Protocol):
         micrographs = ctx.input("micrographs")
         optics = micrographs.optics
         by_group = {int(g): i for i, g in enumerate(optics["optics_group"])}
-        paths = micrographs.abs_files()
+        paths = micrographs.column("image")
         ids = micrographs.column("id")
         groups = micrographs.column("optics_group")
         options = {"defocus_min_A": p["defocus_min_A"], "defocus_max_A": p["defocus_max_A"],

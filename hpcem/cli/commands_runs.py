@@ -251,7 +251,7 @@ def _print_run(project, run, as_json, log_lines) -> None:
         click.echo(json.dumps({
             **summary.to_json(),
             "params": run.params, "inputs": run.inputs, "execution": run.execution,
-            "steps": [{k: _jsonable(v) for k, v in s.items() if k not in ("args_json", "result_json")} for s in steps],
+            "steps": [{k: _jsonable(v) for k, v in s.items() if k not in ("args", "result")} for s in steps],
             "log_tail": tail,
         }, indent=1))
         return

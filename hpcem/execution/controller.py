@@ -43,16 +43,16 @@ def _new_record(step) -> dict:
         "name": step.name,
         "func": step.func,
         "state": "pending",
-        "deps_json": json.dumps(list(step.deps)),
-        "args_json": json.dumps(step.args, sort_keys=True),
+        "deps": list(step.deps),
+        "args": step.args,
         "started": math.nan,
         "ended": math.nan,
         "host": "",
-        "exit_code": -1,
+        "exit_code": None,
         "error": "",
         "job_id": "",
         "attempts": 0,
-        "result_json": "null",
+        "result": None,
     }
 
 
@@ -83,7 +83,7 @@ class Controller:
             old = stored.get(step.id)
             if old is not None and old["state"] == FINISHED:
                 rec = dict(old, name=name)
-                results[name] = json.loads(rec["result_json"])
+                results[name] = rec["result"]
             else:
                 rec = _new_record(step)
                 if old is not None:
@@ -179,14 +179,14 @@ class Controller:
             failed.append(name)
             return
         try:
-            result_json = json.dumps(out["result"], allow_nan=False)
+            json.dumps(out["result"], allow_nan=False)
         except (TypeError, ValueError) as exc:
             rec.update(state="failed", ended=time.time(), exit_code=1,
                        error=f"result is not JSON-serialisable: {exc}")
             failed.append(name)
             return
         rec.update(state=FINISHED, started=out["started"], ended=out["ended"], host=out["host"],
-                   exit_code=0, error="", result_json=result_json)
+                   exit_code=0, error="", result=out["result"])
         self.ctx._results[name] = out["result"]
         finished.add(name)
         self.log.event(name, f"finished on {out['host']} in {out['ended'] - out['started']:.3f} s")
@@ -200,7 +200,7 @@ class Controller:
 
         try:
             result = resolve(step.func)(self.ctx, **step.args)
-            result_json = json.dumps(result, allow_nan=False)
+            json.dumps(result, allow_nan=False)
         except Exception as exc:
             rec.update(state="failed", ended=time.time(), exit_code=1, error=_one_line(exc))
             self.log.event(name, f"failed: {_one_line(exc)}", level="error",
@@ -210,7 +210,7 @@ class Controller:
         finally:
             self.ctx.step_name = None
         rec.update(state=FINISHED, ended=time.time(), host=socket.gethostname(), exit_code=0,
-                   result_json=result_json)
+                   result=result)
         self.ctx._results[name] = result
         finished.add(name)
         self.log.event(name, "finished (controller)")

@@ -85,7 +85,7 @@ class Registry:
         try:
             return self.protocols[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self.protocols), n=3, cutoff=0.5)
+            close = difflib.get_close_matches(name, list(self.protocols), n=3, cutoff=0.8)
             hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
             if name in self.errors:
                 hint = f": {self.errors[name]}"

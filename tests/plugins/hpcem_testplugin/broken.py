@@ -1,0 +1,3 @@
+"""A plugin that fails to import: hpcem must report it by name and load the others."""
+
+raise ImportError("this plugin is broken on purpose")
