@@ -80,20 +80,23 @@ def render_template(path: Path, context: dict) -> str:
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{exc.filename or path}:{exc.lineno}: template syntax error: {exc.message}") from None
     except jinja2.UndefinedError as exc:
-        raise TemplateError(f"{path}:{_template_line(path)}: {exc.message}") from None
+        raise TemplateError(f"{_template_where(path)}: undefined variable: {exc.message}") from None
     except TemplateError as exc:
-        raise TemplateError(f"{path}:{_template_line(path)}: {exc}") from None
+        raise TemplateError(f"{_template_where(path)}: {exc}") from None
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"{_template_where(path)}: {exc}") from None
 
 
-def _template_line(path: Path) -> str:
-    """The template line being rendered when the current exception was raised."""
+def _template_where(path: Path) -> str:
+    """``file:line`` of the innermost template frame of the exception being handled."""
     tb = sys.exc_info()[2]
-    line = "?"
+    where = f"{path}:?"
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename == str(path):
-            line = str(tb.tb_lineno)
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            where = f"{filename}:{tb.tb_lineno}"
         tb = tb.tb_next
-    return line
+    return where
 
 
 def job_context(site: Site, spec: JobSpec) -> dict:
@@ -121,7 +124,8 @@ def job_context(site: Site, spec: JobSpec) -> dict:
             "parallel_environment": queue.parallel_environment,
         },
         "job": {
-            "name": safe_job_name(spec.name),
+            # every hpcem job name starts with "hpcem" so `hpcem queue` can find them
+            "name": safe_job_name(spec.name if spec.name.startswith("hpcem") else f"hpcem-{spec.name}"),
             "label": spec.label,
             "command": list(spec.command),
             "workdir": spec.workdir,
