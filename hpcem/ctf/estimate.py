@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 from scipy import optimize
 from scipy.ndimage import gaussian_filter1d
 
@@ -85,8 +86,10 @@ def tiled_power_spectrum(
         row = np.stack([image[y : y + tile, x : x + tile] for x in starts_x]).astype(np.float32)
         row -= row.mean(axis=(1, 2), keepdims=True)
         row *= taper
-        ft = np.fft.rfft2(row)
-        total += (ft.real**2 + ft.imag**2).sum(axis=0)
+        # scipy.fft keeps float32 single precision (numpy.fft promotes to complex128):
+        # ~8x faster on the profile's hottest line, and ample for a power spectrum.
+        ft = scipy.fft.rfft2(row)
+        total += (ft.real**2 + ft.imag**2).sum(axis=0, dtype=np.float64)
         n_tiles += len(row)
     return np.fft.fftshift(total / n_tiles, axes=0)
 
