@@ -9,6 +9,7 @@ import signal
 import h5py
 import numpy as np
 import pytest
+from store_helpers import MP
 
 from hpcem.errors import (
     CorruptStoreError,
@@ -20,16 +21,14 @@ from hpcem.errors import (
 )
 from hpcem.store import Project
 
-from store_helpers import MP
-
 
 def _digest(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _truncate(path, fraction=0.5):
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: int(len(data) * fraction)])
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
 
 
 def _one_line(exc) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from hpcem.store import Project
-
 from store_helpers import MP
+
+from hpcem.errors import HpcemError
+from hpcem.store import Project
 
 BATCHES = 40
 
@@ -44,7 +44,7 @@ def _reader(path, run_id, done, results):
         finished = done.is_set()
         try:
             s = project.open_set(run_id, "stream")
-        except Exception as exc:  # the set may not exist yet
+        except HpcemError as exc:  # the set may not exist yet
             if "has no set" not in str(exc):
                 errors.append(repr(exc))
             continue
@@ -60,7 +60,7 @@ def _reader(path, run_id, done, results):
             elif n and s.columns["image"][-1] != str(project.path / f"Extract/mic{(n - 1) // 100}.mrcs"):
                 errors.append(f"path mismatch at n={n}")
             sizes.append(n)
-        except Exception as exc:
+        except (HpcemError, OSError, KeyError, ValueError) as exc:
             errors.append(repr(exc))
         s.close()
         if finished:

@@ -12,10 +12,9 @@ import signal
 import time
 
 import numpy as np
+from store_helpers import MP
 
 from hpcem.store import Project, StepTable
-
-from store_helpers import MP
 
 BATCH = 3000
 ITERATIONS = 25

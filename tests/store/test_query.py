@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from store_helpers import random_columns
 
 from hpcem.errors import QueryError
 from hpcem.model import PARTICLE
 from hpcem.store import Project
-
-from store_helpers import random_columns
 
 N = 5000
 

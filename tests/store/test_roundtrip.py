@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from store_helpers import expected_paths, random_columns
 
 from hpcem.errors import StoreError
 from hpcem.model import ACQUISITION, ITEM_CLASSES, SET_TYPES, Acquisition, Particle
 from hpcem.store import Project, Ragged
-
-from store_helpers import expected_paths, random_columns
 
 
 def _check_equal(project, item, got_set, cols):
