@@ -127,13 +127,15 @@ def parse_history_output(stdout: str) -> dict[str, JobStatus]:
         job_id = fields["jobnumber"]
         failed = fields.get("failed", "0")
         failed_code = int(failed.split()[0]) if failed.split()[0].isdigit() else -1
-        exit_status = int(fields["exit_status"]) if fields.get("exit_status", "").isdigit() else None
+        exit_word = fields.get("exit_status", "").split()
+        exit_status = int(exit_word[0]) if exit_word and exit_word[0].isdigit() else None
         if failed_code == 0:
             state = JobState.COMPLETED if exit_status == 0 else JobState.FAILED
-        elif "h_rt" in failed or "s_rt" in failed or "limit" in failed:
+        elif failed_code == 37 or "h_rt" in failed or "s_rt" in failed:
+            # 37: "qmaster enforced h_rt, h_cpu, or h_vmem limit" - SGE's walltime kill
             state = JobState.TIMEOUT
         elif failed_code == 100 and exit_status in (137, 143):
-            # "100 : assumedly after job" with SIGKILL/SIGTERM: qdel, or a limit without a note
+            # 100 "assumedly after job" + SIGKILL/SIGTERM: qdel (SGE kills without a grace signal)
             state = JobState.CANCELLED
         else:
             state = JobState.FAILED
