@@ -48,7 +48,10 @@ class FileLock:
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     os.close(fd)
-                    raise LockedError(f"cannot lock {self.path} for {self.what}: {exc}") from exc
+                    raise LockedError(
+                        f"cannot lock {self.path} for {self.what}: {exc.strerror}; the "
+                        "filesystem may not support flock (Lustre: mount with -o flock)"
+                    ) from exc
                 if time.monotonic() >= deadline:
                     holder = _read_holder(fd)
                     os.close(fd)

@@ -365,9 +365,24 @@ def _record_row(rec: RunRecord) -> dict[str, Any]:
     for name in ("created", "started", "ended", "heartbeat"):
         row[name] = math.nan if row[name] is None else float(row[name])
     row["pid"] = int(row["pid"] or 0)
-    row["record_json"] = json.dumps({k: getattr(rec, k) for k in _RECORD_KEYS},
-                                    sort_keys=True)
+    try:
+        row["record_json"] = json.dumps({k: getattr(rec, k) for k in _RECORD_KEYS},
+                                        sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"run {rec.id}: params/inputs/outputs/execution must be JSON-able "
+                         f"({exc})") from exc
     return row
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays become plain JSON numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def this_host() -> str:
