@@ -25,8 +25,10 @@ from hpcem import __version__
 from hpcem.errors import CorruptStoreError, NotAProjectError, RunError, StoreError
 from hpcem.store import files as sf
 from hpcem.store.locks import FileLock
-from hpcem.store.sets import MANIFEST, Set, SetWriter, new_manifest, read_manifest, write_manifest
+from hpcem.store.manifest import MANIFEST, new_manifest, read_manifest, write_manifest
+from hpcem.store.sets import Set
 from hpcem.store.steps import StepTable, read_steps_file, write_steps_file
+from hpcem.store.writer import SetWriter
 
 INDEX = "project.h5"
 PROJECT_TYPE = "hpcem.Project"

@@ -1,0 +1,210 @@
+"""On-disk format of a set: the manifest and its immutable segments.
+
+A set folder ``<project>/runs/<run:06d>/sets/<name>/`` holds ``manifest.h5`` (the segments
+in order with their row counts, the ``files`` table, the ``optics`` table and the lineage)
+and ``seg-NNNNNN.h5`` files (the columns of a batch of rows), which never change once a
+manifest lists them. See docs/store.md for every attribute and dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcem import __version__
+from hpcem.errors import CorruptStoreError, StoreError
+from hpcem.model import SET_TYPES
+from hpcem.model.fields import Field, ItemType
+from hpcem.model.types import ACQUISITION
+from hpcem.store import files as sf
+from hpcem.store.ragged import Ragged
+
+MANIFEST = "manifest.h5"
+SEGMENT_TYPE = "hpcem.Segment"
+SEGMENT_RE = re.compile(r"^seg-(\d{6,})\.h5$")
+
+#: Merge segments into one when a set has more than this many.
+COMPACT_THRESHOLD = 16
+
+
+@dataclass
+class Manifest:
+    """What a ``manifest.h5`` holds (the committed state of one set)."""
+
+    set_type: str
+    name: str
+    run_id: int
+    step: str = ""
+    inputs: list[str] = field(default_factory=list)
+    state: str = "open"
+    created: float = float("nan")
+    updated: float = float("nan")
+    next_segment: int = 1
+    next_id: int = 0
+    segments: list[tuple[str, int]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    optics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def item_type(self) -> ItemType:
+        return SET_TYPES[self.set_type]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(rows for _, rows in self.segments)
+
+
+def read_manifest(set_dir: Path) -> Manifest:
+    """Read a set manifest; StoreError if absent, CorruptStoreError if unreadable."""
+    path = Path(set_dir) / MANIFEST
+    try:
+        f = sf.open_h5(path, "set manifest")
+    except FileNotFoundError:
+        raise StoreError(f"{set_dir}: no set here (missing {MANIFEST})") from None
+    with f:
+        set_type = sf.check_header(f, tuple(SET_TYPES), "set manifest")
+        try:
+            a = f.attrs
+            seg_files = sf.read_str_array(f["segments/file"])
+            seg_rows = f["segments/rows"][()]
+            m = Manifest(
+                set_type=set_type, name=sf.attr_str(f, "name"), run_id=int(a["run_id"]),
+                step=sf.attr_str(f, "step"), inputs=json.loads(sf.attr_str(f, "inputs_json")),
+                state=sf.attr_str(f, "state"), created=float(a["created"]),
+                updated=float(a["updated"]), next_segment=int(a["next_segment"]),
+                next_id=int(a["next_id"]),
+                segments=[(str(s), int(r)) for s, r in zip(seg_files, seg_rows, strict=True)],
+                files=list(sf.read_str_array(f["files"])),
+                optics=read_table(f["optics"], ACQUISITION),
+            )
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise CorruptStoreError(f"{path}: set manifest is incomplete or damaged "
+                                    f"({exc}); it was not modified") from exc
+    return m
+
+
+def write_manifest(set_dir: Path, m: Manifest) -> None:
+    """Atomically replace the manifest of ``set_dir`` with ``m``."""
+    m.updated = time.time()
+    with sf.atomic_h5(Path(set_dir) / MANIFEST) as f:
+        item = m.item_type
+        a = f.attrs
+        a["hpcem_type"] = m.set_type
+        a["schema_version"] = sf.SCHEMA_VERSION
+        a["hpcem_version"] = __version__
+        a["item_type"] = item.name
+        a["name"] = m.name
+        a["run_id"] = m.run_id
+        a["step"] = m.step
+        a["inputs_json"] = json.dumps(m.inputs)
+        a["state"] = m.state
+        a["created"] = m.created
+        a["updated"] = m.updated
+        a["next_segment"] = m.next_segment
+        a["next_id"] = m.next_id
+        a["n_rows"] = m.n_rows
+        a["fields_json"] = json.dumps([fd.describe() for fd in item.fields])
+        g = f.create_group("segments")
+        sf.write_column(g, "file", np.array([s for s, _ in m.segments], dtype=object))
+        g.create_dataset("rows", data=np.array([r for _, r in m.segments], dtype=np.int64))
+        sf.write_column(f, "files", np.array(m.files, dtype=object))
+        write_table(f.create_group("optics"), ACQUISITION, m.optics)
+
+
+def read_table(g, item: ItemType) -> dict[str, np.ndarray]:
+    """Read a small table of scalar/str fields (the optics table)."""
+    out = {}
+    for fd in item.fields:
+        if fd.name in g:
+            ds = g[fd.name]
+            out[fd.name] = sf.read_str_array(ds) if fd.kind == "str" else ds[()]
+    return out
+
+
+def write_table(g, item: ItemType, table: Mapping[str, np.ndarray]) -> None:
+    for fd in item.fields:
+        if fd.name in table:
+            sf.write_column(g, fd.name, np.asarray(table[fd.name],
+                                                   dtype=object if fd.kind == "str" else fd.dtype))
+
+
+# --- segments -------------------------------------------------------------------------
+def read_segment(f, item: ItemType, names: Iterable[str]) -> dict[str, Any]:
+    """Raw columns of one open segment (path columns as int32 indices)."""
+    cols = f["columns"]
+    out: dict[str, Any] = {}
+    for name in names:
+        fd = item.field(name)
+        if fd.kind == "ragged":
+            out[name] = Ragged(cols[name]["values"][()], cols[name]["offsets"][()])
+        elif fd.kind == "str":
+            out[name] = sf.read_str_array(cols[name])
+        else:
+            out[name] = cols[name][()]
+    return out
+
+
+def write_segment(path: Path, item: ItemType, cols: Mapping[str, Any], step: str) -> None:
+    n = len(cols["id"])
+    with sf.atomic_h5(path) as f:
+        f.attrs["hpcem_type"] = SEGMENT_TYPE
+        f.attrs["schema_version"] = sf.SCHEMA_VERSION
+        f.attrs["item_type"] = item.name
+        f.attrs["n_rows"] = n
+        f.attrs["step"] = step
+        g = f.create_group("columns")
+        for fd in item.fields:
+            data = cols[fd.name]
+            if fd.kind == "ragged":
+                r = data.normalized()
+                sub = g.create_group(fd.name)
+                sub.create_dataset("values", data=r.values)
+                sub.create_dataset("offsets", data=r.offsets)
+            else:
+                sf.write_column(g, fd.name, data)
+
+
+def concat(fd: Field, parts: list) -> Any:
+    if fd.kind == "ragged":
+        return Ragged.concat(parts)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts)
+
+
+def head(fd: Field, col: Any, n: int) -> Any:
+    if len(col) == n:
+        return col
+    return col.take(np.arange(n)) if fd.kind == "ragged" else col[:n]
+
+
+def py_value(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def empty_column(fd: Field, n: int) -> Any:
+    if fd.kind == "ragged":
+        return Ragged.empty(n, fd.dtype)
+    if fd.kind == "str":
+        return np.full(n, fd.fill, dtype=object)
+    if fd.kind == "path":
+        return np.full(n, -1, dtype=np.int32)
+    return np.full(n, fd.fill, dtype=fd.dtype)
+
+
+
+def new_manifest(set_type: str, name: str, run_id: int, step: str,
+                 inputs: Sequence[str]) -> Manifest:
+    """The manifest of a new, empty, open set."""
+    if set_type not in SET_TYPES:
+        raise StoreError(f"unknown set type {set_type!r}; known: {', '.join(SET_TYPES)}")
+    now = time.time()
+    return Manifest(set_type=set_type, name=name, run_id=run_id, step=step,
+                    inputs=[str(i) for i in inputs], state="open", created=now, updated=now)
