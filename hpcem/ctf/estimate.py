@@ -216,7 +216,7 @@ def estimate_ctf(
     pixel_size_A : Å per pixel.
     defocus_min_A, defocus_max_A : search range (Å, underfocus positive).
     res_low_A, res_high_A : the fitting band in Å; ``res_high_A`` defaults to
-        ``max(5, 2.5 * pixel_size_A)``.
+        ``max(4, 2.5 * pixel_size_A)``.
     tile_size_px : periodogram tile; larger tiles resolve the dense rings of large
         defocus at high resolution, smaller ones average more tiles.
     astigmatism : refine U, V and angle on the 2D spectrum; if False, U = V and angle 0.
@@ -235,7 +235,7 @@ def estimate_ctf(
             f"defocus range must satisfy 0 < min < max, got {defocus_min_A}..{defocus_max_A} Å"
         )
     if res_high_A is None:
-        res_high_A = max(5.0, 2.5 * pixel_size_A)
+        res_high_A = max(4.0, 2.5 * pixel_size_A)
     if not 2.0 * pixel_size_A <= res_high_A < res_low_A:
         raise ValidationError(
             f"fitting band must satisfy Nyquist ({2 * pixel_size_A:.2f} Å) <= high "

@@ -12,11 +12,17 @@ SHAPE = (2048, 2048)
 
 
 @pytest.mark.parametrize(
-    ("defocus_A", "pixel_size_A", "seed"),
-    [(8000.0, 1.0, 11), (15000.0, 1.25, 12), (25000.0, 1.5, 13), (25000.0, 1.0, 14)],
+    ("defocus_A", "pixel_size_A", "snr", "seed"),
+    [
+        (8000.0, 1.0, 0.05, 11),
+        (15000.0, 1.25, 0.05, 12),
+        (25000.0, 1.5, 0.05, 13),
+        (25000.0, 1.0, 0.05, 14),
+        (15000.0, 1.0, 0.01, 15),
+    ],
 )
-def test_defocus_within_2_percent(defocus_A, pixel_size_A, seed):
-    image, truth = simulate_micrograph(SHAPE, pixel_size_A, defocus_A, snr=0.05, seed=seed)
+def test_defocus_within_2_percent(defocus_A, pixel_size_A, snr, seed):
+    image, truth = simulate_micrograph(SHAPE, pixel_size_A, defocus_A, snr=snr, seed=seed)
     result = estimate_ctf(image, pixel_size_A, astigmatism=False)
     assert result["defocus_u"] == result["defocus_v"] and result["defocus_angle"] == 0.0
     assert result["defocus_u"] == pytest.approx(truth["defocus_u"], rel=0.02)
@@ -24,7 +30,10 @@ def test_defocus_within_2_percent(defocus_A, pixel_size_A, seed):
     assert result["fit_resolution_A"] < 8.0
 
 
-@pytest.mark.parametrize(("u", "v", "angle"), [(16000.0, 14000.0, 30.0), (25000.0, 23500.0, 120.0)])
+@pytest.mark.parametrize(
+    ("u", "v", "angle"),
+    [(16000.0, 14000.0, 30.0), (25000.0, 23500.0, 120.0), (9000.0, 8400.0, 75.0)],
+)
 def test_astigmatism_recovered(u, v, angle):
     image, _ = simulate_micrograph(SHAPE, 1.2, u, v, angle, snr=0.05, seed=21)
     result = estimate_ctf(image, 1.2)
