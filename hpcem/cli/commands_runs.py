@@ -147,7 +147,11 @@ def _wait(project, run_id: int) -> None:
 
     tty = sys.stderr.isatty()
     last = None
+    last_refresh = time.monotonic()
     while True:
+        if time.monotonic() - last_refresh > 2.0:
+            _refresh_batch_jobs(project)
+            last_refresh = time.monotonic()
         run = project.run(run_id)
         state, reason = diagnose(run)
         line = f"run {run_id}: {state} {_bar(run.steps_done, run.steps_total)}"
@@ -198,6 +202,7 @@ def status_cmd(project, run, as_json, log_lines):
     from hpcem.execution.runs import summarize
 
     proj = _open(project)
+    _refresh_batch_jobs(proj)
     if run is None:
         rows = [summarize(r) for r in proj.runs]
         if as_json:
@@ -206,6 +211,19 @@ def status_cmd(project, run, as_json, log_lines):
         _print_table(proj, rows)
         return
     _print_run(proj, _run_ref(proj, run), as_json, log_lines)
+
+
+def _refresh_batch_jobs(project) -> None:
+    """Ask each site once about the project's active batch jobs (only if there are any)."""
+    runs = project.runs
+    if not any(r.state in ("launched", "running") and r.execution.get("jobs") for r in runs):
+        return
+    from hpcem.execution.batch import refresh_jobs
+
+    try:
+        refresh_jobs(project, runs)
+    except HpcemError as exc:
+        click.echo(f"hpcem: warning: cannot query the batch system: {exc}", err=True)
 
 
 def _fmt_elapsed(seconds: float) -> str:

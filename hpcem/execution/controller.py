@@ -31,6 +31,7 @@ from hpcem.protocol.registry import get_protocol
 COMMIT_INTERVAL_S = 0.5
 HEARTBEAT_S = 5.0
 FINISHED = "finished"
+STOP_REQUESTED = "stop requested by user"  # written by `hpcem stop` before it signals us
 
 
 class _Stop(Exception):
@@ -140,11 +141,14 @@ class Controller:
                     last_beat = now
         except _Stop:
             self.executor.shutdown(cancel=True)
+            by_user = self.project.run(self.run_id).error == STOP_REQUESTED
+            reason = "stopped by user" if by_user else (
+                "terminated by a signal (walltime, preemption, scancel or kill?)")
             for name in running.values():
                 self.records[name]["state"] = "aborted"
-                self.records[name]["error"] = "stopped by user"
-            self.log.event("run", "aborted: stopped by user", level="warning")
-            self._commit(state="aborted", force=True, extra={"ended": time.time(), "error": "stopped by user"})
+                self.records[name]["error"] = reason
+            self.log.event("run", f"aborted: {reason}", level="warning")
+            self._commit(state="aborted", force=True, extra={"ended": time.time(), "error": reason})
             return "aborted"
         self.executor.shutdown()
         if failed:
@@ -246,6 +250,12 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+def project_run_dir(run):
+    from pathlib import Path
+
+    return Path(run.project_path) / "runs" / f"{run.id:06d}"
+
+
 def make_executor(run, workers: int | None):
     """The executor a run asked for (local processes unless it was sent to Parsl)."""
     dispatch = run.execution.get("dispatch", "local")
@@ -253,8 +263,11 @@ def make_executor(run, workers: int | None):
         from hpcem.cluster.site import load_site
         from hpcem.execution.parsl_executor import ParslExecutor
 
-        opts = run.execution.get("parsl", {})
-        return ParslExecutor(load_site(run.execution["site"]), run_dir=None, **opts)
+        opts = dict(run.execution.get("parsl", {}))
+        res = run.execution.get("resources", {})
+        return ParslExecutor(load_site(run.execution["site"]), queue=res.get("queue"),
+                             run_dir=str(project_run_dir(run) / "parsl"), label=f"hpcem-run{run.id}",
+                             **opts)
     from hpcem.execution.local import LocalExecutor
 
     return LocalExecutor(workers or run.execution.get("workers") or None)
@@ -270,7 +283,7 @@ def run_controller(project_path: str, run_id: int, workers: int | None = None) -
     lock = FileLock(project.run_dir(run_id) / "controller.lock", f"run {run_id}")
     lock.acquire(timeout_s=0)
     try:
-        executor = make_executor(run, workers)
+        executor = make_executor(run, workers).start()
         controller = Controller(project, run_id, executor)
         signal.signal(signal.SIGTERM, controller.request_stop)
         signal.signal(signal.SIGINT, controller.request_stop)

@@ -165,6 +165,9 @@ def stop_run(project, run_id: int) -> str:
     if effective_state(run) not in ACTIVE_STATES:
         mark_dead(project, run)
         raise RunError(f"run {run_id} is not active (state {effective_state(run)})")
+    from hpcem.execution.controller import STOP_REQUESTED
+
+    project.update_run(run_id, error=STOP_REQUESTED)
     jobs = run.execution.get("jobs", [])
     if jobs:
         from hpcem.execution.batch import cancel_run_jobs
@@ -175,7 +178,7 @@ def stop_run(project, run_id: int) -> str:
     elif run.pid and not jobs:
         raise RunError(f"run {run_id} runs on host {run.host}; stop it there")
     run = project.run(run_id)
-    if run.state in ACTIVE_STATES:
+    if run.state in ACTIVE_STATES or run.error == STOP_REQUESTED:
         project.update_run(run_id, state="aborted", error="stopped by user", ended=time.time())
     return "aborted"
 
@@ -231,6 +234,9 @@ def summarize(run) -> RunSummary:
     start = run.started
     end = run.ended if not math.isnan(run.ended) else (time.time() if state in ACTIVE_STATES else math.nan)
     elapsed = end - start if not (math.isnan(start) or math.isnan(end)) else 0.0
+    if state in ACTIVE_STATES and run.execution.get("jobs") and not reason:
+        job = run.execution["jobs"][-1]
+        reason = f"job {job['id']} {job.get('native_state') or job.get('state', '')}".strip()
     sizes = run.execution.get("output_sizes", {})
     outputs = {name: {"type": t, "size": sizes.get(name)} for name, t in run.outputs.items()}
     return RunSummary(run.id, run.label, run.protocol, state, reason or run.error,
