@@ -172,6 +172,7 @@ def write_segment(path: Path, item: ItemType, cols: Mapping[str, Any], step: str
 
 
 def concat(fd: Field, parts: list) -> Any:
+    """Join the parts of one column read from several segments."""
     if fd.kind == "ragged":
         return Ragged.concat(parts)
     if len(parts) == 1:
@@ -180,16 +181,19 @@ def concat(fd: Field, parts: list) -> Any:
 
 
 def head(fd: Field, col: Any, n: int) -> Any:
+    """The first ``n`` rows of a column (a snapshot of a set that has grown since)."""
     if len(col) == n:
         return col
     return col.take(np.arange(n)) if fd.kind == "ragged" else col[:n]
 
 
 def py_value(v: Any) -> Any:
+    """A numpy scalar as the plain Python value (for item views)."""
     return v.item() if isinstance(v, np.generic) else v
 
 
 def empty_column(fd: Field, n: int) -> Any:
+    """A column of ``n`` default values (path columns: -1 = no file)."""
     if fd.kind == "ragged":
         return Ragged.empty(n, fd.dtype)
     if fd.kind == "str":

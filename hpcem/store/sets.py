@@ -240,9 +240,31 @@ class Set:
             raise IndexError(f"row {i} out of range for {self.type_name} of {n} items")
         values = {}
         for fd in self.item_type.fields:
-            v = self.column(fd.name)[j]
+            if fd.name in self._cache:
+                v = self._cache[fd.name][j]
+            else:  # read just this row from its segment, not the whole column
+                v = self._read_row_value(fd, j)
             values[fd.name] = v if fd.kind == "ragged" else py_value(v)
         return self.item_class(**values)
+
+    def _read_row_value(self, fd: Field, j: int) -> Any:
+        handles = self._open_segments()
+        ends = np.cumsum([rows for _, rows in self._segments])
+        k = int(np.searchsorted(ends, j, side="right"))
+        local = j - (int(ends[k - 1]) if k else 0)
+        h = handles[k]
+        try:
+            g = h["columns"][fd.name]
+            if fd.kind == "ragged":
+                lo, hi = g["offsets"][local:local + 2]
+                return g["values"][lo:hi]
+            if fd.kind == "str":
+                return g.asstr()[local]
+            v = g[local]
+        except (KeyError, OSError) as exc:
+            raise CorruptStoreError(f"{h.filename}: cannot read column {fd.name!r} "
+                                    f"({exc}); the file was not modified") from exc
+        return self.abs_files()[v] if fd.kind == "path" else v
 
     def __iter__(self) -> Iterator:
         cols = []

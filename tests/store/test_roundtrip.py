@@ -79,6 +79,12 @@ def test_items_round_trip_every_type(project, run_id, set_type):
                 va = expected_paths(project, [va])[0]
             _assert_same(fd, va, vb)
             _assert_same(fd, vb, getattr(s[i], fd.name))  # set[i] == iteration
+    fresh = project.open_set(run_id, "items")  # nothing cached: rows read from segments
+    for i in (0, 3, 4, 8, -1, -9):
+        for fd in item.fields:
+            _assert_same(fd, getattr(back[i], fd.name), getattr(fresh[i], fd.name))
+    with pytest.raises(IndexError):
+        fresh[9]
     assert s[-1].id == items[-1].id
 
 
