@@ -270,7 +270,9 @@ def make_executor(run, workers: int | None):
                              **opts)
     from hpcem.execution.local import LocalExecutor
 
-    return LocalExecutor(workers or run.execution.get("workers") or None)
+    return LocalExecutor(workers or run.execution.get("workers") or None,
+                         site=run.execution.get("site", "localhost"),
+                         workdir=str(project_run_dir(run) / "mpi"))
 
 
 def run_controller(project_path: str, run_id: int, workers: int | None = None) -> str:

@@ -6,7 +6,7 @@ import concurrent.futures
 import multiprocessing
 import os
 
-from hpcem.execution.worker import execute_step
+from hpcem.execution.worker import execute_mpi_step, execute_step
 
 
 def default_workers() -> int:
@@ -24,9 +24,12 @@ class LocalExecutor:
     files nor its lock file descriptors (a lock must die with the controller).
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, site: str = "localhost", workdir: str = ".") -> None:
         self.workers = workers or default_workers()
+        self.site = site  # whose MPI command launches MPI steps
+        self.workdir = workdir
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._mpi_count = 0
 
     def start(self) -> "LocalExecutor":
         context = multiprocessing.get_context("forkserver")
@@ -34,9 +37,18 @@ class LocalExecutor:
         return self
 
     def submit(self, func_ref: str, args: dict, resources: dict | None = None):
-        """Queue one step; the future's result is :func:`execute_step`'s dict."""
+        """Queue one step; the future's result is :func:`execute_step`'s dict.
+
+        A step with ``resources["mpi"] = [ranks, threads]`` is launched from a worker with
+        the site's MPI command (the worker waits for it).
+        """
         if self._pool is None:
             self.start()
+        mpi = (resources or {}).get("mpi")
+        if mpi:
+            self._mpi_count += 1
+            return self._pool.submit(execute_mpi_step, self.site, func_ref, args, int(mpi[0]),
+                                     int(mpi[1]), self.workdir, f"mpi-{self._mpi_count:04d}")
         return self._pool.submit(execute_step, func_ref, args)
 
     def job_ids(self) -> list[str]:

@@ -38,3 +38,23 @@ def execute_step(func_ref: str, args: dict) -> dict:
         "started": started,
         "ended": time.time(),
     }
+
+
+def execute_mpi_step(site_name: str, func_ref: str, args: dict, ranks: int, threads: int,
+                     workdir: str, name: str) -> dict:
+    """Run one MPI step with the site's MPI launcher (srun in an allocation, or
+    ``mpiexec.gforker`` here); the step's rank 0 returns the result."""
+    from hpcem.cluster.mpi import run_mpi_step
+    from hpcem.cluster.site import load_site
+
+    started = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    result = run_mpi_step(load_site(site_name), func_ref, args, ranks=ranks, threads=threads,
+                          workdir=workdir, name=name)
+    return {
+        "result": result,
+        "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "pid": os.getpid(),
+        "started": started,
+        "ended": time.time(),
+    }
