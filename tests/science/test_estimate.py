@@ -26,8 +26,28 @@ def test_defocus_within_2_percent(defocus_A, pixel_size_A, snr, seed):
     result = estimate_ctf(image, pixel_size_A, astigmatism=False)
     assert result["defocus_u"] == result["defocus_v"] and result["defocus_angle"] == 0.0
     assert result["defocus_u"] == pytest.approx(truth["defocus_u"], rel=0.02)
-    assert result["fit_score"] > 0.5
+    assert result["fit_score"] > 0.65
     assert result["fit_resolution_A"] < 8.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pure_noise_scores_as_failed(seed):
+    """The score must tell a failed fit from a good one (see the docstring's threshold)."""
+    noise = np.random.default_rng(seed).normal(size=SHAPE).astype(np.float32)
+    result = estimate_ctf(noise, 1.0)
+    assert result["fit_score"] < 0.6
+
+
+def test_numpy_fallback_gives_the_same_answer(monkeypatch):
+    import hpcem.ctf.estimate as estimate_module
+    from hpcem.ctf.radial_numpy import radial_average_numpy
+
+    image, _ = simulate_micrograph((1024, 1024), 1.0, 12000.0, 11000.0, 60.0, seed=51)
+    compiled = estimate_ctf(image, 1.0)
+    monkeypatch.setattr(estimate_module, "_radial_average", radial_average_numpy)
+    reference = estimate_ctf(image, 1.0)
+    for key in ("defocus_u", "defocus_v", "defocus_angle", "fit_score"):
+        assert reference[key] == pytest.approx(compiled[key], rel=1e-6, abs=1e-6)
 
 
 @pytest.mark.parametrize(
