@@ -150,11 +150,17 @@ class Set:
                                             f"{self._n} to {m.n_rows} rows") from None
                 self._segments = list(m.segments)
                 self._files = list(m.files)
-                try:
-                    self._handles = [self._open_segment(s) for s, _ in self._segments]
-                except FileNotFoundError as exc:
-                    raise CorruptStoreError(f"{exc.args[0]}: segment listed in "
-                                            f"{self.path / MANIFEST} is missing") from None
+                handles = []
+                for name, _ in self._segments:
+                    try:
+                        handles.append(self._open_segment(name))
+                    except FileNotFoundError:
+                        for h in handles:
+                            h.close()
+                        raise CorruptStoreError(
+                            f"{self.path / name}: segment listed in {self.path / MANIFEST} "
+                            "is missing") from None
+                self._handles = handles
         return self._handles
 
     def _open_segment(self, name: str):

@@ -210,3 +210,16 @@ def test_two_processes_creating_one_project(tmp_path):
         p.join(10)
     assert got == ["StoreError", "ok"]
     assert Project.open(tmp_path / "p").runs == []
+
+
+def test_missing_segment_names_it(project, run_id):
+    s = _particles(project, run_id)
+    seg = next(s.path.glob("seg-*.h5"))
+    seg.unlink()
+    with pytest.raises(CorruptStoreError) as e:
+        project.open_set(run_id, "p").columns["id"]
+    assert str(seg) in _one_line(e) and "missing" in str(e.value)
+
+
+def test_hdf5_file_locking_is_off():
+    assert os.environ["HDF5_USE_FILE_LOCKING"] == "FALSE"

@@ -178,3 +178,17 @@ def test_streaming_reader_sees_growth_after_refresh(project, run_id):
     np.testing.assert_array_equal(s2.columns["defocus_u"], [1, 2, 3])
     w.close()
     assert not s2.refresh().is_open
+
+
+def test_snapshot_survives_compaction_that_deleted_its_segments(project, run_id):
+    w = project.create_set(run_id, "p", "hpcem.SetOfParticles")
+    w.compact_threshold = 3
+    for k in range(3):
+        w.append_columns({"defocus_u": np.full(4, k, dtype=np.float32)})
+    snap = project.open_set(run_id, "p")  # manifest read; segments not opened yet
+    old = {p.name for p in snap.path.glob("seg-*.h5")}
+    w.append_columns({"defocus_u": np.full(4, 9, dtype=np.float32)})  # compacts
+    assert not old & {p.name for p in snap.path.glob("seg-*.h5")}  # old segments gone
+    np.testing.assert_array_equal(snap.columns["defocus_u"], np.repeat([0, 1, 2], 4))
+    assert len(snap) == 12 and len(snap.refresh()) == 16
+    w.close()
