@@ -20,11 +20,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.fft
 
 from hpcem.ctf.model import ctf_2d, frequency_grid
 from hpcem.errors import ValidationError
 
 BLOBS_PER_PARTICLE = 12
+
+
+def _rfft2(a: np.ndarray) -> np.ndarray:
+    # All cores; the result does not depend on the number of workers.
+    return scipy.fft.rfft2(a, workers=-1)
+
+
+def _irfft2(a: np.ndarray, s: tuple[int, int]) -> np.ndarray:
+    return scipy.fft.irfft2(a, s=s, workers=-1)
 
 
 def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
@@ -92,9 +102,9 @@ def _object_ft(
     blob_ft = np.exp(-2.0 * math.pi**2 * blob_sigma_A**2 * k2)
     # Normalise so that a lone blob of weight 1 peaks at 1 (the gaussian's peak height).
     blob_peak = 1.0 / (2.0 * math.pi * (blob_sigma_A / pixel_size_A) ** 2)
-    obj_ft = np.fft.rfft2(_splat(shape, points, weights)) * (blob_ft / blob_peak)
+    obj_ft = _rfft2(_splat(shape, points, weights)) * (blob_ft / blob_peak)
     if ice_level > 0:
-        obj_ft += np.fft.rfft2(ice_level * rng.standard_normal(shape))
+        obj_ft += _rfft2(ice_level * rng.standard_normal(shape))
     return obj_ft, centres
 
 
@@ -169,7 +179,7 @@ def simulate_micrograph(
     obj_ft, centres = _object_ft(
         rng, shape, pixel_size_A, n_particles, particle_diameter_A, ice_level
     )
-    clean = np.fft.irfft2(_ctf_image_ft(obj_ft, shape, pixel_size_A, ctf_params), s=shape)
+    clean = _irfft2(_ctf_image_ft(obj_ft, shape, pixel_size_A, ctf_params), s=shape)
     image = _add_noise(rng, clean, pixel_size_A, snr, dose_e_per_A2)
     truth = {
         "coordinates_px": centres[:, ::-1].copy(),
@@ -271,12 +281,12 @@ def simulate_movie(
 
     # Frequencies in cycles per pixel for the phase ramps.
     ky, kx = frequency_grid(shape, 1.0, half=True)
-    contrast_scale = 10.0 * float(np.std(np.fft.irfft2(image_ft, s=shape))) or 1.0
+    contrast_scale = 10.0 * float(np.std(_irfft2(image_ft, s=shape))) or 1.0
     mean_counts = dose_per_frame_e_per_A2 * pixel_size_A**2
     frames = np.empty((n_frames, *shape), dtype=np.float32)
     for i, (dx, dy) in enumerate(shifts):
         ramp = np.exp(-2j * math.pi * (kx * dx + ky * dy))
-        clean = np.fft.irfft2(image_ft * ramp, s=shape)
+        clean = _irfft2(image_ft * ramp, s=shape)
         expected = np.clip(mean_counts * (1.0 + clean / contrast_scale), 0.0, None)
         frames[i] = rng.poisson(expected)
     truth = {
