@@ -179,7 +179,7 @@ class SetWriter:
         except (KeyError, TypeError):
             pass
         for i, v in enumerate(vals):
-            key = v if isinstance(v, str) else os.fspath(v)
+            key = v if isinstance(v, str) else ("" if v is None else os.fspath(v))
             j = cache.get(key)
             if j is None:
                 j = cache[key] = self._file_id(key)
@@ -221,8 +221,10 @@ class SetWriter:
         cols = {fd.name: snap.raw_column(fd.name) for fd in self.item_type.fields}
         snap.close()
         old = [s for s, _ in self._m.segments]
-        self._m.segments = []
-        self._commit_segment(cols, snap._n)
+        name = f"seg-{self._m.next_segment:06d}.h5"
+        write_segment(self.path / name, self.item_type, cols, self._m.step)
+        self._m.next_segment += 1
+        self._m.segments = [(name, len(snap))]
         write_manifest(self.path, self._m)
         for s in old:
             with contextlib.suppress(OSError):
@@ -253,6 +255,7 @@ class SetWriter:
 
 
 def _items_to_columns(item: ItemType, items: Sequence[Any]) -> dict[str, list]:
+    """Item objects (or dicts) to ``{field: list}``; missing fields get their default."""
     cols: dict[str, list] = {}
     for fd in item.fields:
         name, fill = fd.name, fd.fill
