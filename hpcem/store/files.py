@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,10 +143,13 @@ def attr_str(f: h5py.File | h5py.Group, name: str, default: str = "") -> str:
     return _as_str(f.attrs[name])
 
 
-def clean_tmp_files(folder: Path) -> None:
-    """Remove leftover ``*.tmp-*`` files (call only while holding the folder's lock)."""
+def clean_tmp_files(folder: Path, pattern: str) -> None:
+    """Remove leftover temp files of store files whose name matches ``pattern`` (a regex
+    for the final name) in ``folder``; call only while holding the folder's lock.
+    Other files, e.g. a protocol's own outputs, are never touched."""
+    tmp_re = re.compile(f"^(?:{pattern}){re.escape(TMP_MARK)}\\d+-[0-9a-f]+$")
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            if TMP_MARK in entry.name and entry.is_file():
+            if tmp_re.match(entry.name) and entry.is_file():
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)

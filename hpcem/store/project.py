@@ -206,7 +206,7 @@ class Project:
         return attrs, cols
 
     def _write_index(self, attrs: Mapping[str, Any], cols: Mapping[str, np.ndarray]) -> None:
-        sf.clean_tmp_files(self.path)
+        sf.clean_tmp_files(self.path, re.escape(INDEX))
         with sf.atomic_h5(self.index_path) as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
@@ -289,7 +289,7 @@ class Project:
         d = self.run_dir(run_id)
         with self._lock(f"run-{int(run_id):06d}.steps", f"steps of run {run_id}").acquire(
                 self.lock_timeout_s):
-            sf.clean_tmp_files(d)
+            sf.clean_tmp_files(d, r"steps\.h5")
             write_steps_file(d / "steps.h5", int(run_id), table)
 
     # --- sets ---

@@ -73,7 +73,7 @@ class SetWriter:
     def cleanup(self) -> None:
         """Remove leftovers of a crashed writer: temp files, unlisted segments."""
         listed = {s for s, _ in self._m.segments}
-        sf.clean_tmp_files(self.path)
+        sf.clean_tmp_files(self.path, r"manifest\.h5|seg-\d+\.h5")
         for entry in os.scandir(self.path):
             if SEGMENT_RE.match(entry.name) and entry.name not in listed:
                 with contextlib.suppress(OSError):

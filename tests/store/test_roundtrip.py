@@ -192,3 +192,23 @@ def test_snapshot_survives_compaction_that_deleted_its_segments(project, run_id)
     np.testing.assert_array_equal(snap.columns["defocus_u"], np.repeat([0, 1, 2], 4))
     assert len(snap) == 12 and len(snap.refresh()) == 16
     w.close()
+
+
+def test_leftovers_of_a_crashed_writer_are_ignored_then_cleaned(project, run_id):
+    with project.create_set(run_id, "p", "hpcem.SetOfParticles") as w:
+        w.append_columns({"defocus_u": [1.0, 2.0]})
+    d = project.open_set(run_id, "p").path
+    listed = {p.name for p in d.glob("seg-*.h5")}
+    (d / "manifest.h5.tmp-123-abcd1234").write_bytes(b"half a manifest")
+    (d / "seg-000099.h5.tmp-123-abcd1234").write_bytes(b"half a segment")
+    (d / "seg-000099.h5").write_bytes(b"an unlisted segment")
+    (project.path / "project.h5.tmp-7-00ff00ff").write_bytes(b"half an index")
+    user_file = project.run_dir(run_id) / "notes.tmp-1-aa"
+    user_file.write_text("a protocol's own file")
+    s = project.open_set(run_id, "p")  # readers ignore leftovers
+    np.testing.assert_array_equal(s.columns["defocus_u"], [1, 2])
+    project.open_set_writer(run_id, "p").close()  # the next writer cleans them
+    assert {p.name for p in d.iterdir()} == listed | {"manifest.h5"}
+    project.update_run(run_id, label="x")
+    assert not list(project.path.glob("project.h5.tmp-*"))
+    assert user_file.exists()
