@@ -52,7 +52,7 @@ class EstimateCTF(Protocol):
         Param.float("defocus_max_A", 50000.0, min=100.0, max=200000.0, units="Å", help="Highest defocus searched."),
         Param.float("res_low_A", 30.0, min=5.0, max=200.0, units="Å", help="Low-resolution end of the fit band."),
         Param.float("res_high_A", 0.0, min=0.0, max=50.0, units="Å",
-                    help="High-resolution end of the fit band (0 = max(5 Å, 2.5 pixels))."),
+                    help="High-resolution end of the fit band (0 = max(4 Å, 2.5 pixels))."),
         Param.int("tile_size_px", 512, min=64, max=4096, expert=1, help="Periodogram tile size (even)."),
         Param.bool("astigmatism", True, help="Refine astigmatism (U, V, angle) on the 2D spectrum."),
     )
