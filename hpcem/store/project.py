@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -337,6 +338,21 @@ class Project:
             lock.release()
             raise
         return writer
+
+    def delete_set(self, run_id: int, name: str) -> None:
+        """Delete an output set (under its lock; LockedError while a writer has it) and
+        drop it from the run's outputs. Readers holding a snapshot keep reading it."""
+        d = self._set_dir(run_id, name)
+        with self._set_lock(run_id, name).acquire(0):
+            if d.exists():
+                # rename first so no reader ever opens a half-deleted set
+                gone = d.with_name(f".deleted-{name}{sf.TMP_MARK}{os.getpid()}")
+                os.replace(d, gone)
+                shutil.rmtree(gone, ignore_errors=True)
+            run = self.run(run_id)
+            if name in run.outputs:
+                self.update_run(run_id, outputs={k: v for k, v in run.outputs.items()
+                                                 if k != name})
 
     def open_set(self, run_id: int, name: str) -> Set:
         """A read-only snapshot of a run's output set (no lock taken)."""

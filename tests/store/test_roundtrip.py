@@ -212,3 +212,19 @@ def test_leftovers_of_a_crashed_writer_are_ignored_then_cleaned(project, run_id)
     project.update_run(run_id, label="x")
     assert not list(project.path.glob("project.h5.tmp-*"))
     assert user_file.exists()
+
+
+def test_delete_set(project, run_id):
+    with project.create_set(run_id, "p", "hpcem.SetOfParticles") as w:
+        w.append_columns({"defocus_u": [1.0, 2.0]})
+    snap = project.open_set(run_id, "p")
+    snap.columns["defocus_u"]  # segments open
+    project.delete_set(run_id, "p")
+    assert project.run(run_id).outputs == {}
+    with pytest.raises(StoreError, match="has no set 'p'"):
+        project.open_set(run_id, "p")
+    assert not (project.run_dir(run_id) / "sets" / "p").exists()
+    np.testing.assert_array_equal(snap.columns["defocus_u"], [1, 2])
+    with project.create_set(run_id, "p", "hpcem.SetOfParticles") as w:  # name is free again
+        w.append_columns({"defocus_u": [3.0]})
+    assert len(project.open_set(run_id, "p")) == 1
