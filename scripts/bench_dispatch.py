@@ -63,7 +63,7 @@ def bench_status(tmp: Path, n_runs: int) -> dict:
     for i in range(n_runs):
         run = project.create_run("test.trivial", label=f"run {i}", params={"n": 10})
         project.update_run(run.id, state="finished", started=time.time() - 60, ended=time.time(),
-                           steps_done=10, steps_total=10, outputs={"particles": "hpcem.SetOfParticles"},
+                           steps_done=10, steps_total=10, output_types={"particles": "hpcem.SetOfParticles"},
                            execution={"mode": "local", "output_sizes": {"particles": 1000 * i}})
     hpcem = [sys.executable, "-c", "import sys; from hpcem.cli.main import main; sys.exit(main())"]
     times = []

@@ -92,7 +92,7 @@ def read_child(path: str, run_id: int) -> dict:
     """Runs in a fresh process: reopen, read all columns, query, subset."""
     t0 = time.perf_counter()
     project = Project.open(path)
-    particles = project.runs[0].outputs_sets["particles"]
+    particles = project.runs[0].outputs["particles"]
     t1 = time.perf_counter()
     cols = particles.read_columns()
     t2 = time.perf_counter()

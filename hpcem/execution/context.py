@@ -76,12 +76,11 @@ class RunContext:
         finally:
             writer.close()
         record = self.project.run(self.run_id)
-        outputs = dict(record.outputs)
-        outputs[output] = set_type
+        types = dict(record.output_types, **{output: set_type})
         sizes = dict(record.execution.get("output_sizes", {}))
         sizes[output] = len(self.project.open_set(self.run_id, output))
         execution = dict(record.execution, output_sizes=sizes)
-        self.project.update_run(self.run_id, outputs=outputs, execution=execution)
+        self.project.update_run(self.run_id, output_types=types, execution=execution)
 
     def to_json(self) -> str:
         return json.dumps({"params": self.params, "inputs": self.inputs}, sort_keys=True)

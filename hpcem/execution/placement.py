@@ -17,7 +17,7 @@ def execution_request(project, opts: Mapping[str, Any]) -> dict:
     dispatch = opts.get("dispatch")
     if dispatch is None:
         dispatch = "job" if "queue" in opts else "local"
-    site_name = opts.get("site") or getattr(project, "default_site", None) or ("localhost" if dispatch == "local" else None)
+    site_name = opts.get("site") or project.default_site or ("localhost" if dispatch == "local" else None)
     if dispatch == "local":
         if set(opts) & {"queue", "walltime", "nodes"}:
             raise ConfigError("--queue/--walltime/--nodes need --dispatch job or parsl (or a --queue)")

@@ -155,7 +155,7 @@ def restart_run(project, run_id: int, workers: int | None = None, foreground: bo
         shutil.rmtree(sets_dir)
     execution = dict(project.run(run_id).execution)
     execution.pop("output_sizes", None)
-    project.update_run(run_id, outputs={}, execution=execution, steps_done=0)
+    project.update_run(run_id, output_types={}, execution=execution, steps_done=0)
     launch(project, run_id, workers, foreground)
 
 
@@ -238,6 +238,6 @@ def summarize(run) -> RunSummary:
         job = run.execution["jobs"][-1]
         reason = f"job {job['id']} {job.get('native_state') or job.get('state', '')}".strip()
     sizes = run.execution.get("output_sizes", {})
-    outputs = {name: {"type": t, "size": sizes.get(name)} for name, t in run.outputs.items()}
+    outputs = {name: {"type": t, "size": sizes.get(name)} for name, t in run.output_types.items()}
     return RunSummary(run.id, run.label, run.protocol, state, reason or run.error,
                       run.steps_done, run.steps_total, max(elapsed, 0.0), outputs)

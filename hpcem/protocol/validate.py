@@ -101,20 +101,16 @@ def _resolve_pointer(ref: str, spec, runs) -> tuple[str, str]:
     run = matches[0]
     if run.state not in USABLE_STATES:
         return "", f"input '{spec.name}': run {run.id} ({run.label}) is {run.state}, not finished"
-    if output not in run.outputs:
-        have = ", ".join(sorted(run.outputs)) or "none"
+    if output not in run.output_types:
+        have = ", ".join(sorted(run.output_types)) or "none"
         return "", f"input '{spec.name}': run {run.id} has no output {output!r} (it has: {have})"
-    out_type = _output_type(run.outputs[output])
+    out_type = run.output_types[output]
     if out_type not in spec.types:
         return "", (
             f"input '{spec.name}': {run.id}:{output} is a {out_type}, "
             f"expected {' or '.join(spec.types)}"
         )
     return f"{run.id}:{output}", ""
-
-
-def _output_type(entry) -> str:
-    return entry["type"] if isinstance(entry, dict) else str(entry)
 
 
 def validate_request(

@@ -46,14 +46,15 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("steps_done", "int64"), ("steps_total", "int64"), ("error", "str"),
     ("record_json", "str"),
 )
-_RECORD_KEYS = ("params", "inputs", "outputs", "execution")
+_RECORD_KEYS = ("params", "inputs", "outputs", "execution")  # names inside record_json
+_FIELD_OF_KEY = {"outputs": "output_types"}  # record_json key -> RunRecord field
 
 
 @dataclass(frozen=True, eq=False)
 class RunRecord:
     """One run as stored in the project index. Times are unix seconds (nan if unset);
-    ``inputs`` maps an input name to refs ``"run_id:set_name"``; ``outputs`` maps an
-    output set name to its set type."""
+    ``inputs`` maps an input name to refs ``"run_id:set_name"``; ``output_types`` maps an
+    output set name to its set type and ``outputs[name]`` opens that set."""
 
     id: int
     protocol: str
@@ -61,7 +62,7 @@ class RunRecord:
     state: str = "saved"
     params: dict = field(default_factory=dict)
     inputs: dict[str, list[str]] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
+    output_types: dict[str, str] = field(default_factory=dict)
     created: float = math.nan
     started: float = math.nan
     ended: float = math.nan
@@ -83,7 +84,7 @@ class RunRecord:
     __hash__ = None
 
     @property
-    def outputs_sets(self) -> OutputSets:
+    def outputs(self) -> OutputSets:
         """Lazy mapping output name -> :class:`Set` (opened on access)."""
         if self.project_path is None:
             raise StoreError(f"run {self.id}: record is not attached to a project")
@@ -91,27 +92,32 @@ class RunRecord:
 
     def open_output(self, name: str) -> Set:
         """Open one output set of this run."""
-        return self.outputs_sets[name]
+        return self.outputs[name]
 
 
 class OutputSets(Mapping):
-    """``run.outputs_sets["particles"]`` opens that set (fresh snapshot each access)."""
+    """``run.outputs["particles"]`` opens that set (fresh snapshot each access)."""
 
     def __init__(self, project: Project, run: RunRecord) -> None:
         self._project = project
         self._run = run
 
     def __getitem__(self, name: str) -> Set:
-        if name not in self._run.outputs:
+        if name not in self._run.output_types:
             raise KeyError(f"run {self._run.id} has no output {name!r}; outputs: "
-                           f"{', '.join(self._run.outputs) or 'none'}")
+                           f"{', '.join(self._run.output_types) or 'none'}")
         return self._project.open_set(self._run.id, name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._run.outputs)
+        return iter(self._run.output_types)
 
     def __len__(self) -> int:
-        return len(self._run.outputs)
+        return len(self._run.output_types)
+
+    @property
+    def types(self) -> dict[str, str]:
+        """Output name -> stable set type name, without opening anything."""
+        return dict(self._run.output_types)
 
 
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord) if f.name != "project_path")
@@ -220,8 +226,21 @@ class Project:
     def _record(self, cols: Mapping[str, Any], i: int) -> RunRecord:
         rec = json.loads(cols["record_json"][i] or "{}")
         values = {name: _py(cols[name][i]) for name, _ in RUN_COLUMNS if name != "record_json"}
-        return RunRecord(**values, **{k: rec.get(k, {}) for k in _RECORD_KEYS},
+        return RunRecord(**values, **{_FIELD_OF_KEY.get(k, k): rec.get(k, {}) for k in _RECORD_KEYS},
                          project_path=self.path)
+
+    @property
+    def default_site(self) -> str | None:
+        """The site runs of this project use when none is named (None: not set)."""
+        attrs, _ = self._read_index()
+        return sf._as_str(attrs["default_site"]) if "default_site" in attrs else None
+
+    def set_default_site(self, name: str) -> None:
+        """Store the project's default site (one atomic commit)."""
+        with self._index_lock():
+            attrs, cols = self._read_index()
+            attrs["default_site"] = str(name)
+            self._write_index(attrs, cols)
 
     @property
     def runs(self) -> list[RunRecord]:
@@ -317,8 +336,8 @@ class Project:
             writer = SetWriter(self.path, d, lock, manifest)
             writer.cleanup()
             write_manifest(d, manifest)
-            if run.outputs.get(name) != set_type:
-                self.update_run(run_id, outputs={**run.outputs, name: set_type})
+            if run.output_types.get(name) != set_type:
+                self.update_run(run_id, output_types={**run.output_types, name: set_type})
         except BaseException:
             lock.release()
             raise
@@ -350,8 +369,8 @@ class Project:
                 os.replace(d, gone)
                 shutil.rmtree(gone, ignore_errors=True)
             run = self.run(run_id)
-            if name in run.outputs:
-                self.update_run(run_id, outputs={k: v for k, v in run.outputs.items()
+            if name in run.output_types:
+                self.update_run(run_id, output_types={k: v for k, v in run.output_types.items()
                                                  if k != name})
 
     def open_set(self, run_id: int, name: str) -> Set:
@@ -384,7 +403,7 @@ def _record_row(rec: RunRecord) -> dict[str, Any]:
         row[name] = math.nan if row[name] is None else float(row[name])
     row["pid"] = int(row["pid"] or 0)
     try:
-        row["record_json"] = json.dumps({k: getattr(rec, k) for k in _RECORD_KEYS},
+        row["record_json"] = json.dumps({k: getattr(rec, _FIELD_OF_KEY.get(k, k)) for k in _RECORD_KEYS},
                                         sort_keys=True, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"run {rec.id}: params/inputs/outputs/execution must be JSON-able "

@@ -55,7 +55,7 @@ class Set:
     """A read-only snapshot of a stored set, taken when it was opened.
 
     Use :meth:`refresh` to see rows appended since. Columns are read lazily and cached.
-    Open with ``project.open_set(run_id, name)`` or ``run.outputs_sets[name]``.
+    Open with ``project.open_set(run_id, name)`` or ``run.outputs[name]``.
     """
 
     def __init__(self, project_path: Path, set_dir: Path, manifest: Manifest) -> None:

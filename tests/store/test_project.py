@@ -107,7 +107,7 @@ def test_moved_project_opens_and_resolves_paths(tmp_path):
     assert p.open_set(run.id, "particles").files == [f"Extract/s{i}.mrcs" for i in range(3)]
     shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
     moved = Project.open(tmp_path / "b" / "proj")
-    s = moved.runs[0].outputs_sets["particles"]
+    s = moved.runs[0].outputs["particles"]
     assert list(s.columns["image"]) == [str(tmp_path / "b" / "proj" / "Extract" / f"s{i}.mrcs")
                                         for i in range(3)]
     s.check_files()  # all present at the new place

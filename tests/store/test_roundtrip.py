@@ -160,11 +160,12 @@ def test_run_outputs_open_sets_lazily(project, run_id):
     with project.create_set(run_id, "mics", "hpcem.SetOfMicrographs") as w:
         w.append_columns({"image": ["m1.mrc", "m2.mrc"]})
     run = Project.open(project.path).runs[0]
-    assert run.outputs == {"mics": "hpcem.SetOfMicrographs"}
-    mics = run.outputs_sets["mics"]
+    assert run.output_types == {"mics": "hpcem.SetOfMicrographs"}
+    assert len(run.outputs["mics"]) == len(project.open_set(run.id, "mics"))
+    mics = run.outputs["mics"]
     assert len(mics) == 2 and mics.columns["image"][1] == str(project.path / "m2.mrc")
     with pytest.raises(KeyError, match="no output 'nope'"):
-        run.outputs_sets["nope"]
+        run.outputs["nope"]
 
 
 def test_streaming_reader_sees_growth_after_refresh(project, run_id):
@@ -220,7 +221,7 @@ def test_delete_set(project, run_id):
     snap = project.open_set(run_id, "p")
     snap.columns["defocus_u"]  # segments open
     project.delete_set(run_id, "p")
-    assert project.run(run_id).outputs == {}
+    assert project.run(run_id).output_types == {}
     with pytest.raises(StoreError, match="has no set 'p'"):
         project.open_set(run_id, "p")
     assert not (project.run_dir(run_id) / "sets" / "p").exists()
