@@ -20,9 +20,6 @@ import time
 from typing import Any, Mapping, Sequence
 
 from hpcem.errors import RunError
-from hpcem.execution.context import RunContext
-from hpcem.protocol.registry import get_protocol
-from hpcem.protocol.validate import validate_request
 
 ACTIVE_STATES = ("launched", "running")
 STALE_HEARTBEAT_S = 60.0
@@ -38,6 +35,11 @@ def create_run(
     execution: Mapping[str, Any] | None = None,
 ):
     """Validate and store a new run (state ``saved``); nothing runs yet."""
+    # Imported here: `hpcem status` uses this module and must start fast.
+    from hpcem.execution.context import RunContext
+    from hpcem.protocol.registry import get_protocol
+    from hpcem.protocol.validate import validate_request
+
     protocol = get_protocol(protocol_name)
     request = validate_request(
         protocol,
