@@ -95,7 +95,10 @@ class ParslExecutor:
         config = Config(
             executors=[htex],
             run_dir=str(self.run_dir / "runinfo"),
-            strategy="htex_auto_scale",
+            # "simple": add blocks while steps wait, remove them after max_idletime with no
+            # steps. (htex_auto_scale also kills blocks whose workers have not connected yet
+            # whenever slots exceed tasks, so a block still queued is cancelled and resubmitted.)
+            strategy="simple",
             strategy_period=self.strategy_period_s,
             max_idletime=self.max_idletime_s,
             usage_tracking=0,
