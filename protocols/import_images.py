@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 
+from hpcem.model import SET_TYPES
 from hpcem.protocol import Citation, Output, Param, Protocol, Step
 
 HPCEM_CITATION = Citation(
@@ -63,7 +64,10 @@ def register_images(ctx, output: str, set_type: str) -> dict:
     found = ctx.results("inspect/")
     infos = [found[k] for k in sorted(found)]
     p = ctx.params
-    columns = {"image": [i["path"] for i in infos], "optics_group": [1] * len(infos)}
+    has_optics = "optics_group" in SET_TYPES[set_type].field_names  # volumes carry their own
+    columns = {"image": [i["path"] for i in infos]}
+    if has_optics:
+        columns["optics_group"] = [1] * len(infos)
     if set_type == "hpcem.SetOfMovies":
         columns["n_frames"] = [i["nz"] for i in infos]
     if set_type == "hpcem.SetOfVolumes":
@@ -71,18 +75,24 @@ def register_images(ctx, output: str, set_type: str) -> dict:
         columns["box_size"] = [i["nx"] for i in infos]
         columns["half"] = [0] * len(infos)
     with ctx.create_set(output, set_type) as writer:
-        writer.set_optics({
-            "optics_group": [1],
-            "name": [p.get("optics_group_name", "opticsGroup1")],
-            "voltage_kV": [p.get("voltage_kV", 0.0)],
-            "spherical_aberration_mm": [p.get("spherical_aberration_mm", 0.0)],
-            "amplitude_contrast": [p.get("amplitude_contrast", 0.0)],
-            "pixel_size_A": [p["pixel_size_A"]],
-            "dose_per_frame_e_A2": [p.get("dose_per_frame_e_A2", 0.0)],
-            "magnification": [p.get("magnification", 0.0)],
-        })
+        if has_optics:
+            _write_optics(writer, p)
         writer.append_columns(columns)
     return {"count": len(infos), "notes": sorted({n for i in infos for n in i["notes"]})[:20]}
+
+
+def _write_optics(writer, p: dict) -> None:
+    """The optics table (one optics group) from the acquisition parameters."""
+    writer.set_optics({
+        "optics_group": [1],
+        "name": [p.get("optics_group_name", "opticsGroup1")],
+        "voltage_kV": [p.get("voltage_kV", 0.0)],
+        "spherical_aberration_mm": [p.get("spherical_aberration_mm", 0.0)],
+        "amplitude_contrast": [p.get("amplitude_contrast", 0.0)],
+        "pixel_size_A": [p["pixel_size_A"]],
+        "dose_per_frame_e_A2": [p.get("dose_per_frame_e_A2", 0.0)],
+        "magnification": [p.get("magnification", 0.0)],
+    })
 
 
 class _ImportImages(Protocol):

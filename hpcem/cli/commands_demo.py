@@ -30,14 +30,13 @@ def demo_cmd(path, n, size, pixel_size_A, workers, seed):
     """
     import numpy as np
 
+    from hpcem.cli.commands_runs import _print_table, _wait
     from hpcem.errors import HpcemError
     from hpcem.execution import runs as lifecycle
+    from hpcem.execution.runs import summarize
     from hpcem.io.mrc import write_mrc
     from hpcem.sim.micrograph import simulate_micrograph
     from hpcem.store import Project
-
-    from hpcem.cli.commands_runs import _print_table, _wait
-    from hpcem.execution.runs import summarize
 
     root = Path(path).resolve()
     if root.exists():
@@ -55,7 +54,7 @@ def demo_cmd(path, n, size, pixel_size_A, workers, seed):
         defocus_u = float(rng.uniform(9000, 30000))
         defocus_v = defocus_u - float(rng.uniform(0, 1500))
         angle = float(rng.uniform(0, 180))
-        image, gt = simulate_micrograph((size, size), pixel_size_A=pixel_size_A, defocus_u_A=defocus_u,
+        image, _truth = simulate_micrograph((size, size), pixel_size_A=pixel_size_A, defocus_u_A=defocus_u,
                                         defocus_v_A=defocus_v, angle_deg=angle, seed=seed + i)
         name = f"mic_{i:03d}.mrc"
         write_mrc(raw / name, image, pixel_size_A)

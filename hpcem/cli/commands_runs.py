@@ -344,11 +344,10 @@ def log_cmd(project, run, follow):
             chunk = b""
         if chunk:
             click.echo(chunk.decode(errors="replace"), nl=False)
-        if not follow or effective_state(proj.run(rec.id)) not in ACTIVE_STATES:
-            if follow and not chunk:
-                break
-            if not follow:
-                break
+        if not follow:
+            break
+        if not chunk and effective_state(proj.run(rec.id)) not in ACTIVE_STATES:
+            break  # the run has ended and everything it wrote was printed
         time.sleep(0.3)
 
 

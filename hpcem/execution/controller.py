@@ -176,7 +176,7 @@ class Controller:
         rec = self.records[name]
         try:
             out = future.result()
-        except Exception as exc:  # the step's own error: record it, keep the run readable
+        except Exception as exc:  # noqa: BLE001 - a step's own error is recorded, never fatal
             rec.update(state="failed", ended=time.time(), exit_code=1, error=_one_line(exc))
             self.log.event(name, f"failed: {_one_line(exc)}", level="error",
                            detail="".join(traceback.format_exception(exc)))
@@ -205,7 +205,7 @@ class Controller:
         try:
             result = resolve(step.func)(self.ctx, **step.args)
             json.dumps(result, allow_nan=False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a step's own error is recorded, never fatal
             rec.update(state="failed", ended=time.time(), exit_code=1, error=_one_line(exc))
             self.log.event(name, f"failed: {_one_line(exc)}", level="error",
                            detail="".join(traceback.format_exception(exc)))

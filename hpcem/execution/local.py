@@ -31,7 +31,7 @@ class LocalExecutor:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._mpi_count = 0
 
-    def start(self) -> "LocalExecutor":
+    def start(self) -> LocalExecutor:
         context = multiprocessing.get_context("forkserver")
         self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
         return self

@@ -60,7 +60,7 @@ class ParslExecutor:
         self._dfk = None
         self._app = None
 
-    def start(self) -> "ParslExecutor":
+    def start(self) -> ParslExecutor:
         """Start Parsl (interchange on 127.0.0.1); blocks are submitted as steps arrive."""
         if self._dfk is not None:
             return self

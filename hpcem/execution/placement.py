@@ -6,7 +6,8 @@ and checks them against the site config *before* anything is stored or submitted
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hpcem.errors import ConfigError
 

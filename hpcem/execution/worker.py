@@ -10,7 +10,8 @@ import importlib
 import os
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hpcem.errors import ProtocolError
 

@@ -22,7 +22,8 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from hpcem.errors import ProtocolError
 from hpcem.protocol.params import Param
@@ -87,7 +88,7 @@ def _surname(name: str) -> str:
 
 def _bibtex_field(bibtex: str, field: str) -> str:
     """The value of ``field = {...}`` (balanced braces) or ``field = "..."`` or a bare word."""
-    m = re.search(rf"\b{field}\s*=\s*", bibtex, re.I)
+    m = re.search(rf"\b{field}\s*=\s*", bibtex, re.IGNORECASE)
     if not m:
         return ""
     rest = bibtex[m.end():]

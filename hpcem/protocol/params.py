@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 KINDS = ("int", "float", "bool", "enum", "string", "path", "numlist", "range")
 
@@ -78,35 +79,35 @@ class Param:
 
     # --- convenience constructors (read naturally in a protocol file) ----------------
     @classmethod
-    def int(cls, name: str, default=None, **kw) -> "Param":
+    def int(cls, name: str, default=None, **kw) -> Param:
         return cls(name, "int", default, **kw)
 
     @classmethod
-    def float(cls, name: str, default=None, **kw) -> "Param":
+    def float(cls, name: str, default=None, **kw) -> Param:
         return cls(name, "float", default, **kw)
 
     @classmethod
-    def bool(cls, name: str, default=False, **kw) -> "Param":
+    def bool(cls, name: str, default=False, **kw) -> Param:
         return cls(name, "bool", default, **kw)
 
     @classmethod
-    def enum(cls, name: str, choices: Sequence[str], default=None, **kw) -> "Param":
+    def enum(cls, name: str, choices: Sequence[str], default=None, **kw) -> Param:
         return cls(name, "enum", default, choices=tuple(choices), **kw)
 
     @classmethod
-    def string(cls, name: str, default=None, **kw) -> "Param":
+    def string(cls, name: str, default=None, **kw) -> Param:
         return cls(name, "string", default, **kw)
 
     @classmethod
-    def path(cls, name: str, default=None, **kw) -> "Param":
+    def path(cls, name: str, default=None, **kw) -> Param:
         return cls(name, "path", default, **kw)
 
     @classmethod
-    def numlist(cls, name: str, default=None, **kw) -> "Param":
+    def numlist(cls, name: str, default=None, **kw) -> Param:
         return cls(name, "numlist", default, **kw)
 
     @classmethod
-    def range(cls, name: str, default=None, **kw) -> "Param":
+    def range(cls, name: str, default=None, **kw) -> Param:
         return cls(name, "range", default, **kw)
 
     # --- values ------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class Registry:
         self.sources: dict[str, str] = {}
         self.errors: dict[str, str] = {}
 
-    def load(self) -> "Registry":
+    def load(self) -> Registry:
         """Import built-in protocols and entry-point plugins (explicit I/O step)."""
         package = importlib.import_module(BUILTIN_PACKAGE)
         for info in pkgutil.iter_modules(package.__path__):
@@ -42,7 +42,7 @@ class Registry:
             source = f"plugin {ep.name} ({ep.value})"
             try:
                 obj = ep.load()
-            except Exception as exc:  # a broken plugin must not stop the others
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
                 self.errors[ep.name] = f"{source}: failed to load: {type(exc).__name__}: {exc}"
                 continue
             if isinstance(obj, ModuleType):
@@ -56,7 +56,7 @@ class Registry:
     def _load_module(self, module_name: str, source: str) -> None:
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken protocol file must not stop the others
             self.errors[module_name] = f"{module_name}: failed to load: {type(exc).__name__}: {exc}"
             return
         self._add_module(module, source)

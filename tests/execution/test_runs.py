@@ -134,6 +134,21 @@ def test_stop_kills_processes_and_marks_aborted(project, tmp_path, wait_for_run)
         lifecycle.stop_run(project, run.id)
 
 
+def test_cli_project_create_and_list(tmp_path, capsys):
+    assert main(["project", "create", str(tmp_path / "a" / "p1")]) == 0
+    assert main(["project", "create", str(tmp_path / "b")]) == 0
+    (tmp_path / "notaproject").mkdir()
+    capsys.readouterr()
+    assert main(["project", "create", str(tmp_path / "b")]) == 6
+    assert "already an hpcem project" in capsys.readouterr().err
+    assert main(["project", "list", str(tmp_path), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert sorted(Path(p["path"]).name for p in found) == ["b", "p1"]
+    assert all(p["runs"] == 0 and p["error"] == "" for p in found)
+    assert main(["status", str(tmp_path / "notaproject")]) == 6
+    assert "is not an hpcem project" in capsys.readouterr().err
+
+
 def test_cli_status_and_log(project, tmp_path, capsys, wait_for_run):
     out = tmp_path / "out"
     out.mkdir()
@@ -191,6 +206,16 @@ def test_bad_input_pointers(project, tmp_path, wait_for_run):
     lifecycle.launch(project, vols.id, foreground=True)
     assert project.run(vols.id).state == "failed"  # a micrograph is not a volume
     assert "is a micrograph (256x256x1), expected volume" in project.run(vols.id).error
+    import numpy as np
+
+    from hpcem.io.mrc import write_mrc
+
+    write_mrc(tmp_path / "map.mrc", np.zeros((16, 16, 16), np.float32), 1.5, kind="volume")
+    vol = lifecycle.create_run(project, "import.volumes", {"files": str(tmp_path / "map.mrc"), "pixel_size_A": 1.5})
+    lifecycle.launch(project, vol.id, foreground=True)
+    assert project.run(vol.id).state == "finished"
+    with pytest.raises(ValidationError, match=f"{vol.id}:volumes is a hpcem.SetOfVolumes, expected hpcem.SetOfMicrographs"):
+        lifecycle.create_run(project, "ctf.estimate", {}, {"micrographs": f"{vol.id}:volumes"})
     n_runs = len(project.runs)
     with pytest.raises(ValidationError, match="matches no file"):
         lifecycle.create_run(project, "import.micrographs", {"files": str(tmp_path / "none*.mrc"), "pixel_size_A": 1})
@@ -207,7 +232,7 @@ def test_corrupt_image_fails_import_naming_file_then_continue_after_fix(project,
     rec = project.run(run.id)
     assert rec.state == "failed"
     assert "m1.mrc" in rec.error and "\n" not in rec.error
-    project.open_set  # the project stays readable:
+    # the project stays readable:
     assert [r.id for r in project.runs] == [run.id]
     (raw / "m1.mrc").write_bytes(good)
     lifecycle.continue_run(project, run.id, foreground=True)
@@ -216,6 +241,26 @@ def test_corrupt_image_fails_import_naming_file_then_continue_after_fix(project,
     assert len(project.open_set(run.id, "micrographs")) == 3
     steps = project.read_steps(run.id).to_records()
     assert sorted(s["attempts"] for s in steps if s["name"].startswith("inspect/")) == [1, 1, 2]
+
+
+def test_import_tiff_movies_with_acquisition(project, tmp_path):
+    from hpcem.io.tiff import write_tiff_movie
+    from hpcem.sim.micrograph import simulate_movie
+
+    (tmp_path / "frames").mkdir()
+    for i, n in enumerate((5, 7)):
+        frames, _ = simulate_movie((256, 256), n_frames=n, pixel_size_A=2.0, seed=i)
+        write_tiff_movie(tmp_path / "frames" / f"mov{i}.tif", frames)
+    run = lifecycle.create_run(project, "import.movies", {
+        "files": str(tmp_path / "frames" / "*.tif"), "pixel_size_A": 2.0, "voltage_kV": 200,
+        "dose_per_frame_e_A2": 1.25})
+    lifecycle.launch(project, run.id, foreground=True)
+    rec = project.run(run.id)
+    assert rec.state == "finished", rec.error
+    movies = rec.outputs["movies"]
+    assert list(movies.column("n_frames")) == [5, 7]
+    assert movies.optics["voltage_kV"][0] == 200 and movies.optics["dose_per_frame_e_A2"][0] == 1.25
+    assert movies.lineage["run_id"] == run.id and movies.lineage["step"] == "register"
 
 
 def test_pixel_size_mismatch_is_reported(project, tmp_path):

@@ -38,9 +38,9 @@ def test_param_ranges_and_choices():
 
 def test_conditions_switch_parameters_off():
     form = get_protocol("test.form")
-    values, problems = convert_params(form, {"mode": "fast", "iterations": "1000"})
+    _, problems = convert_params(form, {"mode": "fast", "iterations": "1000"})
     assert problems == []  # iterations applies only in accurate mode
-    values, problems = convert_params(form, {"mode": "accurate", "iterations": "1000"})
+    _, problems = convert_params(form, {"mode": "accurate", "iterations": "1000"})
     assert problems == ["parameter 'iterations' = 1000 is above the maximum 100"]
     assert when("mode", "==", "accurate").holds({"mode": "accurate"})
 
