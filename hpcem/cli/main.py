@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"hpcem: error: {exc}", err=True)
         return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("hpcem: interrupted", err=True)
+        return 130
     except click.exceptions.Abort:
         click.echo("hpcem: aborted", err=True)
         return 130
@@ -54,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"hpcem: error: {exc.format_message()}", err=True)
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
+        if debug:
+            raise
+        click.echo(f"hpcem: internal error: {type(exc).__name__}: {exc} "
+                   "(rerun with --debug for the traceback and please report it)", err=True)
+        return 70
     return 0
 
 

@@ -285,12 +285,15 @@ def run_controller(project_path: str, run_id: int, workers: int | None = None) -
     lock = FileLock(project.run_dir(run_id) / "controller.lock", f"run {run_id}")
     lock.acquire(timeout_s=0)
     try:
+        _mark_job(project, run_id, "RUNNING")
         executor = make_executor(run, workers).start()
         controller = Controller(project, run_id, executor)
         signal.signal(signal.SIGTERM, controller.request_stop)
         signal.signal(signal.SIGINT, controller.request_stop)
         try:
-            return controller.run()
+            state = controller.run()
+            _mark_job(project, run_id, {"finished": "COMPLETED", "aborted": "CANCELLED"}.get(state, "FAILED"))
+            return state
         except HpcemError as exc:
             # A planning error (bad protocol, missing input) fails the run with its reason.
             project.update_run(run_id, state="failed", ended=time.time(), error=str(exc))
@@ -298,6 +301,18 @@ def run_controller(project_path: str, run_id: int, workers: int | None = None) -
             raise
     finally:
         lock.release()
+
+
+def _mark_job(project, run_id: int, state: str) -> None:
+    """Inside a batch job of this run: record the job's state as the controller sees it."""
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or os.environ.get("JOB_ID")
+    run = project.run(run_id)
+    jobs = list(run.execution.get("jobs", []))
+    if not job_id or not jobs or str(jobs[-1]["id"]).split(".")[0] != job_id.split(".")[0]:
+        return
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    jobs[-1] = {**jobs[-1], "state": state, "native_state": state, "node": node}
+    project.update_run(run_id, execution={**run.execution, "jobs": jobs})
 
 
 def main(argv: list[str] | None = None) -> int:

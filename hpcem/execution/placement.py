@@ -25,17 +25,19 @@ def execution_request(project, opts: Mapping[str, Any]) -> dict:
         return {"mode": "local", "dispatch": "local", "site": site_name or "localhost"}
     if not site_name:
         raise ConfigError(f"--dispatch {dispatch} needs --site NAME (see 'hpcem site list')")
-    from hpcem.cluster.site import load_site
+    from hpcem.cluster.site import check_limits, format_walltime, load_site, parse_walltime
 
     site = load_site(site_name)
-    queue = opts.get("queue") or site.default_queue
+    queue = site.queue(opts.get("queue"))  # ConfigError naming the queues when unknown
+    walltime_s = parse_walltime(opts["walltime"]) if "walltime" in opts else site.walltime_s
     resources = {
-        "queue": queue,
-        "walltime": opts.get("walltime") or site.defaults.walltime,
+        "queue": queue.name,
+        "walltime": format_walltime(walltime_s),
         "cores": int(opts.get("cores") or 1),
         "nodes": int(opts.get("nodes") or 1),
     }
-    site.check_request(**resources)  # ConfigError: unknown queue, walltime over the limit...
+    check_limits(site, queue, nodes=resources["nodes"], cores_per_node=resources["cores"],
+                 memory_mb=None, walltime_s=walltime_s, gpus=0)
     execution = {"site": site.name, "resources": resources}
     if dispatch == "job":
         return {**execution, "mode": "job", "dispatch": "local"}
