@@ -25,7 +25,9 @@ from hpcem.execution.parsl_executor import ParslExecutor
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--site", default="local-slurm")
     ap.add_argument("--queue", default=None)
     ap.add_argument("--steps", type=int, default=200)
@@ -38,14 +40,25 @@ def main(argv=None) -> int:
         queue = site.queue(args.queue)
         workers = args.workers_per_node or queue.cores_per_node
         with tempfile.TemporaryDirectory(prefix="hpcem-bench-", dir="/tmp") as run_dir:
-            ex = ParslExecutor(site, queue=queue.name, max_blocks=args.blocks,
-                               init_blocks=args.blocks, workers_per_node=workers,
-                               run_dir=run_dir, max_idletime_s=5)
+            ex = ParslExecutor(
+                site,
+                queue=queue.name,
+                max_blocks=args.blocks,
+                init_blocks=args.blocks,
+                workers_per_node=workers,
+                run_dir=run_dir,
+                max_idletime_s=5,
+            )
             t0 = time.monotonic()
             ex.start()
-            futures = [ex.submit("hpcem.cluster.diagnostics:sleep_step",
-                                 {"seconds": args.duration, "index": i}, {})
-                       for i in range(args.steps)]
+            futures = [
+                ex.submit(
+                    "hpcem.cluster.diagnostics:sleep_step",
+                    {"seconds": args.duration, "index": i},
+                    {},
+                )
+                for i in range(args.steps)
+            ]
             first = None
             nodes = set()
             for fut in _as_completed(futures):
@@ -62,24 +75,29 @@ def main(argv=None) -> int:
     slots = args.blocks * workers
     ideal = args.steps * args.duration / slots
     busy = wall - first + args.duration
-    print(json.dumps({
-        "steps": args.steps,
-        "duration_s": args.duration,
-        "slots": slots,
-        "first_result_s": round(first, 3),
-        "wall_s": round(wall, 3),
-        "ideal_s": round(ideal, 3),
-        "busy_s": round(busy, 3),
-        "overhead_pct": round(100 * (busy - ideal) / ideal, 2),
-        "status_calls": status_calls,
-        "jobs": jobs,
-        "nodes": sorted(nodes),
-    }))
+    print(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "duration_s": args.duration,
+                "slots": slots,
+                "first_result_s": round(first, 3),
+                "wall_s": round(wall, 3),
+                "ideal_s": round(ideal, 3),
+                "busy_s": round(busy, 3),
+                "overhead_pct": round(100 * (busy - ideal) / ideal, 2),
+                "status_calls": status_calls,
+                "jobs": jobs,
+                "nodes": sorted(nodes),
+            }
+        )
+    )
     return 0
 
 
 def _as_completed(futures):
     import concurrent.futures
+
     return concurrent.futures.as_completed(futures)
 
 

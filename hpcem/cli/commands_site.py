@@ -32,10 +32,18 @@ def site_list() -> None:
 
 @site_group.command("check")
 @click.argument("name")
-@click.option("--test", is_flag=True,
-              help="Also do a scheduler dry run and submit a trivial job, waiting for it.")
-@click.option("--timeout", "timeout_s", default=300.0, show_default=True,
-              help="Seconds to wait for the --test job.")
+@click.option(
+    "--test",
+    is_flag=True,
+    help="Also do a scheduler dry run and submit a trivial job, waiting for it.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the --test job.",
+)
 def site_check(name: str, test: bool, timeout_s: float) -> None:
     """Check site NAME: schema, every queue's job script (rendered, bash -n), scheduler
     commands on PATH, and with --test a real trivial job."""
@@ -52,16 +60,28 @@ def site_check(name: str, test: bool, timeout_s: float) -> None:
 @click.option("--queue", "-q", default=None, help="Queue/partition (default: the site's).")
 @click.option("--nodes", default=1, show_default=True, type=int)
 @click.option("--tasks-per-node", default=1, show_default=True, type=int)
-@click.option("--cores", "cores_per_task", default=1, show_default=True, type=int,
-              help="Cores per task.")
+@click.option(
+    "--cores", "cores_per_task", default=1, show_default=True, type=int, help="Cores per task."
+)
 @click.option("--memory-mb", default=None, type=int, help="Memory per node, MB.")
 @click.option("--walltime", default=None, help="HH:MM:SS or D-HH:MM:SS (default: the site's).")
 @click.option("--gpus", default=0, show_default=True, type=int, help="GPUs per node.")
 @click.option("--label", default="", help="Free-text label (it is shell-quoted in the script).")
 @click.option("--workdir", default=None, help="Job working directory (default: current).")
 @click.argument("command", nargs=-1)
-def site_render(name, queue, nodes, tasks_per_node, cores_per_task, memory_mb, walltime, gpus,
-                label, workdir, command) -> None:
+def site_render(
+    name,
+    queue,
+    nodes,
+    tasks_per_node,
+    cores_per_task,
+    memory_mb,
+    walltime,
+    gpus,
+    label,
+    workdir,
+    command,
+) -> None:
     """Print the job script that would be submitted on site NAME for COMMAND (after --)."""
     site = load_site(name)
     workdir = os.path.abspath(workdir or os.getcwd())
@@ -69,11 +89,21 @@ def site_render(name, queue, nodes, tasks_per_node, cores_per_task, memory_mb, w
         walltime_s = parse_walltime(walltime, "--walltime") if walltime else None
     except ConfigError as exc:
         raise ValidationError(str(exc)) from None
-    spec = JobSpec(command=tuple(command) or ("true",), name=label or "hpcem-render", label=label,
-                   workdir=workdir, exit_code_file=os.path.join(workdir, "hpcem-job.exit"),
-                   stdout=os.path.join(workdir, "hpcem-job.out"), nodes=nodes,
-                   tasks_per_node=tasks_per_node, cores_per_task=cores_per_task,
-                   memory_mb=memory_mb, walltime_s=walltime_s, gpus=gpus, queue=queue)
+    spec = JobSpec(
+        command=tuple(command) or ("true",),
+        name=label or "hpcem-render",
+        label=label,
+        workdir=workdir,
+        exit_code_file=os.path.join(workdir, "hpcem-job.exit"),
+        stdout=os.path.join(workdir, "hpcem-job.out"),
+        nodes=nodes,
+        tasks_per_node=tasks_per_node,
+        cores_per_task=cores_per_task,
+        memory_mb=memory_mb,
+        walltime_s=walltime_s,
+        gpus=gpus,
+        queue=queue,
+    )
     click.echo(render_job_script(site, spec), nl=False)
 
 
@@ -86,9 +116,11 @@ def queue_command(site_name: str, user: str | None) -> None:
     rows = list_user_jobs(site, user)
     click.echo(f"{'JOBID':>10}  {'STATE':13s} {'NATIVE':10s} {'QUEUE':10s} {'NODES':12s} NAME")
     for r in rows:
-        click.echo(f"{r['job_id']:>10}  {r['state']:13s} {r['native_state']:10s} "
-                   f"{r['queue']:10s} {r['nodes']:12s} {r['name']}"
-                   + (f"  ({r['reason']})" if r["reason"] else ""))
+        click.echo(
+            f"{r['job_id']:>10}  {r['state']:13s} {r['native_state']:10s} "
+            f"{r['queue']:10s} {r['nodes']:12s} {r['name']}"
+            + (f"  ({r['reason']})" if r["reason"] else "")
+        )
 
 
 COMMANDS: list = [site_group, queue_command]

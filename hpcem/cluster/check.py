@@ -27,14 +27,24 @@ class Finding:
     detail: str = ""
 
 
-def trivial_spec(site: Site, queue: str, workdir: str, command=("true",), label="site check") -> JobSpec:
+def trivial_spec(
+    site: Site, queue: str, workdir: str, command=("true",), label="site check"
+) -> JobSpec:
     """The smallest job on ``queue``: one core, the site's default walltime (capped)."""
     q = site.queue(queue)
-    walltime = site.walltime_s if q.max_walltime_s is None else min(site.walltime_s, q.max_walltime_s)
-    return JobSpec(command=tuple(command), name=f"hpcem-check-{site.name}", label=label,
-                   workdir=workdir, exit_code_file=str(Path(workdir) / f"check-{queue}.exit"),
-                   stdout=str(Path(workdir) / f"check-{queue}.out"), walltime_s=walltime,
-                   queue=queue)
+    walltime = (
+        site.walltime_s if q.max_walltime_s is None else min(site.walltime_s, q.max_walltime_s)
+    )
+    return JobSpec(
+        command=tuple(command),
+        name=f"hpcem-check-{site.name}",
+        label=label,
+        workdir=workdir,
+        exit_code_file=str(Path(workdir) / f"check-{queue}.exit"),
+        stdout=str(Path(workdir) / f"check-{queue}.out"),
+        walltime_s=walltime,
+        queue=queue,
+    )
 
 
 def bash_syntax_ok(script_text: str) -> tuple[bool, str]:
@@ -49,8 +59,9 @@ def bash_syntax_ok(script_text: str) -> tuple[bool, str]:
         Path(path).unlink(missing_ok=True)
 
 
-def check_site(name: str, *, test: bool = False, test_timeout_s: float = 300.0,
-               workdir: str | None = None) -> list[Finding]:
+def check_site(
+    name: str, *, test: bool = False, test_timeout_s: float = 300.0, workdir: str | None = None
+) -> list[Finding]:
     """Schema, template render + ``bash -n`` for every queue, scheduler commands on PATH,
     and with ``test`` a scheduler dry run and a real trivial job waited for to the end."""
     findings: list[Finding] = []
@@ -58,8 +69,9 @@ def check_site(name: str, *, test: bool = False, test_timeout_s: float = 300.0,
         site = load_site(name)
     except HpcemError as exc:
         return [Finding("config", False, str(exc))]
-    findings.append(Finding("config", True, f"{site.path} ({site.scheduler}, "
-                                                  f"{len(site.queues)} queue(s))"))
+    findings.append(
+        Finding("config", True, f"{site.path} ({site.scheduler}, {len(site.queues)} queue(s))")
+    )
     folder = workdir or tempfile.mkdtemp(prefix=f"hpcem-check-{site.name}-")
     findings.append(Finding("template", True, str(template_path(site))))
     for qname in site.queues:
@@ -71,10 +83,15 @@ def check_site(name: str, *, test: bool = False, test_timeout_s: float = 300.0,
         ok, msg = bash_syntax_ok(text)
         findings.append(Finding(f"render queue {qname} + bash -n", ok, msg))
     missing = [p for p in get_scheduler(site.scheduler).PROGRAMS if shutil.which(p) is None]
-    findings.append(Finding(
-        "scheduler commands", not missing,
-        f"missing from PATH: {', '.join(missing)}" if missing
-        else ", ".join(get_scheduler(site.scheduler).PROGRAMS)))
+    findings.append(
+        Finding(
+            "scheduler commands",
+            not missing,
+            f"missing from PATH: {', '.join(missing)}"
+            if missing
+            else ", ".join(get_scheduler(site.scheduler).PROGRAMS),
+        )
+    )
     if test and all(f.ok for f in findings):
         findings.extend(_test_job(site, folder, test_timeout_s))
     return findings
@@ -101,8 +118,19 @@ def _test_job(site: Site, folder: str, timeout_s: float) -> list[Finding]:
         return out + [Finding("test job", False, f"job {job_id}: {exc}")]
     if not status.state.final:
         tracker.cancel([job_id])
-        return out + [Finding("test job", False, f"job {job_id} still {status.state.value} "
-                                                 f"after {timeout_s:g} s; cancelled")]
+        return out + [
+            Finding(
+                "test job",
+                False,
+                f"job {job_id} still {status.state.value} after {timeout_s:g} s; cancelled",
+            )
+        ]
     ok = status.state is JobState.COMPLETED
-    return out + [Finding("test job", ok, f"job {job_id} {status.state.value} in "
-                                          f"{time.monotonic() - t0:.1f} s {status.reason}".strip())]
+    return out + [
+        Finding(
+            "test job",
+            ok,
+            f"job {job_id} {status.state.value} in "
+            f"{time.monotonic() - t0:.1f} s {status.reason}".strip(),
+        )
+    ]

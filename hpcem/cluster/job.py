@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from hpcem.errors import ValidationError
 

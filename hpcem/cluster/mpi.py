@@ -25,7 +25,9 @@ from hpcem.errors import CommandError, ConfigError, StepError, ValidationError
 def mpi_launch_argv(site: Site, ranks: int, threads: int = 1) -> list[str]:
     """The site's MPI command with ``{ranks}`` and ``{threads}`` filled in."""
     if ranks < 1 or threads < 1:
-        raise ValidationError(f"MPI step needs ranks >= 1 and threads >= 1 (got {ranks}, {threads})")
+        raise ValidationError(
+            f"MPI step needs ranks >= 1 and threads >= 1 (got {ranks}, {threads})"
+        )
     if not site.mpi_command:
         raise ConfigError(f"{site.path}: site {site.name!r} has no [mpi] command")
     try:
@@ -44,11 +46,26 @@ def mpi_environment(site: Site, threads: int = 1, base: dict | None = None) -> d
     return env
 
 
-def step_argv(site: Site, func_ref: str, args_file: str, result_file: str, *, ranks: int,
-              threads: int = 1, python: str | None = None) -> list[str]:
+def step_argv(
+    site: Site,
+    func_ref: str,
+    args_file: str,
+    result_file: str,
+    *,
+    ranks: int,
+    threads: int = 1,
+    python: str | None = None,
+) -> list[str]:
     """Full argv: MPI launcher + ``python -m hpcem.cluster.mpi_entry FUNC ARGS RESULT``."""
-    return [*mpi_launch_argv(site, ranks, threads), python or sys.executable, "-m",
-            "hpcem.cluster.mpi_entry", func_ref, str(args_file), str(result_file)]
+    return [
+        *mpi_launch_argv(site, ranks, threads),
+        python or sys.executable,
+        "-m",
+        "hpcem.cluster.mpi_entry",
+        func_ref,
+        str(args_file),
+        str(result_file),
+    ]
 
 
 def write_args(workdir: str | os.PathLike, name: str, args: dict) -> tuple[Path, Path]:
@@ -72,8 +89,17 @@ def read_result(result_file: str | os.PathLike):
         raise StepError(f"MPI step wrote no result {result_file} (see the step's output)") from None
 
 
-def run_mpi_step(site: Site, func_ref: str, args: dict, *, ranks: int, threads: int = 1,
-                 workdir: str | os.PathLike, name: str = "mpi-step", timeout_s: float = 3600):
+def run_mpi_step(
+    site: Site,
+    func_ref: str,
+    args: dict,
+    *,
+    ranks: int,
+    threads: int = 1,
+    workdir: str | os.PathLike,
+    name: str = "mpi-step",
+    timeout_s: float = 3600,
+):
     """Launch ``func_ref(**args)`` on ``ranks`` ranks here (inside an allocation or locally)
     and return rank 0's result."""
     args_file, result_file = write_args(workdir, name, args)
@@ -86,9 +112,18 @@ def run_mpi_step(site: Site, func_ref: str, args: dict, *, ranks: int, threads: 
     return read_result(result_file)
 
 
-def mpi_job_spec(site: Site, func_ref: str, args: dict, *, ranks: int, threads: int = 1,
-                 workdir: str | os.PathLike, name: str = "mpi-step", queue: str | None = None,
-                 walltime_s: int | None = None) -> tuple[JobSpec, Path]:
+def mpi_job_spec(
+    site: Site,
+    func_ref: str,
+    args: dict,
+    *,
+    ranks: int,
+    threads: int = 1,
+    workdir: str | os.PathLike,
+    name: str = "mpi-step",
+    queue: str | None = None,
+    walltime_s: int | None = None,
+) -> tuple[JobSpec, Path]:
     """A batch job that runs the MPI step inside its own allocation.
 
     Ranks are packed onto as few nodes as the queue's cores allow. Returns the spec and
@@ -100,11 +135,15 @@ def mpi_job_spec(site: Site, func_ref: str, args: dict, *, ranks: int, threads: 
     if nodes * per_node != ranks and nodes > 1:
         raise ValidationError(
             f"{ranks} ranks x {threads} threads do not fill whole {q.cores_per_node}-core "
-            f"nodes of queue {q.name!r}; use a multiple of {per_node} ranks")
+            f"nodes of queue {q.name!r}; use a multiple of {per_node} ranks"
+        )
     args_file, result_file = write_args(workdir, name, args)
     spec = JobSpec(
-        command=tuple(step_argv(site, func_ref, str(args_file), str(result_file),
-                                ranks=ranks, threads=threads)),
+        command=tuple(
+            step_argv(
+                site, func_ref, str(args_file), str(result_file), ranks=ranks, threads=threads
+            )
+        ),
         name=name,
         workdir=str(workdir),
         exit_code_file=str(Path(workdir) / f"{name}.exit"),

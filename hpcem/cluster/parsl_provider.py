@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from parsl.jobs.states import JobState as ParslState
 from parsl.jobs.states import JobStatus as ParslStatus
@@ -51,11 +51,22 @@ class HpcemProvider(ExecutionProvider):
     walltime_s : block walltime (default: the site default).
     """
 
-    def __init__(self, site: Site, *, script_dir: str, queue: str | None = None,
-                 nodes_per_block: int = 1, init_blocks: int = 0, min_blocks: int = 0,
-                 max_blocks: int = 1, parallelism: float = 1.0,
-                 cores_per_node: int | None = None, walltime_s: int | None = None,
-                 launcher: Launcher | None = None, status_interval_s: float | None = None):
+    def __init__(
+        self,
+        site: Site,
+        *,
+        script_dir: str,
+        queue: str | None = None,
+        nodes_per_block: int = 1,
+        init_blocks: int = 0,
+        min_blocks: int = 0,
+        max_blocks: int = 1,
+        parallelism: float = 1.0,
+        cores_per_node: int | None = None,
+        walltime_s: int | None = None,
+        launcher: Launcher | None = None,
+        status_interval_s: float | None = None,
+    ):
         self.site = site
         self.queue = queue or site.default_queue
         self.script_dir = script_dir
@@ -124,8 +135,15 @@ class HpcemProvider(ExecutionProvider):
         for j in ids:
             st = statuses[j]
             spec = self.resources.get(j, {}).get("spec")
-            out.append(ParslStatus(_TO_PARSL[st.state], st.reason or None, st.exit_code,
-                                   spec.stdout if spec else None, None))
+            out.append(
+                ParslStatus(
+                    _TO_PARSL[st.state],
+                    st.reason or None,
+                    st.exit_code,
+                    spec.stdout if spec else None,
+                    None,
+                )
+            )
         return out
 
     def cancel(self, job_ids: Sequence[object]) -> list[bool]:

@@ -14,9 +14,10 @@ import difflib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from hpcem.errors import ConfigError, ValidationError
 
@@ -193,19 +194,21 @@ def parse_site(data: Mapping[str, Any], path: str, search_dirs=()) -> Site:
     for section in data:
         if section not in _SCHEMA and section != "queues":
             raise ConfigError(
-                f"{path}: unknown section [{section}]"
-                f"{_did_you_mean(section, [*_SCHEMA, 'queues'])}"
+                f"{path}: unknown section [{section}]{_did_you_mean(section, [*_SCHEMA, 'queues'])}"
             )
     if "site" not in data:
         raise ConfigError(f"{path}: missing section [site]")
-    s = {name: _check_table(data.get(name, {}), _SCHEMA[name], f"{path}: {name}")
-         for name in _SCHEMA if name != "programs"}
+    s = {
+        name: _check_table(data.get(name, {}), _SCHEMA[name], f"{path}: {name}")
+        for name in _SCHEMA
+        if name != "programs"
+    }
     for key in s["environment"].get("variables", {}):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise ConfigError(f"{path}: environment.variables: {key!r} is not a variable name")
     programs = data.get("programs", {})
     if not isinstance(programs, dict) or not all(isinstance(v, str) for v in programs.values()):
-        raise ConfigError(f"{path}: programs: expected a table of name = \"path\" strings")
+        raise ConfigError(f'{path}: programs: expected a table of name = "path" strings')
 
     site, defaults = s["site"], s["defaults"]
     if site["scheduler"] not in SCHEDULERS:
@@ -334,17 +337,29 @@ def default_site_name(project_default: str | None = None) -> str:
     return os.environ.get("HPCEM_SITE") or project_default or "localhost"
 
 
-def check_limits(site: Site, queue: Queue, *, nodes: int, cores_per_node: int,
-                 memory_mb: int | None, walltime_s: int, gpus: int) -> None:
+def check_limits(
+    site: Site,
+    queue: Queue,
+    *,
+    nodes: int,
+    cores_per_node: int,
+    memory_mb: int | None,
+    walltime_s: int,
+    gpus: int,
+) -> None:
     """Raise ValidationError listing every request over the queue's limits."""
     problems = []
     where = f"site {site.name!r} queue {queue.name!r}"
     if nodes > queue.max_nodes:
         problems.append(f"{nodes} nodes requested, {where} allows {queue.max_nodes}")
     if cores_per_node > queue.cores_per_node:
-        problems.append(f"{cores_per_node} cores per node requested, {where} has {queue.cores_per_node}")
+        problems.append(
+            f"{cores_per_node} cores per node requested, {where} has {queue.cores_per_node}"
+        )
     if memory_mb and queue.memory_mb_per_node and memory_mb > queue.memory_mb_per_node:
-        problems.append(f"{memory_mb} MB per node requested, {where} has {queue.memory_mb_per_node} MB")
+        problems.append(
+            f"{memory_mb} MB per node requested, {where} has {queue.memory_mb_per_node} MB"
+        )
     if queue.max_walltime_s is not None and walltime_s > queue.max_walltime_s:
         problems.append(
             f"walltime {format_walltime(walltime_s)} is over the limit "

@@ -10,15 +10,21 @@ import getpass
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from hpcem.cluster.job import JobSpec, JobStatus
 from hpcem.cluster.schedulers import get_scheduler
 from hpcem.cluster.site import Site
 from hpcem.cluster.templates import render_job_script
 from hpcem.command import run_command
-from hpcem.errors import CommandError, CommandNotFoundError, ConfigError, SchedulerError, SubmitError
+from hpcem.errors import (
+    CommandError,
+    CommandNotFoundError,
+    ConfigError,
+    SchedulerError,
+    SubmitError,
+)
 
 
 def missing_programs(site: Site) -> list[str]:
@@ -78,8 +84,10 @@ def test_submit(site: Site, spec: JobSpec, script_path: str | os.PathLike) -> st
     try:
         result = run_command(argv, timeout_s=site.command_timeout_s)
     except CommandError as exc:
-        raise SubmitError(f"site {site.name!r}: {argv[0]} rejected the test job: "
-                          f"{(exc.stderr or exc.stdout).strip() or exc}") from None
+        raise SubmitError(
+            f"site {site.name!r}: {argv[0]} rejected the test job: "
+            f"{(exc.stderr or exc.stdout).strip() or exc}"
+        ) from None
     return (result.stdout + result.stderr).strip()
 
 
@@ -95,7 +103,11 @@ def query_status(site: Site, job_ids: Iterable[str]) -> dict[str, JobStatus]:
             return {}
         raise CommandError(
             f"{result.argv[0]} exited with code {result.returncode}: {result.stderr.strip()}",
-            result.argv, result.returncode, result.stdout, result.stderr)
+            result.argv,
+            result.returncode,
+            result.stdout,
+            result.stderr,
+        )
     wanted = set(ids)
     return {j: s for j, s in sched.parse_status_output(result.stdout).items() if j in wanted}
 
@@ -131,11 +143,19 @@ def cancel_jobs(site: Site, job_ids: Iterable[str]) -> None:
     result = run_command(sched.cancel_argv(ids), timeout_s=site.command_timeout_s, check=False)
     text = (result.stderr + result.stdout).lower()
     if result.returncode != 0 and not any(
-        s in text for s in ("invalid job id", "does not exist", "unknown job", "no such process",
-                            "already completed", "finished")
+        s in text
+        for s in (
+            "invalid job id",
+            "does not exist",
+            "unknown job",
+            "no such process",
+            "already completed",
+            "finished",
+        )
     ):
         raise SchedulerError(
-            f"site {site.name!r}: cancelling {', '.join(ids)} failed: {result.stderr.strip()}")
+            f"site {site.name!r}: cancelling {', '.join(ids)} failed: {result.stderr.strip()}"
+        )
 
 
 def list_user_jobs(site: Site, user: str | None = None, name_prefix: str = "hpcem") -> list[dict]:
@@ -144,6 +164,8 @@ def list_user_jobs(site: Site, user: str | None = None, name_prefix: str = "hpce
     user = user or getpass.getuser()
     result = run_command(sched.user_jobs_argv(user), timeout_s=site.command_timeout_s, check=False)
     if result.returncode != 0 and site.scheduler != "local":
-        raise SchedulerError(f"site {site.name!r}: {result.argv[0]} failed: {result.stderr.strip()}")
+        raise SchedulerError(
+            f"site {site.name!r}: {result.argv[0]} failed: {result.stderr.strip()}"
+        )
     rows = sched.parse_user_jobs_output(result.stdout)
     return [r for r in rows if site.scheduler == "local" or r["name"].startswith(name_prefix)]

@@ -56,7 +56,10 @@ def _environment(folder: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         # the site's own folder first, then the shipped one (for _job_body.sh.j2)
         loader=jinja2.ChoiceLoader(
-            [jinja2.FileSystemLoader(str(folder)), jinja2.FileSystemLoader(str(shipped_template_dir()))]
+            [
+                jinja2.FileSystemLoader(str(folder)),
+                jinja2.FileSystemLoader(str(shipped_template_dir())),
+            ]
         ),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -78,7 +81,9 @@ def render_template(path: Path, context: dict) -> str:
     try:
         return env.get_template(path.name).render(**context)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{exc.filename or path}:{exc.lineno}: template syntax error: {exc.message}") from None
+        raise TemplateError(
+            f"{exc.filename or path}:{exc.lineno}: template syntax error: {exc.message}"
+        ) from None
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"{_template_where(path)}: undefined variable: {exc.message}") from None
     except TemplateError as exc:
@@ -107,8 +112,15 @@ def job_context(site: Site, spec: JobSpec) -> dict:
     queue = site.queue(spec.queue)
     walltime_s = spec.walltime_s or site.walltime_s
     cores_per_node = spec.tasks_per_node * spec.cores_per_task
-    check_limits(site, queue, nodes=spec.nodes, cores_per_node=cores_per_node,
-                 memory_mb=spec.memory_mb, walltime_s=walltime_s, gpus=spec.gpus)
+    check_limits(
+        site,
+        queue,
+        nodes=spec.nodes,
+        cores_per_node=cores_per_node,
+        memory_mb=spec.memory_mb,
+        walltime_s=walltime_s,
+        gpus=spec.gpus,
+    )
     env = {**site.env_vars, **spec.env}
     return {
         "site": {
@@ -125,7 +137,9 @@ def job_context(site: Site, spec: JobSpec) -> dict:
         },
         "job": {
             # every hpcem job name starts with "hpcem" so `hpcem queue` can find them
-            "name": safe_job_name(spec.name if spec.name.startswith("hpcem") else f"hpcem-{spec.name}"),
+            "name": safe_job_name(
+                spec.name if spec.name.startswith("hpcem") else f"hpcem-{spec.name}"
+            ),
             "label": spec.label,
             "command": list(spec.command),
             "workdir": spec.workdir,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from hpcem.cluster import submit
 from hpcem.cluster.job import JobState, JobStatus
@@ -22,8 +22,12 @@ from hpcem.errors import HpcemError
 log = logging.getLogger("hpcem.cluster.tracking")
 
 # the scheduler's reason wins over a signal-like exit code (128+N) written by the trap
-_SCHEDULER_REASONS = {JobState.TIMEOUT, JobState.CANCELLED, JobState.OUT_OF_MEMORY,
-                      JobState.NODE_FAIL}
+_SCHEDULER_REASONS = {
+    JobState.TIMEOUT,
+    JobState.CANCELLED,
+    JobState.OUT_OF_MEMORY,
+    JobState.NODE_FAIL,
+}
 
 
 def read_exit_code(path: str | Path) -> int | None:
@@ -52,17 +56,29 @@ def final_status(job_id: str, exit_code: int | None, native: JobStatus | None) -
             return JobStatus(job_id, JobState.COMPLETED, nname, "", 0, nodes)
         if exit_code >= 128 and nstate in _SCHEDULER_REASONS:
             return JobStatus(job_id, nstate, nname, reason, exit_code, nodes)
-        return JobStatus(job_id, JobState.FAILED, nname, reason or f"exit code {exit_code}",
-                         exit_code, nodes)
+        return JobStatus(
+            job_id, JobState.FAILED, nname, reason or f"exit code {exit_code}", exit_code, nodes
+        )
     if nstate is None or not nstate.final:
         return None
     if nstate is JobState.COMPLETED or nstate is JobState.FAILED:
         why = f"scheduler says {nname or nstate.value}" + (f" ({reason})" if reason else "")
-        return JobStatus(job_id, JobState.FAILED, nname,
-                         f"job ended without writing its exit-code file; {why}",
-                         native.exit_code, nodes)
-    return JobStatus(job_id, nstate, nname, reason or "killed before writing its exit-code file",
-                     native.exit_code, nodes)
+        return JobStatus(
+            job_id,
+            JobState.FAILED,
+            nname,
+            f"job ended without writing its exit-code file; {why}",
+            native.exit_code,
+            nodes,
+        )
+    return JobStatus(
+        job_id,
+        nstate,
+        nname,
+        reason or "killed before writing its exit-code file",
+        native.exit_code,
+        nodes,
+    )
 
 
 @dataclasses.dataclass
@@ -79,8 +95,9 @@ class JobTracker:
     accounting query for jobs that left the queue without an exit-code file).
     """
 
-    def __init__(self, site: Site, *, failure_threshold: int = 5,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self, site: Site, *, failure_threshold: int = 5, sleep: Callable[[float], None] = time.sleep
+    ):
         self.site = site
         self.failure_threshold = failure_threshold
         self.status_calls = 0
@@ -91,8 +108,7 @@ class JobTracker:
 
     def add(self, job_id: str, exit_code_file: str) -> None:
         """Follow ``job_id``, whose script writes ``exit_code_file``."""
-        self._jobs[str(job_id)] = _Tracked(
-            exit_code_file, JobStatus(str(job_id), JobState.QUEUED))
+        self._jobs[str(job_id)] = _Tracked(exit_code_file, JobStatus(str(job_id), JobState.QUEUED))
 
     def forget(self, job_id: str) -> None:
         self._jobs.pop(str(job_id), None)
@@ -119,11 +135,17 @@ class JobTracker:
                 self.poll_failures = 0
             except HpcemError as exc:
                 self.poll_failures += 1
-                log.warning("site %s: status query failed (%d in a row): %s",
-                            self.site.name, self.poll_failures, exc)
+                log.warning(
+                    "site %s: status query failed (%d in a row): %s",
+                    self.site.name,
+                    self.poll_failures,
+                    exc,
+                )
                 if self.poll_failures >= self.failure_threshold:
                     for j in active:
-                        self._set(j, JobStatus(j, JobState.UNKNOWN, "", f"status query failing: {exc}"))
+                        self._set(
+                            j, JobStatus(j, JobState.UNKNOWN, "", f"status query failing: {exc}")
+                        )
                 return {j: self._jobs[j].status for j in ids}
             need_history = []
             for j in active:
@@ -153,12 +175,22 @@ class JobTracker:
                         continue
                     tracked.missing_polls += 1
                     if tracked.missing_polls >= self.failure_threshold:
-                        changed |= self._set(j, JobStatus(
-                            j, JobState.FAILED, "", "job left the queue without writing its "
-                            f"exit-code file {tracked.exit_code_file} and the scheduler has no "
-                            "record of why"))
-        self._interval = (self.site.poll_interval_s if changed
-                          else min(self._interval * 1.5, self.site.poll_max_interval_s))
+                        changed |= self._set(
+                            j,
+                            JobStatus(
+                                j,
+                                JobState.FAILED,
+                                "",
+                                "job left the queue without writing its "
+                                f"exit-code file {tracked.exit_code_file} and the scheduler has no "
+                                "record of why",
+                            ),
+                        )
+        self._interval = (
+            self.site.poll_interval_s
+            if changed
+            else min(self._interval * 1.5, self.site.poll_max_interval_s)
+        )
         return {j: self._jobs[j].status for j in ids}
 
     def _set(self, job_id: str, status: JobStatus) -> bool:
@@ -175,7 +207,9 @@ class JobTracker:
         """Seconds to wait before the next poll (backs off while nothing changes)."""
         return self._interval
 
-    def wait(self, job_ids: Iterable[str] | None = None, timeout_s: float = 3600.0) -> dict[str, JobStatus]:
+    def wait(
+        self, job_ids: Iterable[str] | None = None, timeout_s: float = 3600.0
+    ) -> dict[str, JobStatus]:
         """Poll until every given job is final or ``timeout_s`` passes; returns statuses."""
         ids = [str(j) for j in (job_ids if job_ids is not None else self._jobs)]
         end = time.monotonic() + timeout_s

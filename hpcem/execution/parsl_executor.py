@@ -39,11 +39,22 @@ class ParslExecutor:
     executor and the Parsl DataFlowKernel.
     """
 
-    def __init__(self, site: Site, *, queue: str | None = None, max_blocks: int = 1,
-                 min_blocks: int = 0, init_blocks: int = 0, nodes_per_block: int = 1,
-                 workers_per_node: int | None = None, walltime_s: int | None = None,
-                 run_dir: str | os.PathLike = "hpcem-parsl", max_idletime_s: float = 30.0,
-                 strategy_period_s: float = 1.0, label: str = "hpcem"):
+    def __init__(
+        self,
+        site: Site,
+        *,
+        queue: str | None = None,
+        max_blocks: int = 1,
+        min_blocks: int = 0,
+        init_blocks: int = 0,
+        nodes_per_block: int = 1,
+        workers_per_node: int | None = None,
+        walltime_s: int | None = None,
+        run_dir: str | os.PathLike = "hpcem-parsl",
+        max_idletime_s: float = 30.0,
+        strategy_period_s: float = 1.0,
+        label: str = "hpcem",
+    ):
         self.site = site
         self.queue = queue or site.default_queue
         self.max_blocks = max_blocks
@@ -75,10 +86,15 @@ class ParslExecutor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cores = self.site.queues[self.queue].cores_per_node
         self.provider = HpcemProvider(
-            self.site, queue=self.queue, script_dir=str(self.run_dir / "blocks"),
-            nodes_per_block=self.nodes_per_block, init_blocks=self.init_blocks,
-            min_blocks=self.min_blocks, max_blocks=self.max_blocks,
-            walltime_s=self.walltime_s, cores_per_node=cores,
+            self.site,
+            queue=self.queue,
+            script_dir=str(self.run_dir / "blocks"),
+            nodes_per_block=self.nodes_per_block,
+            init_blocks=self.init_blocks,
+            min_blocks=self.min_blocks,
+            max_blocks=self.max_blocks,
+            walltime_s=self.walltime_s,
+            cores_per_node=cores,
         )
         htex = HighThroughputExecutor(
             label=self.label,
@@ -108,7 +124,9 @@ class ParslExecutor:
         self._app = python_app(call_step, data_flow_kernel=self._dfk, executors=[self.label])
         return self
 
-    def submit(self, func_ref: str, args: dict, resources: dict | None = None) -> concurrent.futures.Future:
+    def submit(
+        self, func_ref: str, args: dict, resources: dict | None = None
+    ) -> concurrent.futures.Future:
         """Run ``func_ref(**args)`` on a worker; the future's result is its return value."""
         if self._dfk is None:
             raise RunError("ParslExecutor.submit before start()")
@@ -116,7 +134,9 @@ class ParslExecutor:
         try:
             json.dumps(args)
         except TypeError as exc:
-            raise ValidationError(f"arguments of {func_ref} are not JSON-serialisable: {exc}") from None
+            raise ValidationError(
+                f"arguments of {func_ref} are not JSON-serialisable: {exc}"
+            ) from None
         return self._app(func_ref, args)
 
     def job_ids(self) -> list[str]:

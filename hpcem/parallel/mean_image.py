@@ -27,13 +27,15 @@ def mean_particle_image(stack_path: str, out_path: str) -> dict:
         if data.ndim == 2:
             data = data[np.newaxis]
         if data.ndim != 3 or data.shape[0] == 0:
-            raise DataFormatError(f"{stack_path}: expected a stack of 2D images, got shape {data.shape}")
+            raise DataFormatError(
+                f"{stack_path}: expected a stack of 2D images, got shape {data.shape}"
+            )
         n = data.shape[0]
         bounds = np.linspace(0, n, comm.size + 1).astype(int)
         lo, hi = bounds[comm.rank], bounds[comm.rank + 1]
         local = np.zeros(data.shape[1:], dtype=np.float64)
         for start in range(lo, hi, 256):  # bounded memory per rank
-            local += data[start:min(hi, start + 256)].sum(axis=0, dtype=np.float64)
+            local += data[start : min(hi, start + 256)].sum(axis=0, dtype=np.float64)
         voxel_size = stack.voxel_size.copy()
     total = np.zeros_like(local) if comm.rank == 0 else None
     comm.Reduce(local, total, op=MPI.SUM, root=0)

@@ -20,7 +20,7 @@ def _answers(argv: list[str]) -> str | None:
     if shutil.which(argv[0]) is None:
         return f"{argv[0]} not installed"
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:
         return f"{' '.join(argv)} timed out"
     if res.returncode != 0:
@@ -32,14 +32,18 @@ def _answers(argv: list[str]) -> str | None:
 def slurm_up():
     why = _answers(["sinfo", "-h", "-o", "%T"])
     if why:
-        pytest.skip(f"local SLURM not answering ({why}); start it with: bash scripts/start-slurm.sh")
+        pytest.skip(
+            f"local SLURM not answering ({why}); start it with: bash scripts/start-slurm.sh"
+        )
 
 
 @pytest.fixture(scope="session")
 def sge_up():
     why = _answers(["qstat", "-g", "c"]) if shutil.which("qconf") else "qconf not installed"
     if why:
-        pytest.skip(f"local Grid Engine not answering ({why}); start it with: bash scripts/start-sge.sh")
+        pytest.skip(
+            f"local Grid Engine not answering ({why}); start it with: bash scripts/start-sge.sh"
+        )
 
 
 @pytest.fixture

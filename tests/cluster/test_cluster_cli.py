@@ -13,8 +13,9 @@ from hpcem.cluster.submit import submit_job
 from hpcem.errors import ConfigError
 
 
-@pytest.mark.parametrize("argv", [["site"], ["site", "list"], ["site", "check"], ["site", "render"],
-                                  ["queue"]])
+@pytest.mark.parametrize(
+    "argv", [["site"], ["site", "list"], ["site", "check"], ["site", "render"], ["queue"]]
+)
 def test_every_command_has_help(argv, capsys):
     assert main([*argv, "--help"]) == 0
     assert len(capsys.readouterr().out) > 80
@@ -28,9 +29,30 @@ def test_site_list(capsys):
 
 
 def test_render_prints_script_with_quoted_label(capsys, tmp_path):
-    assert main(["site", "render", "local-slurm", "--queue", "long", "--nodes", "2",
-                 "--walltime", "2-00:00:00", "--label", "; rm -rf ~", "--workdir", str(tmp_path),
-                 "--", "python", "-c", "print(1)"]) == 0
+    assert (
+        main(
+            [
+                "site",
+                "render",
+                "local-slurm",
+                "--queue",
+                "long",
+                "--nodes",
+                "2",
+                "--walltime",
+                "2-00:00:00",
+                "--label",
+                "; rm -rf ~",
+                "--workdir",
+                str(tmp_path),
+                "--",
+                "python",
+                "-c",
+                "print(1)",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "#SBATCH --partition=long" in out and "#SBATCH --time=48:00:00" in out
     assert "export HPCEM_LABEL='; rm -rf ~'" in out
@@ -41,8 +63,10 @@ def test_render_over_limit_is_one_line(capsys):
     assert main(["site", "render", "local-slurm", "--walltime", "2-00:00:00"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert err == ("hpcem: error: walltime 48:00:00 is over the limit 24:00:00 of site "
-                   "'local-slurm' queue 'debug'")
+    assert err == (
+        "hpcem: error: walltime 48:00:00 is over the limit 24:00:00 of site "
+        "'local-slurm' queue 'debug'"
+    )
 
 
 def test_render_unknown_queue(capsys):
@@ -52,7 +76,8 @@ def test_render_unknown_queue(capsys):
 
 def test_check_bad_config(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text(
-        '[site]\nname = "bad"\nscheduler = "slurm"\n[queues.debug]\nmaxnodes = 1\ncores_per_node = 1\n')
+        '[site]\nname = "bad"\nscheduler = "slurm"\n[queues.debug]\nmaxnodes = 1\ncores_per_node = 1\n'
+    )
     assert main(["site", "check", str(tmp_path / "bad.toml")]) == 3
     out, err = capsys.readouterr()
     assert "FAIL config" in out
@@ -70,8 +95,9 @@ def test_check_reports_missing_scheduler_commands(tmp_path, capsys, monkeypatch)
 
 def test_submit_with_missing_commands_submits_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    spec = JobSpec(command=("true",), name="x", workdir=str(tmp_path),
-                   exit_code_file=str(tmp_path / "x.exit"))
+    spec = JobSpec(
+        command=("true",), name="x", workdir=str(tmp_path), exit_code_file=str(tmp_path / "x.exit")
+    )
     with pytest.raises(ConfigError, match="command\\(s\\) not on PATH: sbatch"):
         submit_job(load_site("local-slurm"), spec)
     assert not (tmp_path / "x.sh").exists()

@@ -18,17 +18,25 @@ from hpcem.errors import ConfigError, DataFormatError, StepError
 
 
 def spec(tmp_path, name, command, **kw):
-    return JobSpec(command=tuple(command), name=name, workdir=str(tmp_path),
-                   exit_code_file=str(tmp_path / f"{name}.exit"),
-                   stdout=str(tmp_path / f"{name}.out"), **kw)
+    return JobSpec(
+        command=tuple(command),
+        name=name,
+        workdir=str(tmp_path),
+        exit_code_file=str(tmp_path / f"{name}.exit"),
+        stdout=str(tmp_path / f"{name}.out"),
+        **kw,
+    )
 
 
 def test_local_jobs_outcomes_and_cancel(tmp_path):
     site = load_site("localhost")
     tracker = JobTracker(site)
     jobs = {}
-    for name, cmd in {"ok": ["echo", "hello"], "fail": ["bash", "-c", "exit 7"],
-                      "long": ["sleep", "60"]}.items():
+    for name, cmd in {
+        "ok": ["echo", "hello"],
+        "fail": ["bash", "-c", "exit 7"],
+        "long": ["sleep", "60"],
+    }.items():
         s = spec(tmp_path, name, cmd)
         jobs[name] = submit_job(site, s)
         tracker.add(jobs[name], s.exit_code_file)
@@ -44,10 +52,16 @@ def test_local_jobs_outcomes_and_cancel(tmp_path):
 
 def test_mpi_launch_argv_from_site():
     assert mpi_launch_argv(load_site("local-slurm"), 4, 2) == [
-        "srun", "--mpi=pmi2", "-n", "4", "--cpus-per-task=2"]
+        "srun",
+        "--mpi=pmi2",
+        "-n",
+        "4",
+        "--cpus-per-task=2",
+    ]
     assert mpi_launch_argv(load_site("localhost"), 2) == ["mpiexec.gforker", "-n", "2"]
     with pytest.raises(ConfigError, match="no \\[mpi\\] command"):
         import dataclasses
+
         mpi_launch_argv(dataclasses.replace(load_site("localhost"), mpi_command=()), 2)
 
 
@@ -71,13 +85,20 @@ def test_mean_particle_image_one_rank_matches_numpy(tmp_path):
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec.gforker") is None, reason="mpiexec.gforker (pip mpich) missing")
+@pytest.mark.skipif(
+    shutil.which("mpiexec.gforker") is None, reason="mpiexec.gforker (pip mpich) missing"
+)
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_mpi_step_mean_image_matches_numpy(tmp_path, ranks):
     stack = write_stack(tmp_path / "s.mrcs")
-    r = run_mpi_step(load_site("localhost"), "hpcem.parallel.mean_image:mean_particle_image",
-                     {"stack_path": str(tmp_path / "s.mrcs"), "out_path": str(tmp_path / "mean.mrc")},
-                     ranks=ranks, workdir=tmp_path, timeout_s=120)
+    r = run_mpi_step(
+        load_site("localhost"),
+        "hpcem.parallel.mean_image:mean_particle_image",
+        {"stack_path": str(tmp_path / "s.mrcs"), "out_path": str(tmp_path / "mean.mrc")},
+        ranks=ranks,
+        workdir=tmp_path,
+        timeout_s=120,
+    )
     assert r["ranks"] == ranks and r["n_images"] == 23
     with mrcfile.open(tmp_path / "mean.mrc") as m:
         np.testing.assert_allclose(m.data, stack.mean(axis=0), atol=1e-5)
@@ -86,9 +107,16 @@ def test_mpi_step_mean_image_matches_numpy(tmp_path, ranks):
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec.gforker") is None, reason="mpiexec.gforker (pip mpich) missing")
+@pytest.mark.skipif(
+    shutil.which("mpiexec.gforker") is None, reason="mpiexec.gforker (pip mpich) missing"
+)
 def test_mpi_step_failure_is_a_step_error(tmp_path):
     with pytest.raises(StepError, match="MPI step .* failed"):
-        run_mpi_step(load_site("localhost"), "hpcem.parallel.mean_image:mean_particle_image",
-                     {"stack_path": str(tmp_path / "none.mrcs"), "out_path": str(tmp_path / "m.mrc")},
-                     ranks=2, workdir=tmp_path, timeout_s=60)
+        run_mpi_step(
+            load_site("localhost"),
+            "hpcem.parallel.mean_image:mean_particle_image",
+            {"stack_path": str(tmp_path / "none.mrcs"), "out_path": str(tmp_path / "m.mrc")},
+            ranks=2,
+            workdir=tmp_path,
+            timeout_s=60,
+        )

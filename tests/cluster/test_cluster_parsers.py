@@ -13,10 +13,23 @@ from hpcem.errors import SchedulerError
 
 from .conftest import fixture_text
 
-CONTRACT = ("NAME", "PROGRAMS", "STATE_MAP", "map_state", "submit_argv", "test_submit_argv",
-            "parse_submit_output", "status_argv", "status_missing_ok", "parse_status_output",
-            "history_argv", "parse_history_output", "cancel_argv", "user_jobs_argv",
-            "parse_user_jobs_output")
+CONTRACT = (
+    "NAME",
+    "PROGRAMS",
+    "STATE_MAP",
+    "map_state",
+    "submit_argv",
+    "test_submit_argv",
+    "parse_submit_output",
+    "status_argv",
+    "status_missing_ok",
+    "parse_status_output",
+    "history_argv",
+    "parse_history_output",
+    "cancel_argv",
+    "user_jobs_argv",
+    "parse_user_jobs_output",
+)
 
 
 @pytest.mark.parametrize("name", SCHEDULER_MODULES)
@@ -25,12 +38,18 @@ def test_every_scheduler_module_has_the_contract(name):
     for attr in CONTRACT:
         assert hasattr(mod, attr), f"{name} lacks {attr}"
     assert mod.NAME == name
-    for argv in (mod.submit_argv("/x/job.sh"), mod.status_argv(["1", "2"]), mod.cancel_argv(["1", "2"]),
-                 mod.user_jobs_argv("alice")):
+    for argv in (
+        mod.submit_argv("/x/job.sh"),
+        mod.status_argv(["1", "2"]),
+        mod.cancel_argv(["1", "2"]),
+        mod.user_jobs_argv("alice"),
+    ):
         assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
     assert all(isinstance(v, JobState) for v in mod.STATE_MAP.values())
     # pure functions: no subprocess/run_command in a scheduler module
-    assert "run_command" not in inspect.getsource(mod) and "subprocess" not in inspect.getsource(mod)
+    assert "run_command" not in inspect.getsource(mod) and "subprocess" not in inspect.getsource(
+        mod
+    )
 
 
 @pytest.mark.parametrize("name", SCHEDULER_MODULES)
@@ -42,7 +61,9 @@ def test_unknown_state_is_unknown_with_warning(name, caplog):
 
 def test_status_argv_is_one_call_for_many_jobs():
     ids = [str(i) for i in range(1000)]
-    assert slurm.status_argv(ids)[0] == "squeue" and f"--jobs={','.join(ids)}" in slurm.status_argv(ids)
+    assert slurm.status_argv(ids)[0] == "squeue" and f"--jobs={','.join(ids)}" in slurm.status_argv(
+        ids
+    )
     assert pbs.status_argv(ids)[:5] == ["qstat", "-f", "-F", "json", "-x"]
     assert sge.status_argv(ids) == ["qstat", "-xml", "-u", "*"]
 
@@ -52,8 +73,12 @@ def test_slurm_submit_ids_exactly():
     assert slurm.parse_submit_output(fixture_text("slurm_sbatch_parsable.txt")) == "2"
     assert slurm.parse_submit_output(fixture_text("slurm_sbatch.txt")) == "1"
     assert slurm.parse_submit_output("42;cluster2\n") == "42"
-    for bad in ("", "sbatch: warning: 3 nodes\nSubmitted batch job 7", "Job 12 queued after 3 s",
-                fixture_text("slurm_sbatch_rejected.txt")):
+    for bad in (
+        "",
+        "sbatch: warning: 3 nodes\nSubmitted batch job 7",
+        "Job 12 queued after 3 s",
+        fixture_text("slurm_sbatch_rejected.txt"),
+    ):
         with pytest.raises(SchedulerError):
             slurm.parse_submit_output(bad)
 
@@ -76,7 +101,10 @@ def test_slurm_sacct():
     assert st["4"].exit_code == 3 and st["4"].state is JobState.FAILED
     assert st["6"].state is JobState.TIMEOUT
     assert st["3"].nodes == "node[1-4]"
-    assert slurm.parse_history_output(fixture_text("slurm_sacct_active.txt"))["22"].state is JobState.QUEUED
+    assert (
+        slurm.parse_history_output(fixture_text("slurm_sacct_active.txt"))["22"].state
+        is JobState.QUEUED
+    )
     assert slurm.parse_history_output("9|FAILED|0:9|node1|None\n")["9"].exit_code == 137
 
 
@@ -99,7 +127,11 @@ def test_slurm_garbled_status_is_an_error():
 def test_sge_submit_ids_exactly():
     assert sge.parse_submit_output(fixture_text("sge_qsub_terse.txt")) == "1"
     assert sge.parse_submit_output(fixture_text("sge_qsub.txt")) == "2"
-    for bad in (fixture_text("sge_qsub_rejected.txt"), "3\n4\n", "Your job array 5.1-3:1 submitted"):
+    for bad in (
+        fixture_text("sge_qsub_rejected.txt"),
+        "3\n4\n",
+        "Your job array 5.1-3:1 submitted",
+    ):
         with pytest.raises(SchedulerError):
             sge.parse_submit_output(bad)
 

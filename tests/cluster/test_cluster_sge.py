@@ -24,9 +24,14 @@ def site():
 
 
 def spec(tmp_path, name, command, **kw):
-    return JobSpec(command=tuple(command), name=name, workdir=str(tmp_path),
-                   exit_code_file=str(tmp_path / f"{name}.exit"),
-                   stdout=str(tmp_path / f"{name}.out"), **kw)
+    return JobSpec(
+        command=tuple(command),
+        name=name,
+        workdir=str(tmp_path),
+        exit_code_file=str(tmp_path / f"{name}.exit"),
+        stdout=str(tmp_path / f"{name}.out"),
+        **kw,
+    )
 
 
 def run(site, specs, timeout_s=90, before_wait=None):
@@ -42,9 +47,14 @@ def run(site, specs, timeout_s=90, before_wait=None):
 
 
 def test_outcomes_from_exit_code_file(site, tmp_path):
-    ids, st = run(site, [spec(tmp_path, "ok", ["echo", "; rm -rf ~"], label="; rm -rf ~"),
-                         spec(tmp_path, "fail", ["bash", "-c", "exit 4"]),
-                         spec(tmp_path, "pe", ["bash", "-c", "echo $NSLOTS"], tasks_per_node=2)])
+    ids, st = run(
+        site,
+        [
+            spec(tmp_path, "ok", ["echo", "; rm -rf ~"], label="; rm -rf ~"),
+            spec(tmp_path, "fail", ["bash", "-c", "exit 4"]),
+            spec(tmp_path, "pe", ["bash", "-c", "echo $NSLOTS"], tasks_per_node=2),
+        ],
+    )
     assert st[ids[0]].state is JobState.COMPLETED
     assert (tmp_path / "ok.out").read_text() == "; rm -rf ~\n"
     assert st[ids[1]].state is JobState.FAILED and st[ids[1]].exit_code == 4
@@ -61,7 +71,9 @@ def test_qdel_gives_cancelled(site, tmp_path):
         time.sleep(0.5)
         tracker.cancel(ids)
 
-    ids, st = run(site, [spec(tmp_path, "cancel", ["sleep", "300"])], before_wait=cancel_when_running)
+    ids, st = run(
+        site, [spec(tmp_path, "cancel", ["sleep", "300"])], before_wait=cancel_when_running
+    )
     # SGE kills with SIGKILL (no -notify): no exit-code file, qacct says why
     assert st[ids[0]].state is JobState.CANCELLED, st[ids[0]]
 
@@ -93,8 +105,12 @@ def test_parsl_on_sge(site, tmp_path):
     from hpcem.execution.parsl_executor import ParslExecutor
 
     with ParslExecutor(site, max_blocks=1, run_dir=tmp_path / "parsl", max_idletime_s=2) as ex:
-        results = [f.result(timeout=120) for f in
-                   [ex.submit("hpcem.cluster.diagnostics:sleep_step", {"seconds": 0.1, "index": i}, {})
-                    for i in range(10)]]
+        results = [
+            f.result(timeout=120)
+            for f in [
+                ex.submit("hpcem.cluster.diagnostics:sleep_step", {"seconds": 0.1, "index": i}, {})
+                for i in range(10)
+            ]
+        ]
         assert sorted(r["index"] for r in results) == list(range(10))
         assert len(ex.job_ids()) == 1

@@ -7,11 +7,18 @@ import textwrap
 import pytest
 
 from hpcem.cluster.job import JobSpec
-from hpcem.cluster.site import list_sites, load_site, parse_walltime, format_walltime
+from hpcem.cluster.site import format_walltime, list_sites, load_site, parse_walltime
 from hpcem.cluster.templates import render_job_script
 from hpcem.errors import ConfigError, ValidationError
 
-SHIPPED = {"localhost", "local-slurm", "local-sge", "example-slurm-gpu", "example-pbs", "example-sge"}
+SHIPPED = {
+    "localhost",
+    "local-slurm",
+    "local-sge",
+    "example-slurm-gpu",
+    "example-pbs",
+    "example-sge",
+}
 
 GOOD = textwrap.dedent("""
     [site]
@@ -53,11 +60,15 @@ def test_unknown_key_says_did_you_mean(tmp_path):
     path = write_site(tmp_path, GOOD.replace("max_nodes = 2", "maxnodes = 2"))
     with pytest.raises(ConfigError) as err:
         load_site(str(path))
-    assert f"{path}: queues.debug: unknown key 'maxnodes' (did you mean 'max_nodes'?)" in str(err.value)
+    assert f"{path}: queues.debug: unknown key 'maxnodes' (did you mean 'max_nodes'?)" in str(
+        err.value
+    )
 
 
 def test_unknown_section_and_scheduler(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown section \[defualts\] \(did you mean 'defaults'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown section \[defualts\] \(did you mean 'defaults'\?\)"
+    ):
         load_site(str(write_site(tmp_path, GOOD.replace("[defaults]", "[defualts]"))))
     with pytest.raises(ConfigError, match="unknown scheduler 'slrum'.*did you mean 'slurm'"):
         load_site(str(write_site(tmp_path, GOOD.replace('"slurm"', '"slrum"'))))
@@ -65,14 +76,24 @@ def test_unknown_section_and_scheduler(tmp_path):
 
 def test_missing_default_queue(tmp_path):
     with pytest.raises(ConfigError, match="default_queue: no queue 'debgu'.*did you mean 'debug'"):
-        load_site(str(write_site(tmp_path, GOOD.replace('default_queue = "debug"', 'default_queue = "debgu"'))))
+        load_site(
+            str(
+                write_site(
+                    tmp_path, GOOD.replace('default_queue = "debug"', 'default_queue = "debgu"')
+                )
+            )
+        )
 
 
 def test_bad_walltime_and_type(tmp_path):
     with pytest.raises(ConfigError, match="cannot read walltime '1 hour'"):
         load_site(str(write_site(tmp_path, GOOD.replace('"01:00:00"', '"1 hour"'))))
-    with pytest.raises(ConfigError, match="queues.debug.cores_per_node: expected a non-negative integer"):
-        load_site(str(write_site(tmp_path, GOOD.replace("cores_per_node = 4", 'cores_per_node = "4"'))))
+    with pytest.raises(
+        ConfigError, match="queues.debug.cores_per_node: expected a non-negative integer"
+    ):
+        load_site(
+            str(write_site(tmp_path, GOOD.replace("cores_per_node = 4", 'cores_per_node = "4"')))
+        )
 
 
 def test_bad_toml_names_file(tmp_path):
@@ -94,8 +115,13 @@ def test_walltime_parse_and_format():
 
 
 def _spec(tmp_path, **kw):
-    return JobSpec(command=("true",), name="t", workdir=str(tmp_path),
-                   exit_code_file=str(tmp_path / "t.exit"), **kw)
+    return JobSpec(
+        command=("true",),
+        name="t",
+        workdir=str(tmp_path),
+        exit_code_file=str(tmp_path / "t.exit"),
+        **kw,
+    )
 
 
 def test_request_over_queue_limits_is_refused(tmp_path):

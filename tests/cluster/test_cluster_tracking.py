@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hpcem.cluster import submit
-from hpcem.cluster.job import JobState
+from hpcem.cluster.job import JobState, JobStatus
 from hpcem.cluster.site import load_site
 from hpcem.cluster.tracking import JobTracker, final_status
-from hpcem.cluster.job import JobStatus
 from hpcem.command import CommandResult
 from hpcem.errors import CommandError
 
@@ -32,7 +31,9 @@ class FakeScheduler:
             return CommandResult(list(argv), 0, out, "")
         if argv[0] == "sacct":
             ids = argv[4].split("=", 1)[1].split(",")
-            out = "".join(f"{j}|{self.history[j]}|0:0|node2|None\n" for j in ids if j in self.history)
+            out = "".join(
+                f"{j}|{self.history[j]}|0:0|node2|None\n" for j in ids if j in self.history
+            )
             return CommandResult(list(argv), 0, out, "")
         if argv[0] == "scancel":
             return CommandResult(list(argv), 0, "", "")
@@ -71,7 +72,9 @@ def test_outcome_comes_from_exit_code_file(tmp_path, fake):
     assert st["0"].state is JobState.COMPLETED
     assert st["1"].state is JobState.FAILED and st["1"].exit_code == 3
     # no file although the scheduler says COMPLETED: that is a failure, with the reason
-    assert st["2"].state is JobState.FAILED and "without writing its exit-code file" in st["2"].reason
+    assert (
+        st["2"].state is JobState.FAILED and "without writing its exit-code file" in st["2"].reason
+    )
 
 
 def test_scheduler_reason_when_killed(tmp_path, fake):

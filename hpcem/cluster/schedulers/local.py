@@ -87,7 +87,16 @@ def parse_user_jobs_output(stdout: str) -> list[dict]:
     for line in stdout.splitlines():
         parts = line.split(None, 3)
         if len(parts) == 4 and "hpcem" in parts[3] and parts[3].startswith("bash "):
-            rows.append({"job_id": parts[0], "name": parts[3][5:], "queue": "local",
-                         "native_state": parts[1], "state": map_state(parts[1]).value,
-                         "nodes": "localhost", "elapsed": parts[2], "reason": ""})
+            rows.append(
+                {
+                    "job_id": parts[0],
+                    "name": parts[3][5:],
+                    "queue": "local",
+                    "native_state": parts[1],
+                    "state": map_state(parts[1]).value,
+                    "nodes": "localhost",
+                    "elapsed": parts[2],
+                    "reason": "",
+                }
+            )
     return rows

@@ -35,11 +35,11 @@ STATE_MAP: dict[str, JobState] = {
 # Negative Exit_status values PBS itself sets (JOB_EXEC_* in OpenPBS src/include/job.h)
 _EXEC_CODES: dict[int, JobState] = {
     -11: JobState.PREEMPTED,  # JOB_EXEC_RERUN
-    -25: JobState.FAILED,     # JOB_EXEC_KILL_NCPUS_SUM
+    -25: JobState.FAILED,  # JOB_EXEC_KILL_NCPUS_SUM
     -26: JobState.OUT_OF_MEMORY,  # JOB_EXEC_KILL_VMEM
     -27: JobState.OUT_OF_MEMORY,  # JOB_EXEC_KILL_MEM
-    -28: JobState.TIMEOUT,    # JOB_EXEC_KILL_CPUT
-    -29: JobState.TIMEOUT,    # JOB_EXEC_KILL_WALLTIME
+    -28: JobState.TIMEOUT,  # JOB_EXEC_KILL_CPUT
+    -29: JobState.TIMEOUT,  # JOB_EXEC_KILL_WALLTIME
     -20: JobState.NODE_FAIL,  # JOB_EXEC_RERUN_MS_FAIL
 }
 
@@ -54,7 +54,7 @@ def submit_argv(script_path: str) -> list[str]:
 
 def test_submit_argv(script_path: str) -> None:
     """PBS has no dry-run submit."""
-    return None
+    return
 
 
 def parse_submit_output(stdout: str) -> str:
@@ -86,7 +86,11 @@ def _status(job_id: str, attrs: dict) -> JobStatus:
     native = str(attrs.get("job_state", ""))
     state = map_state(native)
     exit_code = attrs.get("Exit_status")
-    exit_code = int(exit_code) if isinstance(exit_code, (int, str)) and str(exit_code).lstrip("-").isdigit() else None
+    exit_code = (
+        int(exit_code)
+        if isinstance(exit_code, (int, str)) and str(exit_code).lstrip("-").isdigit()
+        else None
+    )
     reason = str(attrs.get("comment", ""))
     if native in ("F", "X") and exit_code is not None:
         if exit_code == 0:
@@ -126,9 +130,16 @@ def parse_user_jobs_output(stdout: str) -> list[dict]:
     rows = []
     for job_id, attrs in _load(stdout).items():
         st = _status(job_id, attrs)
-        rows.append({"job_id": job_id, "name": attrs.get("Job_Name", ""),
-                     "queue": attrs.get("queue", ""), "native_state": st.native_state,
-                     "state": st.state.value, "nodes": st.nodes,
-                     "elapsed": attrs.get("resources_used", {}).get("walltime", ""),
-                     "reason": st.reason})
+        rows.append(
+            {
+                "job_id": job_id,
+                "name": attrs.get("Job_Name", ""),
+                "queue": attrs.get("queue", ""),
+                "native_state": st.native_state,
+                "state": st.state.value,
+                "nodes": st.nodes,
+                "elapsed": attrs.get("resources_used", {}).get("walltime", ""),
+                "reason": st.reason,
+            }
+        )
     return rows

@@ -69,7 +69,8 @@ def parse_submit_output(stdout: str) -> str:
     lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip()]
     if len(lines) == 1:
         m = re.fullmatch(r"(\d+)", lines[0]) or re.fullmatch(
-            r'Your job (\d+) \(".*"\) has been submitted', lines[0])
+            r'Your job (\d+) \(".*"\) has been submitted', lines[0]
+        )
         if m:
             return m.group(1)
     raise SchedulerError(f"qsub: cannot find the job id in its output: {stdout.strip()!r}")
@@ -103,8 +104,14 @@ def parse_status_output(stdout: str) -> dict[str, JobStatus]:
             continue
         native = row.get("state", "")
         queue = row.get("queue_name", "")
-        out[job_id] = JobStatus(job_id, map_state(native), native, "", None,
-                                queue.split("@", 1)[1] if "@" in queue else "")
+        out[job_id] = JobStatus(
+            job_id,
+            map_state(native),
+            native,
+            "",
+            None,
+            queue.split("@", 1)[1] if "@" in queue else "",
+        )
     return out
 
 
@@ -116,7 +123,7 @@ def history_argv(job_ids) -> list[str] | None:
 def parse_history_output(stdout: str) -> dict[str, JobStatus]:
     """qacct -j records: 'failed' != 0 means SGE itself killed or could not start the job."""
     out = {}
-    for block in re.split(r"^=+\s*$", stdout, flags=re.M):
+    for block in re.split(r"^=+\s*$", stdout, flags=re.MULTILINE):
         fields = {}
         for line in block.splitlines():
             m = re.match(r"^(\w+)\s+(.*?)\s*$", line)
@@ -140,8 +147,9 @@ def parse_history_output(stdout: str) -> dict[str, JobStatus]:
         else:
             state = JobState.FAILED
         host = fields.get("hostname", "")
-        out[job_id] = JobStatus(job_id, state, f"failed={failed}", failed if failed_code else "",
-                                exit_status, host)
+        out[job_id] = JobStatus(
+            job_id, state, f"failed={failed}", failed if failed_code else "", exit_status, host
+        )
     return out
 
 
@@ -158,9 +166,16 @@ def parse_user_jobs_output(stdout: str) -> list[dict]:
     for row in _jobs_from_xml(stdout):
         queue = row.get("queue_name", "")
         native = row.get("state", "")
-        rows.append({"job_id": row.get("JB_job_number", ""), "name": row.get("JB_name", ""),
-                     "queue": queue.split("@", 1)[0], "native_state": native,
-                     "state": map_state(native).value,
-                     "nodes": queue.split("@", 1)[1] if "@" in queue else "",
-                     "elapsed": row.get("JAT_start_time", ""), "reason": ""})
+        rows.append(
+            {
+                "job_id": row.get("JB_job_number", ""),
+                "name": row.get("JB_name", ""),
+                "queue": queue.split("@", 1)[0],
+                "native_state": native,
+                "state": map_state(native).value,
+                "nodes": queue.split("@", 1)[1] if "@" in queue else "",
+                "elapsed": row.get("JAT_start_time", ""),
+                "reason": "",
+            }
+        )
     return rows

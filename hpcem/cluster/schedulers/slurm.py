@@ -69,8 +69,13 @@ def parse_submit_output(stdout: str) -> str:
 
 def status_argv(job_ids) -> list[str]:
     """One squeue call for all jobs, including recently finished ones (``-t all``)."""
-    return ["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}",
-            f"--format={_SQUEUE_FORMAT}"]
+    return [
+        "squeue",
+        "--noheader",
+        "--states=all",
+        f"--jobs={','.join(job_ids)}",
+        f"--format={_SQUEUE_FORMAT}",
+    ]
 
 
 def status_missing_ok(stderr: str) -> bool:
@@ -93,15 +98,22 @@ def _parse_rows(stdout: str, width: int) -> list[list[str]]:
 def parse_status_output(stdout: str) -> dict[str, JobStatus]:
     out = {}
     for job_id, native, reason, nodes in _parse_rows(stdout, 4):
-        out[job_id] = JobStatus(job_id, map_state(native), native,
-                                "" if reason == "None" else reason, None, nodes)
+        out[job_id] = JobStatus(
+            job_id, map_state(native), native, "" if reason == "None" else reason, None, nodes
+        )
     return out
 
 
 def history_argv(job_ids) -> list[str]:
     """sacct for jobs squeue no longer shows (needs accounting)."""
-    return ["sacct", "--noheader", "--parsable2", "--allocations",
-            f"--jobs={','.join(job_ids)}", f"--format={_SACCT_FIELDS}"]
+    return [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        f"--jobs={','.join(job_ids)}",
+        f"--format={_SACCT_FIELDS}",
+    ]
 
 
 def parse_history_output(stdout: str) -> dict[str, JobStatus]:
@@ -111,9 +123,14 @@ def parse_history_output(stdout: str) -> dict[str, JobStatus]:
         m = re.fullmatch(r"(\d+):(\d+)", exit_code)
         if m:
             code = int(m.group(1)) or (128 + int(m.group(2)) if int(m.group(2)) else 0)
-        out[job_id] = JobStatus(job_id, map_state(native), native,
-                                "" if reason == "None" else reason, code,
-                                "" if nodes == "None assigned" else nodes)
+        out[job_id] = JobStatus(
+            job_id,
+            map_state(native),
+            native,
+            "" if reason == "None" else reason,
+            code,
+            "" if nodes == "None assigned" else nodes,
+        )
     return out
 
 
@@ -128,7 +145,16 @@ def user_jobs_argv(user: str) -> list[str]:
 def parse_user_jobs_output(stdout: str) -> list[dict]:
     rows = []
     for job_id, native, reason, nodes, name, queue, elapsed in _parse_rows(stdout, 7):
-        rows.append({"job_id": job_id, "name": name, "queue": queue, "native_state": native,
-                     "state": map_state(native).value, "nodes": nodes, "elapsed": elapsed,
-                     "reason": "" if reason == "None" else reason})
+        rows.append(
+            {
+                "job_id": job_id,
+                "name": name,
+                "queue": queue,
+                "native_state": native,
+                "state": map_state(native).value,
+                "nodes": nodes,
+                "elapsed": elapsed,
+                "reason": "" if reason == "None" else reason,
+            }
+        )
     return rows
