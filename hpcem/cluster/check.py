@@ -92,9 +92,29 @@ def check_site(
             else ", ".join(get_scheduler(site.scheduler).PROGRAMS),
         )
     )
+    if not missing:
+        findings.append(_identify(site))
     if test and all(f.ok for f in findings):
         findings.extend(_test_job(site, folder, test_timeout_s))
     return findings
+
+
+def _identify(site: Site) -> Finding:
+    """Is the program answering really this scheduler (not another one's qsub)?"""
+    sched = get_scheduler(site.scheduler)
+    try:
+        res = run_command(sched.IDENTIFY_ARGV, timeout_s=site.command_timeout_s, check=False)
+    except HpcemError as exc:
+        return Finding("scheduler identity", False, str(exc))
+    text = (res.stdout or res.stderr).strip()
+    first = text.splitlines()[0] if text else "no output"
+    if sched.identify(text):
+        return Finding("scheduler identity", True, first)
+    return Finding(
+        "scheduler identity",
+        False,
+        f"{' '.join(sched.IDENTIFY_ARGV)} says {first!r}: not {site.scheduler}",
+    )
 
 
 def _test_job(site: Site, folder: str, timeout_s: float) -> list[Finding]:

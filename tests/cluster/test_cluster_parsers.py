@@ -29,6 +29,8 @@ CONTRACT = (
     "cancel_argv",
     "user_jobs_argv",
     "parse_user_jobs_output",
+    "IDENTIFY_ARGV",
+    "identify",
 )
 
 
@@ -177,3 +179,9 @@ def test_pbs_qstat_json():
     assert {r["name"] for r in rows} >= {"hpcem-queued", "hpcem-running"}
     with pytest.raises(SchedulerError):
         pbs.parse_status_output("{not json")
+
+
+def test_identify_tells_schedulers_apart():
+    assert slurm.identify("slurm-wlm 22.05.8\n") and not sge.identify("slurm-wlm 22.05.8")
+    assert sge.identify("SGE 8.1.9\nusage: qstat [options]") and not pbs.identify("SGE 8.1.9")
+    assert pbs.identify("pbs_version = 19.1.3\n") and not sge.identify("pbs_version = 19.1.3")

@@ -6,6 +6,8 @@ The outcome comes from the exit-code file, as for every scheduler.
 
 from __future__ import annotations
 
+import re
+
 from hpcem.cluster.job import JobState, JobStatus
 from hpcem.cluster.schedulers import lookup_state
 from hpcem.errors import SchedulerError
@@ -27,6 +29,15 @@ STATE_MAP: dict[str, JobState] = {
 
 # The script path is passed as an argument ($1), never pasted into the shell text.
 _LAUNCH = 'setsid bash "$1" </dev/null >/dev/null 2>&1 & echo $!'
+
+
+IDENTIFY_ARGV = ["bash", "--version"]
+
+
+def identify(output: str) -> bool:
+    """True if ``IDENTIFY_ARGV``'s output is from this scheduler (another one may own the
+    same command names: Grid Engine and PBS both ship qsub/qstat)."""
+    return re.match(r"^GNU bash", output.strip(), re.IGNORECASE) is not None
 
 
 def map_state(native: str) -> JobState:

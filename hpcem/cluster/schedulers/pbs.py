@@ -44,6 +44,15 @@ _EXEC_CODES: dict[int, JobState] = {
 }
 
 
+IDENTIFY_ARGV = ["qstat", "--version"]
+
+
+def identify(output: str) -> bool:
+    """True if ``IDENTIFY_ARGV``'s output is from this scheduler (another one may own the
+    same command names: Grid Engine and PBS both ship qsub/qstat)."""
+    return re.match(r"^pbs_version\s*=", output.strip(), re.IGNORECASE) is not None
+
+
 def map_state(native: str) -> JobState:
     return lookup_state(STATE_MAP, native, NAME)
 

@@ -51,6 +51,18 @@ STATE_MAP: dict[str, JobState] = {
 }
 
 
+IDENTIFY_ARGV = ["qstat", "-help"]
+
+
+def identify(output: str) -> bool:
+    """True if ``IDENTIFY_ARGV``'s output is from this scheduler (another one may own the
+    same command names: Grid Engine and PBS both ship qsub/qstat)."""
+    return (
+        re.match(r"^(SGE|GE|OGS|UGE|Univa|Altair Grid Engine)\b", output.strip(), re.IGNORECASE)
+        is not None
+    )
+
+
 def map_state(native: str) -> JobState:
     return lookup_state(STATE_MAP, native, NAME)
 

@@ -43,6 +43,15 @@ _SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Reason"
 _SUBMITTED = re.compile(r"^(?:Submitted batch job )?(\d+)(?:;[\w.-]+)?$")
 
 
+IDENTIFY_ARGV = ["sinfo", "--version"]
+
+
+def identify(output: str) -> bool:
+    """True if ``IDENTIFY_ARGV``'s output is from this scheduler (another one may own the
+    same command names: Grid Engine and PBS both ship qsub/qstat)."""
+    return re.match(r"^slurm", output.strip(), re.IGNORECASE) is not None
+
+
 def map_state(native: str) -> JobState:
     # sacct writes "CANCELLED by 1000"; the first word is the state
     return lookup_state(STATE_MAP, native.split()[0] if native.strip() else native, NAME)
