@@ -3,7 +3,8 @@
 
 Runs N independent steps of D seconds each through :class:`ParslExecutor` and prints one
 JSON line:
-  steps, duration_s, slots (blocks x workers per block), first_result_s (from start),
+  steps, duration_s, slots (nodes that ran steps x workers per node; each block is one
+  whole node), first_result_s (from start),
   wall_s (from start to the last result), ideal_s = steps x duration / slots,
   busy_s = wall_s - first_result_s + duration (the time from when the first step started),
   overhead_pct = 100 x (busy_s - ideal_s) / ideal_s, status_calls (scheduler status
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
     except HpcemError as exc:
         print(f"bench_cluster: error: {exc}", file=sys.stderr)
         return 1
-    slots = args.blocks * workers
+    # slots that really worked: blocks that got a node (another user's job may hold one)
+    slots = len(nodes) * workers
     ideal = args.steps * args.duration / slots
     busy = wall - first + args.duration
     print(
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
                 "steps": args.steps,
                 "duration_s": args.duration,
                 "slots": slots,
+                "blocks_requested": args.blocks,
                 "first_result_s": round(first, 3),
                 "wall_s": round(wall, 3),
                 "ideal_s": round(ideal, 3),
