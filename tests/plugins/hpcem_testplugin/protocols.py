@@ -57,7 +57,7 @@ class Sleepy(Protocol):
     params = (
         Param.path("out_dir", required=True),
         Param.int("n", 6, min=1, max=10000),
-        Param.float("sleep_s", 1.0, min=0.0, max=60.0),
+        Param.float("sleep_s", 1.0, min=0.0, max=600.0),
         Param.int("fail_index", -1, help="index of a step that fails (-1 = none)"),
     )
 

@@ -1,0 +1,150 @@
+"""Whole runs as batch jobs on the real local SLURM (scripts/start-slurm.sh):
+submit, track, scancel mid-step then continue, walltime exceeded, hpcem stop, and a
+config error that submits nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcem.errors import ConfigError, ValidationError
+from hpcem.execution import runs as lifecycle
+from hpcem.execution.batch import refresh_jobs
+from hpcem.execution.placement import execution_request
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _need_slurm():
+    if shutil.which("sinfo") is None:
+        pytest.skip("SLURM is not installed (scripts/start-slurm.sh installs and starts it)")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.skip("sinfo timed out: slurmctld is not answering")
+    if out.returncode != 0 or not out.stdout.strip():
+        pytest.skip(f"SLURM is not running (sinfo: {out.stderr.strip()[:200]})")
+
+
+def _job_run(project, out_dir, n=4, sleep_s=1.0, walltime="0:05:00", cores=2, label=""):
+    execution = execution_request(project, {"site": "local-slurm", "queue": "debug",
+                                            "walltime": walltime, "cores": cores})
+    run = lifecycle.create_run(project, "test.sleepy",
+                               {"out_dir": str(out_dir), "n": n, "sleep_s": sleep_s},
+                               label=label, execution=execution)
+    lifecycle.launch(project, run.id)
+    return run
+
+
+def _wait_state(project, run_id, states, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        refresh_jobs(project, project.runs)
+        run = project.run(run_id)
+        if lifecycle.effective_state(run) in states:
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} is {project.run(run_id).state}, not in {states}")
+
+
+def _executions(out_dir: Path, name: str) -> int:
+    path = out_dir / f"{name}.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_whole_run_job_finishes_and_records_job(project, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run = _job_run(project, out, n=4, sleep_s=0.2, label="label; rm -rf ~")
+    rec = project.run(run.id)
+    job = rec.execution["jobs"][0]
+    assert job["id"].isdigit() and job["site"] == "local-slurm" and job["queue"] == "debug"
+    done = _wait_state(project, run.id, ("finished", "failed", "aborted"))
+    assert done.state == "finished", done.error
+    assert done.execution["jobs"][-1]["state"] == "COMPLETED"
+    assert done.execution["jobs"][-1]["node"].startswith("node")
+    assert (Path(job["exit_code_file"])).read_text().strip() == "0"
+    script = (project.run_dir(run.id) / "job-1.sh").read_text()
+    assert "export HPCEM_LABEL='label; rm -rf ~'" in script  # quoted, harmless
+    assert all(_executions(out, f"s{i:04d}") == 1 for i in range(4))
+
+
+def test_scancel_mid_step_then_continue_keeps_finished_steps(project, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run = _job_run(project, out, n=6, sleep_s=1.5, cores=2)
+    deadline = time.monotonic() + 90
+    while project.run(run.id).steps_done < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job_id = project.run(run.id).execution["jobs"][-1]["id"]
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    dead = _wait_state(project, run.id, ("failed", "aborted"))
+    assert dead.state in ("failed", "aborted")
+    finished = {s["name"] for s in project.read_steps(run.id).to_records() if s["state"] == "finished"}
+    assert 2 <= len(finished) < 6
+
+    lifecycle.continue_run(project, run.id)
+    done = _wait_state(project, run.id, ("finished", "failed", "aborted"))
+    assert done.state == "finished", done.error
+    assert len(done.execution["jobs"]) == 2
+    for name in finished:
+        assert _executions(out, name.replace("/", "")) == 1, f"{name} ran again after continue"
+
+
+def test_walltime_exceeded_is_recognised(project, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run = _job_run(project, out, n=2, sleep_s=300, walltime="0:01:00", cores=1)
+    ended = _wait_state(project, run.id, ("failed", "aborted"), timeout_s=240)
+    job = project.run(run.id).execution["jobs"][-1]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # accounting may lag the job's end by a moment
+        state = subprocess.run(["sacct", "-X", "-n", "-j", job["id"], "-o", "State"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        if state.startswith("TIMEOUT"):
+            break
+        time.sleep(1)
+    assert state.startswith("TIMEOUT")
+    # whether the controller (SIGTERM at the limit) or the tracker got there first, the run
+    # ended; the tracker's view names the walltime once the job has left the queue
+    refresh_jobs(project, project.runs)
+    assert ended.state in ("failed", "aborted")
+    assert _executions(out, "s0000") == 0
+
+
+def test_stop_cancels_the_job(project, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run = _job_run(project, out, n=2, sleep_s=60)
+    _wait_state(project, run.id, ("running",))
+    job_id = project.run(run.id).execution["jobs"][-1]["id"]
+    assert lifecycle.stop_run(project, run.id) == "aborted"
+    rec = project.run(run.id)
+    assert rec.state == "aborted" and rec.error == "stopped by user"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out_q = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=30)
+        if job_id not in out_q.stdout:
+            break
+        time.sleep(0.5)
+    assert job_id not in out_q.stdout
+
+
+def test_config_errors_submit_nothing(project):
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout
+    with pytest.raises(ConfigError, match="has no queue 'debgu' \\(did you mean 'debug'\\?\\)"):
+        execution_request(project, {"site": "local-slurm", "queue": "debgu"})
+    with pytest.raises(ValidationError, match="walltime 48:00:00 is over the limit 24:00:00 of site .local-slurm. queue .debug."):
+        execution_request(project, {"site": "local-slurm", "queue": "debug", "walltime": "48:00:00"})
+    with pytest.raises(ConfigError, match="no-such-site"):
+        execution_request(project, {"site": "no-such-site", "queue": "debug"})
+    assert project.runs == []
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout
+    assert set(after.split()) <= set(before.split())
+    assert json.dumps(project.runs) == "[]"
