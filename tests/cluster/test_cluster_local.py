@@ -120,3 +120,29 @@ def test_mpi_step_failure_is_a_step_error(tmp_path):
             workdir=tmp_path,
             timeout_s=60,
         )
+
+
+def test_parsl_executor_contract_on_localhost(tmp_path):
+    """The executor contract without a batch scheduler: one local block, results back."""
+    from hpcem.errors import ValidationError
+    from hpcem.execution.parsl_executor import ParslExecutor
+
+    ex = ParslExecutor(
+        load_site("localhost"),
+        max_blocks=1,
+        workers_per_node=2,
+        run_dir=tmp_path / "parsl",
+        max_idletime_s=1,
+    )
+    assert ex.job_ids() == []  # constructing does nothing
+    with ex:
+        futures = [
+            ex.submit("hpcem.cluster.diagnostics:sleep_step", {"seconds": 0.05, "index": i}, {})
+            for i in range(8)
+        ]
+        assert sorted(f.result(timeout=60)["index"] for f in futures) == list(range(8))
+        assert len(ex.job_ids()) == 1
+        with pytest.raises(ValidationError, match="not 'module:function'"):
+            ex.submit("no_colon", {}, {})
+        with pytest.raises(ValidationError, match="not JSON-serialisable"):
+            ex.submit("hpcem.cluster.diagnostics:sleep_step", {"seconds": object()}, {})
