@@ -142,9 +142,21 @@ class JobTracker:
                     exc,
                 )
                 if self.poll_failures >= self.failure_threshold:
+                    # the scheduler cannot be asked: a written exit-code file still says
+                    # how a job ended; jobs without one are failed, with the reason
                     for j in active:
+                        code = read_exit_code(self._jobs[j].exit_code_file)
                         self._set(
-                            j, JobStatus(j, JobState.UNKNOWN, "", f"status query failing: {exc}")
+                            j,
+                            final_status(j, code, None)
+                            if code is not None
+                            else JobStatus(
+                                j,
+                                JobState.FAILED,
+                                "",
+                                f"scheduler status query failed "
+                                f"{self.poll_failures} times in a row: {exc}",
+                            ),
                         )
                 return {j: self._jobs[j].status for j in ids}
             need_history = []

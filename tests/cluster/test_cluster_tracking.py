@@ -118,9 +118,21 @@ def test_poll_failures_counted_and_fatal_only_past_threshold(tmp_path, fake):
     fake.fail = True
     assert tracker.poll()["0"].state is JobState.RUNNING
     assert tracker.poll()["0"].state is JobState.RUNNING
-    st = tracker.poll()
-    assert st["0"].state is JobState.UNKNOWN and "status query failing" in st["0"].reason
+    (tmp_path / "1.exit").write_text("0\n")
+    st = tracker.poll()  # third failure in a row: the threshold
+    assert st["0"].state is JobState.FAILED and "failed 3 times in a row" in st["0"].reason
+    assert st["1"].state is JobState.COMPLETED  # its exit-code file still says how it ended
+    assert tracker.poll_failures == 3
+
+
+def test_one_poll_failure_is_forgotten_after_success(tmp_path, fake):
+    tracker = make(tmp_path, 1, fake)
+    fake.fail = True
+    tracker.poll()
+    tracker.poll()
     fake.fail = False
+    assert tracker.poll()["0"].state is JobState.RUNNING and tracker.poll_failures == 0
+    fake.fail = True
     assert tracker.poll()["0"].state is JobState.RUNNING
 
 
