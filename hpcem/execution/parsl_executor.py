@@ -8,6 +8,7 @@ Every Parsl listener binds 127.0.0.1.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import importlib
 import json
@@ -122,7 +123,18 @@ class ParslExecutor:
         )
         self._dfk = DataFlowKernel(config)
         self._app = python_app(call_step, data_flow_kernel=self._dfk, executors=[self.label])
+        # a controller that dies of an exception must not leave blocks holding nodes until
+        # their walltime (idle workers do not notice that the interchange is gone)
+        atexit.register(self._cancel_blocks_at_exit)
         return self
+
+    def _cancel_blocks_at_exit(self) -> None:
+        if self._dfk is not None:
+            try:
+                self.shutdown(cancel=True)
+            except Exception:  # noqa: BLE001 - last resort: cancel the batch jobs directly
+                if self.provider is not None:
+                    self.provider.cancel(self.provider.tracker.job_ids)
 
     def submit(
         self, func_ref: str, args: dict, resources: dict | None = None
@@ -156,6 +168,7 @@ class ParslExecutor:
                 fut = task.get("app_fu")
                 if fut is not None and not fut.done():
                     fut.cancel()
+        atexit.unregister(self._cancel_blocks_at_exit)
         try:
             self._dfk.cleanup()
         finally:
