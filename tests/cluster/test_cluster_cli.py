@@ -106,3 +106,16 @@ def test_submit_with_missing_commands_submits_nothing(tmp_path, monkeypatch):
 def test_queue_on_localhost(capsys):
     assert main(["queue", "--site", "localhost"]) == 0
     assert "JOBID" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["localhost", "local-slurm", "local-sge", "example-slurm-gpu", "example-pbs", "example-sge"],
+)
+def test_check_site_renders_every_shipped_site(name):
+    from hpcem.cluster.check import check_site
+
+    findings = {f.check: f for f in check_site(name)}
+    assert findings["config"].ok
+    renders = [f for c, f in findings.items() if c.startswith("render queue")]
+    assert renders and all(f.ok for f in renders), renders
