@@ -63,7 +63,7 @@ def main(argv=None) -> int:
             first = None
             nodes = set()
             for fut in _as_completed(futures):
-                result = fut.result()
+                result = fut.result()["result"]
                 nodes.add(result["node"])
                 if first is None:
                     first = time.monotonic() - t0

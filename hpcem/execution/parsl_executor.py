@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import importlib
 import json
 import os
 from pathlib import Path
 
 from hpcem.cluster.site import Site
 from hpcem.errors import RunError, ValidationError
-
-
-def call_step(func_ref: str, args: dict):
-    """Run on a worker: import ``module:function``, call it with ``**args``, return the
-    JSON round-tripped result (so that what comes back is exactly what can be stored)."""
-    module_name, _, func_name = func_ref.partition(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    return json.loads(json.dumps(func(**args)))
+from hpcem.execution.worker import execute_step
 
 
 def _check_func_ref(func_ref: str) -> None:
@@ -122,7 +114,7 @@ class ParslExecutor:
             initialize_logging=False,
         )
         self._dfk = DataFlowKernel(config)
-        self._app = python_app(call_step, data_flow_kernel=self._dfk, executors=[self.label])
+        self._app = python_app(execute_step, data_flow_kernel=self._dfk, executors=[self.label])
         # a controller that dies of an exception must not leave blocks holding nodes until
         # their walltime (idle workers do not notice that the interchange is gone)
         atexit.register(self._cancel_blocks_at_exit)
@@ -139,7 +131,8 @@ class ParslExecutor:
     def submit(
         self, func_ref: str, args: dict, resources: dict | None = None
     ) -> concurrent.futures.Future:
-        """Run ``func_ref(**args)`` on a worker; the future's result is its return value."""
+        """Run ``func_ref(**args)`` on a worker; the future's result is
+        :func:`hpcem.execution.worker.execute_step`'s dict (result, host, pid, times)."""
         if self._dfk is None:
             raise RunError("ParslExecutor.submit before start()")
         _check_func_ref(func_ref)

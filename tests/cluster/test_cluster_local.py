@@ -140,7 +140,7 @@ def test_parsl_executor_contract_on_localhost(tmp_path):
             ex.submit("hpcem.cluster.diagnostics:sleep_step", {"seconds": 0.05, "index": i}, {})
             for i in range(8)
         ]
-        assert sorted(f.result(timeout=60)["index"] for f in futures) == list(range(8))
+        assert sorted(f.result(timeout=60)["result"]["index"] for f in futures) == list(range(8))
         assert len(ex.job_ids()) == 1
         with pytest.raises(ValidationError, match="not 'module:function'"):
             ex.submit("no_colon", {}, {})

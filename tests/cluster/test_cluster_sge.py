@@ -106,7 +106,7 @@ def test_parsl_on_sge(site, tmp_path):
 
     with ParslExecutor(site, max_blocks=1, run_dir=tmp_path / "parsl", max_idletime_s=2) as ex:
         results = [
-            f.result(timeout=120)
+            f.result(timeout=120)["result"]
             for f in [
                 ex.submit("hpcem.cluster.diagnostics:sleep_step", {"seconds": 0.1, "index": i}, {})
                 for i in range(10)

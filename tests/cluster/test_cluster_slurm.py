@@ -82,7 +82,7 @@ def test_parsl_steps_run_on_all_four_nodes(site, workdir):
             ex.submit("hpcem.cluster.diagnostics:sleep_step", {"seconds": 0.3, "index": i}, {})
             for i in range(48)
         ]
-        results = [f.result(timeout=120) for f in futures]
+        results = [f.result(timeout=120)["result"] for f in futures]
         assert sorted(r["index"] for r in results) == list(range(48))
         nodes = collections.Counter(r["node"] for r in results)
         if not others:
