@@ -279,6 +279,9 @@ def _print_run(project, run, as_json, log_lines) -> None:
     if run.execution.get("jobs"):
         for job in run.execution["jobs"]:
             click.echo(f"  job      {job.get('id')} on {job.get('site')}/{job.get('queue')}: {job.get('state', '?')}")
+    if run.execution.get("blocks"):
+        click.echo(f"  parsl    blocks (batch jobs) on {run.execution.get('site')}: "
+                   + ", ".join(run.execution["blocks"]))
     click.echo("  params")
     for k, v in run.params.items():
         click.echo(f"    {k} = {v!r}")

@@ -68,6 +68,7 @@ class Controller:
         self.log = RunLog(project.run_dir(run_id))
         self._stop_requested = False
         self._waiting = False
+        self._blocks: list[str] = []
 
     # --- planning ------------------------------------------------------------------------
     def plan(self):
@@ -228,6 +229,11 @@ class Controller:
             "steps_done": sum(r["state"] == FINISHED for r in records),
             "steps_total": len(records),
         }
+        blocks = list(self.executor.job_ids())
+        if blocks != self._blocks:  # Parsl blocks (batch jobs) of this run, for `hpcem status`
+            self._blocks = blocks
+            run = self.project.run(self.run_id)
+            fields["execution"] = {**run.execution, "blocks": blocks}
         if state:
             fields["state"] = state
         if heartbeat or force:

@@ -148,3 +148,22 @@ def test_config_errors_submit_nothing(project):
     after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout
     assert set(after.split()) <= set(before.split())
     assert json.dumps(project.runs) == "[]"
+
+
+def test_parsl_dispatched_run_spreads_steps_over_nodes(project, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    execution = execution_request(project, {"site": "local-slurm", "queue": "debug", "dispatch": "parsl",
+                                            "max_blocks": 4, "walltime": "0:10:00"})
+    assert execution["dispatch"] == "parsl" and execution["mode"] == "local"
+    run = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(out), "n": 24, "sleep_s": 0.5},
+                               execution=execution)
+    lifecycle.launch(project, run.id)
+    done = _wait_state(project, run.id, ("finished", "failed", "aborted"), timeout_s=240)
+    assert done.state == "finished", done.error
+    steps = project.read_steps(run.id).to_records()
+    hosts = {s["host"] for s in steps}
+    assert len(steps) == 24 and all(s["state"] == "finished" for s in steps)
+    assert hosts <= {"node1", "node2", "node3", "node4"}
+    assert len(hosts) >= 2, hosts  # really ran on several SLURM nodes
+    assert len(done.execution["blocks"]) >= 2 and all(b.isdigit() for b in done.execution["blocks"])
