@@ -10,7 +10,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from hpcem.errors import CommandError, CommandNotFoundError
 

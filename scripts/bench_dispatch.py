@@ -36,7 +36,8 @@ def bench_steps(tmp: Path, n_steps: int, workers: int) -> dict:
     project = Project.create(tmp / "dispatch")
     # Baseline: the same executor running the same trivial calls with no framework around.
     executor = LocalExecutor(workers).start()
-    list(executor.submit("hpcem_testplugin.protocols:trivial", {"i": 0}).result() for _ in range(workers))
+    for _ in range(workers):  # warm the pool up
+        executor.submit("hpcem_testplugin.protocols:trivial", {"i": 0}).result()
     t0 = time.perf_counter()
     futures = [executor.submit("hpcem_testplugin.protocols:trivial", {"i": i}) for i in range(n_steps)]
     for f in futures:

@@ -6,12 +6,10 @@ import os
 
 import click
 
-from hpcem.cluster.check import check_site
-from hpcem.cluster.job import JobSpec
-from hpcem.cluster.site import list_sites, load_site, parse_walltime
-from hpcem.cluster.submit import list_user_jobs
-from hpcem.cluster.templates import render_job_script
 from hpcem.errors import ConfigError, ValidationError
+
+# The cluster modules are imported inside each command: every `hpcem` invocation
+# (e.g. `hpcem status`) loads this file, and it must start fast.
 
 
 @click.group("site")
@@ -22,6 +20,8 @@ def site_group() -> None:
 @site_group.command("list")
 def site_list() -> None:
     """List every site config on the search path with its scheduler and queues."""
+    from hpcem.cluster.site import list_sites, load_site
+
     for name, path in list_sites():
         try:
             s = load_site(str(path))
@@ -47,6 +47,8 @@ def site_list() -> None:
 def site_check(name: str, test: bool, timeout_s: float) -> None:
     """Check site NAME: schema, every queue's job script (rendered, bash -n), scheduler
     commands on PATH, and with --test a real trivial job."""
+    from hpcem.cluster.check import check_site
+
     findings = check_site(name, test=test, test_timeout_s=timeout_s)
     for f in findings:
         click.echo(f"{'ok  ' if f.ok else 'FAIL'} {f.check}{': ' + f.detail if f.detail else ''}")
@@ -83,6 +85,10 @@ def site_render(
     command,
 ) -> None:
     """Print the job script that would be submitted on site NAME for COMMAND (after --)."""
+    from hpcem.cluster.job import JobSpec
+    from hpcem.cluster.site import load_site, parse_walltime
+    from hpcem.cluster.templates import render_job_script
+
     site = load_site(name)
     workdir = os.path.abspath(workdir or os.getcwd())
     try:
@@ -112,6 +118,9 @@ def site_render(
 @click.option("--user", default=None, help="User (default: you).")
 def queue_command(site_name: str, user: str | None) -> None:
     """Show this user's hpcem jobs on a site (one scheduler query)."""
+    from hpcem.cluster.site import load_site
+    from hpcem.cluster.submit import list_user_jobs
+
     site = load_site(site_name)
     rows = list_user_jobs(site, user)
     click.echo(f"{'JOBID':>10}  {'STATE':13s} {'NATIVE':10s} {'QUEUE':10s} {'NODES':12s} NAME")

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"hpcem: error: {exc.format_message()}", err=True)
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
+    except Exception as exc:
         if debug:
             raise
         click.echo(f"hpcem: internal error: {type(exc).__name__}: {exc} "

@@ -25,7 +25,7 @@ def _need_slurm():
     if shutil.which("sinfo") is None:
         pytest.skip("SLURM is not installed (scripts/start-slurm.sh installs and starts it)")
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10, check=False)
     except subprocess.TimeoutExpired:
         pytest.skip("sinfo timed out: slurmctld is not answering")
     if out.returncode != 0 or not out.stdout.strip():
@@ -106,7 +106,7 @@ def test_walltime_exceeded_is_recognised(project, tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # accounting may lag the job's end by a moment
         state = subprocess.run(["sacct", "-X", "-n", "-j", job["id"], "-o", "State"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+                               capture_output=True, text=True, timeout=30, check=False).stdout.strip()
         if state.startswith("TIMEOUT"):
             break
         time.sleep(1)
@@ -129,7 +129,7 @@ def test_stop_cancels_the_job(project, tmp_path):
     assert rec.state == "aborted" and rec.error == "stopped by user"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        out_q = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=30)
+        out_q = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=30, check=False)
         if job_id not in out_q.stdout:
             break
         time.sleep(0.5)
@@ -137,7 +137,7 @@ def test_stop_cancels_the_job(project, tmp_path):
 
 
 def test_config_errors_submit_nothing(project):
-    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=False).stdout
     with pytest.raises(ConfigError, match="has no queue 'debgu' \\(did you mean 'debug'\\?\\)"):
         execution_request(project, {"site": "local-slurm", "queue": "debgu"})
     with pytest.raises(ValidationError, match="walltime 48:00:00 is over the limit 24:00:00 of site .local-slurm. queue .debug."):
@@ -145,7 +145,7 @@ def test_config_errors_submit_nothing(project):
     with pytest.raises(ConfigError, match="no-such-site"):
         execution_request(project, {"site": "no-such-site", "queue": "debug"})
     assert project.runs == []
-    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=False).stdout
     assert set(after.split()) <= set(before.split())
     assert json.dumps(project.runs) == "[]"
 
