@@ -167,3 +167,22 @@ def test_parsl_dispatched_run_spreads_steps_over_nodes(project, tmp_path):
     assert hosts <= {"node1", "node2", "node3", "node4"}
     assert len(hosts) >= 2, hosts  # really ran on several SLURM nodes
     assert len(done.execution["blocks"]) >= 2 and all(b.isdigit() for b in done.execution["blocks"])
+
+
+def test_requeued_job_resumes_without_redoing_finished_steps(project, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run = _job_run(project, out, n=6, sleep_s=1.5, cores=2)
+    deadline = time.monotonic() + 90
+    while project.run(run.id).steps_done < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job_id = project.run(run.id).execution["jobs"][-1]["id"]
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30, capture_output=True)
+    # the same job id runs again and its controller resumes the run
+    done = _wait_state(project, run.id, ("finished",), timeout_s=300)
+    assert done.execution["jobs"][-1]["id"] == job_id and len(done.execution["jobs"]) == 1
+    runs_of_each = [_executions(out, f"s{i:04d}") for i in range(6)]
+    assert all(n >= 1 for n in runs_of_each)
+    assert runs_of_each.count(1) >= 2  # the steps finished before the requeue ran once
+    log = (project.run_dir(run.id) / "run.log").read_text()
+    assert log.count("[run] running 6 steps") >= 2 and "already finished" in log
