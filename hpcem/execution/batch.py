@@ -52,7 +52,9 @@ def job_spec(project, run, site):
         stdout=str(run_dir / f"job-{attempt}.out"),
         stderr=str(run_dir / f"job-{attempt}.err"),
         nodes=int(res.get("nodes") or 1),
-        cores_per_task=cores,
+        # one task per core: the controller's workers use them, and an MPI step can
+        # `srun -n RANKS` inside the allocation with RANKS up to the cores
+        tasks_per_node=cores,
         walltime_s=parse_walltime(res["walltime"]) if res.get("walltime") else None,
         queue=res.get("queue"),
     )

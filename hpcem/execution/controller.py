@@ -174,20 +174,43 @@ class Controller:
         return self.executor.submit(step.func, step.args, resources)
 
     def _collect(self, name, future, finished, failed) -> None:
-        rec = self.records[name]
         try:
             out = future.result()
         except Exception as exc:  # noqa: BLE001 - a step's own error is recorded, never fatal
+            self._record(name, None, exc, finished, failed)
+            return
+        self._record(name, out, None, finished, failed)
+
+    def _run_inline(self, name, finished, failed) -> None:
+        from hpcem.execution.worker import resolve
+
+        step = self.graph.steps[name]
+        rec = self.records[name]
+        rec.update(state="running", started=time.time(), attempts=int(rec["attempts"]) + 1)
+        self.ctx.step_name = name
+        try:
+            result = resolve(step.func)(self.ctx, **step.args)
+        except Exception as exc:  # noqa: BLE001 - a step's own error is recorded, never fatal
+            self._record(name, None, exc, finished, failed)
+            return
+        finally:
+            self.ctx.step_name = None
+        out = {"result": result, "host": socket.gethostname(), "started": rec["started"],
+               "ended": time.time()}
+        self._record(name, out, None, finished, failed)
+
+    def _record(self, name, out, exc, finished, failed) -> None:
+        """Store a step's outcome: its result (which must be JSON) or its error."""
+        rec = self.records[name]
+        if exc is None:
+            try:
+                json.dumps(out["result"], allow_nan=False)
+            except (TypeError, ValueError) as bad:
+                exc = bad.__class__(f"step result is not JSON-serialisable: {bad}")
+        if exc is not None:
             rec.update(state="failed", ended=time.time(), exit_code=1, error=_one_line(exc))
             self.log.event(name, f"failed: {_one_line(exc)}", level="error",
                            detail="".join(traceback.format_exception(exc)))
-            failed.append(name)
-            return
-        try:
-            json.dumps(out["result"], allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            rec.update(state="failed", ended=time.time(), exit_code=1,
-                       error=f"result is not JSON-serialisable: {exc}")
             failed.append(name)
             return
         rec.update(state=FINISHED, started=out["started"], ended=out["ended"], host=out["host"],
@@ -195,30 +218,6 @@ class Controller:
         self.ctx._results[name] = out["result"]
         finished.add(name)
         self.log.event(name, f"finished on {out['host']} in {out['ended'] - out['started']:.3f} s")
-
-    def _run_inline(self, name, finished, failed) -> None:
-        step = self.graph.steps[name]
-        rec = self.records[name]
-        rec.update(state="running", started=time.time(), attempts=int(rec["attempts"]) + 1)
-        self.ctx.step_name = name
-        from hpcem.execution.worker import resolve
-
-        try:
-            result = resolve(step.func)(self.ctx, **step.args)
-            json.dumps(result, allow_nan=False)
-        except Exception as exc:  # noqa: BLE001 - a step's own error is recorded, never fatal
-            rec.update(state="failed", ended=time.time(), exit_code=1, error=_one_line(exc))
-            self.log.event(name, f"failed: {_one_line(exc)}", level="error",
-                           detail="".join(traceback.format_exception(exc)))
-            failed.append(name)
-            return
-        finally:
-            self.ctx.step_name = None
-        rec.update(state=FINISHED, ended=time.time(), host=socket.gethostname(), exit_code=0,
-                   result=result)
-        self.ctx._results[name] = result
-        finished.add(name)
-        self.log.event(name, "finished (controller)")
 
     def _commit(self, state=None, force=False, heartbeat=False, extra=None) -> None:
         from hpcem.store import StepTable

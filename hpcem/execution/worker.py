@@ -31,7 +31,10 @@ def resolve(func_ref: str) -> Callable:
 def execute_step(func_ref: str, args: dict) -> dict:
     """Run one step; return its result with where and when it ran."""
     started = time.time()
-    result = resolve(func_ref)(**args)
+    return _outcome(resolve(func_ref)(**args), started)
+
+
+def _outcome(result, started: float) -> dict:
     return {
         "result": result,
         "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
@@ -52,10 +55,4 @@ def execute_mpi_step(site_name: str, func_ref: str, args: dict, ranks: int, thre
     os.makedirs(workdir, exist_ok=True)
     result = run_mpi_step(load_site(site_name), func_ref, args, ranks=ranks, threads=threads,
                           workdir=workdir, name=name)
-    return {
-        "result": result,
-        "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
-        "pid": os.getpid(),
-        "started": started,
-        "ended": time.time(),
-    }
+    return _outcome(result, started)

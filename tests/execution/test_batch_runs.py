@@ -53,6 +53,14 @@ def _wait_state(project, run_id, states, timeout_s=120):
     raise AssertionError(f"run {run_id} is {project.run(run_id).state}, not in {states}")
 
 
+def _job_after_steps(project, run_id, n, timeout_s=90):
+    """Wait until ``n`` steps are recorded finished; return the run's current job id."""
+    deadline = time.monotonic() + timeout_s
+    while project.run(run_id).steps_done < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return project.run(run_id).execution["jobs"][-1]["id"]
+
+
 def _executions(out_dir: Path, name: str) -> int:
     path = out_dir / f"{name}.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -79,10 +87,7 @@ def test_scancel_mid_step_then_continue_keeps_finished_steps(project, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     run = _job_run(project, out, n=6, sleep_s=1.5, cores=2)
-    deadline = time.monotonic() + 90
-    while project.run(run.id).steps_done < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    job_id = project.run(run.id).execution["jobs"][-1]["id"]
+    job_id = _job_after_steps(project, run.id, 2)
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     dead = _wait_state(project, run.id, ("failed", "aborted"))
     assert dead.state in ("failed", "aborted")
@@ -173,10 +178,7 @@ def test_requeued_job_resumes_without_redoing_finished_steps(project, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     run = _job_run(project, out, n=6, sleep_s=1.5, cores=2)
-    deadline = time.monotonic() + 90
-    while project.run(run.id).steps_done < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    job_id = project.run(run.id).execution["jobs"][-1]["id"]
+    job_id = _job_after_steps(project, run.id, 2)
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30, capture_output=True)
     # the same job id runs again and its controller resumes the run
     done = _wait_state(project, run.id, ("finished",), timeout_s=300)
@@ -186,3 +188,23 @@ def test_requeued_job_resumes_without_redoing_finished_steps(project, tmp_path):
     assert runs_of_each.count(1) >= 2  # the steps finished before the requeue ran once
     log = (project.run_dir(run.id) / "run.log").read_text()
     assert log.count("[run] running 6 steps") >= 2 and "already finished" in log
+
+
+def test_mpi_step_inside_a_whole_run_job_uses_srun(project, tmp_path):
+    import mrcfile
+    import numpy as np
+
+    stack = np.random.default_rng(5).normal(size=(9, 16, 16)).astype(np.float32)
+    with mrcfile.new(tmp_path / "stack.mrcs") as mrc:
+        mrc.set_data(stack)
+    execution = execution_request(project, {"site": "local-slurm", "queue": "debug",
+                                            "walltime": "0:05:00", "cores": 2})
+    run = lifecycle.create_run(project, "particles.average_mpi",
+                               {"stack": str(tmp_path / "stack.mrcs"), "ranks": 2}, execution=execution)
+    lifecycle.launch(project, run.id)
+    done = _wait_state(project, run.id, ("finished", "failed", "aborted"))
+    assert done.state == "finished", done.error
+    step = {s["name"]: s for s in project.read_steps(run.id).to_records()}["average"]
+    assert step["result"]["ranks"] == 2 and step["host"].startswith("node")
+    mean = mrcfile.read(done.outputs["average"].column("representative")[0])
+    np.testing.assert_allclose(mean, stack.mean(axis=0), atol=1e-6)
