@@ -8,7 +8,6 @@ internals.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,6 @@ class RunContext:
         if self.run_id is None:
             raise RunError("the run has no folder before it is created")
         return self.project.run_dir(self.run_id)
-
-    @property
-    def project_path(self) -> Path:
-        return Path(self.project.path)
 
     def input(self, name: str):
         """The input set ``name`` (a list of sets for inputs declared ``many``)."""
@@ -81,6 +76,3 @@ class RunContext:
         sizes[output] = len(self.project.open_set(self.run_id, output))
         execution = dict(record.execution, output_sizes=sizes)
         self.project.update_run(self.run_id, output_types=types, execution=execution)
-
-    def to_json(self) -> str:
-        return json.dumps({"params": self.params, "inputs": self.inputs}, sort_keys=True)

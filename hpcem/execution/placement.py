@@ -14,20 +14,27 @@ from hpcem.errors import ConfigError
 
 def execution_request(project, opts: Mapping[str, Any]) -> dict:
     """The run's execution dict from options (site, queue, walltime, cores, nodes, dispatch)."""
+    from hpcem.cluster.site import (
+        check_limits,
+        default_site_name,
+        format_walltime,
+        load_site,
+        parse_walltime,
+    )
+
     opts = {k: v for k, v in opts.items() if v is not None}
+    # --site, else the project's default site, else $HPCEM_SITE, else localhost
+    site_name = opts.get("site") or default_site_name(project.default_site)
+    site = load_site(site_name)
     dispatch = opts.get("dispatch")
-    if dispatch is None:
-        dispatch = "job" if "queue" in opts else "local"
-    site_name = opts.get("site") or project.default_site or ("localhost" if dispatch == "local" else None)
+    if dispatch is None:  # a cluster site takes whole runs as jobs unless told otherwise
+        dispatch = "job" if "queue" in opts or site.scheduler != "local" else "local"
     if dispatch == "local":
         if set(opts) & {"queue", "walltime", "nodes"}:
             raise ConfigError("--queue/--walltime/--nodes need --dispatch job or parsl (or a --queue)")
-        return {"mode": "local", "dispatch": "local", "site": site_name or "localhost"}
-    if not site_name:
-        raise ConfigError(f"--dispatch {dispatch} needs --site NAME (see 'hpcem site list')")
-    from hpcem.cluster.site import check_limits, format_walltime, load_site, parse_walltime
-
-    site = load_site(site_name)
+        # here, MPI steps use this machine's launcher, not the cluster's srun
+        local_site = site.name if site.scheduler == "local" else "localhost"
+        return {"mode": "local", "dispatch": "local", "site": local_site}
     queue = site.queue(opts.get("queue"))  # ConfigError naming the queues when unknown
     walltime_s = parse_walltime(opts["walltime"]) if "walltime" in opts else site.walltime_s
     resources = {

@@ -23,7 +23,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from hpcem.errors import ProtocolError
 from hpcem.protocol.params import Param
@@ -173,20 +173,6 @@ class Protocol:
 
     # --- derived from the declaration ---------------------------------------------------
     @classmethod
-    def param(cls, name: str) -> Param:
-        for p in cls.params:
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
-    @classmethod
-    def output(cls, name: str) -> Output:
-        for o in cls.outputs:
-            if o.name == name:
-                return o
-        raise KeyError(name)
-
-    @classmethod
     def to_json(cls) -> dict:
         """The whole declaration as JSON."""
         return {
@@ -216,8 +202,3 @@ class Protocol:
                     raise ProtocolError(
                         f"{where}: parameter {p.name!r} depends on unknown {c.param!r}"
                     )
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys: what hashes and stored records are made from."""
-    return json.dumps(value, sort_keys=True, allow_nan=False)
