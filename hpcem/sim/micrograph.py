@@ -165,8 +165,42 @@ def simulate_micrograph(
         raise ValidationError(f"pixel size must be > 0 Å, got {pixel_size_A}")
     if not snr > 0:
         raise ValidationError(f"snr must be > 0, got {snr}")
-    defocus_v_A = defocus_u_A if defocus_v_A is None else defocus_v_A
     rng = np.random.default_rng(seed)
+    image_ft, truth = _specimen_ft(
+        rng, shape, pixel_size_A, n_particles, particle_diameter_A, ice_level,
+        defocus_u_A=defocus_u_A, defocus_v_A=defocus_v_A, angle_deg=angle_deg,
+        voltage_kV=voltage_kV, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
+        b_factor_A2=b_factor_A2,
+    )
+    clean = _irfft2(image_ft, s=shape)
+    image = _add_noise(rng, clean, pixel_size_A, snr, dose_e_per_A2)
+    truth.update({
+        "snr": float(snr),
+        "dose_e_per_A2": None if dose_e_per_A2 is None else float(dose_e_per_A2),
+        "seed": int(seed),
+    })
+    return image.astype(np.float32), truth
+
+
+def _specimen_ft(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    pixel_size_A: float,
+    n_particles: int,
+    particle_diameter_A: float,
+    ice_level: float,
+    *,
+    defocus_u_A: float,
+    defocus_v_A: float | None,
+    angle_deg: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    b_factor_A2: float,
+) -> tuple[np.ndarray, dict]:
+    """The noise-free image (rfft half plane) of random particles through a known CTF,
+    and the ground truth shared by micrographs and movies."""
+    defocus_v_A = defocus_u_A if defocus_v_A is None else defocus_v_A
     ctf_params = {
         "defocus_u_A": defocus_u_A,
         "defocus_v_A": defocus_v_A,
@@ -179,8 +213,6 @@ def simulate_micrograph(
     obj_ft, centres = _object_ft(
         rng, shape, pixel_size_A, n_particles, particle_diameter_A, ice_level
     )
-    clean = _irfft2(_ctf_image_ft(obj_ft, shape, pixel_size_A, ctf_params), s=shape)
-    image = _add_noise(rng, clean, pixel_size_A, snr, dose_e_per_A2)
     truth = {
         "coordinates_px": centres[:, ::-1].copy(),
         "defocus_u": float(defocus_u_A),
@@ -191,11 +223,8 @@ def simulate_micrograph(
         "cs_mm": float(cs_mm),
         "amplitude_contrast": float(amplitude_contrast),
         "b_factor_A2": float(b_factor_A2),
-        "snr": float(snr),
-        "dose_e_per_A2": None if dose_e_per_A2 is None else float(dose_e_per_A2),
-        "seed": int(seed),
     }
-    return image.astype(np.float32), truth
+    return _ctf_image_ft(obj_ft, shape, pixel_size_A, ctf_params), truth
 
 
 def _add_noise(
@@ -257,21 +286,13 @@ def simulate_movie(
         raise ValidationError(f"dose per frame must be > 0 e/Å², got {dose_per_frame_e_per_A2}")
     if not pixel_size_A > 0:
         raise ValidationError(f"pixel size must be > 0 Å, got {pixel_size_A}")
-    defocus_v_A = defocus_u_A if defocus_v_A is None else defocus_v_A
     rng = np.random.default_rng(seed)
-    ctf_params = {
-        "defocus_u_A": defocus_u_A,
-        "defocus_v_A": defocus_v_A,
-        "angle_deg": angle_deg,
-        "voltage_kV": voltage_kV,
-        "cs_mm": cs_mm,
-        "amplitude_contrast": amplitude_contrast,
-        "b_factor_A2": b_factor_A2,
-    }
-    obj_ft, centres = _object_ft(
-        rng, shape, pixel_size_A, n_particles, particle_diameter_A, ice_level
+    image_ft, truth = _specimen_ft(
+        rng, shape, pixel_size_A, n_particles, particle_diameter_A, ice_level,
+        defocus_u_A=defocus_u_A, defocus_v_A=defocus_v_A, angle_deg=angle_deg,
+        voltage_kV=voltage_kV, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
+        b_factor_A2=b_factor_A2,
     )
-    image_ft = _ctf_image_ft(obj_ft, shape, pixel_size_A, ctf_params)
 
     steps = np.asarray(drift_px_per_frame, dtype=np.float64) + jitter_px * rng.standard_normal(
         (n_frames, 2)
@@ -289,19 +310,10 @@ def simulate_movie(
         clean = _irfft2(image_ft * ramp, s=shape)
         expected = np.clip(mean_counts * (1.0 + clean / contrast_scale), 0.0, None)
         frames[i] = rng.poisson(expected)
-    truth = {
-        "coordinates_px": centres[:, ::-1].copy(),
+    truth.update({
         "shifts_px": shifts,
         "n_frames": int(n_frames),
         "dose_per_frame_e_per_A2": float(dose_per_frame_e_per_A2),
-        "defocus_u": float(defocus_u_A),
-        "defocus_v": float(defocus_v_A),
-        "defocus_angle": float(angle_deg),
-        "pixel_size_A": float(pixel_size_A),
-        "voltage_kV": float(voltage_kV),
-        "cs_mm": float(cs_mm),
-        "amplitude_contrast": float(amplitude_contrast),
-        "b_factor_A2": float(b_factor_A2),
         "seed": int(seed),
-    }
+    })
     return frames, truth
