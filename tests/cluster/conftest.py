@@ -15,6 +15,20 @@ def fixture_text(name: str) -> str:
     return (FIXTURES / name).read_text()
 
 
+def job_spec(workdir: Path, name: str, command, **kw):
+    """A JobSpec running ``command`` in ``workdir``, with its exit-code and output files there."""
+    from hpcem.cluster.job import JobSpec
+
+    return JobSpec(
+        command=tuple(command),
+        name=name,
+        workdir=str(workdir),
+        exit_code_file=str(workdir / f"{name}.exit"),
+        stdout=str(workdir / f"{name}.out"),
+        **kw,
+    )
+
+
 def _answers(argv: list[str]) -> str | None:
     """None if ``argv`` runs and exits 0 within 10 s, else why not."""
     if shutil.which(argv[0]) is None:

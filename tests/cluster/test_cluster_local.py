@@ -9,23 +9,14 @@ import mrcfile
 import numpy as np
 import pytest
 
-from hpcem.cluster.job import JobSpec, JobState
+from hpcem.cluster.job import JobState
 from hpcem.cluster.mpi import mpi_launch_argv, run_mpi_step
 from hpcem.cluster.site import load_site
 from hpcem.cluster.submit import submit_job
 from hpcem.cluster.tracking import JobTracker
 from hpcem.errors import ConfigError, DataFormatError, StepError
 
-
-def spec(tmp_path, name, command, **kw):
-    return JobSpec(
-        command=tuple(command),
-        name=name,
-        workdir=str(tmp_path),
-        exit_code_file=str(tmp_path / f"{name}.exit"),
-        stdout=str(tmp_path / f"{name}.out"),
-        **kw,
-    )
+from .conftest import job_spec
 
 
 def test_local_jobs_outcomes_and_cancel(tmp_path):
@@ -37,7 +28,7 @@ def test_local_jobs_outcomes_and_cancel(tmp_path):
         "fail": ["bash", "-c", "exit 7"],
         "long": ["sleep", "60"],
     }.items():
-        s = spec(tmp_path, name, cmd)
+        s = job_spec(tmp_path, name, cmd)
         jobs[name] = submit_job(site, s)
         tracker.add(jobs[name], s.exit_code_file)
     time.sleep(0.5)

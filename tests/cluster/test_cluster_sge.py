@@ -9,11 +9,13 @@ import time
 import pytest
 
 from hpcem.cli.main import main as hpcem_main
-from hpcem.cluster.job import JobSpec, JobState
+from hpcem.cluster.job import JobState
 from hpcem.cluster.site import Queue, load_site
 from hpcem.cluster.submit import cancel_jobs, list_user_jobs, submit_job
 from hpcem.cluster.tracking import JobTracker
 from hpcem.errors import SubmitError
+
+from .conftest import job_spec
 
 pytestmark = [pytest.mark.sge, pytest.mark.usefixtures("sge_up")]
 
@@ -21,17 +23,6 @@ pytestmark = [pytest.mark.sge, pytest.mark.usefixtures("sge_up")]
 @pytest.fixture(scope="module")
 def site():
     return load_site("local-sge")
-
-
-def spec(tmp_path, name, command, **kw):
-    return JobSpec(
-        command=tuple(command),
-        name=name,
-        workdir=str(tmp_path),
-        exit_code_file=str(tmp_path / f"{name}.exit"),
-        stdout=str(tmp_path / f"{name}.out"),
-        **kw,
-    )
 
 
 def run(site, specs, timeout_s=90, before_wait=None):
@@ -50,9 +41,9 @@ def test_outcomes_from_exit_code_file(site, tmp_path):
     ids, st = run(
         site,
         [
-            spec(tmp_path, "ok", ["echo", "; rm -rf ~"], label="; rm -rf ~"),
-            spec(tmp_path, "fail", ["bash", "-c", "exit 4"]),
-            spec(tmp_path, "pe", ["bash", "-c", "echo $NSLOTS"], tasks_per_node=2),
+            job_spec(tmp_path, "ok", ["echo", "; rm -rf ~"], label="; rm -rf ~"),
+            job_spec(tmp_path, "fail", ["bash", "-c", "exit 4"]),
+            job_spec(tmp_path, "pe", ["bash", "-c", "echo $NSLOTS"], tasks_per_node=2),
         ],
     )
     assert st[ids[0]].state is JobState.COMPLETED
@@ -72,14 +63,14 @@ def test_qdel_gives_cancelled(site, tmp_path):
         tracker.cancel(ids)
 
     ids, st = run(
-        site, [spec(tmp_path, "cancel", ["sleep", "300"])], before_wait=cancel_when_running
+        site, [job_spec(tmp_path, "cancel", ["sleep", "300"])], before_wait=cancel_when_running
     )
     # SGE kills with SIGKILL (no -notify): no exit-code file, qacct says why
     assert st[ids[0]].state is JobState.CANCELLED, st[ids[0]]
 
 
 def test_walltime_gives_timeout(site, tmp_path):
-    ids, st = run(site, [spec(tmp_path, "walltime", ["sleep", "300"], walltime_s=3)])
+    ids, st = run(site, [job_spec(tmp_path, "walltime", ["sleep", "300"], walltime_s=3)])
     assert st[ids[0]].state is JobState.TIMEOUT, st[ids[0]]
     assert not (tmp_path / "walltime.exit").exists()
 
@@ -87,13 +78,13 @@ def test_walltime_gives_timeout(site, tmp_path):
 def test_rejected_submit_shows_stderr(site, tmp_path):
     bad = dataclasses.replace(site, queues={**site.queues, "nosuch.q": Queue("nosuch.q", 1, 2)})
     with pytest.raises(SubmitError, match='job requests unknown queue "nosuch.q"'):
-        submit_job(bad, spec(tmp_path, "rejected", ["true"], queue="nosuch.q"))
+        submit_job(bad, job_spec(tmp_path, "rejected", ["true"], queue="nosuch.q"))
 
 
 def test_listing_and_cli_check(site, tmp_path, capsys):
     assert hpcem_main(["site", "check", "local-sge", "--test", "--timeout", "60"]) == 0
     assert "ok   test job" in capsys.readouterr().out
-    s = spec(tmp_path, "listed", ["sleep", "20"])
+    s = job_spec(tmp_path, "listed", ["sleep", "20"])
     job = submit_job(site, s)
     try:
         assert job in {r["job_id"] for r in list_user_jobs(site)}

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 
 from hpcem.cli.main import main as hpcem_main
-from hpcem.cluster.job import JobSpec, JobState
+from hpcem.cluster.job import JobState
 from hpcem.cluster.mpi import mpi_job_spec, read_result
 from hpcem.cluster.site import load_site
 from hpcem.cluster.submit import list_user_jobs, submit_job
 from hpcem.cluster.tracking import JobTracker
 from hpcem.errors import SubmitError
+
+from .conftest import job_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_up")]
 
@@ -32,22 +34,11 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("slurm")
 
 
-def spec(workdir, name, command, **kw):
-    return JobSpec(
-        command=tuple(command),
-        name=name,
-        workdir=str(workdir),
-        exit_code_file=str(workdir / f"{name}.exit"),
-        stdout=str(workdir / f"{name}.out"),
-        **kw,
-    )
-
-
 @pytest.fixture(scope="module")
 def walltime_job(site, workdir):
     """Submitted early (after the 4-node Parsl test, which needs every core): SLURM's
     smallest limit is one minute, so this job takes 60-90 s while the other tests run."""
-    s = spec(workdir, "walltime", ["sleep", "600"], walltime_s=60)
+    s = job_spec(workdir, "walltime", ["sleep", "600"], walltime_s=60)
     return submit_job(site, s), s
 
 
@@ -139,7 +130,7 @@ def test_mpi_step_two_ranks_under_srun(site, workdir):
 
 
 def test_scancel_gives_cancelled(site, workdir):
-    s = spec(workdir, "cancel", ["sleep", "300"])
+    s = job_spec(workdir, "cancel", ["sleep", "300"])
     job = submit_job(site, s)
     tracker = JobTracker(site)
     tracker.add(job, s.exit_code_file)
@@ -152,7 +143,7 @@ def test_scancel_gives_cancelled(site, workdir):
 
 
 def test_exit_code_and_node(site, workdir):
-    s = spec(workdir, "exit5", ["bash", "-c", "echo $SLURMD_NODENAME; exit 5"])
+    s = job_spec(workdir, "exit5", ["bash", "-c", "echo $SLURMD_NODENAME; exit 5"])
     job = submit_job(site, s)
     tracker = JobTracker(site)
     tracker.add(job, s.exit_code_file)
@@ -163,7 +154,7 @@ def test_exit_code_and_node(site, workdir):
 
 def test_job_killed_without_exit_file(site, workdir):
     # SIGKILL to the job script itself: no trap runs, no exit-code file
-    s = spec(workdir, "sigkill", ["bash", "-c", "kill -9 $PPID; sleep 5"])
+    s = job_spec(workdir, "sigkill", ["bash", "-c", "kill -9 $PPID; sleep 5"])
     job = submit_job(site, s)
     tracker = JobTracker(site)
     tracker.add(job, s.exit_code_file)
@@ -174,7 +165,7 @@ def test_job_killed_without_exit_file(site, workdir):
 
 
 def test_requeue_is_survived(site, workdir):
-    s = spec(workdir, "requeue", ["bash", "-c", "sleep 3; echo done"])
+    s = job_spec(workdir, "requeue", ["bash", "-c", "sleep 3; echo done"])
     job = submit_job(site, s)
     tracker = JobTracker(site)
     tracker.add(job, s.exit_code_file)
@@ -196,14 +187,14 @@ def test_rejected_submit_shows_scheduler_stderr(site, workdir):
 
     bad = dataclasses.replace(site, queues={**site.queues, "nosuch": Queue("nosuch", 1, 2)})
     with pytest.raises(SubmitError, match="invalid partition specified: nosuch"):
-        submit_job(bad, spec(workdir, "rejected", ["true"], queue="nosuch"))
+        submit_job(bad, job_spec(workdir, "rejected", ["true"], queue="nosuch"))
 
 
 def test_cli_site_check_test_and_queue(site, workdir, capsys):
     assert hpcem_main(["site", "check", "local-slurm", "--test", "--timeout", "60"]) == 0
     out = capsys.readouterr().out
     assert "ok   test job" in out and "FAIL" not in out
-    s = spec(workdir, "listed", ["sleep", "30"])
+    s = job_spec(workdir, "listed", ["sleep", "30"])
     job = submit_job(site, s)
     try:
         assert job in {r["job_id"] for r in list_user_jobs(site)}
