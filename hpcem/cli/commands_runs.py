@@ -202,9 +202,9 @@ def status_cmd(project, run, as_json, log_lines):
     from hpcem.execution.runs import summarize
 
     proj = _open(project)
-    _refresh_batch_jobs(proj)
+    runs = _refresh_batch_jobs(proj)
     if run is None:
-        rows = [summarize(r) for r in proj.runs]
+        rows = [summarize(r) for r in runs]
         if as_json:
             click.echo(json.dumps({"project": str(proj.path), "runs": [r.to_json() for r in rows]}, indent=1))
             return
@@ -213,17 +213,19 @@ def status_cmd(project, run, as_json, log_lines):
     _print_run(proj, _run_ref(proj, run), as_json, log_lines)
 
 
-def _refresh_batch_jobs(project) -> None:
-    """Ask each site once about the project's active batch jobs (only if there are any)."""
+def _refresh_batch_jobs(project) -> list:
+    """Ask each site once about the project's active batch jobs (only if there are any);
+    return the runs, read again only when that changed them."""
     runs = project.runs
     if not any(r.state in ("launched", "running") and r.execution.get("jobs") for r in runs):
-        return
+        return runs
     from hpcem.execution.batch import refresh_jobs
 
     try:
         refresh_jobs(project, runs)
     except HpcemError as exc:
         click.echo(f"hpcem: warning: cannot query the batch system: {exc}", err=True)
+    return project.runs
 
 
 def _fmt_elapsed(seconds: float) -> str:

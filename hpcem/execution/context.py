@@ -70,9 +70,7 @@ class RunContext:
             yield writer
         finally:
             writer.close()
+        # The store already lists the output; keep its size for `hpcem status`.
         record = self.project.run(self.run_id)
-        types = dict(record.output_types, **{output: set_type})
-        sizes = dict(record.execution.get("output_sizes", {}))
-        sizes[output] = len(self.project.open_set(self.run_id, output))
-        execution = dict(record.execution, output_sizes=sizes)
-        self.project.update_run(self.run_id, output_types=types, execution=execution)
+        sizes = dict(record.execution.get("output_sizes", {}), **{output: writer.n_rows})
+        self.project.update_run(self.run_id, execution=dict(record.execution, output_sizes=sizes))
