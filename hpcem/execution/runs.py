@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -154,8 +153,9 @@ def restart_run(project, run_id: int, workers: int | None = None, foreground: bo
 
     project.write_steps(run_id, StepTable.from_records([]))
     sets_dir = project.run_dir(run_id) / "sets"
-    if sets_dir.exists():
-        shutil.rmtree(sets_dir)
+    for entry in sorted(sets_dir.iterdir()) if sets_dir.exists() else ():
+        if entry.is_dir() and not entry.name.startswith("."):
+            project.delete_set(run_id, entry.name)  # under the set's lock, never half-deleted
     execution = dict(project.run(run_id).execution)
     execution.pop("output_sizes", None)
     project.update_run(run_id, output_types={}, execution=execution, steps_done=0)

@@ -261,6 +261,11 @@ def test_import_tiff_movies_with_acquisition(project, tmp_path):
     assert list(movies.column("n_frames")) == [5, 7]
     assert movies.optics["voltage_kV"][0] == 200 and movies.optics["dose_per_frame_e_A2"][0] == 1.25
     assert movies.lineage["run_id"] == run.id and movies.lineage["step"] == "register"
+    lifecycle.restart_run(project, run.id, foreground=True)  # outputs wiped, then made again
+    again = project.run(run.id)
+    assert again.state == "finished" and again.output_types == {"movies": "hpcem.SetOfMovies"}
+    assert list(again.outputs["movies"].column("n_frames")) == [5, 7]
+    assert again.execution["output_sizes"] == {"movies": 2}
 
 
 def test_pixel_size_mismatch_is_reported(project, tmp_path):
