@@ -255,13 +255,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def project_run_dir(run):
-    from pathlib import Path
-
-    return Path(run.project_path) / "runs" / f"{run.id:06d}"
-
-
-def make_executor(run, workers: int | None):
+def make_executor(project, run, workers: int | None):
     """The executor a run asked for (local processes unless it was sent to Parsl)."""
     dispatch = run.execution.get("dispatch", "local")
     if dispatch == "parsl":
@@ -271,13 +265,13 @@ def make_executor(run, workers: int | None):
         opts = dict(run.execution.get("parsl", {}))
         res = run.execution.get("resources", {})
         return ParslExecutor(load_site(run.execution["site"]), queue=res.get("queue"),
-                             run_dir=str(project_run_dir(run) / "parsl"), label=f"hpcem-run{run.id}",
+                             run_dir=str(project.run_dir(run.id) / "parsl"), label=f"hpcem-run{run.id}",
                              **opts)
     from hpcem.execution.local import LocalExecutor
 
     return LocalExecutor(workers or run.execution.get("workers") or None,
                          site=run.execution.get("site", "localhost"),
-                         workdir=str(project_run_dir(run) / "mpi"))
+                         workdir=str(project.run_dir(run.id) / "mpi"))
 
 
 def run_controller(project_path: str, run_id: int, workers: int | None = None) -> str:
@@ -291,7 +285,7 @@ def run_controller(project_path: str, run_id: int, workers: int | None = None) -
     lock.acquire(timeout_s=0)
     try:
         _mark_job(project, run_id, "RUNNING")
-        executor = make_executor(run, workers).start()
+        executor = make_executor(project, run, workers).start()
         controller = Controller(project, run_id, executor)
         signal.signal(signal.SIGTERM, controller.request_stop)
         signal.signal(signal.SIGINT, controller.request_stop)
