@@ -26,17 +26,12 @@ def _open(path: str):
 
 def _run_ref(project, ref: str):
     """A run by id or by (unique) label."""
-    runs = project.runs
-    if ref.isdigit():
-        for r in runs:
-            if r.id == int(ref):
-                return r
-    matches = [r for r in runs if r.label == ref]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise RunError(f"label {ref!r} names several runs ({', '.join(str(r.id) for r in matches)}); use the id")
-    raise RunError(f"no run {ref!r} in project {project.path} ('hpcem status {project.path}' lists them)")
+    from hpcem.store.project import find_run
+
+    try:
+        return find_run(project.runs, ref)
+    except RunError as exc:
+        raise RunError(f"{exc} ({project.path}; 'hpcem status {project.path}' lists them)") from None
 
 
 # --- hpcem run -----------------------------------------------------------------------------

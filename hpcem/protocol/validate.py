@@ -13,8 +13,9 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hpcem.errors import HpcemError, ValidationError
+from hpcem.errors import HpcemError, RunError, ValidationError
 from hpcem.protocol.declare import Protocol
+from hpcem.store.project import find_run
 
 # Runs whose outputs may be used as inputs: finished ones, and running ones (streaming).
 USABLE_STATES = ("finished", "running", "launched")
@@ -91,15 +92,10 @@ def _resolve_pointer(ref: str, spec, runs) -> tuple[str, str]:
     run_part, sep, output = str(ref).rpartition(":")
     if not sep or not run_part or not output:
         return "", f"input '{spec.name}': {ref!r} is not RUN:OUTPUT (e.g. 1:micrographs)"
-    matches = [r for r in runs if str(r.id) == run_part.lstrip("0") or r.label == run_part]
-    if run_part.isdigit():
-        matches = [r for r in runs if r.id == int(run_part)] or matches
-    if not matches:
-        return "", f"input '{spec.name}': no run {run_part!r} in this project"
-    if len(matches) > 1:
-        ids = ", ".join(str(r.id) for r in matches)
-        return "", f"input '{spec.name}': label {run_part!r} names several runs ({ids}); use the id"
-    run = matches[0]
+    try:
+        run = find_run(runs, run_part)
+    except RunError as exc:
+        return "", f"input '{spec.name}': {exc}"
     if run.state not in USABLE_STATES:
         return "", f"input '{spec.name}': run {run.id} ({run.label}) is {run.state}, not finished"
     if output not in run.output_types:

@@ -422,6 +422,25 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def find_run(runs: Sequence[RunRecord], ref: str) -> RunRecord:
+    """The run named by ``ref``: its id, or else its label when that names one run.
+
+    RunError says which: no such run, or a label shared by several runs.
+    """
+    ref = str(ref)
+    if ref.isdigit():
+        for r in runs:
+            if r.id == int(ref):
+                return r
+    matches = [r for r in runs if r.label == ref]
+    if len(matches) > 1:
+        ids = ", ".join(str(r.id) for r in matches)
+        raise RunError(f"label {ref!r} names several runs ({ids}); use the id")
+    if not matches:
+        raise RunError(f"no run {ref!r} in this project")
+    return matches[0]
+
+
 def this_host() -> str:
     """The host name recorded in runs and locks."""
     return socket.gethostname()

@@ -185,6 +185,8 @@ def test_bad_input_pointers(project, tmp_path, wait_for_run):
                                {"files": str(tmp_path / "raw" / "*.mrc"), "pixel_size_A": 1.5})
     lifecycle.launch(project, imp.id, foreground=True)
     assert project.run(imp.id).state == "finished"
+    by_label = lifecycle.create_run(project, "ctf.estimate", {}, {"micrographs": f"{imp.label}:micrographs"})
+    assert by_label.inputs == {"micrographs": [f"{imp.id}:micrographs"]}  # labels resolve to ids
     mics = project.open_set(imp.id, "micrographs")
     assert len(mics) == 2 and [Path(p).name for p in mics.column("image")] == ["m0.mrc", "m1.mrc"]
 
