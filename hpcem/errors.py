@@ -120,3 +120,30 @@ class RunError(HpcemError):
 
 class StepError(RunError):
     """A step of a run failed; carries the run and step ids in its message."""
+
+
+class ItemRejected(HpcemError):
+    """One item of a run (a micrograph, a movie) cannot be processed or stored.
+
+    Raised by a step for its own item: the step is recorded as ``rejected`` with this
+    message (e.g. ``"micrograph 3: 1048576 NaN pixels"``) and the run goes on without
+    it. Per-item failures are data, not a crashed run.
+    """
+
+
+class WorkerLostError(RunError):
+    """The worker process running a step died (killed, out of memory, segfault).
+
+    The controller retries such a step (per-protocol ``retries``, default 1).
+    """
+
+
+class FencedError(RunError):
+    """A controller lost its lease: another attempt took the run over (fencing).
+
+    The old controller must stop without writing anything more.
+    """
+
+
+class StorageFullError(StoreError):
+    """The project's filesystem is full, over quota or read-only."""
