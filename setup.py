@@ -24,7 +24,7 @@ setup(
     name="hpcem",
     version="0.1.0",
     description="Reproducible cryo-EM single-particle processing on HPC batch systems",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["hpcem", "hpcem.*"])
     + ["hpcem.protocols", "hpcem.queue_templates", "hpcem.site_configs"],
     # The top-level folders show the architecture; inside the install they live in hpcem.

@@ -126,18 +126,46 @@ def _do_run(project_path, protocol_name, params, inputs, label, wait, workers, s
     from hpcem.execution.placement import execution_request
 
     project = _open(project_path)
-    execution = execution_request(project, opts)
-    run = lifecycle.create_run(project, protocol_name, params, _parse_inputs(inputs), label, execution)
+    placement = execution_request(project, opts)
+    run = lifecycle.create_run(project, protocol_name, params, _parse_inputs(inputs), label, placement)
     if save_only:
-        click.echo(f"run {run.id} ({run.label}) saved")
+        click.echo(f"run {run.id} ({safe(run.label)}) saved")
         return
     lifecycle.launch(project, run.id, workers)
-    click.echo(f"run {run.id} ({run.label}) launched")
+    click.echo(f"run {run.id} ({safe(run.label)}) launched")
     if wait:
         _wait(project, run.id)
 
 
+def safe(text) -> str:
+    """Text from a project (labels, reasons, step names) made safe for a terminal:
+    control characters (newlines, escape codes) are shown escaped, never obeyed."""
+    text = str(text)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _wait(project, run_id: int) -> None:
+    """Show progress until the run ends. Ctrl-C stops a local run (and says so); for a
+    batch-job run it only stops waiting and says how to stop the job."""
+    try:
+        _wait_loop(project, run_id)
+    except KeyboardInterrupt:
+        from hpcem.execution.runs import stop_run
+
+        click.echo("", err=True)
+        run = project.run(run_id)
+        if run.placement.mode == "job":
+            job = run.attempt.job_id if run.attempt else ""
+            raise RunError(f"stopped waiting; run {run_id} goes on as batch job {job or '(queued)'}"
+                           f" ('hpcem stop {project.path} {run_id}' cancels it)") from None
+        try:
+            said = stop_run(project, run_id, reason="interrupted (Ctrl-C)")
+        except RunError as exc:
+            said = str(exc)
+        raise RunError(f"interrupted: {said}") from None
+
+
+def _wait_loop(project, run_id: int) -> None:
     from hpcem.execution.runs import ACTIVE_STATES, diagnose
 
     tty = sys.stderr.isatty()
@@ -161,7 +189,9 @@ def _wait(project, run_id: int) -> None:
     if tty:
         click.echo("", err=True)
     if state != "finished":
-        raise RunError(f"run {run_id} {state}: {reason or run.error}")
+        raise RunError(f"run {run_id} {state}: {safe(reason or run.error)}")
+    if run.error:
+        click.echo(f"run {run_id} finished: {safe(run.error)}", err=True)
 
 
 def _bar(done: int, total: int, width: int = 30) -> str:
@@ -198,6 +228,9 @@ def status_cmd(project, run, as_json, log_lines):
 
     proj = _open(project)
     runs = _refresh_batch_jobs(proj)
+    _, problems = proj.read_runs()
+    for problem in problems:
+        click.echo(f"hpcem: warning: {safe(problem)}", err=True)
     if run is None:
         rows = [summarize(r) for r in runs]
         if as_json:
@@ -212,7 +245,8 @@ def _refresh_batch_jobs(project) -> list:
     """Ask each site once about the project's active batch jobs (only if there are any);
     return the runs, read again only when that changed them."""
     runs = project.runs
-    if not any(r.state in ("launched", "running") and r.execution.get("jobs") for r in runs):
+    if not any(r.attempt is not None and r.attempt.job_id
+               and (r.state in ("launched", "running") or r.attempt.provisional) for r in runs):
         return runs
     from hpcem.execution.batch import refresh_jobs
 
@@ -246,7 +280,7 @@ def _print_table(project, rows) -> None:
         return
     header = ("ID", "LABEL", "PROTOCOL", "STATE", "STEPS", "ELAPSED", "OUTPUTS")
     table = [header] + [
-        (str(r.id), r.label[:30], r.protocol, r.state, f"{r.steps_done}/{r.steps_total}",
+        (str(r.id), safe(r.label)[:30], r.protocol, r.state, f"{r.steps_done}/{r.steps_total}",
          _fmt_elapsed(r.elapsed_s), _fmt_outputs(r.outputs))
         for r in rows
     ]
@@ -265,20 +299,22 @@ def _print_run(project, run, as_json, log_lines) -> None:
     if as_json:
         click.echo(json.dumps({
             **summary.to_json(),
-            "params": run.params, "inputs": run.inputs, "execution": run.execution,
+            "params": run.params, "inputs": run.inputs, "placement": run.placement.to_json(),
+            "attempts": [a.to_json() for a in run.attempts], "blocks": list(run.blocks),
             "steps": [{k: _jsonable(v) for k, v in s.items() if k not in ("args", "result")} for s in steps],
             "log_tail": tail,
         }, indent=1))
         return
-    click.echo(f"run {run.id}: {run.label}  [{run.protocol}]")
-    click.echo(f"  state    {summary.state}" + (f"  ({summary.reason})" if summary.reason else ""))
+    click.echo(f"run {run.id}: {safe(run.label)}  [{run.protocol}]")
+    click.echo(f"  state    {summary.state}" + (f"  ({safe(summary.reason)})" if summary.reason else ""))
     click.echo(f"  steps    {summary.steps_done}/{summary.steps_total}   elapsed {_fmt_elapsed(summary.elapsed_s)}")
-    if run.execution.get("jobs"):
-        for job in run.execution["jobs"]:
-            click.echo(f"  job      {job.get('id')} on {job.get('site')}/{job.get('queue')}: {job.get('state', '?')}")
-    if run.execution.get("blocks"):
-        click.echo(f"  parsl    blocks (batch jobs) on {run.execution.get('site')}: "
-                   + ", ".join(run.execution["blocks"]))
+    for a in run.attempts[-5:]:
+        where = f"job {a.job_id} on {a.site}/{a.queue}" if a.job_id else f"pid {a.pid} on {a.host or a.launcher_host}"
+        said = f" [{a.scheduler_state}]" if a.scheduler_state else ""
+        end = f": {a.outcome}" + (f" ({safe(a.outcome_reason)})" if a.outcome_reason else "") if a.outcome else ""
+        click.echo(f"  attempt  {a.number}: {where}{said}{end}")
+    if run.blocks:
+        click.echo(f"  parsl    blocks (batch jobs) on {run.placement.site}: " + ", ".join(run.blocks))
     click.echo("  params")
     for k, v in run.params.items():
         click.echo(f"    {k} = {v!r}")
@@ -292,13 +328,16 @@ def _print_run(project, run, as_json, log_lines) -> None:
     for s in steps[:50]:
         took = s["ended"] - s["started"]
         took_s = f"{took:.2f}s" if not math.isnan(took) else ""
-        err = f"  {s['error']}" if s["error"] else ""
-        click.echo(f"    {s['name']:32s} {s['state']:9s} {s['host']:10s} {took_s}{err}")
+        err = f"  {safe(s['error'])}" if s["error"] else ""
+        state = s["state"]
+        if state == "running" and summary.state not in ("launched", "running"):
+            state = "interrupted"  # its controller ended before the step did
+        click.echo(f"    {safe(s['name']):32s} {state:11s} {s['host']:10s} {took_s}{err}")
     if len(steps) > 50:
         click.echo(f"    ... {len(steps) - 50} more")
     click.echo("  log")
     for line in tail:
-        click.echo(f"    {line}")
+        click.echo(f"    {safe(line)}")
 
 
 def _jsonable(v):
@@ -343,7 +382,8 @@ def log_cmd(project, run, follow):
         except FileNotFoundError:
             chunk = b""
         if chunk:
-            click.echo(chunk.decode(errors="replace"), nl=False)
+            text = chunk.decode(errors="replace")
+            click.echo("\n".join(safe(line) for line in text.split("\n")), nl=False)
         if not follow:
             break
         if not chunk and effective_state(proj.run(rec.id)) not in ACTIVE_STATES:
@@ -362,7 +402,7 @@ def _lifecycle_command(name: str, doc: str, action):
         proj = _open(project)
         rec = _run_ref(proj, run)
         message = action(proj, rec, workers)
-        click.echo(message)
+        click.echo(safe(message))
         if wait and name in ("continue", "restart"):
             _wait(proj, rec.id)
 
@@ -372,22 +412,21 @@ def _lifecycle_command(name: str, doc: str, action):
 def _continue(proj, rec, workers):
     from hpcem.execution.runs import continue_run
 
-    continue_run(proj, rec.id, workers)
-    return f"run {rec.id} ({rec.label}) continued"
+    run = continue_run(proj, rec.id, workers)
+    return f"run {rec.id} ({rec.label}) continued (attempt {run.attempt.number})"
 
 
 def _restart(proj, rec, workers):
     from hpcem.execution.runs import restart_run
 
-    restart_run(proj, rec.id, workers)
-    return f"run {rec.id} ({rec.label}) restarted from scratch"
+    run = restart_run(proj, rec.id, workers)
+    return f"run {rec.id} ({rec.label}) restarted from scratch (attempt {run.attempt.number})"
 
 
 def _stop(proj, rec, workers):
     from hpcem.execution.runs import stop_run
 
-    stop_run(proj, rec.id)
-    return f"run {rec.id} ({rec.label}) stopped"
+    return stop_run(proj, rec.id)
 
 
 def _copy(proj, rec, workers):
@@ -403,6 +442,7 @@ COMMANDS = [
     log_cmd,
     _lifecycle_command("continue", "Continue RUN: redo only steps that did not finish or changed.", _continue),
     _lifecycle_command("restart", "Restart RUN from scratch: its outputs and step records are wiped.", _restart),
-    _lifecycle_command("stop", "Stop RUN: kill its processes (or cancel its jobs) and mark it aborted.", _stop),
+    _lifecycle_command("stop", "Stop RUN: mark it aborted and end its processes (or cancel its "
+                       "jobs); on a run that already ended, end any process it left behind.", _stop),
     _lifecycle_command("copy", "Copy RUN: a new saved run with the same parameters and inputs.", _copy),
 ]

@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"hpcem: error: {exc.format_message()}", err=True)
         return exc.exit_code
+    except OSError as exc:
+        if debug:
+            raise
+        click.echo(f"hpcem: error: {_os_error(exc)}", err=True)
+        return 74
     except Exception as exc:
         if debug:
             raise
@@ -64,6 +69,18 @@ def main(argv: list[str] | None = None) -> int:
                    "(rerun with --debug for the traceback and please report it)", err=True)
         return 70
     return 0
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an operating-system error that no library call turned into ours."""
+    import errno
+
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the filesystem{where}: free space, then 'hpcem continue'"
+    if exc.errno == errno.EROFS:
+        return f"the filesystem is read-only{where}"
+    return f"{exc.strerror or exc}{where}"
 
 
 if __name__ == "__main__":  # pragma: no cover

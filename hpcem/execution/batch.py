@@ -13,41 +13,40 @@ from __future__ import annotations
 
 import time
 
-from hpcem.errors import RunError
+from hpcem.store.record import ACTIVE_STATES
 
-# Job outcomes that end a run, and what to tell the user.
-_REASONS = {
-    "TIMEOUT": "walltime exceeded",
-    "OUT_OF_MEMORY": "out of memory",
-    "NODE_FAIL": "node failure",
-    "CANCELLED": "cancelled",
-    "FAILED": "job failed",
-    "COMPLETED": "job ended",
-    "PREEMPTED": "preempted",
+# Final job states the controller did not report: (run state, what to tell the user).
+_OUTCOMES = {
+    "TIMEOUT": ("failed", "walltime exceeded"),
+    "OUT_OF_MEMORY": ("failed", "out of memory"),
+    "NODE_FAIL": ("failed", "node failure"),
+    "PREEMPTED": ("failed", "preempted by the scheduler"),
+    "CANCELLED": ("aborted", "cancelled by a user or an administrator (not hpcem stop)"),
+    "FAILED": ("failed", "job failed"),
+    "COMPLETED": ("failed", "job ended without its controller finishing the run"),
 }
 
 
 def _site_of(run):
     from hpcem.cluster.site import load_site
 
-    return load_site(run.execution["site"])
+    return load_site(run.placement.site)
 
 
-def job_spec(project, run, site):
-    """The JobSpec that runs ``run``'s controller inside one allocation."""
+def job_spec(project, run, site, attempt: int):
+    """The JobSpec that runs attempt ``attempt`` of ``run``'s controller in one allocation."""
     from hpcem.cluster.job import JobSpec, safe_job_name
     from hpcem.cluster.site import parse_walltime
+    from hpcem.execution.runs import RUN_ENV, controller_argv, run_marker
 
-    res = run.execution.get("resources", {})
+    res = run.placement.resources
     run_dir = project.run_dir(run.id)
-    attempt = len(run.execution.get("jobs", [])) + 1
     cores = int(res.get("cores") or 1)
     return JobSpec(
-        command=(site.python, "-m", "hpcem.execution.controller", str(project.path), str(run.id),
-                 "--workers", str(cores)),
+        command=tuple(controller_argv(site.python, str(project.path), run.id, attempt, cores)),
         name=safe_job_name(f"hpcem-{run.id}-{run.protocol}"),
         label=run.label,
-        workdir=str(project.path),
+        workdir=str(run_dir),
         exit_code_file=str(run_dir / f"job-{attempt}.exit"),
         stdout=str(run_dir / f"job-{attempt}.out"),
         stderr=str(run_dir / f"job-{attempt}.err"),
@@ -57,80 +56,87 @@ def job_spec(project, run, site):
         tasks_per_node=cores,
         walltime_s=parse_walltime(res["walltime"]) if res.get("walltime") else None,
         queue=res.get("queue"),
+        env={RUN_ENV: run_marker(project, run.id)},
     )
 
 
-def submit_run_job(project, run_id: int) -> str:
-    """Render and submit the run's job; record its id. Returns the job id."""
+def submit_run_job(project, run_id: int, attempt: int) -> str:
+    """Render and submit the job of a launched attempt; record its id. Returns the id."""
     from hpcem.cluster.submit import submit_job
 
     run = project.run(run_id)
     site = _site_of(run)
-    spec = job_spec(project, run, site)
-    script = project.run_dir(run_id) / f"job-{len(run.execution.get('jobs', [])) + 1}.sh"
-    try:
-        job_id = submit_job(site, spec, script_path=script)
-    except Exception as exc:
-        project.update_run(run_id, state="failed", error=f"submission failed: {exc}", ended=time.time())
-        raise
-    jobs = list(run.execution.get("jobs", [])) + [{
-        "id": job_id, "site": site.name, "queue": spec.queue or site.default_queue,
-        "state": "QUEUED", "exit_code_file": spec.exit_code_file, "submitted": time.time(),
-    }]
-    project.update_run(run_id, execution={**run.execution, "jobs": jobs}, pid=0)
+    spec = job_spec(project, run, site, attempt)
+    script = project.run_dir(run_id) / f"job-{attempt}.sh"
+    job_id = submit_job(site, spec, script_path=script)  # the launcher fails the attempt on error
+    project.update_attempt(run_id, attempt, job_id=job_id, site=site.name,
+                           queue=spec.queue or site.default_queue, scheduler_state="QUEUED",
+                           exit_code_file=spec.exit_code_file)
     return job_id
 
 
 def refresh_jobs(project, runs) -> dict[int, tuple[str, str]]:
-    """One status query per site for the active job runs; update their stored job states.
+    """One status query per site for the runs whose latest attempt is a batch job still
+    active, or ended with a provisional outcome; record what the scheduler says.
 
-    Returns ``{run_id: (state, reason)}`` for runs whose job ended without the controller
-    reporting an end (those are persisted as failed).
+    A job that ended without its controller saying so fails (or aborts) the run with the
+    scheduler's reason; a provisional outcome ("terminated by SIGTERM") is refined by the
+    scheduler's final state (TIMEOUT -> walltime exceeded). Returns ``{run_id: (state,
+    reason)}`` for runs changed that way.
     """
+    from hpcem.cluster.site import load_site
     from hpcem.cluster.submit import query_history, query_status
     from hpcem.cluster.tracking import final_status, read_exit_code
+    from hpcem.store.project import StateConflict
 
-    active = [r for r in runs if r.state in ("launched", "running") and r.execution.get("jobs")]
+    todo = [r for r in runs if r.attempt is not None and r.attempt.job_id
+            and (r.state in ACTIVE_STATES or r.attempt.provisional)]
     by_site: dict[str, list] = {}
-    for r in active:
-        by_site.setdefault(r.execution["jobs"][-1]["site"], []).append(r)
-    ended: dict[int, tuple[str, str]] = {}
+    for r in todo:
+        by_site.setdefault(r.attempt.site or r.placement.site, []).append(r)
+    changed: dict[int, tuple[str, str]] = {}
     for site_name, site_runs in by_site.items():
-        from hpcem.cluster.site import load_site
-
         site = load_site(site_name)
-        ids = [r.execution["jobs"][-1]["id"] for r in site_runs]
+        ids = [r.attempt.job_id for r in site_runs]
         statuses = query_status(site, ids)
         missing = [i for i in ids if i not in statuses]
         if missing:  # gone from the queue: ask the accounting/history once
             statuses.update(query_history(site, missing))
         for r in site_runs:
-            job = dict(r.execution["jobs"][-1])
-            native = statuses.get(job["id"])
-            status = final_status(job["id"], read_exit_code(job["exit_code_file"]), native) or native
+            a = r.attempt
+            native = statuses.get(a.job_id)
+            exit_code = read_exit_code(a.exit_code_file) if a.exit_code_file else None
+            status = final_status(a.job_id, exit_code, native) or native
             if status is None:
                 continue
-            job["state"] = status.state.name
-            job["native_state"] = status.native_state
-            fresh = project.run(r.id)  # the controller may have committed since we read it
-            jobs = fresh.execution.get("jobs", [])[:-1] + [job]
-            fields = {"execution": {**fresh.execution, "jobs": jobs}}
-            if status.state.final and fresh.state in ("launched", "running"):
-                reason = _REASONS.get(status.state.name, status.state.name.lower())
-                detail = f" ({status.reason})" if status.reason else ""
-                error = f"batch job {job['id']} {status.native_state or status.state.name}: {reason}{detail}"
-                fields.update(state="failed", error=error, ended=time.time())
-                ended[r.id] = ("failed", error)
-            project.update_run(r.id, **fields)
-    return ended
+            words = {"scheduler_state": status.native_state or status.state.name,
+                     "scheduler_reason": status.reason or ""}
+            if not status.state.final:
+                if r.state in ACTIVE_STATES:
+                    project.update_attempt(r.id, a.number, only_active=True, **words)
+                continue
+            state, why = _OUTCOMES.get(status.state.name, ("failed", status.state.name.lower()))
+            detail = f"; {status.reason}" if status.reason else ""
+            reason = f"{why} (batch job {a.job_id} {words['scheduler_state']}{detail})"
+            if r.state in ACTIVE_STATES:
+                try:
+                    project.transition(r.id, ACTIVE_STATES, state, reason, attempt=a.number,
+                                       outcome=state, outcome_reason=reason, ended=time.time(), **words)
+                except StateConflict:
+                    continue  # the controller ended it meanwhile: its word stands
+            elif status.state.name in _OUTCOMES and status.state.name not in ("COMPLETED", "FAILED"):
+                project.refine_outcome(r.id, a.number, state, reason, outcome=state,
+                                       outcome_reason=reason, **words)
+            else:  # the scheduler confirms what the controller saw
+                project.refine_outcome(r.id, a.number, r.state, r.error, **words)
+                continue
+            changed[r.id] = (state, reason)
+    return changed
 
 
-def cancel_run_jobs(project, run) -> None:
-    """Cancel the run's batch jobs (all that may still be queued or running)."""
+def cancel_jobs_of(run, job_ids) -> None:
+    """Cancel batch jobs (a whole-run job, Parsl blocks) of ``run`` on its site."""
     from hpcem.cluster.submit import cancel_jobs
 
-    jobs = run.execution.get("jobs", [])
-    if not jobs:
-        raise RunError(f"run {run.id} has no batch jobs")
-    site = _site_of(run)
-    cancel_jobs(site, [j["id"] for j in jobs])
+    if job_ids:
+        cancel_jobs(_site_of(run), list(job_ids))

@@ -17,12 +17,15 @@ from hpcem.errors import RunError
 class RunContext:
     """The run-facing view of a project for one protocol run."""
 
-    def __init__(self, project, run_id: int | None, params: dict, inputs: dict[str, list[str]]):
+    def __init__(self, project, run_id: int | None, params: dict, inputs: dict[str, list[str]],
+                 attempt: int | None = None):
         self.project = project
         self.run_id = run_id
+        self.attempt = attempt
         self.params = dict(params)
         self.inputs = {k: list(v) for k, v in inputs.items()}
         self._results: dict[str, Any] = {}
+        self._rejections: dict[str, str] = {}
         self.step_name: str | None = None
 
     # --- reading -------------------------------------------------------------------------
@@ -55,22 +58,37 @@ class RunContext:
         """Results of finished steps whose names start with ``prefix``, by step name."""
         return {k: v for k, v in self._results.items() if k.startswith(prefix)}
 
-    def set_results(self, results: dict[str, Any]) -> None:
+    def rejections(self, prefix: str = "") -> dict[str, str]:
+        """Steps that rejected their item (``ItemRejected``), by step name -> reason."""
+        return {k: v for k, v in self._rejections.items() if k.startswith(prefix)}
+
+    def set_results(self, results: dict[str, Any], rejections: dict[str, str] | None = None) -> None:
         self._results = dict(results)
+        self._rejections = dict(rejections or {})
 
     # --- writing (controller steps only) ------------------------------------------------
     @contextlib.contextmanager
     def create_set(self, output: str, set_type: str, **kwargs):
-        """Open a writer for output ``output``; lineage (run, step, inputs) is recorded."""
+        """Open a writer for output ``output``; lineage (run, step, inputs) is recorded.
+
+        A set left by an earlier, interrupted attempt is replaced. If the block fails,
+        the half-written set is deleted, so no listed output is ever incomplete; when it
+        succeeds the set's size is recorded (fenced: only by the attempt holding the run).
+        """
+        from hpcem.store.manifest import MANIFEST
+
         refs = sorted({r for refs in self.inputs.values() for r in refs})
+        if (self.project._set_dir(self.run_id, output) / MANIFEST).exists():
+            self.project.delete_set(self.run_id, output)
         writer = self.project.create_set(
             self.run_id, output, set_type, inputs=refs, step=self.step_name or "", **kwargs
         )
         try:
             yield writer
-        finally:
             writer.close()
-        # The store already lists the output; keep its size for `hpcem status`.
-        record = self.project.run(self.run_id)
-        sizes = dict(record.execution.get("output_sizes", {}), **{output: writer.n_rows})
-        self.project.update_run(self.run_id, execution=dict(record.execution, output_sizes=sizes))
+        except BaseException:
+            writer.abandon()
+            with contextlib.suppress(Exception):
+                self.project.delete_set(self.run_id, output)
+            raise
+        self.project.set_output(self.run_id, output, set_type, writer.n_rows, attempt=self.attempt)

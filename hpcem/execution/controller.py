@@ -1,12 +1,18 @@
-"""The controller of one run: plans steps, dispatches them, records results, resumes.
+"""The controller of one attempt of a run: plans steps, dispatches them, records results.
 
-One controller process per run is the only writer of that run's records (guarded by a
-lock file). It skips steps that already finished with the same identity (function +
+One controller process per attempt is the only writer of the run's progress, and every
+write it makes names its attempt: once a later attempt exists (or ``hpcem stop`` ended
+the run) the store refuses (``FencedError``) and this controller stops without writing
+more. It skips steps that already finished with the same identity (function +
 arguments), so ``continue`` redoes only what is missing or changed. It waits on futures
 with a timeout (no fixed sleeps) and commits step records in batches: at most every
 ``COMMIT_INTERVAL_S`` while steps stream in, and at once when nothing else is running.
 
-Run it as ``python -m hpcem.execution.controller PROJECT RUN_ID [--workers N]``.
+Step outcomes: ``finished``; ``rejected`` (the step raised ``ItemRejected`` for its own
+item, or its result cannot be stored: the run goes on without it); ``failed`` (the run
+fails); a step whose worker was lost is run again up to the protocol's ``retries``.
+
+Run it as ``python -P -m hpcem.execution.controller PROJECT RUN_ID --attempt N``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ import sys
 import time
 import traceback
 
-from hpcem.errors import HpcemError
+from hpcem.errors import (
+    FencedError,
+    HpcemError,
+    ItemRejected,
+    StorageFullError,
+    WorkerLostError,
+)
 from hpcem.execution.context import RunContext
 from hpcem.execution.graph import StepGraph
 from hpcem.execution.log import RunLog
@@ -31,7 +43,8 @@ from hpcem.protocol.registry import get_protocol
 COMMIT_INTERVAL_S = 0.5
 HEARTBEAT_S = 5.0
 FINISHED = "finished"
-STOP_REQUESTED = "stop requested by user"  # written by `hpcem stop` before it signals us
+REJECTED = "rejected"
+DONE_STATES = (FINISHED, REJECTED)  # a dependency is satisfied by either
 
 
 class _Stop(Exception):
@@ -57,54 +70,62 @@ def _new_record(step) -> dict:
     }
 
 
-class Controller:
-    """Runs one run to its end (finished, failed or aborted)."""
+def _node() -> str:
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
-    def __init__(self, project, run_id: int, executor, *, commit_interval_s=COMMIT_INTERVAL_S):
+
+class Controller:
+    """Runs one attempt of a run to its end (finished, failed, aborted or fenced)."""
+
+    def __init__(self, project, run_id: int, attempt: int, executor, *,
+                 commit_interval_s=COMMIT_INTERVAL_S):
         self.project = project
         self.run_id = run_id
+        self.attempt = attempt
         self.executor = executor
         self.commit_interval_s = commit_interval_s
         self.log = RunLog(project.run_dir(run_id))
         self._stop_requested = False
+        self._signal = 0
         self._waiting = False
-        self._blocks: list[str] = []
+        self._blocks: tuple[str, ...] = ()
 
     # --- planning ------------------------------------------------------------------------
     def plan(self):
         """Build the step graph and merge it with the stored step records."""
         run = self.project.run(self.run_id)
-        protocol = get_protocol(run.protocol)
-        self.ctx = RunContext(self.project, self.run_id, run.params, run.inputs)
-        self.graph = StepGraph(protocol().steps(self.ctx), protocol.name)
+        self.protocol = get_protocol(run.protocol)
+        self.ctx = RunContext(self.project, self.run_id, run.params, run.inputs,
+                              attempt=self.attempt)
+        self.graph = StepGraph(self.protocol().steps(self.ctx), self.protocol.name)
         stored = {r["id"]: r for r in self.project.read_steps(self.run_id).to_records()}
         self.records: dict[str, dict] = {}
-        results = {}
+        results, rejections = {}, {}
         for name in self.graph.order:
             step = self.graph.steps[name]
             old = stored.get(step.id)
-            if old is not None and old["state"] == FINISHED:
+            if old is not None and old["state"] in DONE_STATES:
                 rec = dict(old, name=name)
-                results[name] = rec["result"]
+                if rec["state"] == FINISHED:
+                    results[name] = rec["result"]
+                else:
+                    rejections[name] = rec["error"]
             else:
                 rec = _new_record(step)
                 if old is not None:
                     rec["attempts"] = int(old["attempts"])
             self.records[name] = rec
-        self.ctx.set_results(results)
+        self.ctx.set_results(results, rejections)
         return self.graph
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> str:
-        """Execute the plan; return the final run state."""
+        """Execute the plan; return the final run state (or "fenced")."""
         self.plan()
-        finished = {n for n, r in self.records.items() if r["state"] == FINISHED}
-        reused = len(finished)
-        self._commit(state="running", force=True, extra={
-            "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-            "ended": math.nan, "error": "", "heartbeat": time.time(),
-        })
-        self.log.event("run", f"running {len(self.graph)} steps ({reused} already finished)")
+        done = {n for n, r in self.records.items() if r["state"] in DONE_STATES}
+        self.log.event("run", f"attempt {self.attempt}: {len(self.graph)} steps "
+                              f"({len(done)} already done)")
+        self._commit(force=True)
         running: dict[concurrent.futures.Future, str] = {}
         failed: list[str] = []
         last_commit = last_beat = time.monotonic()
@@ -114,53 +135,68 @@ class Controller:
                 if self._stop_requested:
                     raise _Stop()
                 if not failed:
-                    for name in self.graph.ready(finished, [*running.values(), *self._failed_names()]):
+                    for name in self.graph.ready(done, [*running.values(), *self._failed_names()]):
                         dirty = True
                         if self.graph.steps[name].controller:
-                            self._run_inline(name, finished, failed)
+                            self._fence()
+                            self._run_inline(name, done, failed)
                         else:
                             running[self._submit(name)] = name
                 if not running:
                     break
                 self._waiting = True
                 try:
-                    done, _ = concurrent.futures.wait(
+                    finished_now, _ = concurrent.futures.wait(
                         running, timeout=HEARTBEAT_S, return_when=concurrent.futures.FIRST_COMPLETED
                     )
                 finally:
                     self._waiting = False
-                for future in done:
+                for future in finished_now:
                     name = running.pop(future)
-                    self._collect(name, future, finished, failed)
+                    retry = self._collect(name, future, done, failed)
+                    if retry:
+                        running[self._submit(name)] = name
                     dirty = True
                 now = time.monotonic()
                 if dirty and (not running or now - last_commit >= self.commit_interval_s):
-                    self._commit(heartbeat=True)
+                    self._commit()
                     last_commit, dirty = now, False
                 elif now - last_beat >= HEARTBEAT_S:
-                    self._commit(heartbeat=True, force=True)
+                    self._commit(force=True)
                     last_beat = now
         except _Stop:
-            self.executor.shutdown(cancel=True)
-            by_user = self.project.run(self.run_id).error == STOP_REQUESTED
-            reason = "stopped by user" if by_user else (
-                "terminated by a signal (walltime, preemption, scancel or kill?)")
-            for name in running.values():
-                self.records[name]["state"] = "aborted"
-                self.records[name]["error"] = reason
-            self.log.event("run", f"aborted: {reason}", level="warning")
-            self._commit(state="aborted", force=True, extra={"ended": time.time(), "error": reason})
-            return "aborted"
+            return self._stopped(running)
         self.executor.shutdown()
         if failed:
             first = self.records[failed[0]]
-            error = f"step {failed[0]} failed: {first['error']}"
-            self.log.event("run", error, level="error")
-            self._commit(state="failed", force=True, extra={"ended": time.time(), "error": error})
-            return "failed"
-        self.log.event("run", "finished")
-        self._commit(state="finished", force=True, extra={"ended": time.time(), "error": ""})
-        return "finished"
+            return self._end("failed", f"step {failed[0]} failed: {first['error']}")
+        rejected = [n for n, r in self.records.items() if r["state"] == REJECTED]
+        reason = ""
+        if rejected:
+            reason = (f"{len(rejected)} of {len(self.records)} steps rejected their item "
+                      f"(first: {self.records[rejected[0]]['error']})")
+        return self._end("finished", reason)
+
+    def _stopped(self, running) -> str:
+        self.executor.shutdown(cancel=True)
+        sig = signal.Signals(self._signal).name if self._signal else "a signal"
+        in_job = bool(self.project.run(self.run_id).attempt.job_id)
+        for name in running.values():
+            self.records[name]["state"] = "aborted"
+            self.records[name]["error"] = f"terminated by {sig}"
+        if in_job:  # the scheduler's final state (TIMEOUT, PREEMPTED ...) refines this
+            return self._end("failed", f"terminated by {sig} (waiting for the scheduler's "
+                                       "final state: walltime, preemption or scancel?)",
+                             provisional=True)
+        return self._end("aborted", f"terminated by {sig}")
+
+    def _end(self, state: str, reason: str, provisional: bool = False) -> str:
+        level = {"finished": "info", "failed": "error"}.get(state, "warning")
+        self.log.event("run", f"{state}" + (f": {reason}" if reason else ""), level=level)
+        self._commit(state=state, reason=reason, force=True, attempt_fields={
+            "ended": time.time(), "outcome": state, "outcome_reason": reason,
+            "provisional": provisional})
+        return state
 
     def _failed_names(self) -> list[str]:
         return [n for n, r in self.records.items() if r["state"] == "failed"]
@@ -173,15 +209,25 @@ class Controller:
         resources = {"mpi": [step.mpi.ranks, step.mpi.threads_per_rank]} if step.mpi else {}
         return self.executor.submit(step.func, step.args, resources)
 
-    def _collect(self, name, future, finished, failed) -> None:
+    def _collect(self, name, future, done, failed) -> bool:
+        """Record a worker step's outcome; True when the step must be submitted again."""
         try:
             out = future.result()
+        except WorkerLostError as exc:
+            rec = self.records[name]
+            if int(rec["attempts"]) <= int(self.protocol.retries):
+                self.log.event(name, f"{exc}; running it again (attempt "
+                                     f"{int(rec['attempts']) + 1})", level="warning")
+                return True
+            self._record(name, None, exc, done, failed)
+            return False
         except Exception as exc:  # noqa: BLE001 - a step's own error is recorded, never fatal
-            self._record(name, None, exc, finished, failed)
-            return
-        self._record(name, out, None, finished, failed)
+            self._record(name, None, exc, done, failed)
+            return False
+        self._record(name, out, None, done, failed)
+        return False
 
-    def _run_inline(self, name, finished, failed) -> None:
+    def _run_inline(self, name, done, failed) -> None:
         from hpcem.execution.worker import resolve
 
         step = self.graph.steps[name]
@@ -190,23 +236,31 @@ class Controller:
         self.ctx.step_name = name
         try:
             result = resolve(step.func)(self.ctx, **step.args)
+        except (FencedError, StorageFullError):
+            raise
         except Exception as exc:  # noqa: BLE001 - a step's own error is recorded, never fatal
-            self._record(name, None, exc, finished, failed)
+            self._record(name, None, exc, done, failed)
             return
         finally:
             self.ctx.step_name = None
-        out = {"result": result, "host": socket.gethostname(), "started": rec["started"],
-               "ended": time.time()}
-        self._record(name, out, None, finished, failed)
+        out = {"result": result, "host": _node(), "started": rec["started"], "ended": time.time()}
+        self._record(name, out, None, done, failed)
 
-    def _record(self, name, out, exc, finished, failed) -> None:
-        """Store a step's outcome: its result (which must be JSON) or its error."""
+    def _record(self, name, out, exc, done, failed) -> None:
+        """Store a step's outcome: its result (which must be JSON), a rejection or an error."""
         rec = self.records[name]
         if exc is None:
             try:
                 json.dumps(out["result"], allow_nan=False)
             except (TypeError, ValueError) as bad:
-                exc = bad.__class__(f"step result is not JSON-serialisable: {bad}")
+                exc = ItemRejected(f"{name}: its result cannot be stored ({bad})")
+        if isinstance(exc, ItemRejected):
+            rec.update(state=REJECTED, ended=time.time(), exit_code=0, error=_one_line(exc),
+                       result=None)
+            self.ctx._rejections[name] = rec["error"]
+            done.add(name)
+            self.log.event(name, f"rejected: {rec['error']}", level="warning")
+            return
         if exc is not None:
             rec.update(state="failed", ended=time.time(), exit_code=1, error=_one_line(exc))
             self.log.event(name, f"failed: {_one_line(exc)}", level="error",
@@ -216,33 +270,36 @@ class Controller:
         rec.update(state=FINISHED, started=out["started"], ended=out["ended"], host=out["host"],
                    exit_code=0, error="", result=out["result"])
         self.ctx._results[name] = out["result"]
-        finished.add(name)
+        done.add(name)
         self.log.event(name, f"finished on {out['host']} in {out['ended'] - out['started']:.3f} s")
 
-    def _commit(self, state=None, force=False, heartbeat=False, extra=None) -> None:
+    def _fence(self) -> None:
+        """FencedError now if this attempt no longer holds the run (before side effects)."""
+        from hpcem.store.project import _fence
+
+        _fence(self.project.run(self.run_id), self.attempt)
+
+    def _commit(self, state=None, reason=None, force=False, attempt_fields=None) -> None:
         from hpcem.store import StepTable
 
         records = [self.records[n] for n in self.graph.order]
-        self.project.write_steps(self.run_id, StepTable.from_records(records))
         fields = {
-            "steps_done": sum(r["state"] == FINISHED for r in records),
+            "steps_done": sum(r["state"] in DONE_STATES for r in records),
             "steps_total": len(records),
+            "heartbeat": time.time(),
         }
-        blocks = list(self.executor.job_ids())
-        if blocks != self._blocks:  # Parsl blocks (batch jobs) of this run, for `hpcem status`
+        blocks = () if state else tuple(self.executor.job_ids())
+        if blocks != self._blocks or state:
             self._blocks = blocks
-            run = self.project.run(self.run_id)
-            fields["execution"] = {**run.execution, "blocks": blocks}
-        if state:
-            fields["state"] = state
-        if heartbeat or force:
-            fields["heartbeat"] = time.time()
-        fields.update(extra or {})
-        self.project.update_run(self.run_id, **fields)
+            fields["blocks"] = blocks
+        self.project.controller_commit(self.run_id, self.attempt,
+                                       steps=StepTable.from_records(records), state=state,
+                                       reason=reason, attempt_fields=attempt_fields, **fields)
 
-    def request_stop(self, *_ignored) -> None:
+    def request_stop(self, signum, _frame=None) -> None:
         """Signal handler: stop at once while waiting, else at the next loop turn."""
         self._stop_requested = True
+        self._signal = signum
         if self._waiting:
             raise _Stop()
 
@@ -257,75 +314,132 @@ def _one_line(exc: BaseException) -> str:
 
 def make_executor(project, run, workers: int | None):
     """The executor a run asked for (local processes unless it was sent to Parsl)."""
-    dispatch = run.execution.get("dispatch", "local")
-    if dispatch == "parsl":
+    placement = run.placement
+    if placement.dispatch == "parsl":
         from hpcem.cluster.site import load_site
         from hpcem.execution.parsl_executor import ParslExecutor
 
-        opts = dict(run.execution.get("parsl", {}))
-        res = run.execution.get("resources", {})
-        return ParslExecutor(load_site(run.execution["site"]), queue=res.get("queue"),
-                             run_dir=str(project.run_dir(run.id) / "parsl"), label=f"hpcem-run{run.id}",
-                             **opts)
+        return ParslExecutor(load_site(placement.site), queue=placement.resources.get("queue"),
+                             run_dir=str(project.run_dir(run.id) / "parsl"),
+                             label=f"hpcem-run{run.id}", **dict(placement.parsl))
     from hpcem.execution.local import LocalExecutor
 
-    return LocalExecutor(workers or run.execution.get("workers") or None,
-                         site=run.execution.get("site", "localhost"),
+    return LocalExecutor(workers or placement.workers or None, site=placement.site,
                          workdir=str(project.run_dir(run.id) / "mpi"))
 
 
-def run_controller(project_path: str, run_id: int, workers: int | None = None) -> str:
-    """Open the project, lock the run, and run its controller to the end."""
+def take_over(project, run_id: int, attempt: int) -> int:
+    """Turn the launched ``attempt`` into the running one (this process is its controller).
+
+    Inside a batch job that the scheduler requeued, the job's script starts again with
+    the attempt it was submitted for: a new attempt of the same job is taken instead.
+    Returns the attempt this controller holds; FencedError when it holds none.
+    """
+    from hpcem.store.project import StateConflict
+
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or os.environ.get("JOB_ID")
+    run = project.run(run_id)
+    a = run.attempt
+    if (a is not None and a.number == attempt and run.state != "launched" and job_id
+            and a.job_id and a.job_id.split(".")[0] == job_id.split(".")[0]):
+        try:  # requeued: the job runs again under a new attempt
+            run = project.begin_attempt(run_id, ("running", "failed", "aborted"), job_id=a.job_id,
+                                        site=a.site, queue=a.queue, exit_code_file=a.exit_code_file)
+        except StateConflict as exc:
+            raise FencedError(f"run {run_id}: requeued job {job_id} cannot take the run over "
+                              f"({exc})") from None
+        attempt = run.attempt.number
+    try:
+        project.transition(run_id, ("launched",), "running", attempt=attempt, pid=os.getpid(),
+                           host=socket.gethostname(), node=_node(), started=time.time())
+    except StateConflict as exc:
+        raise FencedError(f"run {run_id}: attempt {attempt} cannot start ({exc})") from None
+    return attempt
+
+
+def run_controller(project_path: str, run_id: int, attempt: int, workers: int | None = None) -> str:
+    """Open the project, lock the run, take the attempt over and run it to the end."""
+    from hpcem.execution.runs import RUN_ENV, run_marker
     from hpcem.store import Project
     from hpcem.store.locks import FileLock
 
     project = Project.open(project_path)
-    run = project.run(run_id)
-    lock = FileLock(project.run_dir(run_id) / "controller.lock", f"run {run_id}")
-    lock.acquire(timeout_s=0)
+    os.environ[RUN_ENV] = run_marker(project, run_id)  # inherited by every worker
+    lock = FileLock(project.run_dir(run_id) / "controller.lock", f"controller of run {run_id}")
     try:
-        _mark_job(project, run_id, "RUNNING")
-        executor = make_executor(project, run, workers).start()
-        controller = Controller(project, run_id, executor)
-        signal.signal(signal.SIGTERM, controller.request_stop)
-        signal.signal(signal.SIGINT, controller.request_stop)
+        lock.acquire(timeout_s=0)
+    except HpcemError as exc:
+        _fail_start(project, run_id, attempt, f"another controller still holds the run: {exc}")
+        raise
+    try:
+        attempt = take_over(project, run_id, attempt)
+        log = RunLog(project.run_dir(run_id))
+        executor = None
         try:
-            state = controller.run()
-            _mark_job(project, run_id, {"finished": "COMPLETED", "aborted": "CANCELLED"}.get(state, "FAILED"))
-            return state
-        except HpcemError as exc:
-            # A planning error (bad protocol, missing input) fails the run with its reason.
-            project.update_run(run_id, state="failed", ended=time.time(), error=str(exc))
-            controller.log.event("run", f"failed: {exc}", level="error")
+            run = project.run(run_id)
+            executor = make_executor(project, run, workers).start()
+            controller = Controller(project, run_id, attempt, executor)
+            signal.signal(signal.SIGTERM, controller.request_stop)
+            signal.signal(signal.SIGINT, controller.request_stop)
+            return controller.run()
+        except FencedError as exc:
+            if executor is not None:
+                executor.shutdown(cancel=True)
+            print(f"hpcem controller: {exc}", file=sys.stderr)
+            return "fenced"
+        except StorageFullError as exc:
+            if executor is not None:
+                executor.shutdown(cancel=True)
+            _fail_running(project, run_id, attempt, str(exc))
             raise
+        except Exception as exc:  # noqa: BLE001 - planning errors of any kind fail the run
+            if executor is not None:
+                executor.shutdown(cancel=True)
+            reason = f"planning failed: {_one_line(exc)}"
+            log.event("run", reason, level="error",
+                      detail="".join(traceback.format_exception(exc)))
+            _fail_running(project, run_id, attempt, reason)
+            raise HpcemError(reason) from exc
     finally:
         lock.release()
 
 
-def _mark_job(project, run_id: int, state: str) -> None:
-    """Inside a batch job of this run: record the job's state as the controller sees it."""
-    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or os.environ.get("JOB_ID")
-    run = project.run(run_id)
-    jobs = list(run.execution.get("jobs", []))
-    if not job_id or not jobs or str(jobs[-1]["id"]).split(".")[0] != job_id.split(".")[0]:
-        return
-    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-    jobs[-1] = {**jobs[-1], "state": state, "native_state": state, "node": node}
-    project.update_run(run_id, execution={**run.execution, "jobs": jobs})
+def _fail_start(project, run_id: int, attempt: int, reason: str) -> None:
+    from hpcem.store.project import StateConflict
+
+    try:
+        project.transition(run_id, ("launched",), "failed", reason, attempt=attempt,
+                           outcome="failed", outcome_reason=reason, ended=time.time())
+    except (StateConflict, HpcemError):
+        pass
+
+
+def _fail_running(project, run_id: int, attempt: int, reason: str) -> None:
+    """Record the failure if the store can still be written (it may be full)."""
+    try:
+        project.controller_commit(run_id, attempt, state="failed", reason=reason,
+                                  attempt_fields={"ended": time.time(), "outcome": "failed",
+                                                  "outcome_reason": reason})
+    except HpcemError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the controller of one hpcem run.")
+    parser = argparse.ArgumentParser(description="Run the controller of one hpcem run attempt.")
     parser.add_argument("project")
     parser.add_argument("run_id", type=int)
+    parser.add_argument("--attempt", type=int, required=True)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
     try:
-        state = run_controller(args.project, args.run_id, args.workers)
+        state = run_controller(args.project, args.run_id, args.attempt, args.workers)
     except HpcemError as exc:
         print(f"hpcem controller: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return 0 if state == FINISHED else 1
+    except OSError as exc:
+        print(f"hpcem controller: error: {exc}", file=sys.stderr)
+        return 74
+    return 0 if state in (FINISHED, "fenced") else 1
 
 
 if __name__ == "__main__":

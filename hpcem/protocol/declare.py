@@ -162,6 +162,8 @@ class Protocol:
     params: ClassVar[Sequence[Param]] = ()
     outputs: ClassVar[Sequence[Output]] = ()
     citations: ClassVar[Sequence[Citation]] = ()
+    #: How often a step is run again when its worker process is lost (killed, OOM).
+    retries: ClassVar[int] = 1
 
     def steps(self, ctx) -> list[Step]:  # pragma: no cover - every protocol overrides
         """The step graph of a run, given its parameters and inputs (``ctx``)."""
@@ -180,6 +182,7 @@ class Protocol:
             "label": cls.label,
             "help": cls.help,
             "version": cls.version,
+            "retries": cls.retries,
             "inputs": [i.to_json() for i in cls.inputs],
             "params": [p.to_json() for p in cls.params],
             "outputs": [o.to_json() for o in cls.outputs],

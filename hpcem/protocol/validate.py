@@ -79,7 +79,7 @@ def resolve_inputs(
             runs = project.runs
         out = []
         for ref in refs:
-            pointer, problem = _resolve_pointer(ref, spec, runs)
+            pointer, problem = _resolve_pointer(ref, spec, runs, project)
             if problem:
                 problems.append(problem)
             else:
@@ -88,7 +88,7 @@ def resolve_inputs(
     return resolved, problems
 
 
-def _resolve_pointer(ref: str, spec, runs) -> tuple[str, str]:
+def _resolve_pointer(ref: str, spec, runs, project) -> tuple[str, str]:
     run_part, sep, output = str(ref).rpartition(":")
     if not sep or not run_part or not output:
         return "", f"input '{spec.name}': {ref!r} is not RUN:OUTPUT (e.g. 1:micrographs)"
@@ -99,6 +99,9 @@ def _resolve_pointer(ref: str, spec, runs) -> tuple[str, str]:
     if run.state not in USABLE_STATES:
         return "", f"input '{spec.name}': run {run.id} ({run.label}) is {run.state}, not finished"
     if output not in run.output_types:
+        if run.state != "finished":
+            return "", (f"input '{spec.name}': run {run.id} ({run.label}) is still {run.state}; "
+                        "its outputs appear when it writes them (use it once it has finished)")
         have = ", ".join(sorted(run.output_types)) or "none"
         return "", f"input '{spec.name}': run {run.id} has no output {output!r} (it has: {have})"
     out_type = run.output_types[output]
@@ -107,6 +110,10 @@ def _resolve_pointer(ref: str, spec, runs) -> tuple[str, str]:
             f"input '{spec.name}': {run.id}:{output} is a {out_type}, "
             f"expected {' or '.join(spec.types)}"
         )
+    try:  # an unreadable input is a validation problem, not a run that fails later
+        project.open_set(run.id, output)
+    except HpcemError as exc:
+        return "", f"input '{spec.name}': {run.id}:{output} cannot be read: {exc}"
     return f"{run.id}:{output}", ""
 
 
@@ -130,8 +137,15 @@ def validate_request(
         try:
             ctx = make_context(request) if make_context else request
             problems += list(protocol().validate(ctx))
+            if not problems and make_context:
+                # the plan itself must be buildable: a run that cannot plan is not stored
+                from hpcem.execution.graph import StepGraph
+
+                StepGraph(protocol().steps(ctx), protocol.name)
         except HpcemError as exc:
             problems.append(str(exc))
+        except (KeyError, ValueError, TypeError, IndexError, OSError) as exc:
+            problems.append(f"cannot plan the run's steps: {type(exc).__name__}: {exc}")
     if problems:
         head = f"{protocol.name}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: "
         raise ValidationError(head + "; ".join(problems), problems)

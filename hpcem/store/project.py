@@ -15,84 +15,38 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hpcem import __version__
-from hpcem.errors import CorruptStoreError, NotAProjectError, RunError, StoreError
+from hpcem.errors import CorruptStoreError, FencedError, NotAProjectError, RunError, StoreError
 from hpcem.store import files as sf
+from hpcem.store import record
 from hpcem.store.locks import FileLock
 from hpcem.store.manifest import MANIFEST, new_manifest, read_manifest, write_manifest
+from hpcem.store.record import Attempt, Placement, RunRecord
 from hpcem.store.sets import Set
 from hpcem.store.steps import StepTable, read_steps_file, write_steps_file
 from hpcem.store.writer import SetWriter
 
 INDEX = "project.h5"
 PROJECT_TYPE = "hpcem.Project"
-RUN_STATES = ("saved", "launched", "running", "finished", "failed", "aborted")
 LOCK_TIMEOUT_S = 10.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-# Columns of the /runs group: (name, dtype). "str" = vlen UTF-8. record_json holds
-# {"params", "inputs", "outputs", "execution"} of each run as JSON text.
+# Columns of the /runs group: (name, dtype). "str" = vlen UTF-8. record_json holds the
+# typed parts of each run (request, attempts, blocks, outputs; see hpcem.store.record).
 RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "int64"), ("protocol", "str"), ("label", "str"), ("state", "str"),
-    ("created", "float64"), ("started", "float64"), ("ended", "float64"),
-    ("heartbeat", "float64"), ("pid", "int64"), ("host", "str"),
+    ("created", "float64"), ("heartbeat", "float64"),
     ("steps_done", "int64"), ("steps_total", "int64"), ("error", "str"),
     ("record_json", "str"),
 )
-_RECORD_KEYS = ("params", "inputs", "outputs", "execution")  # names inside record_json
-_FIELD_OF_KEY = {"outputs": "output_types"}  # record_json key -> RunRecord field
-
-
-@dataclass(frozen=True, eq=False)
-class RunRecord:
-    """One run as stored in the project index. Times are unix seconds (nan if unset);
-    ``inputs`` maps an input name to refs ``"run_id:set_name"``; ``output_types`` maps an
-    output set name to its set type and ``outputs[name]`` opens that set."""
-
-    id: int
-    protocol: str
-    label: str = ""
-    state: str = "saved"
-    params: dict = field(default_factory=dict)
-    inputs: dict[str, list[str]] = field(default_factory=dict)
-    output_types: dict[str, str] = field(default_factory=dict)
-    created: float = math.nan
-    started: float = math.nan
-    ended: float = math.nan
-    heartbeat: float = math.nan
-    pid: int = 0
-    host: str = ""
-    steps_done: int = 0
-    steps_total: int = 0
-    error: str = ""
-    execution: dict = field(default_factory=dict)
-    project_path: Path | None = field(default=None, compare=False, repr=False)
-
-    def __eq__(self, other: object) -> bool:
-        # nan == nan here: unset times compare equal (project_path is not compared)
-        if not isinstance(other, RunRecord):
-            return NotImplemented
-        return all(_same(getattr(self, f), getattr(other, f)) for f in _RUN_FIELDS)
-
-    __hash__ = None
-
-    @property
-    def outputs(self) -> OutputSets:
-        """Lazy mapping output name -> :class:`Set` (opened on access)."""
-        if self.project_path is None:
-            raise StoreError(f"run {self.id}: record is not attached to a project")
-        return OutputSets(Project(self.project_path), self)
-
-    def open_output(self, name: str) -> Set:
-        """Open one output set of this run."""
-        return self.outputs[name]
+_SCALARS = tuple(name for name, _ in RUN_COLUMNS if name != "record_json")
 
 
 class OutputSets(Mapping):
@@ -120,8 +74,14 @@ class OutputSets(Mapping):
         return dict(self._run.output_types)
 
 
-_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord) if f.name != "project_path")
-_UPDATABLE = frozenset(_RUN_FIELDS) - {"id"}
+def check_label(label: str) -> str:
+    """The label, or StoreError when it holds control characters (newlines, escapes)."""
+    label = str(label)
+    bad = _CONTROL_RE.search(label)
+    if bad:
+        raise StoreError(f"label {label!r} contains the control character {bad.group()!r}; "
+                         "labels are one line of printable text")
+    return label
 
 
 class Project:
@@ -224,10 +184,19 @@ class Project:
                                                     dtype=object if dtype == "str" else dtype))
 
     def _record(self, cols: Mapping[str, Any], i: int) -> RunRecord:
-        rec = json.loads(cols["record_json"][i] or "{}")
-        values = {name: _py(cols[name][i]) for name, _ in RUN_COLUMNS if name != "record_json"}
-        return RunRecord(**values, **{_FIELD_OF_KEY.get(k, k): rec.get(k, {}) for k in _RECORD_KEYS},
-                         project_path=self.path)
+        """Row ``i`` as a typed record; CorruptStoreError naming the file and the run."""
+        run_id = int(cols["id"][i])
+        try:
+            parts = record.parts_from_json(json.loads(cols["record_json"][i] or "{}"))
+        except (ValueError, TypeError, KeyError, StoreError) as exc:
+            raise CorruptStoreError(f"{self.index_path}: the record of run {run_id} is damaged "
+                                    f"({type(exc).__name__}: {exc}); other runs are readable"
+                                    ) from None
+        values = {name: _py(cols[name][i]) for name in _SCALARS}
+        if values["state"] not in record.RUN_STATES:
+            raise CorruptStoreError(f"{self.index_path}: run {run_id} has the unknown state "
+                                    f"{values['state']!r} (states: {', '.join(record.RUN_STATES)})")
+        return RunRecord(**values, **parts, project_path=self.path)
 
     @property
     def default_site(self) -> str | None:
@@ -244,9 +213,20 @@ class Project:
 
     @property
     def runs(self) -> list[RunRecord]:
-        """All runs, read fresh from the index (no lock; never blocks a writer)."""
+        """All readable runs, read fresh from the index (no lock; never blocks a writer).
+        Damaged records are left out: :meth:`read_runs` also says which and why."""
+        return self.read_runs()[0]
+
+    def read_runs(self) -> tuple[list[RunRecord], list[str]]:
+        """(readable runs, one message per damaged record naming the file and the run)."""
         _, cols = self._read_index()
-        return [self._record(cols, i) for i in range(len(cols["id"]))]
+        runs, problems = [], []
+        for i in range(len(cols["id"])):
+            try:
+                runs.append(self._record(cols, i))
+            except CorruptStoreError as exc:
+                problems.append(str(exc))
+        return runs, problems
 
     def run(self, run_id: int) -> RunRecord:
         """One run; RunError if the project has no such run."""
@@ -261,18 +241,20 @@ class Project:
 
     def create_run(self, protocol: str, label: str = "", params: dict | None = None,
                    inputs: Mapping[str, Sequence[str] | str] | None = None,
-                   execution: dict | None = None) -> RunRecord:
+                   placement: Placement | dict | None = None) -> RunRecord:
         """Add a run in state "saved" and return it. ``inputs`` maps an input name to
         refs ``"run_id:set_name"`` (a single ref or a list)."""
         ins = {k: [v] if isinstance(v, str) else [str(x) for x in v]
                for k, v in (inputs or {}).items()}
+        if not isinstance(placement, Placement):
+            placement = Placement.from_json(placement)
+        label = check_label(label)
         with self._index_lock():
             attrs, cols = self._read_index()
             run_id = attrs["next_run_id"]
             rec = RunRecord(id=run_id, protocol=protocol, label=label, state="saved",
-                            params=dict(params or {}), inputs=ins,
-                            execution=dict(execution or {}), created=time.time(),
-                            project_path=self.path)
+                            params=dict(params or {}), inputs=ins, placement=placement,
+                            created=time.time(), project_path=self.path)
             row = _record_row(rec)
             cols = {name: np.append(cols[name], np.array([row[name]], dtype=cols[name].dtype))
                     for name, _ in RUN_COLUMNS}
@@ -280,23 +262,150 @@ class Project:
             self._write_index(attrs, cols)
         return rec
 
-    def update_run(self, run_id: int, **fields: Any) -> RunRecord:
-        """Change fields of a run in one atomic commit; returns the new record."""
-        unknown = set(fields) - _UPDATABLE
-        if unknown:
-            raise StoreError(f"cannot update run field(s) {sorted(unknown)}; fields: "
-                             f"{', '.join(sorted(_UPDATABLE))}")
-        if "state" in fields and fields["state"] not in RUN_STATES:
-            raise StoreError(f"unknown run state {fields['state']!r}; states: "
-                             f"{', '.join(RUN_STATES)}")
+    # --- atomic changes of one run (each one commit under the index lock) ---
+    def _mutate(self, run_id: int, change: Callable[[RunRecord], RunRecord]) -> RunRecord:
+        """Read the run under the index lock, apply ``change``, commit. ``change`` may
+        raise to refuse (nothing is written); it must not do I/O."""
         with self._index_lock():
             attrs, cols = self._read_index()
             i = self._row(cols, run_id)
-            rec = dataclasses.replace(self._record(cols, i), **fields)
-            for name, value in _record_row(rec).items():
+            old = self._record(cols, i)
+            new = change(old)
+            if new is old:
+                return old
+            for name, value in _record_row(new).items():
                 cols[name][i] = value
             self._write_index(attrs, cols)
-        return rec
+        return new
+
+    def transition(self, run_id: int, from_states: Sequence[str], to_state: str,
+                   reason: str = "", *, attempt: int | None = None,
+                   **attempt_fields: Any) -> RunRecord:
+        """Compare-and-swap the run's state: ``from_states -> to_state`` with ``reason``.
+
+        Refused with :class:`StateConflict` (carrying the current record) when the state
+        is not one of ``from_states`` or, with ``attempt``, when that attempt is not the
+        latest one. ``attempt_fields`` change that attempt in the same commit.
+        """
+        def change(rec: RunRecord) -> RunRecord:
+            _check_lease(rec, from_states, attempt)
+            record.check_transition(rec.id, rec.state, to_state)
+            new = dataclasses.replace(rec, state=to_state, error=str(reason))
+            if attempt_fields:
+                new = record.replace_attempt(new, attempt or rec.attempt.number, **attempt_fields)
+            return new
+
+        return self._mutate(run_id, change)
+
+    def begin_attempt(self, run_id: int, from_states: Sequence[str], *, reset: bool = False,
+                      **attempt_fields: Any) -> RunRecord:
+        """A new attempt and ``-> launched`` in one commit (CAS on ``from_states``).
+
+        The new attempt's number is the new lease: a controller of an older attempt is
+        fenced off from then on. ``reset`` also clears outputs and progress (restart).
+        Taken under the run's steps lock too, so no fenced write can land after it.
+        """
+        def change(rec: RunRecord) -> RunRecord:
+            _check_lease(rec, from_states, None)
+            record.check_transition(rec.id, rec.state, "launched")
+            number = (rec.attempt.number if rec.attempt else 0) + 1
+            new = Attempt(number=number, launched=time.time(), launcher_host=this_host(),
+                          launcher_pid=os.getpid(), request_digest=record.request_digest(rec),
+                          **attempt_fields)
+            extra = {"output_types": {}, "output_sizes": {}, "steps_done": 0} if reset else {}
+            return dataclasses.replace(rec, state="launched", error="", blocks=(),
+                                       attempts=(*rec.attempts, new), heartbeat=time.time(),
+                                       **extra)
+
+        with self._steps_lock(run_id):
+            return self._mutate(run_id, change)
+
+    def update_attempt(self, run_id: int, number: int, *, only_active: bool = False,
+                       **fields: Any) -> RunRecord:
+        """Merge ``fields`` into attempt ``number`` (e.g. the launcher's controller pid,
+        the tracker's scheduler state). With ``only_active``, a no-op once the run ended."""
+        def change(rec: RunRecord) -> RunRecord:
+            if only_active and rec.state not in record.ACTIVE_STATES:
+                return rec
+            return record.replace_attempt(rec, number, **fields)
+
+        return self._mutate(run_id, change)
+
+    def controller_commit(self, run_id: int, attempt: int, *, steps: StepTable | None = None,
+                          state: str | None = None, reason: str | None = None,
+                          attempt_fields: Mapping[str, Any] | None = None,
+                          **fields: Any) -> RunRecord:
+        """The controller of ``attempt`` records progress (fenced).
+
+        Writes the step table (if given) and then the run fields ``steps_done``,
+        ``steps_total``, ``heartbeat``, ``blocks`` and, with ``state``, a transition.
+        :class:`~hpcem.errors.FencedError` when a later attempt exists or the run is
+        no longer active: the caller must stop without writing anything more.
+        """
+        unknown = set(fields) - {"steps_done", "steps_total", "heartbeat", "blocks"}
+        if unknown:
+            raise StoreError(f"a controller cannot write run field(s) {sorted(unknown)}")
+
+        def change(rec: RunRecord) -> RunRecord:
+            _fence(rec, attempt)
+            new = dataclasses.replace(rec, **{k: tuple(v) if k == "blocks" else v
+                                              for k, v in fields.items()})
+            if state is not None and state != rec.state:
+                record.check_transition(rec.id, rec.state, state)
+                new = dataclasses.replace(new, state=state)
+            if reason is not None:
+                new = dataclasses.replace(new, error=str(reason))
+            if attempt_fields:
+                new = record.replace_attempt(new, attempt, **attempt_fields)
+            return new
+
+        with self._steps_lock(run_id):
+            if steps is not None:
+                _fence(self.run(run_id), attempt)
+                self._write_steps_unlocked(run_id, steps)
+            return self._mutate(run_id, change)
+
+    def refine_outcome(self, run_id: int, attempt: int, state: str, reason: str,
+                       **attempt_fields: Any) -> RunRecord:
+        """Replace a provisional outcome of the latest attempt (a signal the controller
+        saw) by the scheduler's final word; a no-op when the outcome is not provisional."""
+        def change(rec: RunRecord) -> RunRecord:
+            a = rec.attempt
+            if a is None or a.number != attempt or not a.provisional:
+                return rec
+            if state not in record.REFINABLE.get(rec.state, ()):
+                return rec
+            new = dataclasses.replace(rec, state=state, error=str(reason))
+            return record.replace_attempt(new, attempt, provisional=False, **attempt_fields)
+
+        return self._mutate(run_id, change)
+
+    def set_output(self, run_id: int, name: str, set_type: str, size: int,
+                   attempt: int | None = None) -> RunRecord:
+        """List a finished output set with its size (fenced when ``attempt`` is given)."""
+        def change(rec: RunRecord) -> RunRecord:
+            if attempt is not None:
+                _fence(rec, attempt)
+            return dataclasses.replace(rec, output_types={**rec.output_types, name: set_type},
+                                       output_sizes={**rec.output_sizes, name: int(size)})
+
+        return self._mutate(run_id, change)
+
+    def set_label(self, run_id: int, label: str) -> RunRecord:
+        """Change the label of a run."""
+        label = check_label(label)
+        return self._mutate(run_id, lambda rec: dataclasses.replace(rec, label=label))
+
+    def set_params(self, run_id: int, params: Mapping[str, Any]) -> RunRecord:
+        """Change the parameters of a run that is not active (they apply at its next
+        launch: steps whose arguments change run again)."""
+        def change(rec: RunRecord) -> RunRecord:
+            if rec.state in record.ACTIVE_STATES:
+                raise StateConflict(f"run {rec.id} is {rec.state}: stop it before changing "
+                                    "its parameters", rec)
+            return dataclasses.replace(rec, params=dict(params))
+
+        return self._mutate(run_id, change)
 
     # --- steps ---
     def read_steps(self, run_id: int) -> StepTable:
@@ -304,13 +413,20 @@ class Project:
         return read_steps_file(self.path / "runs" / f"{int(run_id):06d}" / "steps.h5",
                                int(run_id))
 
-    def write_steps(self, run_id: int, table: StepTable) -> None:
-        """Atomically replace the run's step table."""
+    def _steps_lock(self, run_id: int) -> FileLock:
+        return self._lock(f"run-{int(run_id):06d}.steps", f"steps of run {run_id}").acquire(
+            self.lock_timeout_s)
+
+    def _write_steps_unlocked(self, run_id: int, table: StepTable) -> None:
         d = self.run_dir(run_id)
-        with self._lock(f"run-{int(run_id):06d}.steps", f"steps of run {run_id}").acquire(
-                self.lock_timeout_s):
-            sf.clean_tmp_files(d, r"steps\.h5")
-            write_steps_file(d / "steps.h5", int(run_id), table)
+        sf.clean_tmp_files(d, r"steps\.h5")
+        write_steps_file(d / "steps.h5", int(run_id), table)
+
+    def write_steps(self, run_id: int, table: StepTable) -> None:
+        """Atomically replace the run's step table (unfenced: controllers use
+        :meth:`controller_commit`)."""
+        with self._steps_lock(run_id):
+            self._write_steps_unlocked(run_id, table)
 
     # --- sets ---
     def _set_lock(self, run_id: int, name: str) -> FileLock:
@@ -324,7 +440,7 @@ class Project:
         ``"run_id:set_name"``; ``step`` is the id of the step that produces it."""
         if not _NAME_RE.match(name):
             raise StoreError(f"bad set name {name!r}: use letters, digits, '_', '.', '-'")
-        run = self.run(run_id)
+        self.run(run_id)  # RunError for an unknown run
         manifest = new_manifest(set_type, name, int(run_id), step, inputs)
         d = self._set_dir(run_id, name)
         lock = self._set_lock(run_id, name).acquire(0)
@@ -336,8 +452,10 @@ class Project:
             writer = SetWriter(self.path, d, lock, manifest)
             writer.cleanup()
             write_manifest(d, manifest)
-            if run.output_types.get(name) != set_type:
-                self.update_run(run_id, output_types={**run.output_types, name: set_type})
+            # listed at once, without a size until the writer's owner records it
+            self._mutate(run_id, lambda rec: dataclasses.replace(
+                rec, output_types={**rec.output_types, name: set_type},
+                output_sizes={k: v for k, v in rec.output_sizes.items() if k != name}))
         except BaseException:
             lock.release()
             raise
@@ -368,10 +486,10 @@ class Project:
                 gone = d.with_name(f".deleted-{name}{sf.TMP_MARK}{os.getpid()}")
                 os.replace(d, gone)
                 shutil.rmtree(gone, ignore_errors=True)
-            run = self.run(run_id)
-            if name in run.output_types:
-                self.update_run(run_id, output_types={k: v for k, v in run.output_types.items()
-                                                 if k != name})
+            self._mutate(run_id, lambda rec: rec if name not in rec.output_types else
+                         dataclasses.replace(
+                             rec, output_types={k: v for k, v in rec.output_types.items() if k != name},
+                             output_sizes={k: v for k, v in rec.output_sizes.items() if k != name}))
 
     def open_set(self, run_id: int, name: str) -> Set:
         """A read-only snapshot of a run's output set (no lock taken)."""
@@ -382,10 +500,35 @@ class Project:
         return Set.open(self.path, d)
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
+class StateConflict(RunError):
+    """A compare-and-swap on a run's state found another state (or a later attempt).
+
+    ``record`` is the run as it is now, so the caller can say what happened instead.
+    """
+
+    def __init__(self, message: str, rec: RunRecord) -> None:
+        super().__init__(message)
+        self.record = rec
+
+
+def _check_lease(rec: RunRecord, from_states: Sequence[str], attempt: int | None) -> None:
+    if rec.state not in from_states:
+        raise StateConflict(f"run {rec.id} is {rec.state}" + (f" ({rec.error})" if rec.error else ""),
+                            rec)
+    if attempt is not None and (rec.attempt is None or rec.attempt.number != attempt):
+        latest = rec.attempt.number if rec.attempt else 0
+        raise StateConflict(f"run {rec.id}: attempt {attempt} is not the latest ({latest})", rec)
+
+
+def _fence(rec: RunRecord, attempt: int) -> None:
+    """FencedError unless ``attempt`` still holds the run's lease."""
+    latest = rec.attempt.number if rec.attempt else 0
+    if latest != attempt:
+        raise FencedError(f"run {rec.id}: attempt {attempt} was taken over by attempt {latest}; "
+                          "this controller stops without writing")
+    if rec.state not in record.ACTIVE_STATES:
+        raise FencedError(f"run {rec.id} is {rec.state} ({rec.error or 'no reason'}); the "
+                          f"controller of attempt {attempt} stops without writing")
 
 
 def _py(v: Any) -> Any:
@@ -398,15 +541,14 @@ def _empty_run_columns() -> dict[str, np.ndarray]:
 
 
 def _record_row(rec: RunRecord) -> dict[str, Any]:
-    row = {name: getattr(rec, name) for name, _ in RUN_COLUMNS if name != "record_json"}
-    for name in ("created", "started", "ended", "heartbeat"):
+    row = {name: getattr(rec, name) for name in _SCALARS}
+    for name in ("created", "heartbeat"):
         row[name] = math.nan if row[name] is None else float(row[name])
-    row["pid"] = int(row["pid"] or 0)
     try:
-        row["record_json"] = json.dumps({k: getattr(rec, _FIELD_OF_KEY.get(k, k)) for k in _RECORD_KEYS},
-                                        sort_keys=True, default=_json_default)
+        row["record_json"] = json.dumps(record.to_json(rec), sort_keys=True,
+                                        default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"run {rec.id}: params/inputs/outputs/execution must be JSON-able "
+        raise StoreError(f"run {rec.id}: params/inputs/placement must be JSON-able "
                          f"({exc})") from exc
     return row
 

@@ -84,7 +84,7 @@ def test_changed_parameters_rerun_only_changed_steps(project, tmp_path, wait_for
     lifecycle.launch(project, run.id, foreground=True)
     assert project.run(run.id).state == "finished"
     # b1/b2 depend on sleep_s; a and c do not: their identity is unchanged.
-    project.update_run(run.id, params={"out_dir": str(out), "sleep_s": 0.1})
+    project.set_params(run.id, {"out_dir": str(out), "sleep_s": 0.1})
     lifecycle.continue_run(project, run.id, foreground=True)
     assert project.run(run.id).state == "finished"
     assert [len(_records(out, n)) for n in ("a", "b1", "b2", "c")] == [1, 2, 2, 1]
@@ -107,7 +107,7 @@ def test_failed_step_fails_run_with_reason_then_copy_and_restart(project, tmp_pa
     assert copy.params == done.params and copy.protocol == "test.sleepy"
     assert copy.label.endswith("(copy)")
 
-    project.update_run(run.id, params={**done.params, "fail_index": -1})
+    project.set_params(run.id, {**done.params, "fail_index": -1})
     lifecycle.restart_run(project, run.id, workers=2)
     again = wait_for_run(project, run.id)
     assert again.state == "finished"
@@ -124,9 +124,10 @@ def test_stop_kills_processes_and_marks_aborted(project, tmp_path, wait_for_run)
         time.sleep(0.05)
     pid = project.run(run.id).pid
     started = time.monotonic()
-    assert lifecycle.stop_run(project, run.id) == "aborted"
+    assert "aborted: stopped by user" in lifecycle.stop_run(project, run.id)
     assert time.monotonic() - started < 10
     assert not lifecycle.pid_alive(pid)
+    assert lifecycle.run_processes(project, run.id) == []  # no worker outlived the stop
     rec = project.run(run.id)
     assert rec.state == "aborted" and "stopped" in rec.error
     assert _records(out, "s0000") == []  # the 20 s steps were killed, not finished
@@ -267,7 +268,7 @@ def test_import_tiff_movies_with_acquisition(project, tmp_path):
     again = project.run(run.id)
     assert again.state == "finished" and again.output_types == {"movies": "hpcem.SetOfMovies"}
     assert list(again.outputs["movies"].column("n_frames")) == [5, 7]
-    assert again.execution["output_sizes"] == {"movies": 2}
+    assert again.output_sizes == {"movies": 2}
 
 
 def test_pixel_size_mismatch_is_reported(project, tmp_path):
