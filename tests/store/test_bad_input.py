@@ -182,12 +182,12 @@ def test_project_lock_times_out_and_is_freed_by_sigkill(project, run_id):
     assert ready.wait(20)
     slow = Project.open(project.path, lock_timeout_s=0.3)
     with pytest.raises(LockedError) as e:
-        slow.update_run(run_id, label="x")
+        slow.set_label(run_id, "x")
     assert f"pid {child.pid}" in _one_line(e) and "waited 0.3 s" in str(e.value)
     assert slow.run(run_id).label == "test run"  # status reads still work
     os.kill(child.pid, signal.SIGKILL)
     child.join(10)
-    assert slow.update_run(run_id, label="after").label == "after"
+    assert slow.set_label(run_id, "after").label == "after"
 
 
 def _create(path, barrier, results):

@@ -36,7 +36,7 @@ def _worker(path, run_id, started):
                           "image": [f"Extract/mic{i // 1000}.mrcs" for i in ids],
                           "image_index": ids % 1000})
         k = w.n_rows
-        project.update_run(run_id, steps_done=k, label=f"rows {k}", heartbeat=time.time())
+        project.controller_commit(run_id, 1, steps_done=k, heartbeat=time.time())
         project.write_steps(run_id, StepTable.from_records(
             [{"id": f"s{i}", "state": "finished", "args": {"k": k}}
              for i in range(k // BATCH % 7)]))
@@ -45,7 +45,6 @@ def _worker(path, run_id, started):
 def _check(path, run_id, prev):
     project = Project.open(path)
     run = project.run(run_id)
-    assert run.label == ("test run" if run.steps_done == 0 else f"rows {run.steps_done}")
     s = project.open_set(run_id, "p")
     n = len(s)
     ids = s.columns["id"]
@@ -69,6 +68,8 @@ def _check(path, run_id, prev):
 
 def test_sigkill_at_random_moments_leaves_old_or_new_state(project, run_id):
     project.create_set(run_id, "p", "hpcem.SetOfParticles").close()
+    project.begin_attempt(run_id, ("saved",))
+    project.transition(run_id, ("launched",), "running", attempt=1)
     rng = np.random.default_rng(11)
     prev = (0, 0)
     history = []
@@ -92,5 +93,6 @@ def test_sigkill_at_random_moments_leaves_old_or_new_state(project, run_id):
     listed = {p.name for p in s.path.iterdir()}
     assert not [name for name in listed if ".tmp-" in name]
     assert len([name for name in listed if name.startswith("seg-")]) == len(s._segments)
-    project.update_run(run_id, state="finished")
+    project.controller_commit(run_id, 1, state="finished")
+    assert project.run(run_id).state == "finished"
     assert not list(project.path.glob("*.tmp-*"))

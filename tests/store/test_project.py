@@ -33,33 +33,40 @@ def test_runs_create_update_and_reread(project):
     assert (r1.id, r2.id) == (1, 2)
     assert r2.state == "saved" and r2.inputs == {"movies": ["1:movies"]}
     assert math.isnan(r2.started) and r2.pid == 0 and r2.created <= time.time()
+    project.begin_attempt(2, ("saved",), site="local-slurm")
     now = time.time()
-    r2b = project.update_run(2, state="running", started=now, pid=4321, host="node7",
-                             steps_total=10, steps_done=3, execution={"mode": "slurm"})
+    r2b = project.transition(2, ("launched",), "running", attempt=1, started=now, pid=4321,
+                             host="node7")
     assert r2b.state == "running" and r2b.started == now
+    project.controller_commit(2, 1, steps_total=10, steps_done=3)
     runs = Project.open(project.path).runs
     assert [r.id for r in runs] == [1, 2]
     assert isinstance(runs[1], RunRecord)
     got = runs[1]
     assert (got.state, got.pid, got.host, got.steps_done, got.steps_total) == (
         "running", 4321, "node7", 3, 10)
-    assert got.params == {"bin": 2, "patches": [5, 5]} and got.execution == {"mode": "slurm"}
+    assert got.params == {"bin": 2, "patches": [5, 5]} and got.attempt.site == "local-slurm"
     assert got == project.run(2)
     assert runs[0].label == "import" and runs[0].state == "saved"
     with pytest.raises(RunError, match="no run 9"):
         project.run(9)
     with pytest.raises(StoreError, match="unknown run state"):
-        project.update_run(1, state="exploded")
-    with pytest.raises(StoreError, match="cannot update run field"):
-        project.update_run(1, colour="red")
+        project.transition(1, ("saved",), "exploded")
+    with pytest.raises(StoreError, match="illegal transition saved -> finished"):
+        project.transition(1, ("saved",), "finished")
+    with pytest.raises(StoreError, match="cannot write run field"):
+        project.controller_commit(2, 1, colour="red")
+    assert project.run(1).state == "saved"  # refused changes wrote nothing
 
 
 def test_update_and_listing_stay_fast_with_500_runs(project):
     for i in range(500):
         project.create_run("hpcem.p", label=f"r{i}", params={"i": i, "text": "x" * 40})
     t0 = time.perf_counter()
+    project.begin_attempt(250, ("saved",))
+    project.transition(250, ("launched",), "running", attempt=1)
     for k in range(10):
-        project.update_run(250, heartbeat=time.time(), steps_done=k)
+        project.controller_commit(250, 1, heartbeat=time.time(), steps_done=k)
     update_s = (time.perf_counter() - t0) / 10
     t0 = time.perf_counter()
     runs = Project.open(project.path).runs
@@ -117,6 +124,6 @@ def test_moved_project_opens_and_resolves_paths(tmp_path):
     # a copy opens too, and writes to the copy do not touch the original
     shutil.copytree(tmp_path / "b" / "proj", tmp_path / "copy")
     c = Project.open(tmp_path / "copy")
-    c.update_run(run.id, label="copied")
+    c.set_label(run.id, "copied")
     assert moved.run(run.id).label == "" and c.run(run.id).label == "copied"
     assert c.open_set(run.id, "particles").columns["image"][0].startswith(str(tmp_path / "copy"))

@@ -210,7 +210,7 @@ def test_leftovers_of_a_crashed_writer_are_ignored_then_cleaned(project, run_id)
     np.testing.assert_array_equal(s.columns["defocus_u"], [1, 2])
     project.open_set_writer(run_id, "p").close()  # the next writer cleans them
     assert {p.name for p in d.iterdir()} == listed | {"manifest.h5"}
-    project.update_run(run_id, label="x")
+    project.set_label(run_id, "x")
     assert not list(project.path.glob("project.h5.tmp-*"))
     assert user_file.exists()
 
