@@ -49,3 +49,15 @@ def pixel_size_or_none(size_A: float) -> float | None:
     if not np.isfinite(size_A) or size_A <= 0 or abs(size_A - 1.0) < 1e-6:
         return None
     return size_A
+
+
+def format_bytes(n_bytes: int) -> str:
+    """``4000000001024`` → ``"3.6 TiB"``: a size for error messages (binary units)."""
+    if n_bytes < 1024:
+        return f"{int(n_bytes)} bytes"
+    size = float(n_bytes)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} TiB"

@@ -19,7 +19,7 @@ import mrcfile.utils
 import numpy as np
 
 from hpcem.errors import DataFormatError, ValidationError
-from hpcem.io.header import ImageHeader, pixel_size_or_none
+from hpcem.io.header import ImageHeader, format_bytes, pixel_size_or_none
 
 HEADER_BYTES = 1024
 # Modes we can turn into real-valued images (complex and 4-bit packed are refused).
@@ -70,12 +70,14 @@ def read_mrc_header(path: str | os.PathLike) -> ImageHeader:
     if nsymbt < 0:
         raise _corrupt(path, f"negative extended header size {nsymbt}")
     dtype = mrcfile.utils.dtype_from_mode(mode).newbyteorder("=")
+    # Checked here, before any reader allocates what a corrupt header claims.
     expected = HEADER_BYTES + nsymbt + nx * ny * nz * dtype.itemsize
     if size_bytes < expected:
         raise _corrupt(
             path,
-            f"truncated: header describes {nz}x{ny}x{nx} mode {mode} ({expected} bytes) "
-            f"but the file has {size_bytes} bytes",
+            f"truncated: header claims nx={nx} ny={ny} nz={nz} mode {mode} ({dtype.name}), "
+            f"{expected} bytes ({format_bytes(expected)}) with the {HEADER_BYTES}-byte header "
+            f"and {nsymbt}-byte extended header, but the file has {size_bytes} bytes",
         )
     if size_bytes > expected:
         tolerated += (f"{size_bytes - expected} trailing bytes after the data block",)

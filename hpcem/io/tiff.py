@@ -7,6 +7,7 @@ caller must supply it (and :func:`hpcem.io.images.check_pixel_size` has nothing 
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import tifffile
 
 from hpcem.errors import DataFormatError, ValidationError
-from hpcem.io.header import ImageHeader, pixel_size_or_none
+from hpcem.io.header import ImageHeader, format_bytes, pixel_size_or_none
 
 _CM_IN_A = 1e8
 
@@ -24,16 +25,63 @@ def _corrupt(path: Path, reason: str) -> DataFormatError:
     return DataFormatError(f"{path}: not a TIFF file or corrupt: {reason}")
 
 
+def _check_data_fits(path: Path, series, size_bytes: int) -> None:
+    """Refuse a series whose tags claim more data than the file holds.
+
+    Uncompressed data (the usual movie case) must fit in the file as a whole and page by
+    page; compressed data can legitimately be larger than the file, so there only the
+    strip/tile locations are checked. Done at header time, before a reader allocates what
+    a corrupt tag claims.
+    """
+    keyframe = series.keyframe
+    compressed = int(keyframe.compression) != 1
+    itemsize = np.dtype(series.dtype).itemsize
+    # Bytes on disk, allowing for packed samples (e.g. 4-bit) narrower than the dtype.
+    bits = int(keyframe.bitspersample)
+    claimed = math.ceil(int(series.nbytes) * bits / (8 * itemsize))
+    per_page = math.ceil(int(keyframe.nbytes) * bits / (8 * itemsize))
+    shape = "x".join(str(int(n)) for n in series.shape)
+    claim = (f"header claims {shape} {np.dtype(series.dtype).name}, {claimed} bytes "
+             f"({format_bytes(claimed)})")
+    if not compressed and claimed > size_bytes:
+        raise _corrupt(
+            path, f"truncated: {claim} uncompressed, but the file has {size_bytes} bytes"
+        )
+    for i, page in enumerate(series.pages):
+        if page is None:
+            raise _corrupt(path, f"{claim}, but page {i} is missing")
+        ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts)]
+        if ends and max(ends) > size_bytes:
+            raise _corrupt(
+                path,
+                f"truncated: page {i} data ends at byte {max(ends)}, "
+                f"but the file has {size_bytes} bytes",
+            )
+        held = sum(int(n) for n in page.databytecounts)
+        if not compressed and held < per_page:
+            raise _corrupt(
+                path,
+                f"{claim}; page {i} should hold {per_page} bytes uncompressed but its "
+                f"strips hold {held} bytes (the file has {size_bytes} bytes)",
+            )
+
+
 def read_tiff_header(path: str | os.PathLike) -> ImageHeader:
-    """Read the shape, dtype and (if stored in cm units) pixel size of a TIFF file."""
+    """Read the shape, dtype and (if stored in cm units) pixel size of a TIFF file.
+
+    Raises DataFormatError when the tags claim more (uncompressed) data than the file
+    holds, so that no reader later tries to allocate it.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: cannot read: no such file")
+    size_bytes = path.stat().st_size
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape = tuple(int(n) for n in series.shape)
             dtype = np.dtype(series.dtype)
+            _check_data_fits(path, series, size_bytes)
             page = tif.pages[0]
             pixel_size_A = None
             unit = page.tags.get("ResolutionUnit")

@@ -105,6 +105,45 @@ def test_tiny_file_and_missing_file(tmp_path):
         read_header(tmp_path / "absent.mrc")
 
 
+def test_tiff_claiming_more_pixels_than_the_file_holds_is_refused_at_header_time(tmp_path):
+    """Patched ImageWidth/ImageLength: without the check, reading allocates 56 GiB."""
+    path = write_tiff_movie(tmp_path / "huge.tif", np.zeros((3, 64, 64), dtype=np.uint16))
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        for page in tif.pages:
+            page.tags["ImageWidth"].overwrite(100_000)
+            page.tags["ImageLength"].overwrite(100_000)
+    length = path.stat().st_size
+    expected = (
+        f"{path}: not a TIFF file or corrupt: truncated: header claims 3x100000x100000 "
+        f"uint16, 60000000000 bytes (55.9 GiB) uncompressed, but the file has {length} bytes"
+    )
+    for read in (read_header, read_image):
+        with pytest.raises(DataFormatError) as info:
+            read(path)
+        assert str(info.value) == expected
+
+
+def test_tiff_page_pointing_past_the_end_is_refused(tmp_path):
+    path = write_tiff_movie(tmp_path / "cut.tif", np.ones((3, 32, 32), dtype=np.uint16))
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        tif.pages[2].tags["StripOffsets"].overwrite(10**7)
+    with pytest.raises(
+        DataFormatError,
+        match=rf"cut.tif: .*page 2 data ends at byte {10**7 + 2048}, but the file has "
+        rf"{path.stat().st_size} bytes",
+    ):
+        read_header(path)
+
+
+def test_compressed_tiff_larger_than_its_file_is_accepted(tmp_path):
+    """Compressed data legitimately decompresses to more than the file length."""
+    path = tmp_path / "zlib.tif"
+    tifffile.imwrite(path, np.zeros((4, 256, 256), dtype=np.uint16),
+                     photometric="minisblack", compression="zlib")
+    assert path.stat().st_size < 4 * 256 * 256 * 2
+    assert read_header(path).shape == (4, 256, 256)
+
+
 def test_corrupt_tiff_is_data_format_error(tmp_path):
     path = tmp_path / "broken.tif"
     path.write_bytes(b"II*\x00" + b"\xff" * 100)
