@@ -50,6 +50,26 @@ _MODEL_OVERSAMPLING = 8
 _FIT_RESOLUTION_CC = 0.3
 
 
+def micrograph_defect(image: np.ndarray) -> str | None:
+    """Why no CTF can be fitted to this image, or None if it is usable.
+
+    ``"1048576 NaN pixels"``, ``"12 Inf pixels"``, ``"5 NaN and 7 Inf pixels"`` or
+    ``"constant image (all pixels 1.0)"``: non-finite pixels would turn the whole fit
+    into NaN, and a constant image has no spectrum to fit (its score would be 0).
+    """
+    image = np.asarray(image)
+    finite = np.isfinite(image)
+    if not finite.all():
+        n_nan = int(np.count_nonzero(np.isnan(image)))
+        n_inf = int(finite.size - np.count_nonzero(finite) - n_nan)
+        if n_nan and n_inf:
+            return f"{n_nan} NaN and {n_inf} Inf pixels"
+        return f"{n_nan} NaN pixels" if n_nan else f"{n_inf} Inf pixels"
+    if image.size and image.min() == image.max():
+        return f"constant image (all pixels {image.flat[0]!s})"
+    return None
+
+
 def tiled_power_spectrum(
     image: np.ndarray, tile_size_px: int = 512, overlap: float = 0.5
 ) -> np.ndarray:
@@ -226,9 +246,13 @@ def estimate_ctf(
     dict with ``defocus_u``, ``defocus_v`` (Å), ``defocus_angle`` (deg),
     ``fit_resolution_A`` (highest resolution where the fitted rings still match the
     data locally, correlation >= 0.3; never beyond ``res_high_A``) and ``fit_score``
-    (correlation of data and model in the band, −1..1; pure noise reaches ~0.5 after the
-    search, good fits on simulated data score 0.75–0.97, so treat < 0.6 as failed), plus
+    (correlation of data and model in the band, −1..1; with 512-px tiles pure noise
+    reaches up to ~0.53 after the search and a constant image 0, while simulated
+    micrographs of 1024 px or more score 0.65–0.95 and a real Krios micrograph 0.76, so
+    treat < 0.6 as failed: ``min_fit_score`` of the ``ctf.estimate`` protocol), plus
     ``defocus_1d`` (the rotational-average fit) and ``radial_backend``.
+
+    Raises ValidationError for NaN or Inf pixels (they would make every number NaN).
     """
     if not pixel_size_A > 0:
         raise ValidationError(f"pixel size must be > 0 Å, got {pixel_size_A}")
@@ -242,6 +266,10 @@ def estimate_ctf(
         raise ValidationError(
             f"fitting band must satisfy Nyquist ({2 * pixel_size_A:.2f} Å) <= high "
             f"< low, got {res_low_A}–{res_high_A} Å"
+        )
+    if not np.isfinite(image).all():
+        raise ValidationError(
+            f"cannot estimate the CTF of a micrograph with {micrograph_defect(image)}"
         )
     spectrum = tiled_power_spectrum(image, tile_size_px)
     fitter = _Fitter(
@@ -351,21 +379,16 @@ def _fit_astigmatism(
     return float(u), float(v), float(angle_deg % 180.0), best_score
 
 
-def estimate_ctf_from_file(
+def load_micrograph(
     path: str | os.PathLike,
     pixel_size_A: float | None = None,
-    voltage_kV: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.1,
     pixel_size_rel_tol: float = 0.01,
-    **options,
-) -> dict:
-    """Estimate the CTF of a micrograph file (MRC or TIFF; movies are averaged).
+) -> tuple[np.ndarray, float]:
+    """Read a micrograph file (MRC or TIFF; movies are averaged) and its pixel size.
 
-    The pixel size comes from ``pixel_size_A`` if given (checked against the header
-    with :func:`hpcem.io.images.check_pixel_size`), otherwise from the header.
-    ``options`` go to :func:`estimate_ctf`. The result also has ``path`` and
-    ``pixel_size_A``.
+    The pixel size is ``pixel_size_A`` if given (checked against the header with
+    :func:`hpcem.io.images.check_pixel_size`), otherwise the header's. Returns the 2D
+    float32 image and the pixel size in Å.
     """
     from hpcem.io.images import check_pixel_size, read_header, read_image
 
@@ -382,6 +405,24 @@ def estimate_ctf_from_file(
     image = read_image(path)
     if image.ndim == 3:
         image = image.mean(axis=0)
+    return image, float(pixel_size_A)
+
+
+def estimate_ctf_from_file(
+    path: str | os.PathLike,
+    pixel_size_A: float | None = None,
+    voltage_kV: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.1,
+    pixel_size_rel_tol: float = 0.01,
+    **options,
+) -> dict:
+    """Estimate the CTF of a micrograph file (read with :func:`load_micrograph`).
+
+    ``options`` go to :func:`estimate_ctf`. The result also has ``path`` and
+    ``pixel_size_A``.
+    """
+    image, pixel_size_A = load_micrograph(path, pixel_size_A, pixel_size_rel_tol)
     result = estimate_ctf(
         image,
         pixel_size_A,
@@ -390,5 +431,5 @@ def estimate_ctf_from_file(
         amplitude_contrast=amplitude_contrast,
         **options,
     )
-    result.update(path=str(path), pixel_size_A=float(pixel_size_A))
+    result.update(path=str(Path(path)), pixel_size_A=pixel_size_A)
     return result

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from hpcem.ctf import estimate_ctf, estimate_ctf_from_file
+from hpcem.ctf.estimate import micrograph_defect
 from hpcem.errors import ValidationError
 from hpcem.io import write_mrc
+from hpcem.protocols.ctf_estimate import MIN_FIT_SCORE
 from hpcem.sim import simulate_micrograph
 
 SHAPE = (2048, 2048)
@@ -32,10 +34,26 @@ def test_defocus_within_2_percent(defocus_A, pixel_size_A, snr, seed):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pure_noise_scores_as_failed(seed):
-    """The score must tell a failed fit from a good one (see the docstring's threshold)."""
+    """The score must tell a failed fit from a good one (ctf.estimate's min_fit_score)."""
     noise = np.random.default_rng(seed).normal(size=SHAPE).astype(np.float32)
     result = estimate_ctf(noise, 1.0)
-    assert result["fit_score"] < 0.6
+    assert result["fit_score"] < MIN_FIT_SCORE
+
+
+def test_non_finite_pixels_raise_instead_of_a_nan_fit():
+    image, _ = simulate_micrograph((512, 512), 1.0, 12000.0, seed=61)
+    image[10, :3] = np.nan
+    image[20, 5] = -np.inf
+    with pytest.raises(ValidationError, match="with 3 NaN and 1 Inf pixels"):
+        estimate_ctf(image, 1.0)
+
+
+def test_micrograph_defect_names_what_is_wrong():
+    image = np.full((8, 8), 2.5, dtype=np.float32)
+    assert micrograph_defect(image) == "constant image (all pixels 2.5)"
+    image[0, 0] = np.inf
+    assert micrograph_defect(image) == "1 Inf pixels"
+    assert micrograph_defect(np.arange(16.0).reshape(4, 4)) is None
 
 
 def test_numpy_fallback_gives_the_same_answer(monkeypatch):

@@ -1,0 +1,198 @@
+"""Bad data is refused early with a clear reason: lying headers, NaN/Inf, blank and noise.
+
+Micrographs are real MRC files (written with mrcfile, pixels or header ints patched with
+numpy) and go through the real worker step, ``estimate_one``; nothing in it is mocked.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from hpcem.ctf.estimate import estimate_ctf
+from hpcem.errors import DataFormatError, HpcemError, ItemRejected
+from hpcem.execution import runs as lifecycle
+from hpcem.io import read_header, write_mrc
+from hpcem.protocols.ctf_estimate import (
+    MIN_FIT_SCORE,
+    EstimateCTF,
+    estimate_one,
+    register_ctfs,
+)
+from hpcem.protocols.import_images import inspect_image
+from hpcem.sim import simulate_micrograph
+
+SIZE = 512
+PIXEL_SIZE_A = 1.5
+ACQUISITION = {"pixel_size_A": PIXEL_SIZE_A, "voltage_kV": 300.0, "cs_mm": 2.7,
+               "amplitude_contrast": 0.1}
+# The protocol's own defaults for the estimator, as steps() passes them.
+OPTIONS = {"defocus_min_A": 3000.0, "defocus_max_A": 50000.0, "res_low_A": 30.0,
+           "res_high_A": None, "tile_size_px": 512, "astigmatism": True}
+
+
+def _mrc(tmp_path, name, image):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile: header stats of NaN data
+        return write_mrc(tmp_path / name, np.asarray(image, dtype=np.float32), PIXEL_SIZE_A)
+
+
+def _estimate(path, micrograph_id=3, **kw):
+    return estimate_one(str(path), micrograph_id, **ACQUISITION, options=OPTIONS, **kw)
+
+
+def _good_micrograph(seed=2):
+    return simulate_micrograph((SIZE, SIZE), PIXEL_SIZE_A, 15000.0, 14400.0, 40.0,
+                               snr=0.1, seed=seed)
+
+
+# --- headers that claim more data than the file holds ------------------------------------
+def test_huge_header_mrc_is_refused_at_read_header_with_the_file_length(tmp_path):
+    path = _mrc(tmp_path, "huge.mrc", np.zeros((64, 64)))
+    header = np.fromfile(path, dtype="<i4", count=256)
+    header[0:3] = 10000  # nx, ny, nz: 10^12 float32 voxels, 4 TB
+    raw = bytearray(path.read_bytes())
+    raw[:1024] = header.tobytes()
+    path.write_bytes(bytes(raw))
+    length = path.stat().st_size
+    with pytest.raises(DataFormatError) as info:
+        read_header(path)
+    assert str(info.value) == (
+        f"{path}: not an MRC file or corrupt: truncated: header claims nx=10000 ny=10000 "
+        "nz=10000 mode 2 (float32), 4000000001024 bytes (3.6 TiB) with the 1024-byte header "
+        f"and 0-byte extended header, but the file has {length} bytes"
+    )
+    # The import step refuses it the same way, before anything allocates the data.
+    with pytest.raises(DataFormatError, match=f"but the file has {length} bytes"):
+        inspect_image(str(path), PIXEL_SIZE_A, True, ["micrograph"])
+
+
+# --- NaN / Inf / constant / noise micrographs are rejected items ------------------------
+@pytest.mark.parametrize(
+    ("nan", "inf", "reason"),
+    [
+        (SIZE * SIZE, 0, f"micrograph 3: {SIZE * SIZE} NaN pixels"),
+        (0, 7, "micrograph 3: 7 Inf pixels"),
+        (5, 2, "micrograph 3: 5 NaN and 2 Inf pixels"),
+    ],
+)
+def test_non_finite_micrograph_is_rejected_with_the_counts(tmp_path, nan, inf, reason):
+    image, _ = _good_micrograph()
+    flat = image.reshape(-1)
+    flat[:nan] = np.nan
+    flat[nan : nan + inf] = np.inf
+    if inf:
+        flat[nan] = -np.inf  # -Inf counts as Inf too
+    path = _mrc(tmp_path, "nonfinite.mrc", image)
+    with pytest.raises(ItemRejected) as info:
+        _estimate(path)
+    assert str(info.value) == reason
+
+
+def test_constant_micrograph_is_rejected_before_fitting(tmp_path):
+    path = _mrc(tmp_path, "blank.mrc", np.ones((SIZE, SIZE)))
+    with pytest.raises(ItemRejected) as info:
+        _estimate(path)
+    assert str(info.value) == "micrograph 3: constant image (all pixels 1.0)"
+
+
+def test_pure_noise_micrograph_is_rejected_by_min_fit_score(tmp_path):
+    noise = np.random.default_rng(5).normal(size=(SIZE, SIZE)).astype(np.float32)
+    score = estimate_ctf(noise, PIXEL_SIZE_A, **OPTIONS)["fit_score"]
+    assert 0.0 < score < MIN_FIT_SCORE  # a real, if meaningless, fit
+    path = _mrc(tmp_path, "noise.mrc", noise)
+    with pytest.raises(ItemRejected) as info:
+        _estimate(path)
+    assert str(info.value) == (
+        f"micrograph 3: CTF fit score {score:.3f} below min_fit_score {MIN_FIT_SCORE}"
+    )
+
+
+def test_fit_with_non_finite_number_is_rejected_naming_the_field(tmp_path):
+    """Finite pixels of ~1e30 (a file read with the wrong mode looks like this) overflow
+    the float32 power spectrum; the step must reject, not return NaN (invalid JSON)."""
+    image, _ = _good_micrograph()
+    path = _mrc(tmp_path, "overflow.mrc", image * np.float32(1e30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ItemRejected) as info:
+            _estimate(path)
+    assert str(info.value) == "micrograph 3: CTF fit gave non-finite fit_score"
+
+
+def test_good_simulated_micrograph_passes_above_the_default_threshold(tmp_path):
+    default = next(p.default for p in EstimateCTF.params if p.name == "min_fit_score")
+    assert default == MIN_FIT_SCORE
+    image, truth = _good_micrograph()
+    result = _estimate(_mrc(tmp_path, "good.mrc", image))
+    assert result["micrograph_id"] == 3
+    assert result["fit_score"] > default + 0.1
+    mean = 0.5 * (result["defocus_u"] + result["defocus_v"])
+    assert mean == pytest.approx(0.5 * (truth["defocus_u"] + truth["defocus_v"]), rel=0.03)
+    # A stricter threshold turns the same fit into a rejection with its score.
+    with pytest.raises(ItemRejected, match=r"^micrograph 3: CTF fit score 0\.\d{3} below "
+                                           r"min_fit_score 0\.99$"):
+        _estimate(tmp_path / "good.mrc", min_fit_score=0.99)
+
+
+# --- register_ctfs: accepted CTFs only, rejections listed -------------------------------
+def _import(project, raw, wait_for_run):
+    imp = lifecycle.create_run(project, "import.micrographs",
+                               {"files": str(raw / "*.mrc"), "pixel_size_A": PIXEL_SIZE_A})
+    lifecycle.launch(project, imp.id, workers=1)
+    assert wait_for_run(project, imp.id).state == "finished"
+    return imp, [int(i) for i in project.open_set(imp.id, "micrographs").column("id")]
+
+
+def test_run_with_a_nan_micrograph_goes_on_and_registers_the_others(project, tmp_path,
+                                                                    wait_for_run):
+    """End to end, real controller and workers: the NaN micrograph is a rejected item."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    truths = []
+    for i in range(3):
+        image, truth = _good_micrograph(seed=2 + i)
+        if i == 1:
+            image[:16] = np.nan
+        _mrc(raw, f"mic_{i}.mrc", image)
+        truths.append(truth)
+    imp, ids = _import(project, raw, wait_for_run)
+    run = lifecycle.create_run(project, "ctf.estimate", {},
+                               {"micrographs": [f"{imp.id}:micrographs"]})
+    lifecycle.launch(project, run.id, workers=2)
+    done = wait_for_run(project, run.id, timeout_s=120)
+    assert done.state == "finished", done.error
+    steps = {r["name"]: r for r in project.read_steps(run.id).to_records()}
+    reason = f"micrograph {ids[1]}: {16 * SIZE} NaN pixels"
+    assert steps["estimate/000001"]["state"] == "rejected"
+    assert steps["estimate/000001"]["error"] == reason
+    assert steps["register"]["result"] == {
+        "count": 2, "rejected": [{"micrograph_id": ids[1], "reason": reason}]}
+    assert "ctfs" in project.run(run.id).outputs
+    ctfs = project.open_set(run.id, "ctfs").read_columns()
+    assert [int(i) for i in ctfs["micrograph_id"]] == [ids[0], ids[2]]
+    for u, v, truth in zip(ctfs["defocus_u"], ctfs["defocus_v"], (truths[0], truths[2])):
+        assert 0.5 * (u + v) == pytest.approx(0.5 * (truth["defocus_u"] + truth["defocus_v"]),
+                                              rel=0.03)
+
+
+def test_run_fails_with_the_first_reason_when_every_micrograph_is_rejected(project, tmp_path,
+                                                                         wait_for_run):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        _mrc(raw, f"blank_{i}.mrc", np.zeros((64, 64)))
+    imp, ids = _import(project, raw, wait_for_run)
+    run = lifecycle.create_run(project, "ctf.estimate", {},
+                               {"micrographs": [f"{imp.id}:micrographs"]})
+    lifecycle.launch(project, run.id, workers=2)
+    done = wait_for_run(project, run.id, timeout_s=120)
+    assert done.state == "failed"
+    first = f"micrograph {ids[0]}: constant image (all pixels 0.0)"
+    assert f"all 3 micrographs were rejected: {first}" in done.error
+    steps = {r["name"]: r for r in project.read_steps(run.id).to_records()}
+    assert [steps[f"estimate/{i:06d}"]["state"] for i in range(3)] == ["rejected"] * 3
+    assert steps["register"]["error"] == f"all 3 micrographs were rejected: {first}"
+    assert "ctfs" not in project.run(run.id).outputs
