@@ -245,8 +245,9 @@ def _refresh_batch_jobs(project) -> list:
     """Ask each site once about the project's active batch jobs (only if there are any);
     return the runs, read again only when that changed them."""
     runs = project.runs
-    if not any(r.attempt is not None and r.attempt.job_id
-               and (r.state in ("launched", "running") or r.attempt.provisional) for r in runs):
+    from hpcem.execution.batch import needs_refresh
+
+    if not any(needs_refresh(r) for r in runs):
         return runs
     from hpcem.execution.batch import refresh_jobs
 

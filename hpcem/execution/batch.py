@@ -27,6 +27,10 @@ _OUTCOMES = {
 }
 
 
+#: Final states only the scheduler can know; they override the job's own exit code.
+_AUTHORITATIVE = ("TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "CANCELLED")
+
+
 def _site_of(run):
     from hpcem.cluster.site import load_site
 
@@ -89,8 +93,7 @@ def refresh_jobs(project, runs) -> dict[int, tuple[str, str]]:
     from hpcem.cluster.tracking import final_status, read_exit_code
     from hpcem.store.project import StateConflict
 
-    todo = [r for r in runs if r.attempt is not None and r.attempt.job_id
-            and (r.state in ACTIVE_STATES or r.attempt.provisional)]
+    todo = [r for r in runs if needs_refresh(r)]
     by_site: dict[str, list] = {}
     for r in todo:
         by_site.setdefault(r.attempt.site or r.placement.site, []).append(r)
@@ -106,14 +109,20 @@ def refresh_jobs(project, runs) -> dict[int, tuple[str, str]]:
             a = r.attempt
             native = statuses.get(a.job_id)
             exit_code = read_exit_code(a.exit_code_file) if a.exit_code_file else None
-            status = final_status(a.job_id, exit_code, native) or native
+            if native is not None and native.state.name in _AUTHORITATIVE:
+                status = native  # the scheduler ended it: its word beats any exit code
+            else:
+                status = final_status(a.job_id, exit_code, native) or native
             if status is None:
                 continue
             words = {"scheduler_state": status.native_state or status.state.name,
-                     "scheduler_reason": status.reason or ""}
+                     "scheduler_reason": status.reason or "", "scheduler_final": status.state.final}
             if not status.state.final:
                 if r.state in ACTIVE_STATES:
                     project.update_attempt(r.id, a.number, only_active=True, **words)
+                continue
+            if r.state == "finished":  # the controller finished it; the job's end confirms
+                project.update_attempt(r.id, a.number, **words)
                 continue
             state, why = _OUTCOMES.get(status.state.name, ("failed", status.state.name.lower()))
             detail = f"; {status.reason}" if status.reason else ""
@@ -132,6 +141,24 @@ def refresh_jobs(project, runs) -> dict[int, tuple[str, str]]:
                 continue
             changed[r.id] = (state, reason)
     return changed
+
+
+#: How long after its end a run's job is still reconciled with the scheduler's accounting.
+RECONCILE_S = 86400.0
+
+
+def needs_refresh(run) -> bool:
+    """True when the scheduler still has something to tell about the run's latest job:
+    the run is active, its outcome is provisional, or the job's final state is unknown."""
+    import math
+
+    a = run.attempt
+    if a is None or not a.job_id:
+        return False
+    if run.state in ACTIVE_STATES or a.provisional:
+        return True
+    recent = not math.isnan(a.ended) and time.time() - a.ended < RECONCILE_S
+    return recent and not a.scheduler_final
 
 
 def cancel_jobs_of(run, job_ids) -> None:

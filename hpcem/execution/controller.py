@@ -250,10 +250,9 @@ class Controller:
         """Store a step's outcome: its result (which must be JSON), a rejection or an error."""
         rec = self.records[name]
         if exc is None:
-            try:
-                json.dumps(out["result"], allow_nan=False)
-            except (TypeError, ValueError) as bad:
-                exc = ItemRejected(f"{name}: its result cannot be stored ({bad})")
+            why = unstorable(out["result"])
+            if why:
+                exc = ItemRejected(f"{name}: its result cannot be stored ({why})")
         if isinstance(exc, ItemRejected):
             rec.update(state=REJECTED, ended=time.time(), exit_code=0, error=_one_line(exc),
                        result=None)
@@ -288,8 +287,9 @@ class Controller:
             "steps_total": len(records),
             "heartbeat": time.time(),
         }
-        blocks = () if state else tuple(self.executor.job_ids())
-        if blocks != self._blocks or state:
+        # blocks stay listed after the end: `hpcem stop` cancels those of a dead controller
+        blocks = tuple(self.executor.job_ids()) or self._blocks
+        if blocks != self._blocks:
             self._blocks = blocks
             fields["blocks"] = blocks
         self.project.controller_commit(self.run_id, self.attempt,
@@ -302,6 +302,33 @@ class Controller:
         self._signal = signum
         if self._waiting:
             raise _Stop()
+
+
+def unstorable(value, where: str = "result") -> str:
+    """Why ``value`` cannot be stored as JSON (e.g. "result['defocus_u'] is nan"), or ''."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} is {value}"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{where} has the non-text key {k!r}"
+            why = unstorable(v, f"{where}[{k!r}]")
+            if why:
+                return why
+        return ""
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            why = unstorable(v, f"{where}[{i}]")
+            if why:
+                return why
+        return ""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return ""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return f"{where} is a {type(value).__name__}, not a JSON value"
+    return ""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -357,14 +384,30 @@ def take_over(project, run_id: int, attempt: int) -> int:
     return attempt
 
 
-def run_controller(project_path: str, run_id: int, attempt: int, workers: int | None = None) -> str:
+def run_controller(project_path: str, run_id: int, attempt: int, workers: int | None = None,
+                   signals: list | None = None) -> str:
     """Open the project, lock the run, take the attempt over and run it to the end."""
     from hpcem.execution.runs import RUN_ENV, run_marker
     from hpcem.store import Project
-    from hpcem.store.locks import FileLock
 
     project = Project.open(project_path)
+    before = os.environ.get(RUN_ENV)
     os.environ[RUN_ENV] = run_marker(project, run_id)  # inherited by every worker
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        return _run_locked(project, run_id, attempt, workers, signals)
+    finally:  # inline (foreground) runs leave the calling process as it was
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+        if before is None:
+            os.environ.pop(RUN_ENV, None)
+        else:
+            os.environ[RUN_ENV] = before
+
+
+def _run_locked(project, run_id: int, attempt: int, workers, signals) -> str:
+    from hpcem.store.locks import FileLock
+
     lock = FileLock(project.run_dir(run_id) / "controller.lock", f"controller of run {run_id}")
     try:
         lock.acquire(timeout_s=0)
@@ -381,7 +424,11 @@ def run_controller(project_path: str, run_id: int, attempt: int, workers: int | 
             controller = Controller(project, run_id, attempt, executor)
             signal.signal(signal.SIGTERM, controller.request_stop)
             signal.signal(signal.SIGINT, controller.request_stop)
-            return controller.run()
+            try:
+                return controller.run()
+            finally:
+                if controller._signal and signals is not None:
+                    signals.append(controller._signal)
         except FencedError as exc:
             if executor is not None:
                 executor.shutdown(cancel=True)
@@ -431,14 +478,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attempt", type=int, required=True)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
+    got_signal = []
     try:
-        state = run_controller(args.project, args.run_id, args.attempt, args.workers)
+        state = run_controller(args.project, args.run_id, args.attempt, args.workers,
+                               signals=got_signal)
     except HpcemError as exc:
         print(f"hpcem controller: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         print(f"hpcem controller: error: {exc}", file=sys.stderr)
         return 74
+    if got_signal:
+        return 128 + got_signal[0]  # like a process ended by that signal
     return 0 if state in (FINISHED, "fenced") else 1
 
 

@@ -109,6 +109,8 @@ def launch(project, run_id: int, workers: int | None = None, foreground: bool = 
 
             submit_run_job(project, run_id, attempt)
             return project.run(run_id)
+        if not foreground:
+            proc = _start_controller(project, run_id, attempt, workers)
     except BaseException as exc:
         _fail_launch(project, run_id, attempt, f"launch failed: {exc}")
         raise
@@ -117,7 +119,6 @@ def launch(project, run_id: int, workers: int | None = None, foreground: bool = 
 
         run_controller(str(project.path), run_id, attempt, workers)
         return project.run(run_id)
-    proc = _start_controller(project, run_id, attempt, workers)
     project.update_attempt(run_id, attempt, pid=proc.pid)
     if wait_start:
         return _wait_takeover(project, run_id, attempt, proc)
@@ -406,14 +407,15 @@ def _end_processes(project, run) -> str:
     said = []
     a = run.attempt
     jobs = [a.job_id] if a and a.job_id else []
-    blocks = list(run.blocks)
+    # blocks of a controller that ended by itself were shut down by it
+    blocks = list(run.blocks) if a and not a.outcome else []
     if jobs or blocks:
         from hpcem.execution.batch import cancel_jobs_of
 
         cancel_jobs_of(run, jobs + blocks)
         said.append(f"cancelled batch job(s) {', '.join(jobs + blocks)}")
-    if a and a.pid and a.host == this_host():
-        _kill_group(a.pid)
+    if a and a.pid and a.host == this_host() and a.pid in run_processes(project, run.id):
+        _kill_group(a.pid)  # only a process that carries the run's marker: never a reused pid
     n = cleanup_processes(project, run.id)
     if n:
         said.append(f"ended {n} leftover process{'es' if n != 1 else ''}")

@@ -116,6 +116,7 @@ class Attempt:
     node: str = ""
     scheduler_state: str = ""
     scheduler_reason: str = ""
+    scheduler_final: bool = False
     request_digest: str = ""
     outcome: str = ""
     outcome_reason: str = ""

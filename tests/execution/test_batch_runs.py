@@ -37,7 +37,7 @@ def _job_run(project, out_dir, n=4, sleep_s=1.0, walltime="0:05:00", cores=2, la
                                             "walltime": walltime, "cores": cores})
     run = lifecycle.create_run(project, "test.sleepy",
                                {"out_dir": str(out_dir), "n": n, "sleep_s": sleep_s},
-                               label=label, execution=execution)
+                               label=label, placement=execution)
     lifecycle.launch(project, run.id)
     return run
 
@@ -53,12 +53,24 @@ def _wait_state(project, run_id, states, timeout_s=120):
     raise AssertionError(f"run {run_id} is {project.run(run_id).state}, not in {states}")
 
 
+def _wait_refined(project, run_id, timeout_s=90):
+    """Refresh until the run's outcome is no longer provisional (the scheduler's word)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        refresh_jobs(project, project.runs)
+        run = project.run(run_id)
+        if run.state not in ("launched", "running") and not run.attempt.provisional:
+            return run
+        time.sleep(1)
+    raise AssertionError(f"run {run_id}: outcome still provisional: {project.run(run_id).error}")
+
+
 def _job_after_steps(project, run_id, n, timeout_s=90):
     """Wait until ``n`` steps are recorded finished; return the run's current job id."""
     deadline = time.monotonic() + timeout_s
     while project.run(run_id).steps_done < n and time.monotonic() < deadline:
         time.sleep(0.2)
-    return project.run(run_id).execution["jobs"][-1]["id"]
+    return project.run(run_id).attempt.job_id
 
 
 def _executions(out_dir: Path, name: str) -> int:
@@ -71,13 +83,19 @@ def test_whole_run_job_finishes_and_records_job(project, tmp_path):
     out.mkdir()
     run = _job_run(project, out, n=4, sleep_s=0.2, label="label; rm -rf ~")
     rec = project.run(run.id)
-    job = rec.execution["jobs"][0]
-    assert job["id"].isdigit() and job["site"] == "local-slurm" and job["queue"] == "debug"
+    job = rec.attempt
+    assert job.job_id.isdigit() and job.site == "local-slurm" and job.queue == "debug"
     done = _wait_state(project, run.id, ("finished", "failed", "aborted"))
     assert done.state == "finished", done.error
-    assert done.execution["jobs"][-1]["state"] == "COMPLETED"
-    assert done.execution["jobs"][-1]["node"].startswith("node")
-    assert (Path(job["exit_code_file"])).read_text().strip() == "0"
+    assert done.attempt.outcome == "finished"
+    deadline = time.monotonic() + 60
+    while not done.attempt.scheduler_final and time.monotonic() < deadline:
+        refresh_jobs(project, project.runs)  # reconciled with SLURM's accounting
+        done = project.run(run.id)
+        time.sleep(0.5)
+    assert done.state == "finished" and done.attempt.scheduler_state == "COMPLETED"
+    assert done.attempt.node.startswith("node") and done.attempt.number == 1
+    assert (Path(job.exit_code_file)).read_text().strip() == "0"
     script = (project.run_dir(run.id) / "job-1.sh").read_text()
     assert "export HPCEM_LABEL='label; rm -rf ~'" in script  # quoted, harmless
     assert all(_executions(out, f"s{i:04d}") == 1 for i in range(4))
@@ -89,15 +107,17 @@ def test_scancel_mid_step_then_continue_keeps_finished_steps(project, tmp_path):
     run = _job_run(project, out, n=6, sleep_s=1.5, cores=2)
     job_id = _job_after_steps(project, run.id, 2)
     subprocess.run(["scancel", job_id], check=True, timeout=30)
-    dead = _wait_state(project, run.id, ("failed", "aborted"))
-    assert dead.state in ("failed", "aborted")
+    dead = _wait_refined(project, run.id)
+    # the controller saw SIGTERM (provisional); SLURM's accounting says who ended it
+    assert dead.state == "aborted" and "cancelled by a user or an administrator" in dead.error, dead.error
+    assert dead.attempt.scheduler_state.startswith("CANCELLED")
     finished = {s["name"] for s in project.read_steps(run.id).to_records() if s["state"] == "finished"}
     assert 2 <= len(finished) < 6
 
     lifecycle.continue_run(project, run.id)
     done = _wait_state(project, run.id, ("finished", "failed", "aborted"))
     assert done.state == "finished", done.error
-    assert len(done.execution["jobs"]) == 2
+    assert [a.number for a in done.attempts] == [1, 2] and done.attempts[0].job_id != done.attempts[1].job_id
     for name in finished:
         assert _executions(out, name.replace("/", "")) == 1, f"{name} ran again after continue"
 
@@ -106,20 +126,17 @@ def test_walltime_exceeded_is_recognised(project, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     run = _job_run(project, out, n=2, sleep_s=300, walltime="0:01:00", cores=1)
-    ended = _wait_state(project, run.id, ("failed", "aborted"), timeout_s=240)
-    job = project.run(run.id).execution["jobs"][-1]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # accounting may lag the job's end by a moment
-        state = subprocess.run(["sacct", "-X", "-n", "-j", job["id"], "-o", "State"],
-                               capture_output=True, text=True, timeout=30, check=False).stdout.strip()
-        if state.startswith("TIMEOUT"):
-            break
-        time.sleep(1)
-    assert state.startswith("TIMEOUT")
-    # whether the controller (SIGTERM at the limit) or the tracker got there first, the run
-    # ended; the tracker's view names the walltime once the job has left the queue
-    refresh_jobs(project, project.runs)
-    assert ended.state in ("failed", "aborted")
+    _wait_state(project, run.id, ("failed", "aborted"), timeout_s=240)
+    # whether the controller (SIGTERM at the limit, provisional) or the tracker got there
+    # first, the scheduler's final word names the walltime
+    ended = _wait_refined(project, run.id)
+    assert ended.state == "failed", ended.error
+    assert ended.error.startswith("walltime exceeded (batch job "), ended.error
+    assert ended.attempt.scheduler_state.startswith("TIMEOUT")
+    assert ended.attempt.outcome == "failed" and not ended.attempt.provisional
+    state = subprocess.run(["sacct", "-X", "-n", "-j", ended.attempt.job_id, "-o", "State"],
+                           capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+    assert state.startswith("TIMEOUT")  # what SLURM itself says
     assert _executions(out, "s0000") == 0
 
 
@@ -128,8 +145,8 @@ def test_stop_cancels_the_job(project, tmp_path):
     out.mkdir()
     run = _job_run(project, out, n=2, sleep_s=60)
     _wait_state(project, run.id, ("running",))
-    job_id = project.run(run.id).execution["jobs"][-1]["id"]
-    assert lifecycle.stop_run(project, run.id) == "aborted"
+    job_id = project.run(run.id).attempt.job_id
+    assert "aborted: stopped by user" in lifecycle.stop_run(project, run.id)
     rec = project.run(run.id)
     assert rec.state == "aborted" and rec.error == "stopped by user"
     deadline = time.monotonic() + 60
@@ -162,7 +179,7 @@ def test_parsl_dispatched_run_spreads_steps_over_nodes(project, tmp_path):
                                             "max_blocks": 4, "walltime": "0:10:00"})
     assert execution["dispatch"] == "parsl" and execution["mode"] == "local"
     run = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(out), "n": 24, "sleep_s": 0.5},
-                               execution=execution)
+                               placement=execution)
     lifecycle.launch(project, run.id)
     done = _wait_state(project, run.id, ("finished", "failed", "aborted"), timeout_s=240)
     assert done.state == "finished", done.error
@@ -171,7 +188,7 @@ def test_parsl_dispatched_run_spreads_steps_over_nodes(project, tmp_path):
     assert len(steps) == 24 and all(s["state"] == "finished" for s in steps)
     assert hosts <= {"node1", "node2", "node3", "node4"}
     assert len(hosts) >= 2, hosts  # really ran on several SLURM nodes
-    assert len(done.execution["blocks"]) >= 2 and all(b.isdigit() for b in done.execution["blocks"])
+    assert len(done.blocks) >= 2 and all(b.isdigit() for b in done.blocks)
 
 
 def test_requeued_job_resumes_without_redoing_finished_steps(project, tmp_path):
@@ -182,12 +199,13 @@ def test_requeued_job_resumes_without_redoing_finished_steps(project, tmp_path):
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30, capture_output=True)
     # the same job id runs again and its controller resumes the run
     done = _wait_state(project, run.id, ("finished",), timeout_s=300)
-    assert done.execution["jobs"][-1]["id"] == job_id and len(done.execution["jobs"]) == 1
+    # the requeued job took the run over as a new attempt of the same job
+    assert len(done.attempts) >= 2 and {a.job_id for a in done.attempts} == {job_id}
     runs_of_each = [_executions(out, f"s{i:04d}") for i in range(6)]
     assert all(n >= 1 for n in runs_of_each)
     assert runs_of_each.count(1) >= 2  # the steps finished before the requeue ran once
     log = (project.run_dir(run.id) / "run.log").read_text()
-    assert log.count("[run] running 6 steps") >= 2 and "already finished" in log
+    assert log.count(": 6 steps (") >= 2 and "already done" in log
 
 
 def test_mpi_step_inside_a_whole_run_job_uses_srun(project, tmp_path):
@@ -200,7 +218,7 @@ def test_mpi_step_inside_a_whole_run_job_uses_srun(project, tmp_path):
     execution = execution_request(project, {"site": "local-slurm", "queue": "debug",
                                             "walltime": "0:05:00", "cores": 2})
     run = lifecycle.create_run(project, "particles.average_mpi",
-                               {"stack": str(tmp_path / "stack.mrcs"), "ranks": 2}, execution=execution)
+                               {"stack": str(tmp_path / "stack.mrcs"), "ranks": 2}, placement=execution)
     lifecycle.launch(project, run.id)
     done = _wait_state(project, run.id, ("finished", "failed", "aborted"))
     assert done.state == "finished", done.error

@@ -105,3 +105,56 @@ class Form(Protocol):
 
     def steps(self, ctx):
         return [Step("only", f"{__name__}:trivial", {"i": 1})]
+
+
+def leak(out_dir: str, sleep_s: float) -> dict:
+    """Start a process that escapes the run's process group (a daemon a program left)."""
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    Path(out_dir, "leaked.pid").write_text(str(proc.pid))
+    time.sleep(sleep_s)
+    return {"leaked": proc.pid}
+
+
+def not_storable(i: int) -> dict:
+    return {"i": i, "value": float("nan")}
+
+
+def write_then_maybe_fail(ctx, rows: int, fail_after: int) -> dict:
+    """Controller step: write ``rows`` particles, raising after ``fail_after`` (-1: never)."""
+    with ctx.create_set("particles", "hpcem.SetOfParticles") as writer:
+        for i in range(rows):
+            if i == fail_after:
+                raise RuntimeError(f"failed while writing row {i} on purpose")
+            writer.append_columns({"defocus_u": [float(i)]})
+    return {"rows": rows}
+
+
+class Faults(Protocol):
+    """Steps that misbehave in the ways the fault tests need."""
+
+    name = "test.faults"
+    label = "Fault injection"
+    params = (
+        Param.path("out_dir", required=True),
+        Param.enum("mode", ("leak", "not_storable", "write", "plan"), "leak"),
+        Param.int("n", 2, min=1, max=100),
+        Param.float("sleep_s", 0.1, min=0.0, max=600.0),
+        Param.int("fail_after", -1, help="write mode: fail after this many rows (-1 = never)"),
+    )
+    outputs = (Output("particles", "hpcem.SetOfParticles"),)
+
+    def steps(self, ctx):
+        p = ctx.params
+        if p["mode"] == "plan" and Path(p["out_dir"], "break-plan").exists():
+            raise KeyError("defocus_u")  # bad data found while planning: not an HpcemError
+        if p["mode"] == "leak":
+            return [Step("leak", f"{__name__}:leak", {"out_dir": p["out_dir"], "sleep_s": p["sleep_s"]})]
+        if p["mode"] == "not_storable":
+            return [Step(f"n/{i}", f"{__name__}:not_storable" if i == 0 else f"{__name__}:trivial",
+                         {"i": i}) for i in range(p["n"])]
+        if p["mode"] == "write":
+            return [Step("write", f"{__name__}:write_then_maybe_fail",
+                         {"rows": p["n"], "fail_after": p["fail_after"]}, controller=True)]
+        return [Step("only", f"{__name__}:trivial", {"i": 1})]
