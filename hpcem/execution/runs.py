@@ -27,6 +27,8 @@ from hpcem.store.record import ACTIVE_STATES, FINAL_STATES
 STALE_HEARTBEAT_S = 60.0
 #: A launched local attempt whose controller has not started after this long never will.
 LAUNCH_TIMEOUT_S = 120.0
+#: A launch whose launcher died this long ago without starting a controller never will.
+LAUNCH_GRACE_S = 5.0
 #: How long ``run``/``continue`` wait to see the new controller take the run over.
 TAKEOVER_WAIT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -257,7 +259,7 @@ def diagnose(run) -> tuple[str, str]:
             return run.state, "submitting the batch job"
         launcher_gone = a.launcher_host == here and a.launcher_pid and not pid_alive(a.launcher_pid)
         age = now - a.launched if not math.isnan(a.launched) else 0.0
-        if (launcher_gone and age > 5.0) or age > LAUNCH_TIMEOUT_S:
+        if (launcher_gone and age > LAUNCH_GRACE_S) or age > LAUNCH_TIMEOUT_S:
             return "failed", (f"never started: no controller {age:.0f} s after the launch by pid "
                               f"{a.launcher_pid} on {a.launcher_host}")
         return run.state, ""

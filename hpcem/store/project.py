@@ -34,6 +34,8 @@ from hpcem.store.writer import SetWriter
 
 INDEX = "project.h5"
 PROJECT_TYPE = "hpcem.Project"
+PROGRESS = "progress.h5"
+PROGRESS_TYPE = "hpcem.RunProgress"
 LOCK_TIMEOUT_S = 10.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -196,7 +198,44 @@ class Project:
         if values["state"] not in record.RUN_STATES:
             raise CorruptStoreError(f"{self.index_path}: run {run_id} has the unknown state "
                                     f"{values['state']!r} (states: {', '.join(record.RUN_STATES)})")
+        if values["state"] in record.ACTIVE_STATES and parts["attempts"]:
+            # an active run's progress lives in its own file (see controller_commit);
+            # a transition out of the active states copies it into the index
+            progress = self._read_progress(run_id, parts["attempts"][-1].number)
+            if progress:
+                values.update({k: progress[k] for k in ("steps_done", "steps_total", "heartbeat")})
+                parts = {**parts, "blocks": progress["blocks"]}
         return RunRecord(**values, **parts, project_path=self.path)
+
+    # --- the progress of an active run (runs/NNNNNN/progress.h5) ---
+    def _progress_path(self, run_id: int) -> Path:
+        return self.path / "runs" / f"{int(run_id):06d}" / PROGRESS
+
+    def _write_progress(self, run_id: int, attempt: int, progress: Mapping[str, Any]) -> None:
+        path = self._progress_path(run_id)
+        sf.clean_tmp_files(path.parent, re.escape(PROGRESS))
+        with sf.atomic_h5(path) as f:
+            f.attrs["hpcem_type"] = PROGRESS_TYPE
+            f.attrs["schema_version"] = sf.SCHEMA_VERSION
+            f.attrs["attempt"] = int(attempt)
+            f.attrs["steps_done"] = int(progress["steps_done"])
+            f.attrs["steps_total"] = int(progress["steps_total"])
+            f.attrs["heartbeat"] = float(progress["heartbeat"])
+            f.attrs["blocks"] = json.dumps(list(progress["blocks"]))
+
+    def _read_progress(self, run_id: int, attempt: int) -> dict | None:
+        """The progress file of ``attempt``; None when absent, older or unreadable (the
+        index then has the last committed figures)."""
+        try:
+            with sf.open_h5(self._progress_path(run_id), "run progress") as f:
+                if int(f.attrs["attempt"]) != attempt:
+                    return None
+                return {"steps_done": int(f.attrs["steps_done"]),
+                        "steps_total": int(f.attrs["steps_total"]),
+                        "heartbeat": float(f.attrs["heartbeat"]),
+                        "blocks": tuple(json.loads(sf.attr_str(f, "blocks", "[]")))}
+        except (OSError, KeyError, ValueError, StoreError):
+            return None
 
     @property
     def default_site(self) -> str | None:
@@ -360,9 +399,17 @@ class Project:
             return new
 
         with self._steps_lock(run_id):
+            current = self.run(run_id)
+            _fence(current, attempt)  # under the steps lock: no takeover can slip in
             if steps is not None:
-                _fence(self.run(run_id), attempt)
                 self._write_steps_unlocked(run_id, steps)
+            if state is None and reason is None and not attempt_fields:
+                # progress only: the run's own file, never the project lock
+                progress = {"steps_done": current.steps_done, "steps_total": current.steps_total,
+                            "heartbeat": current.heartbeat, "blocks": current.blocks, **fields}
+                self._write_progress(run_id, attempt, progress)
+                return dataclasses.replace(current, **{
+                    k: tuple(v) if k == "blocks" else v for k, v in progress.items()})
             return self._mutate(run_id, change)
 
     def refine_outcome(self, run_id: int, attempt: int, state: str, reason: str,
