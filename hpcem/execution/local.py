@@ -28,7 +28,11 @@ Design
     workers are started by the dispatcher thread, which lives until they are stopped.
 
   A spawned worker costs a new interpreter (a few hundred ms); it is paid once per
-  worker, not per step.
+  worker, not per step. As with any spawn start, multiprocessing re-imports the
+  controller's main module in each worker, so a controller *script* keeps its work under
+  ``if __name__ == "__main__":``; workers that die before they are ready are counted,
+  and after ``max(5, 2 * workers)`` in a row the pool fails the queued steps instead of
+  starting more.
 * ``sys.path`` of the workers is the controller's minus ``''``, relative entries and
   the folder Python put first implicitly (the script's folder, or the current folder
   for ``-m``), unless that folder is also named explicitly: nothing in the user's
@@ -82,7 +86,7 @@ def worker_sys_path(path: list[str] | None = None) -> list[str]:
     relative entries, duplicates and the entry Python put first implicitly."""
     implicit = _implicit_path0()
     out: list[str] = []
-    for entry in sys.path if path is None else path:
+    for entry in list(sys.path) if path is None else path:  # a copy: other threads may edit it
         if not entry or not os.path.isabs(entry):
             continue
         if implicit is not None and os.path.normpath(entry) == implicit:
