@@ -117,6 +117,18 @@ def _resolve_pointer(ref: str, spec, runs, project) -> tuple[str, str]:
     return f"{run.id}:{output}", ""
 
 
+def _check_plan(protocol: type[Protocol], ctx) -> None:
+    """The plan itself must be buildable: a run that cannot plan is not stored. A
+    protocol whose plan needs the run itself (its folder) is checked at launch instead."""
+    from hpcem.execution.graph import StepGraph
+
+    try:
+        steps = protocol().steps(ctx)
+    except RunError:
+        return
+    StepGraph(steps, protocol.name)
+
+
 def validate_request(
     protocol: type[Protocol],
     params: Mapping[str, Any],
@@ -138,10 +150,7 @@ def validate_request(
             ctx = make_context(request) if make_context else request
             problems += list(protocol().validate(ctx))
             if not problems and make_context:
-                # the plan itself must be buildable: a run that cannot plan is not stored
-                from hpcem.execution.graph import StepGraph
-
-                StepGraph(protocol().steps(ctx), protocol.name)
+                _check_plan(protocol, ctx)
         except HpcemError as exc:
             problems.append(str(exc))
         except (KeyError, ValueError, TypeError, IndexError, OSError) as exc:

@@ -212,7 +212,7 @@ class Project:
         return self.path / "runs" / f"{int(run_id):06d}" / PROGRESS
 
     def _write_progress(self, run_id: int, attempt: int, progress: Mapping[str, Any]) -> None:
-        path = self._progress_path(run_id)
+        path = self.run_dir(run_id) / PROGRESS
         sf.clean_tmp_files(path.parent, re.escape(PROGRESS))
         with sf.atomic_h5(path) as f:
             f.attrs["hpcem_type"] = PROGRESS_TYPE
