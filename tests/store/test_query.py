@@ -71,7 +71,8 @@ def test_subset_by_mask_and_ids_and_order(particles):
     sub = s.subset(mask)
     np.testing.assert_array_equal(sub["id"], cols["id"][mask])
     np.testing.assert_array_equal(sub["defocus_u"], cols["defocus_u"][mask])
-    assert sub["member_ids" if "member_ids" in sub else "image"] is not None
+    np.testing.assert_array_equal(sub["rot"], cols["rot"][mask])  # every column follows
+    assert len(sub["id"]) == int(mask.sum()) > 0
     ids = cols["id"][[5, 17, 4000]]
     by_id = s.select_ids(ids[::-1])
     np.testing.assert_array_equal(by_id["id"], ids)  # stored order
