@@ -63,9 +63,11 @@ def bench_status(tmp: Path, n_runs: int) -> dict:
     project = Project.create(tmp / "status")
     for i in range(n_runs):
         run = project.create_run("test.trivial", label=f"run {i}", params={"n": 10})
-        project.update_run(run.id, state="finished", started=time.time() - 60, ended=time.time(),
-                           steps_done=10, steps_total=10, output_types={"particles": "hpcem.SetOfParticles"},
-                           execution={"mode": "local", "output_sizes": {"particles": 1000 * i}})
+        project.begin_attempt(run.id, ("saved",))
+        project.transition(run.id, ("launched",), "running", attempt=1, started=time.time() - 60)
+        project.set_output(run.id, "particles", "hpcem.SetOfParticles", 1000 * i, attempt=1)
+        project.controller_commit(run.id, 1, state="finished", steps_done=10, steps_total=10,
+                                  attempt_fields={"ended": time.time(), "outcome": "finished"})
     hpcem = [sys.executable, "-c", "import sys; from hpcem.cli.main import main; sys.exit(main())"]
     times = []
     for _ in range(5):

@@ -16,6 +16,9 @@ import traceback
 
 def main(argv: list[str]) -> int:
     func_ref, args_file, result_file = argv
+    from hpcem.command import die_with_parent
+
+    die_with_parent(os.getppid())  # a rank never outlives its launcher (mpiexec, srun's step)
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD

@@ -64,6 +64,31 @@ def test_sigkill_of_the_controller_kills_its_workers(project, out):
     assert lifecycle.diagnose(project.run(run.id))[0] == "failed"
 
 
+def test_a_lost_worker_is_retried_and_the_other_steps_go_on(project, out):
+    run = _sleepy(project, out, n=4, sleep_s=3.0)
+    workers = _until(lambda: len(w := [p for p in lifecycle.run_processes(project, run.id)
+                                       if p != run.pid and _is_pool_worker(p)]) == 2 and w,
+                     what="two workers")
+    time.sleep(1.0)  # both are inside a step
+    os.kill(workers[0], signal.SIGKILL)
+    done = _until(lambda: (r := project.run(run.id)).state in ("finished", "failed") and r,
+                  timeout_s=60, what="run end")
+    assert done.state == "finished", done.error
+    steps = _steps(project, run.id)
+    attempts = sorted(s["attempts"] for s in steps.values())
+    assert attempts == [1, 1, 1, 2]  # only the lost step ran again
+    log = (project.run_dir(run.id) / "run.log").read_text()
+    assert f"worker process {workers[0]} running the step died (killed by signal 9" in log
+    assert all(len((out / f"s{i:04d}.jsonl").read_text().splitlines()) == 1 for i in range(4))
+
+
+def _is_pool_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def test_stop_on_a_failed_run_ends_the_processes_it_left(project, out):
     run = lifecycle.create_run(project, "test.faults", {"out_dir": str(out), "mode": "leak"})
     lifecycle.launch(project, run.id, foreground=True)
