@@ -227,8 +227,8 @@ def status_cmd(project, run, as_json, log_lines):
     from hpcem.execution.runs import summarize
 
     proj = _open(project)
-    runs = _refresh_batch_jobs(proj)
-    _, problems = proj.read_runs()
+    runs, problems = proj.read_runs()
+    runs = _refresh_batch_jobs(proj, runs)
     for problem in problems:
         click.echo(f"hpcem: warning: {safe(problem)}", err=True)
     if run is None:
@@ -241,10 +241,10 @@ def status_cmd(project, run, as_json, log_lines):
     _print_run(proj, _run_ref(proj, run), as_json, log_lines)
 
 
-def _refresh_batch_jobs(project) -> list:
+def _refresh_batch_jobs(project, runs=None) -> list:
     """Ask each site once about the project's active batch jobs (only if there are any);
     return the runs, read again only when that changed them."""
-    runs = project.runs
+    runs = project.runs if runs is None else runs
     from hpcem.execution.batch import needs_refresh
 
     if not any(needs_refresh(r) for r in runs):
