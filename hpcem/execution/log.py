@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
+from hpcem.store.safeopen import append_bytes
+
 
 class RunLog:
-    """Appends one line per event to both files in the run's folder."""
+    """Appends one line per event to both files in the run's folder.
+
+    The files are opened without following links (a ``run.log`` or ``events.jsonl``
+    planted as a symlink, or a linked run folder, gives StoreError); a full or read-only
+    disk gives StorageFullError (a line that does not fit is not written).
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.text_path = Path(run_dir) / "run.log"
@@ -24,14 +30,7 @@ class RunLog:
         record = {"time": now, "level": level, "step": step, "message": message}
         if detail:
             record["detail"] = detail
-        _append(self.text_path, text)
-        _append(self.json_path, json.dumps(record) + "\n")
-
-
-def _append(path: Path, text: str) -> None:
-    # O_APPEND writes of one line are atomic enough for a log read by humans and `--follow`.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+        # O_APPEND writes of one line are atomic enough for a log read by humans and
+        # `--follow`; the run folder and runs/ above it must be real folders (levels=2).
+        append_bytes(self.text_path, text.encode())
+        append_bytes(self.json_path, (json.dumps(record) + "\n").encode())

@@ -5,6 +5,11 @@ Every file that changes is replaced whole: it is written under a temporary name 
 same folder (``<name>.tmp-<pid>-<rand>``), flushed, fsync'ed, renamed over the old name
 with :func:`os.replace` (atomic on POSIX filesystems) and the folder is fsync'ed. A
 reader therefore sees either the old or the new file, never a half-written one.
+
+Files up to :data:`IN_MEMORY_MAX_BYTES` are built in memory (HDF5's core driver) and
+written by us, so HDF5 never meets a full disk (where it can crash instead of raising);
+bigger ones are written by HDF5 after a free-space check. The temp file is created with
+``O_EXCL | O_NOFOLLOW`` in a folder opened without following links (hpcem.store.safeopen).
 """
 
 from __future__ import annotations
@@ -24,6 +29,13 @@ import h5py
 import numpy as np
 
 from hpcem.errors import CorruptStoreError, SchemaVersionError
+from hpcem.store.safeopen import (
+    check_free_space,
+    open_append_nofollow,  # noqa: F401  (for run folders: stdout.log, stderr.log)
+    open_dir,
+    open_in,
+    storage_errors,
+)
 
 #: Version of the on-disk layout written by this code (see docs/store.md).
 SCHEMA_VERSION = 1
@@ -33,6 +45,11 @@ STR_DTYPE = h5py.string_dtype("utf-8")
 
 #: fsync files and folders on commit (survives power loss, not only process death).
 FSYNC = os.environ.get("HPCEM_STORE_FSYNC", "1") != "0"
+
+#: Store files up to this size are built in memory and written by us (see module doc);
+#: ``atomic_h5(size_hint=...)`` above it lets HDF5 write the file itself (no second copy
+#: of a big segment in memory).
+IN_MEMORY_MAX_BYTES = 64 << 20
 
 
 def tmp_name(path: Path) -> Path:
@@ -52,23 +69,93 @@ def fsync_path(path: Path, directory: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: Path) -> Iterator[h5py.File]:
+def atomic_h5(path: Path, *, size_hint: int | None = None,
+              levels: int = 0) -> Iterator[h5py.File]:
     """Write a new HDF5 file that atomically replaces ``path`` when the block ends.
 
-    If the block raises, the temporary file is removed and ``path`` is untouched.
+    If the block raises, nothing is left behind and ``path`` is untouched. ``levels``
+    folders above ``path`` belong to the project and must not be links (StoreError).
+    ``size_hint`` is the expected size in bytes (when known); with less than
+    ``MIN_FREE_BYTES + size_hint`` free, or on a full, over-quota or read-only disk, it
+    raises StorageFullError naming the folder.
     """
     path = Path(path)
-    tmp = tmp_name(path)
+    folder = path.parent
+    dfd = open_dir(folder, levels)
     try:
-        with h5py.File(tmp, "w", locking=False) as f:
-            yield f
-        fsync_path(tmp)
-        os.replace(tmp, path)
+        with storage_errors(folder):
+            check_free_space(folder, size_hint or 0, fd=dfd)
+        tmp = tmp_name(path).name
+        if size_hint is None or size_hint <= IN_MEMORY_MAX_BYTES:
+            f = h5py.File(folder / tmp, "w", driver="core", backing_store=False,
+                          locking=False)
+            try:
+                yield f
+                f.flush()
+                image = f.id.get_file_image()
+            finally:
+                f.close()
+            _commit(dfd, folder, tmp, path.name, image)
+        else:
+            yield from _write_by_hdf5(dfd, folder, tmp, path.name)
+    finally:
+        os.close(dfd)
+
+
+def _commit(dfd: int, folder: Path, tmp: str, name: str, image: bytes) -> None:
+    """Write ``image`` to a new temp file and rename it over ``name`` (all in ``dfd``)."""
+    try:
+        with storage_errors(folder):
+            check_free_space(folder, len(image), fd=dfd)
+            fd = open_in(dfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666, folder / tmp)
+            try:
+                view, done = memoryview(image), 0
+                while done < len(view):
+                    done += os.write(fd, view[done:done + (64 << 20)])
+                if FSYNC:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            if FSYNC:
+                os.fsync(dfd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dfd)
         raise
-    fsync_path(path.parent, directory=True)
+
+
+def _write_by_hdf5(dfd: int, folder: Path, tmp: str, name: str) -> Iterator[h5py.File]:
+    """The big-file branch of :func:`atomic_h5`: HDF5 writes the temp file itself.
+
+    Mode "x" creates it with O_EXCL, which never follows a link planted at the name, and
+    /proc/self/fd pins the folder we checked (no race with a link swapped in later).
+    """
+    pinned = Path(f"/proc/self/fd/{dfd}")
+    where = pinned / tmp if pinned.is_dir() else folder / tmp
+    try:
+        with storage_errors(folder):
+            try:
+                f = h5py.File(where, "x", locking=False)
+            except FileExistsError:
+                # a link (or anything) at our fresh random name: refuse it, never use it
+                os.close(open_in(dfd, tmp, os.O_RDONLY, 0, folder / tmp))
+                raise
+            with f:
+                yield f
+            fd = open_in(dfd, tmp, os.O_RDONLY, 0, folder / tmp)
+            try:
+                if FSYNC:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            if FSYNC:
+                os.fsync(dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)
+        raise
 
 
 def open_h5(path: Path, what: str = "store file") -> h5py.File:

@@ -33,6 +33,9 @@ SEGMENT_RE = re.compile(r"^seg-(\d{6,})\.h5$")
 #: Merge segments into one when a set has more than this many.
 COMPACT_THRESHOLD = 16
 
+#: Folders of the project above a set's files (runs/<id>/sets/<name>/); none may be a link.
+SET_LEVELS = 4
+
 
 @dataclass
 class Manifest:
@@ -93,7 +96,7 @@ def read_manifest(set_dir: Path) -> Manifest:
 def write_manifest(set_dir: Path, m: Manifest) -> None:
     """Atomically replace the manifest of ``set_dir`` with ``m``."""
     m.updated = time.time()
-    with sf.atomic_h5(Path(set_dir) / MANIFEST) as f:
+    with sf.atomic_h5(Path(set_dir) / MANIFEST, levels=SET_LEVELS) as f:
         item = m.item_type
         a = f.attrs
         a["hpcem_type"] = m.set_type
@@ -152,8 +155,11 @@ def read_segment(f, item: ItemType, names: Iterable[str]) -> dict[str, Any]:
 
 
 def write_segment(path: Path, item: ItemType, cols: Mapping[str, Any], step: str) -> None:
+    """Write one immutable segment (temp file + rename); StorageFullError when the disk
+    cannot hold it (checked against its estimated size first)."""
     n = len(cols["id"])
-    with sf.atomic_h5(path) as f:
+    size = segment_size_estimate(item, cols)
+    with sf.atomic_h5(path, size_hint=size, levels=SET_LEVELS) as f:
         f.attrs["hpcem_type"] = SEGMENT_TYPE
         f.attrs["schema_version"] = sf.SCHEMA_VERSION
         f.attrs["item_type"] = item.name
@@ -169,6 +175,27 @@ def write_segment(path: Path, item: ItemType, cols: Mapping[str, Any], step: str
                 sub.create_dataset("offsets", data=r.offsets)
             else:
                 sf.write_column(g, fd.name, data)
+
+
+def segment_size_estimate(item: ItemType, cols: Mapping[str, Any]) -> int:
+    """Bytes a segment of ``cols`` takes on disk, roughly (for the free-space check).
+
+    Numbers and ragged values count their bytes; a vlen string counts 32 bytes (heap id
+    and heap object header) plus its mean UTF-8 length over a sample of up to 1000.
+    """
+    total = 4096
+    for fd in item.fields:
+        data = cols[fd.name]
+        if fd.kind == "ragged":
+            total += data.values.nbytes + data.offsets.nbytes
+        elif fd.kind == "str" or getattr(data, "dtype", None) == object:
+            n = len(data)
+            sample = [str(v) for v in data[:1000]]
+            mean = sum(len(v.encode()) for v in sample) / max(1, len(sample))
+            total += int(n * (32 + mean))
+        else:
+            total += np.asarray(data).nbytes
+    return total
 
 
 def concat(fd: Field, parts: list) -> Any:

@@ -21,6 +21,7 @@ from hpcem.store import files as sf
 
 STEPS_TYPE = "hpcem.StepTable"
 NO_EXIT_CODE = -(2**31)  # exit_code stored for "no exit code yet" (None in records)
+RUN_LEVELS = 2  # folders of the project above steps.h5: runs/<id>/
 
 # (column, dtype, default); dtype "str" = vlen UTF-8; *_json columns hold JSON text.
 COLUMNS: tuple[tuple[str, str, Any], ...] = (
@@ -165,8 +166,9 @@ def read_steps_file(path: Path, run_id: int) -> StepTable:
 
 
 def write_steps_file(path: Path, run_id: int, table: StepTable) -> None:
-    """Atomically replace ``steps.h5`` with ``table``."""
-    with sf.atomic_h5(path) as f:
+    """Atomically replace ``steps.h5`` with ``table`` (``runs/<id>/`` must be real
+    folders; StorageFullError on a full or read-only disk, the old file intact)."""
+    with sf.atomic_h5(path, levels=RUN_LEVELS) as f:
         f.attrs["hpcem_type"] = STEPS_TYPE
         f.attrs["schema_version"] = sf.SCHEMA_VERSION
         f.attrs["run_id"] = run_id

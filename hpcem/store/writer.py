@@ -4,19 +4,24 @@ Every append writes one immutable segment (temp file + atomic rename) and then c
 new manifest that lists it, so readers, which take no lock, always see a consistent
 prefix. Compaction merges segments the same way: new segment, new manifest, then the old
 segment files are deleted.
+
+An append (or optics change) that raises, e.g. StorageFullError on a full disk, leaves
+the writer as it was before the call: the same append can simply be repeated once space
+is free, without listing a segment twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 
-from hpcem.errors import StoreError
+from hpcem.errors import StorageFullError, StoreError
 from hpcem.model.fields import Field, ItemType
 from hpcem.model.types import ACQUISITION
 from hpcem.store import files as sf
@@ -24,12 +29,14 @@ from hpcem.store.locks import FileLock
 from hpcem.store.manifest import (
     COMPACT_THRESHOLD,
     SEGMENT_RE,
+    SET_LEVELS,
     Manifest,
     empty_column,
     write_manifest,
     write_segment,
 )
 from hpcem.store.ragged import Ragged
+from hpcem.store.safeopen import open_dir
 from hpcem.store.sets import Set
 
 
@@ -70,14 +77,45 @@ class SetWriter:
         if not self._lock.held:
             raise StoreError(f"{self.path}: set writer is closed")
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Undo in-memory changes of a commit that raised (the disk keeps the old
+        manifest; an unlisted segment it left is overwritten by the retry or removed by
+        the next writer's cleanup)."""
+        m = self._m
+        saved = (list(m.segments), m.next_segment, m.next_id, len(m.files), m.optics,
+                 m.state)
+        try:
+            yield
+        except BaseException:
+            segments, m.next_segment, m.next_id, n_files, m.optics, m.state = saved
+            m.segments = segments
+            if len(m.files) > n_files:
+                for p in m.files[n_files:]:
+                    self._file_index.pop(p, None)
+                del m.files[n_files:]
+                self._input_cache.clear()
+            raise
+
     def cleanup(self) -> None:
-        """Remove leftovers of a crashed writer: temp files, unlisted segments."""
+        """Remove leftovers of a crashed writer: temp files, unlisted segments.
+
+        The set folder is opened without following links (StoreError for a link), so
+        files in a linked folder outside the project are never deleted.
+        """
         listed = {s for s, _ in self._m.segments}
-        sf.clean_tmp_files(self.path, r"manifest\.h5|seg-\d+\.h5")
-        for entry in os.scandir(self.path):
-            if SEGMENT_RE.match(entry.name) and entry.name not in listed:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+        tmp_re = re.compile(rf"^(?:manifest\.h5|seg-\d+\.h5){re.escape(sf.TMP_MARK)}"
+                            r"\d+-[0-9a-f]+$")
+        dfd = open_dir(self.path, SET_LEVELS)
+        try:
+            for entry in os.scandir(dfd):
+                stale = tmp_re.match(entry.name) or (SEGMENT_RE.match(entry.name)
+                                                     and entry.name not in listed)
+                if stale and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.name, dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
     def set_optics(self, table: Mapping[str, Sequence] | Sequence) -> None:
         """Replace the optics table: columns ``{field: values}`` or a list of
@@ -102,8 +140,9 @@ class SetWriter:
             if len(cols[fd.name]) != n:
                 raise StoreError(f"optics table: column {fd.name!r} has {len(cols[fd.name])} "
                                  f"rows, expected {n}")
-        self._m.optics = cols
-        write_manifest(self.path, self._m)
+        with self._transaction():
+            self._m.optics = cols
+            write_manifest(self.path, self._m)
 
     def append(self, items: Iterable[Any]) -> int:
         """Append item objects (or dicts of fields); returns the number of rows added."""
@@ -126,20 +165,24 @@ class SetWriter:
             raise StoreError(f"{item.set_type}: columns have different lengths {lengths}")
         if n == 0:
             return 0
-        cols: dict[str, Any] = {}
-        for fd in item.fields:
-            cols[fd.name] = self._prepare(fd, columns.get(fd.name), n)
-        ids = cols["id"]
-        if "id" not in columns or (ids < 0).all():
-            ids = np.arange(self._m.next_id, self._m.next_id + n, dtype=np.int64)
-            cols["id"] = ids
-        elif (ids < 0).any():
-            raise StoreError(f"{item.set_type}: some ids are given and some are -1")
-        self._commit_segment(cols, n)
-        self._m.next_id = max(self._m.next_id, int(ids.max()) + 1)
-        write_manifest(self.path, self._m)
+        with self._transaction():
+            cols: dict[str, Any] = {}
+            for fd in item.fields:
+                cols[fd.name] = self._prepare(fd, columns.get(fd.name), n)
+            ids = cols["id"]
+            if "id" not in columns or (ids < 0).all():
+                ids = np.arange(self._m.next_id, self._m.next_id + n, dtype=np.int64)
+                cols["id"] = ids
+            elif (ids < 0).any():
+                raise StoreError(f"{item.set_type}: some ids are given and some are -1")
+            self._commit_segment(cols, n)
+            self._m.next_id = max(self._m.next_id, int(ids.max()) + 1)
+            write_manifest(self.path, self._m)
         if len(self._m.segments) > self.compact_threshold:
-            self.compact()
+            # the rows are committed: a full disk only postpones the compaction (retried
+            # on the next append), it must not make a committed append look failed
+            with contextlib.suppress(StorageFullError):
+                self.compact()
         return n
 
     def _commit_segment(self, cols: Mapping[str, Any], n: int) -> None:
@@ -222,10 +265,11 @@ class SetWriter:
         snap.close()
         old = [s for s, _ in self._m.segments]
         name = f"seg-{self._m.next_segment:06d}.h5"
-        write_segment(self.path / name, self.item_type, cols, self._m.step)
-        self._m.next_segment += 1
-        self._m.segments = [(name, len(snap))]
-        write_manifest(self.path, self._m)
+        with self._transaction():
+            write_segment(self.path / name, self.item_type, cols, self._m.step)
+            self._m.next_segment += 1
+            self._m.segments = [(name, len(snap))]
+            write_manifest(self.path, self._m)
         for s in old:
             with contextlib.suppress(OSError):
                 os.unlink(self.path / s)
