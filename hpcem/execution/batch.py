@@ -109,6 +109,9 @@ def refresh_jobs(project, runs) -> dict[int, tuple[str, str]]:
             a = r.attempt
             native = statuses.get(a.job_id)
             exit_code = read_exit_code(a.exit_code_file) if a.exit_code_file else None
+            if exit_code is not None and exit_code >= 128 and native is not None \
+                    and not native.state.final:
+                continue  # ended by a signal: wait for the scheduler's final state to say why
             if native is not None and native.state.name in _AUTHORITATIVE:
                 status = native  # the scheduler ended it: its word beats any exit code
             else:

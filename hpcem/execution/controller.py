@@ -439,7 +439,7 @@ def _run_locked(project, run_id: int, attempt: int, workers, signals) -> str:
                 executor.shutdown(cancel=True)
             _fail_running(project, run_id, attempt, str(exc))
             raise
-        except Exception as exc:  # noqa: BLE001 - planning errors of any kind fail the run
+        except Exception as exc:
             if executor is not None:
                 executor.shutdown(cancel=True)
             reason = f"planning failed: {_one_line(exc)}"

@@ -153,25 +153,17 @@ def safe_env(project, run_id: int) -> dict[str, str]:
     return env
 
 
-def _open_log(path) -> int:
-    """An append-only fd for a controller log; a symlink planted there is refused."""
-    from hpcem.errors import StoreError
-
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                       0o644)
-    except OSError:
-        if os.path.islink(path):
-            raise StoreError(f"{path} is a symbolic link; hpcem does not follow links in a "
-                             "project (remove it)") from None
-        raise
-
-
 def _start_controller(project, run_id: int, attempt: int, workers: int | None):
+    from hpcem.store.safeopen import open_append_nofollow
+
     run_dir = project.run_dir(run_id)
     argv = controller_argv(sys.executable, str(project.path), run_id, attempt, workers)
-    out = _open_log(run_dir / "stdout.log")
-    err = _open_log(run_dir / "stderr.log")
+    out = open_append_nofollow(run_dir / "stdout.log")
+    try:
+        err = open_append_nofollow(run_dir / "stderr.log")
+    except BaseException:
+        os.close(out)
+        raise
     try:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,

@@ -24,7 +24,7 @@ import numpy as np
 from hpcem import __version__
 from hpcem.errors import CorruptStoreError, FencedError, NotAProjectError, RunError, StoreError
 from hpcem.store import files as sf
-from hpcem.store import record
+from hpcem.store import record, safeopen
 from hpcem.store.locks import FileLock
 from hpcem.store.manifest import MANIFEST, new_manifest, read_manifest, write_manifest
 from hpcem.store.record import Attempt, Placement, RunRecord
@@ -110,7 +110,7 @@ class Project:
     def run_dir(self, run_id: int) -> Path:
         """``<project>/runs/<run_id:06d>/`` (created on demand)."""
         d = self.path / "runs" / f"{int(run_id):06d}"
-        d.mkdir(parents=True, exist_ok=True)
+        os.close(safeopen.open_dir(d, 2, create=True))  # a planted link is refused
         return d
 
     def _set_dir(self, run_id: int, name: str) -> Path:
@@ -214,7 +214,7 @@ class Project:
     def _write_progress(self, run_id: int, attempt: int, progress: Mapping[str, Any]) -> None:
         path = self.run_dir(run_id) / PROGRESS
         sf.clean_tmp_files(path.parent, re.escape(PROGRESS))
-        with sf.atomic_h5(path) as f:
+        with sf.atomic_h5(path, levels=2) as f:
             f.attrs["hpcem_type"] = PROGRESS_TYPE
             f.attrs["schema_version"] = sf.SCHEMA_VERSION
             f.attrs["attempt"] = int(attempt)
@@ -495,7 +495,7 @@ class Project:
             if (d / MANIFEST).exists():
                 raise StoreError(f"run {run_id} already has a set {name!r} ({d}); use "
                                  "open_set_writer() to append to it")
-            d.mkdir(parents=True, exist_ok=True)
+            os.close(safeopen.open_dir(d, 4, create=True))
             writer = SetWriter(self.path, d, lock, manifest)
             writer.cleanup()
             write_manifest(d, manifest)

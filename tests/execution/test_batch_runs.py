@@ -226,3 +226,27 @@ def test_mpi_step_inside_a_whole_run_job_uses_srun(project, tmp_path):
     assert step["result"]["ranks"] == 2 and step["host"].startswith("node")
     mean = mrcfile.read(done.outputs["average"].column("representative")[0])
     np.testing.assert_allclose(mean, stack.mean(axis=0), atol=1e-6)
+
+
+def test_ctrl_c_while_waiting_on_a_batch_run_leaves_the_job_running(project, tmp_path):
+    import signal
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    hpcem = [sys.executable, "-c", "import sys; from hpcem.cli.main import main; sys.exit(main())"]
+    proc = subprocess.Popen(hpcem + ["run", str(project.path), "test.sleepy", "--out-dir", str(out),
+                                     "--n", "2", "--sleep-s", "60", "--site", "local-slurm",
+                                     "--queue", "debug", "--walltime", "0:05:00", "--wait"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (project.runs and project.runs[0].state == "running"):
+        time.sleep(0.2)
+    job_id = project.run(1).attempt.job_id
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 7
+    assert f"stopped waiting; run 1 goes on as batch job {job_id}" in err
+    refresh_jobs(project, project.runs)
+    assert project.run(1).state == "running"  # the job was not touched
+    assert "aborted" in lifecycle.stop_run(project, 1)

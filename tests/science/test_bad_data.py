@@ -10,18 +10,17 @@ import warnings
 
 import numpy as np
 import pytest
-
-from hpcem.ctf.estimate import estimate_ctf
-from hpcem.errors import DataFormatError, HpcemError, ItemRejected
-from hpcem.execution import runs as lifecycle
-from hpcem.io import read_header, write_mrc
 from hpcem.protocols.ctf_estimate import (
     MIN_FIT_SCORE,
     EstimateCTF,
     estimate_one,
-    register_ctfs,
 )
 from hpcem.protocols.import_images import inspect_image
+
+from hpcem.ctf.estimate import estimate_ctf
+from hpcem.errors import DataFormatError, ItemRejected
+from hpcem.execution import runs as lifecycle
+from hpcem.io import read_header, write_mrc
 from hpcem.sim import simulate_micrograph
 
 SIZE = 512

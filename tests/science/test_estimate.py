@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from hpcem.protocols.ctf_estimate import MIN_FIT_SCORE
 
 from hpcem.ctf import estimate_ctf, estimate_ctf_from_file
 from hpcem.ctf.estimate import micrograph_defect
 from hpcem.errors import ValidationError
 from hpcem.io import write_mrc
-from hpcem.protocols.ctf_estimate import MIN_FIT_SCORE
 from hpcem.sim import simulate_micrograph
 
 SHAPE = (2048, 2048)
