@@ -136,11 +136,14 @@ def refresh_jobs(project, runs) -> dict[int, tuple[str, str]]:
                                        outcome=state, outcome_reason=reason, ended=time.time(), **words)
                 except StateConflict:
                     continue  # the controller ended it meanwhile: its word stands
-            elif status.state.name in _OUTCOMES and status.state.name not in ("COMPLETED", "FAILED"):
+            elif a.provisional and status.state.name in _AUTHORITATIVE:
                 project.refine_outcome(r.id, a.number, state, reason, outcome=state,
                                        outcome_reason=reason, **words)
-            else:  # the scheduler confirms what the controller saw
+            elif a.provisional:  # the scheduler confirms what the controller saw
                 project.refine_outcome(r.id, a.number, r.state, r.error, **words)
+                continue
+            else:  # an outcome already final (hpcem stop, ...): record the job's last word
+                project.update_attempt(r.id, a.number, **words)
                 continue
             changed[r.id] = (state, reason)
     return changed

@@ -391,6 +391,10 @@ def run_controller(project_path: str, run_id: int, attempt: int, workers: int | 
     from hpcem.store import Project
 
     project = Project.open(project_path)
+    from multiprocessing import resource_tracker
+
+    # the caller's own helper process (inline runs) must not carry this run's marker
+    resource_tracker.ensure_running()
     before = os.environ.get(RUN_ENV)
     os.environ[RUN_ENV] = run_marker(project, run_id)  # inherited by every worker
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)

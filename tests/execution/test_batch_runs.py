@@ -156,6 +156,16 @@ def test_stop_cancels_the_job(project, tmp_path):
             break
         time.sleep(0.5)
     assert job_id not in out_q.stdout
+    # the job's end is reconciled once, and the user's word stays the run's reason
+    deadline = time.monotonic() + 60
+    while not project.run(run.id).attempt.scheduler_final and time.monotonic() < deadline:
+        refresh_jobs(project, project.runs)
+        time.sleep(0.5)
+    rec = project.run(run.id)
+    assert rec.attempt.scheduler_state.startswith("CANCELLED") and rec.error == "stopped by user"
+    from hpcem.execution.batch import needs_refresh
+
+    assert not needs_refresh(rec)  # no more queries for this run
 
 
 def test_config_errors_submit_nothing(project):
