@@ -7,7 +7,6 @@ reconstruction. The output is one 2D class whose representative is the average.
 
 from __future__ import annotations
 
-import glob
 import os
 
 from hpcem.protocol import MPI, Citation, Output, Param, Protocol, Step
@@ -46,18 +45,18 @@ class AverageParticles(Protocol):
     citations = (MPI4PY_CITATION,)
 
     def validate(self, ctx) -> list[str]:
-        stack = ctx.params["stack"]
-        if not glob.glob(stack) or not os.path.isfile(stack):
+        stack = ctx.path(ctx.params["stack"])
+        if not os.path.isfile(stack):
             return [f"stack: no file {stack!r}"]
         return []
 
     def steps(self, ctx) -> list[Step]:
         p = ctx.params
-        out = str(ctx.run_dir / "average.mrc")
+        out = ctx.relpath(str(ctx.run_dir / "average.mrc"))
         return [
             Step("average", "hpcem.parallel.mean_image:mean_particle_image",
-                 {"stack_path": os.path.abspath(p["stack"]), "out_path": out},
+                 {"stack_path": p["stack"], "out_path": out},
                  mpi=MPI(ranks=p["ranks"])),
             Step("register", "hpcem.protocols.average_particles:register_average",
-                 {"stack": os.path.abspath(p["stack"])}, deps=("average",), controller=True),
+                 {"stack": p["stack"]}, deps=("average",), controller=True),
         ]

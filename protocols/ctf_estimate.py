@@ -148,7 +148,7 @@ class EstimateCTF(Protocol):
             row = by_group[int(group)]
             steps.append(Step(
                 _step_name(i), "hpcem.protocols.ctf_estimate:estimate_one",
-                {"path": str(path), "micrograph_id": int(mic_id),
+                {"path": ctx.relpath(str(path)), "micrograph_id": int(mic_id),
                  "pixel_size_A": float(optics["pixel_size_A"][row]),
                  "voltage_kV": float(optics["voltage_kV"][row]),
                  "cs_mm": float(optics["spherical_aberration_mm"][row]),

@@ -104,16 +104,16 @@ class _ImportImages(Protocol):
 
     def validate(self, ctx) -> list[str]:
         pattern = ctx.params["files"]
-        if not _matching_files(pattern):
-            return [f"files: {pattern!r} matches no file"]
+        if not _matching_files(ctx.path(pattern)):
+            return [f"files: {ctx.path(pattern)!r} matches no file"]
         return []
 
     def steps(self, ctx) -> list[Step]:
         p = ctx.params
-        files = _matching_files(p["files"])
+        files = _matching_files(ctx.path(p["files"]))
         steps = [
             Step(f"inspect/{i:06d}", "hpcem.protocols.import_images:inspect_image",
-                 {"path": os.path.abspath(f), "pixel_size_A": p["pixel_size_A"],
+                 {"path": ctx.relpath(f), "pixel_size_A": p["pixel_size_A"],
                   "check_pixel_size": p["check_pixel_size"], "kinds": list(self.kinds)})
             for i, f in enumerate(files)
         ]

@@ -92,9 +92,6 @@ def _protocol_command(protocol) -> click.Command:
     def callback(inputs, label, wait, workers, save_only, **kwargs):
         project = click.get_current_context().parent.params["project"]
         params = {n: kwargs.pop(n) for n in param_names if kwargs.get(n) is not None}
-        for p in protocol.params:  # paths given on the command line are relative to the cwd
-            if p.kind == "path" and isinstance(params.get(p.name), str):
-                params[p.name] = os.path.abspath(os.path.expanduser(params[p.name]))
         execution_opts = {k: kwargs.pop(k) for k in EXECUTION_OPTIONS}
         _do_run(project, protocol.name, params, inputs, label, wait, workers, save_only, execution_opts)
 

@@ -19,6 +19,8 @@ def main(argv: list[str]) -> int:
     from hpcem.command import die_with_parent
 
     die_with_parent(os.getppid())  # a rank never outlives its launcher (mpiexec, srun's step)
+    if os.environ.get("HPCEM_STEP_CWD"):  # project-relative paths of the step resolve there
+        os.chdir(os.environ["HPCEM_STEP_CWD"])
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD

@@ -8,10 +8,25 @@ internals.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
 from hpcem.errors import RunError
+
+
+def project_relative(root, path: str) -> str:
+    """``path`` relative to the project folder ``root`` when it lies inside it (following
+    symbolic links of either), else the absolute path."""
+    p = os.path.normpath(os.path.abspath(os.path.expanduser(str(path))))
+    for base in {os.path.normpath(os.path.abspath(str(root))), os.path.realpath(str(root))}:
+        if p == base or p.startswith(base + os.sep):
+            return os.path.relpath(p, base)
+    real = os.path.realpath(p)
+    base = os.path.realpath(str(root))
+    if real.startswith(base + os.sep):
+        return os.path.relpath(real, base)
+    return p
 
 
 class RunContext:
@@ -35,6 +50,17 @@ class RunContext:
         if self.run_id is None:
             raise RunError("the run has no folder before it is created")
         return self.project.run_dir(self.run_id)
+
+    def path(self, value: str) -> str:
+        """A stored path parameter as an absolute path (stored paths inside the project
+        are relative to it, so a moved project keeps working)."""
+        value = os.path.expanduser(str(value))
+        return value if os.path.isabs(value) else os.path.join(str(self.project.path), value)
+
+    def relpath(self, path: str) -> str:
+        """``path`` as steps should carry it: relative to the project when inside it (step
+        identities then survive a move of the project), absolute otherwise."""
+        return project_relative(self.project.path, path)
 
     def input(self, name: str):
         """The input set ``name`` (a list of sets for inputs declared ``many``)."""

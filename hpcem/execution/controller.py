@@ -38,6 +38,7 @@ from hpcem.errors import (
 from hpcem.execution.context import RunContext
 from hpcem.execution.graph import StepGraph
 from hpcem.execution.log import RunLog
+from hpcem.protocol.declare import step_identity
 from hpcem.protocol.registry import get_protocol
 
 COMMIT_INTERVAL_S = 0.5
@@ -51,9 +52,9 @@ class _Stop(Exception):
     """Raised inside the controller when it is asked to stop (SIGTERM/SIGINT)."""
 
 
-def _new_record(step) -> dict:
+def _new_record(step, identity: str) -> dict:
     return {
-        "id": step.id,
+        "id": identity,
         "name": step.name,
         "func": step.func,
         "state": "pending",
@@ -101,9 +102,11 @@ class Controller:
         stored = {r["id"]: r for r in self.project.read_steps(self.run_id).to_records()}
         self.records: dict[str, dict] = {}
         results, rejections = {}, {}
+        version = str(self.protocol.version)
+        self.ids = {name: step_identity(s, version) for name, s in self.graph.steps.items()}
         for name in self.graph.order:
             step = self.graph.steps[name]
-            old = stored.get(step.id)
+            old = stored.get(self.ids[name])
             if old is not None and old["state"] in DONE_STATES:
                 rec = dict(old, name=name)
                 if rec["state"] == FINISHED:
@@ -111,7 +114,7 @@ class Controller:
                 else:
                     rejections[name] = rec["error"]
             else:
-                rec = _new_record(step)
+                rec = _new_record(step, self.ids[name])
                 if old is not None:
                     rec["attempts"] = int(old["attempts"])
             self.records[name] = rec
@@ -352,7 +355,7 @@ def make_executor(project, run, workers: int | None):
     from hpcem.execution.local import LocalExecutor
 
     return LocalExecutor(workers or placement.workers or None, site=placement.site,
-                         workdir=str(project.run_dir(run.id) / "mpi"))
+                         workdir=str(project.run_dir(run.id) / "mpi"), cwd=str(project.path))
 
 
 def take_over(project, run_id: int, attempt: int) -> int:

@@ -111,13 +111,23 @@ def _implicit_path0() -> str | None:
     return None  # -c, stdin, interactive: '' (dropped as relative)
 
 
+#: Set in workers (and so in MPI ranks they launch) to the folder steps run in.
+STEP_CWD_ENV = "HPCEM_STEP_CWD"
+
+
 # --- the worker process -------------------------------------------------------------------
-def _worker_main(conn, parent_pid: int, path: list[str]) -> None:
-    """Body of one worker process: run the steps sent by ``conn`` until told to stop."""
+def _worker_main(conn, parent_pid: int, path: list[str], cwd: str | None = None) -> None:
+    """Body of one worker process: run the steps sent by ``conn`` until told to stop.
+
+    ``cwd`` (the project folder) is where steps run, so the project-relative paths they
+    carry resolve; MPI ranks started from here go there too (``HPCEM_STEP_CWD``)."""
     from hpcem.command import die_with_parent
 
     die_with_parent(parent_pid)
     sys.path[:] = path
+    if cwd:
+        os.chdir(cwd)
+        os.environ[STEP_CWD_ENV] = cwd
     # Ctrl-C reaches the whole foreground group: the controller handles it (and stops us).
     # A no-op handler rather than SIG_IGN, which programs a step runs would inherit.
     signal.signal(signal.SIGINT, _ignore)
@@ -230,9 +240,11 @@ class LocalExecutor:
     """
 
     def __init__(
-        self, workers: int | None = None, site: str = "localhost", workdir: str = "."
+        self, workers: int | None = None, site: str = "localhost", workdir: str = ".",
+        cwd: str | None = None,
     ) -> None:
         self.workers = workers or default_workers()
+        self.cwd = cwd  # where steps run (the project folder); None: the caller's
         self.site = site  # whose MPI command launches MPI steps
         self.workdir = workdir
         self._mpi_count = 0
@@ -419,7 +431,7 @@ class LocalExecutor:
         process = context.Process(
             target=_worker_main,
             name="hpcem-worker",
-            args=(child_conn, os.getpid(), worker_sys_path()),
+            args=(child_conn, os.getpid(), worker_sys_path(), self.cwd),
         )
         try:
             process.start()

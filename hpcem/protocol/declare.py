@@ -151,6 +151,14 @@ class Step:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def step_identity(step: Step, protocol_version: str) -> str:
+    """What a run stores to recognise a finished step on ``continue``: the step's own
+    identity and the protocol's ``version``, so that a new version of a method does not
+    silently keep the results of an older one."""
+    text = f"{protocol_version}\n{step.id}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class Protocol:
     """Base of all protocols: subclasses only declare class attributes and ``steps``."""
 

@@ -117,6 +117,20 @@ def _resolve_pointer(ref: str, spec, runs, project) -> tuple[str, str]:
     return f"{run.id}:{output}", ""
 
 
+def resolve_paths(protocol: type[Protocol], values: dict, project) -> dict:
+    """Path parameters resolved once, at validation, the same way from the API and the
+    CLI: relative to the caller's folder, then stored relative to the project when they
+    lie inside it (absolute otherwise), so steps never carry machine-specific paths."""
+    from hpcem.execution.context import project_relative
+
+    out = dict(values)
+    for p in protocol.params:
+        value = out.get(p.name)
+        if p.kind == "path" and isinstance(value, str) and value.strip() and project is not None:
+            out[p.name] = project_relative(project.path, value)
+    return out
+
+
 def _check_plan(protocol: type[Protocol], ctx) -> None:
     """The plan itself must be buildable: a run that cannot plan is not stored. A
     protocol whose plan needs the run itself (its folder) is checked at launch instead."""
@@ -142,6 +156,7 @@ def validate_request(
     only when the generic checks pass (they may rely on typed values and inputs).
     """
     values, problems = convert_params(protocol, params)
+    values = resolve_paths(protocol, values, project)
     resolved, input_problems = resolve_inputs(protocol, inputs, project)
     problems += input_problems
     request = RunRequest(protocol.name, values, resolved)
