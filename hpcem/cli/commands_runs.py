@@ -13,7 +13,7 @@ import time
 
 import click
 
-from hpcem.errors import HpcemError, RunError
+from hpcem.errors import HpcemError, RunError, ValidationError
 
 EXECUTION_OPTIONS = ("site", "queue", "walltime", "cores", "nodes", "dispatch", "max_blocks")
 
@@ -68,17 +68,17 @@ def _execution_options() -> list[click.Option]:
                      help="Input pointer to an output of another run (repeatable)."),
         click.Option(["--label"], default="", help="A label for the run (default: the protocol's)."),
         click.Option(["--wait"], is_flag=True, help="Wait for the run to end, showing progress."),
-        click.Option(["--workers"], type=int, default=None,
+        click.Option(["--workers"], type=click.IntRange(min=1), default=None,
                      help="Local worker processes (default: the number of cores)."),
         click.Option(["--site"], default=None, help="Site config to run on (see 'hpcem site list')."),
         click.Option(["--queue"], default=None, help="Queue/partition: sends the whole run as one batch job."),
         click.Option(["--walltime"], default=None, help="Walltime of the batch job, e.g. 2:00:00."),
-        click.Option(["--cores"], type=int, default=None, help="Cores of the batch job."),
-        click.Option(["--nodes"], type=int, default=None, help="Nodes of the batch job."),
+        click.Option(["--cores"], type=click.IntRange(min=1), default=None, help="Cores of the batch job."),
+        click.Option(["--nodes"], type=click.IntRange(min=1), default=None, help="Nodes of the batch job."),
         click.Option(["--dispatch"], type=click.Choice(["local", "job", "parsl"]), default=None,
                      help="local: this machine; job: whole run as one batch job; "
                           "parsl: steps dispatched to cluster nodes by Parsl."),
-        click.Option(["--max-blocks", "max_blocks"], type=int, default=None,
+        click.Option(["--max-blocks", "max_blocks"], type=click.IntRange(min=1), default=None,
                      help="With --dispatch parsl: most batch jobs (blocks) at once."),
         click.Option(["--save-only"], is_flag=True, help="Store the run (state saved) without launching it."),
     ]
@@ -226,6 +226,7 @@ def status_cmd(project, run, as_json, log_lines):
     proj = _open(project)
     runs, problems = proj.read_runs()
     runs = _refresh_batch_jobs(proj, runs)
+    runs = _reap_blocks(proj, runs)
     for problem in problems:
         click.echo(f"hpcem: warning: {safe(problem)}", err=True)
     if run is None:
@@ -255,6 +256,25 @@ def _refresh_batch_jobs(project, runs=None) -> list:
     return project.runs
 
 
+def _reap_blocks(project, runs) -> list:
+    """Cancel Parsl blocks left by dead controllers (only runs that list blocks)."""
+    leftover = [r for r in runs if r.blocks]
+    if not leftover:
+        return runs
+    from hpcem.execution.runs import reap_blocks
+
+    for r in leftover:
+        try:
+            done = reap_blocks(project, r)
+        except HpcemError as exc:
+            click.echo(f"hpcem: warning: run {r.id}: cannot cancel its Parsl blocks: {exc}", err=True)
+            continue
+        if done:
+            click.echo(f"hpcem: run {r.id}: cancelled Parsl blocks left by its dead controller: "
+                       f"{', '.join(done)}", err=True)
+    return project.runs
+
+
 def _fmt_elapsed(seconds: float) -> str:
     if not seconds:
         return "-"
@@ -276,10 +296,11 @@ def _print_table(project, rows) -> None:
     click.echo(f"project {project.path}: {len(rows)} run{'s' if len(rows) != 1 else ''}")
     if not rows:
         return
-    header = ("ID", "LABEL", "PROTOCOL", "STATE", "STEPS", "ELAPSED", "OUTPUTS")
+    jobs = any(r.job for r in rows)  # a JOB column only where some run is a batch job
+    header = ("ID", "LABEL", "PROTOCOL", "STATE", "STEPS", "ELAPSED") + (("JOB",) if jobs else ()) + ("OUTPUTS",)
     table = [header] + [
         (str(r.id), safe(r.label)[:30], r.protocol, r.state, f"{r.steps_done}/{r.steps_total}",
-         _fmt_elapsed(r.elapsed_s), _fmt_outputs(r.outputs))
+         _fmt_elapsed(r.elapsed_s)) + ((r.job or "-",) if jobs else ()) + (_fmt_outputs(r.outputs),)
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
@@ -395,7 +416,7 @@ def _lifecycle_command(name: str, doc: str, action):
     @click.argument("project")
     @click.argument("run")
     @click.option("--wait", is_flag=True, help="Wait for the run to end, showing progress.")
-    @click.option("--workers", type=int, default=None, help="Local worker processes.")
+    @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local worker processes.")
     def command(project, run, wait, workers):
         proj = _open(project)
         rec = _run_ref(proj, run)
@@ -427,11 +448,34 @@ def _stop(proj, rec, workers):
     return stop_run(proj, rec.id)
 
 
-def _copy(proj, rec, workers):
+@click.command("copy", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("project")
+@click.argument("run")
+@click.option("--label", default=None, help="Label of the copy (default: 'LABEL (copy N)').")
+@click.pass_context
+def copy_cmd(ctx, project, run, label):
+    """Copy RUN: a new saved run with the same inputs and parameters, except the
+    protocol parameters given after RUN (the same options as 'hpcem run ... PROTOCOL',
+    validated the same way), e.g. hpcem copy ./proj 2 --defocus-max-A 40000."""
+    from hpcem.cli.forms import protocol_options
     from hpcem.execution.runs import copy_run
+    from hpcem.protocol.registry import get_protocol
 
-    new = copy_run(proj, rec.id)
-    return f"run {new.id} ({new.label}) saved as a copy of run {rec.id}; launch it with 'hpcem continue {proj.path} {new.id}'"
+    proj = _open(project)
+    rec = _run_ref(proj, run)
+    protocol = get_protocol(rec.protocol)
+    form = click.Command(protocol.name, params=protocol_options(protocol))
+    try:
+        parsed = form.make_context(f"hpcem copy {project} {run}", list(ctx.args))
+    except click.UsageError as exc:
+        raise ValidationError(f"copy of run {rec.id} ({protocol.name}): {exc.format_message()}") from None
+    params = {p.name: parsed.params[p.name] for p in protocol.params
+              if parsed.params.get(p.name) is not None}
+    new = copy_run(proj, rec.id, label=label, params=params)
+    changed = ", ".join(f"{k}={new.params[k]!r}" for k in params if rec.params.get(k) != new.params.get(k))
+    click.echo(safe(f"run {new.id} ({new.label}) saved as a copy of run {rec.id}"
+                    + (f" with {changed}" if changed else "")
+                    + f"; launch it with 'hpcem continue {proj.path} {new.id}'"))
 
 
 COMMANDS = [
@@ -442,5 +486,5 @@ COMMANDS = [
     _lifecycle_command("restart", "Restart RUN from scratch: its outputs and step records are wiped.", _restart),
     _lifecycle_command("stop", "Stop RUN: mark it aborted and end its processes (or cancel its "
                        "jobs); on a run that already ended, end any process it left behind.", _stop),
-    _lifecycle_command("copy", "Copy RUN: a new saved run with the same parameters and inputs.", _copy),
+    copy_cmd,
 ]

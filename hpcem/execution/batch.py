@@ -73,7 +73,7 @@ def submit_run_job(project, run_id: int, attempt: int) -> str:
     spec = job_spec(project, run, site, attempt)
     script = project.run_dir(run_id) / f"job-{attempt}.sh"
     job_id = submit_job(site, spec, script_path=script)  # the launcher fails the attempt on error
-    project.update_attempt(run_id, attempt, job_id=job_id, site=site.name,
+    project.update_attempt(run_id, attempt, job_id=job_id, site=site.name, scheduler=site.scheduler,
                            queue=spec.queue or site.default_queue, scheduler_state="QUEUED",
                            exit_code_file=spec.exit_code_file)
     return job_id

@@ -290,9 +290,12 @@ class Controller:
             "steps_total": len(records),
             "heartbeat": time.time(),
         }
-        # blocks stay listed after the end: `hpcem stop` cancels those of a dead controller
-        blocks = tuple(self.executor.job_ids()) or self._blocks
+        # the live Parsl blocks; a clean end shut them down. Those of a controller that
+        # died stay listed, and `hpcem status`/`continue`/`stop` cancel them.
+        blocks = () if state else tuple(self.executor.job_ids())
         if blocks != self._blocks:
+            if blocks:
+                self.log.event("run", f"Parsl blocks (batch jobs): {', '.join(blocks)}")
             self._blocks = blocks
             fields["blocks"] = blocks
         self.project.controller_commit(self.run_id, self.attempt,

@@ -326,6 +326,7 @@ def _take_back(project, run_id: int, action: str):
             raise RunError(f"{msg}{': ' + reason if reason else ''}; "
                            f"'hpcem stop' it first")
         cleanup_processes(project, run_id)
+    reap_blocks(project, project.run(run_id))
     return project.run(run_id)
 
 
@@ -401,19 +402,40 @@ def _end_processes(project, run) -> str:
     said = []
     a = run.attempt
     jobs = [a.job_id] if a and a.job_id else []
-    # blocks of a controller that ended by itself were shut down by it
-    blocks = list(run.blocks) if a and not a.outcome else []
-    if jobs or blocks:
+    if jobs:
         from hpcem.execution.batch import cancel_jobs_of
 
-        cancel_jobs_of(run, jobs + blocks)
-        said.append(f"cancelled batch job(s) {', '.join(jobs + blocks)}")
+        cancel_jobs_of(run, jobs)
+        said.append(f"cancelled batch job {', '.join(jobs)}")
+    reaped = reap_blocks(project, project.run(run.id))
+    if reaped:
+        said.append(f"cancelled Parsl block(s) {', '.join(reaped)}")
     if a and a.pid and a.host == this_host() and a.pid in run_processes(project, run.id):
         _kill_group(a.pid)  # only a process that carries the run's marker: never a reused pid
     n = cleanup_processes(project, run.id)
     if n:
         said.append(f"ended {n} leftover process{'es' if n != 1 else ''}")
     return "; ".join(said)
+
+
+def reap_blocks(project, run) -> list[str]:
+    """Cancel the Parsl blocks a dead controller left (they would hold nodes until their
+    walltime) and drop them from the record; returns their job ids. A no-op while the
+    run's controller lives."""
+    if not run.blocks or diagnose(run)[0] in ACTIVE_STATES:
+        return []
+    from hpcem.execution.batch import cancel_jobs_of
+    from hpcem.store.project import StateConflict
+
+    if run.state in ACTIVE_STATES:
+        mark_dead(project, run)
+    blocks = list(run.blocks)
+    cancel_jobs_of(run, blocks)
+    try:
+        project.release_blocks(run.id, blocks)
+    except StateConflict:
+        return []
+    return blocks
 
 
 def run_processes(project, run_id: int) -> list[int]:
@@ -464,16 +486,31 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def copy_run(project, run_id: int, label: str | None = None):
-    """A new saved run with the same protocol, parameters, inputs and placement."""
+def copy_run(project, run_id: int, label: str | None = None,
+             params: Mapping[str, Any] | None = None):
+    """A new saved run with the same protocol, inputs and placement, and the same
+    parameters except those in ``params`` (validated exactly as for a new run)."""
     run = project.run(run_id)
-    return project.create_run(
-        protocol=run.protocol,
-        label=label or f"{run.label} (copy)",
-        params=dict(run.params),
+    return create_run(
+        project,
+        run.protocol,
+        params={**run.params, **dict(params or {})},
         inputs={k: list(v) for k, v in run.inputs.items()},
-        placement=run.placement,
+        label=label or copy_label(run.label, [r.label for r in project.runs]),
+        placement=run.placement.to_json(),
     )
+
+
+def copy_label(label: str, taken: Sequence[str]) -> str:
+    """``"CTF (copy)"``, then ``"CTF (copy 2)"``, ... : the first label not taken."""
+    import re
+
+    base = re.sub(r" \(copy(?: \d+)?\)$", "", label)
+    candidate, n = f"{base} (copy)", 1
+    while candidate in set(taken):
+        n += 1
+        candidate = f"{base} (copy {n})"
+    return candidate
 
 
 # --- one row of `hpcem status` ---------------------------------------------------------------
@@ -490,6 +527,7 @@ class RunSummary:
     steps_total: int
     elapsed_s: float
     outputs: dict
+    job: str = ""  # "slurm 53 PENDING" for a run sent as a batch job
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -503,5 +541,9 @@ def summarize(run) -> RunSummary:
     elapsed = end - start if not (math.isnan(start) or math.isnan(end)) else 0.0
     outputs = {name: {"type": t, "size": run.output_sizes.get(name)}
                for name, t in run.output_types.items()}
+    a = run.attempt
+    job = ""
+    if a is not None and a.job_id:
+        job = " ".join(x for x in (a.scheduler or a.site, a.job_id, a.scheduler_state) if x)
     return RunSummary(run.id, run.label, run.protocol, state, reason or run.error,
-                      run.steps_done, run.steps_total, max(elapsed, 0.0), outputs)
+                      run.steps_done, run.steps_total, max(elapsed, 0.0), outputs, job)

@@ -438,6 +438,18 @@ class Project:
 
         return self._mutate(run_id, change)
 
+    def release_blocks(self, run_id: int, job_ids: Sequence[str]) -> RunRecord:
+        """Drop cancelled Parsl blocks from a run that is no longer active (its controller
+        died without shutting them down)."""
+        gone = set(job_ids)
+
+        def change(rec: RunRecord) -> RunRecord:
+            if rec.state in record.ACTIVE_STATES:
+                raise StateConflict(f"run {rec.id} is {rec.state}: its controller owns its blocks", rec)
+            return dataclasses.replace(rec, blocks=tuple(b for b in rec.blocks if b not in gone))
+
+        return self._mutate(run_id, change)
+
     def set_label(self, run_id: int, label: str) -> RunRecord:
         """Change the label of a run."""
         label = check_label(label)

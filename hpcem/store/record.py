@@ -110,6 +110,7 @@ class Attempt:
     started: float = math.nan
     ended: float = math.nan
     site: str = ""
+    scheduler: str = ""
     queue: str = ""
     job_id: str = ""
     exit_code_file: str = ""

@@ -198,7 +198,47 @@ def test_parsl_dispatched_run_spreads_steps_over_nodes(project, tmp_path):
     assert len(steps) == 24 and all(s["state"] == "finished" for s in steps)
     assert hosts <= {"node1", "node2", "node3", "node4"}
     assert len(hosts) >= 2, hosts  # really ran on several SLURM nodes
-    assert len(done.blocks) >= 2 and all(b.isdigit() for b in done.blocks)
+    assert done.blocks == ()  # shut down by the controller at the end
+    log = (project.run_dir(run.id) / "run.log").read_text()
+    blocks = {b for line in log.splitlines() if "Parsl blocks (batch jobs): " in line
+              for b in line.split("Parsl blocks (batch jobs): ")[1].split(", ")}
+    assert len(blocks) >= 2 and all(b.isdigit() for b in blocks)
+
+
+def test_blocks_of_a_sigkilled_parsl_controller_are_cancelled_by_status(project, tmp_path, capsys):
+    import os
+    import signal
+
+    from hpcem.cli.main import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    execution = execution_request(project, {"site": "local-slurm", "queue": "debug", "dispatch": "parsl",
+                                            "max_blocks": 1, "walltime": "0:10:00"})
+    run = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(out), "n": 4, "sleep_s": 60},
+                               placement=execution)
+    lifecycle.launch(project, run.id)
+    deadline = time.monotonic() + 120
+    while not project.run(run.id).blocks and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (block,) = project.run(run.id).blocks
+    os.kill(project.run(run.id).pid, signal.SIGKILL)  # no goodbye: the block stays queued/running
+    time.sleep(1.0)
+    assert block in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                                   timeout=30, check=False).stdout
+    capsys.readouterr()
+    assert main(["status", str(project.path)]) == 0
+    assert f"cancelled Parsl blocks left by its dead controller: {block}" in capsys.readouterr().err
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                               timeout=30, check=False).stdout
+        if block not in queue.split():
+            break
+        time.sleep(0.5)
+    assert block not in queue.split()
+    rec = project.run(run.id)
+    assert rec.state == "failed" and rec.blocks == ()
 
 
 def test_requeued_job_resumes_without_redoing_finished_steps(project, tmp_path):
