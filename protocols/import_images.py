@@ -21,6 +21,12 @@ HPCEM_CITATION = Citation(
 )
 
 
+ON_ERROR = Param.enum(
+    "on_error", ("fail", "skip"), "fail",
+    help="A bad file: 'fail' stops before anything is stored, naming it; 'skip' records it "
+         "with its reason in the run and imports the rest.")
+
+
 def _acquisition_params(pixel_help: str) -> tuple[Param, ...]:
     return (
         Param.float("pixel_size_A", None, required=True, min=0.05, max=50.0, units="Å/px",
@@ -34,6 +40,7 @@ def _acquisition_params(pixel_help: str) -> tuple[Param, ...]:
         Param.string("optics_group_name", "opticsGroup1", expert=1, help="Name of the optics group."),
         Param.bool("check_pixel_size", True, expert=1,
                    help="Fail when a header pixel size differs from pixel_size_A by more than 1%."),
+        ON_ERROR,
     )
 
 
@@ -41,8 +48,21 @@ def _matching_files(pattern: str) -> list[str]:
     return sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
 
 
-def inspect_image(path: str, pixel_size_A: float, check_pixel_size: bool, kinds: list) -> dict:
-    """Step: read one file's header and check it; return what the set needs."""
+def inspect_image(path: str, pixel_size_A: float, check_pixel_size: bool, kinds: list,
+                  on_error: str = "fail") -> dict:
+    """Step: read one file's header and check it; return what the set needs. With
+    ``on_error="skip"`` a bad file is a rejected item (recorded with its reason)."""
+    from hpcem.errors import HpcemError, ItemRejected
+
+    try:
+        return _inspect(path, pixel_size_A, check_pixel_size, kinds)
+    except HpcemError as exc:
+        if on_error == "skip":
+            raise ItemRejected(str(exc)) from None
+        raise
+
+
+def _inspect(path: str, pixel_size_A: float, check_pixel_size: bool, kinds: list) -> dict:
     from hpcem.errors import DataFormatError
     from hpcem.io.images import check_pixel_size as check
     from hpcem.io.images import read_header
@@ -74,11 +94,18 @@ def register_images(ctx, output: str, set_type: str) -> dict:
         columns["pixel_size_A"] = [p["pixel_size_A"]] * len(infos)
         columns["box_size"] = [i["nx"] for i in infos]
         columns["half"] = [0] * len(infos)
+    skipped = [{"file": reason.split(": ", 1)[0], "reason": reason}
+               for _, reason in sorted(ctx.rejections("inspect/").items())]
+    if not infos:
+        from hpcem.errors import HpcemError
+
+        raise HpcemError(f"every file was skipped ({len(skipped)}): {skipped[0]['reason']}")
     with ctx.create_set(output, set_type) as writer:
         if has_optics:
             _write_optics(writer, p)
         writer.append_columns(columns)
-    return {"count": len(infos), "notes": sorted({n for i in infos for n in i["notes"]})[:20]}
+    return {"count": len(infos), "skipped": skipped,
+            "notes": sorted({n for i in infos for n in i["notes"]})[:20]}
 
 
 def _write_optics(writer, p: dict) -> None:
@@ -104,9 +131,26 @@ class _ImportImages(Protocol):
 
     def validate(self, ctx) -> list[str]:
         pattern = ctx.params["files"]
-        if not _matching_files(ctx.path(pattern)):
+        files = _matching_files(ctx.path(pattern))
+        if not files:
             return [f"files: {ctx.path(pattern)!r} matches no file"]
-        return []
+        if ctx.params.get("on_error", "fail") == "skip":
+            return []
+        # the default: a bad file stops the import before anything is stored, named
+        from hpcem.errors import HpcemError
+
+        problems = []
+        for f in files:
+            try:
+                _inspect(f, ctx.params["pixel_size_A"], ctx.params["check_pixel_size"],
+                         list(self.kinds))
+            except HpcemError as exc:
+                problems.append(str(exc))
+        if len(problems) > 10:
+            problems = problems[:10] + [f"... and {len(problems) - 10} more bad files"]
+        if problems:
+            problems.append("fix or remove them, or use --on-error skip to import the rest")
+        return problems
 
     def steps(self, ctx) -> list[Step]:
         p = ctx.params
@@ -114,7 +158,8 @@ class _ImportImages(Protocol):
         steps = [
             Step(f"inspect/{i:06d}", "hpcem.protocols.import_images:inspect_image",
                  {"path": ctx.relpath(f), "pixel_size_A": p["pixel_size_A"],
-                  "check_pixel_size": p["check_pixel_size"], "kinds": list(self.kinds)})
+                  "check_pixel_size": p["check_pixel_size"], "kinds": list(self.kinds),
+                  **({"on_error": "skip"} if p.get("on_error") == "skip" else {})})
             for i, f in enumerate(files)
         ]
         steps.append(Step("register", "hpcem.protocols.import_images:register_images",
@@ -156,7 +201,8 @@ class ImportVolumes(_ImportImages):
               Param.float("pixel_size_A", None, required=True, min=0.05, max=50.0, units="Å/px",
                           help="Voxel size of the maps."),
               Param.bool("check_pixel_size", True, expert=1,
-                         help="Fail when a header voxel size differs by more than 1%."))
+                         help="Fail when a header voxel size differs by more than 1%."),
+              ON_ERROR)
     outputs = (Output("volumes", "hpcem.SetOfVolumes"),)
     citations = (HPCEM_CITATION,)
     output_name, set_type, kinds = "volumes", "hpcem.SetOfVolumes", ("volume",)

@@ -230,7 +230,12 @@ def test_corrupt_image_fails_import_naming_file_then_continue_after_fix(project,
     _make_micrographs(raw, n=3)
     good = (raw / "m1.mrc").read_bytes()
     (raw / "m1.mrc").write_bytes(good[:2000])  # truncated
+    with pytest.raises(ValidationError, match="m1.mrc") as e:  # nothing stored
+        lifecycle.create_run(project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5})
+    assert "--on-error skip" in str(e.value) and project.runs == []
+    (raw / "m1.mrc").write_bytes(good)
     run = lifecycle.create_run(project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5})
+    (raw / "m1.mrc").write_bytes(good[:2000])  # damaged after validation
     lifecycle.launch(project, run.id, foreground=True)
     rec = project.run(run.id)
     assert rec.state == "failed"
@@ -244,6 +249,25 @@ def test_corrupt_image_fails_import_naming_file_then_continue_after_fix(project,
     assert len(project.open_set(run.id, "micrographs")) == 3
     steps = project.read_steps(run.id).to_records()
     assert sorted(s["attempts"] for s in steps if s["name"].startswith("inspect/")) == [1, 1, 2]
+
+
+def test_import_on_error_skip_records_each_bad_file_and_imports_the_rest(project, tmp_path):
+    raw = tmp_path / "raw"
+    _make_micrographs(raw, n=4)
+    good = (raw / "m1.mrc").read_bytes()
+    (raw / "m1.mrc").write_bytes(good[:2000])
+    (raw / "m3.mrc").write_bytes(b"not an image at all" * 100)
+    run = lifecycle.create_run(project, "import.micrographs",
+                               {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5, "on_error": "skip"})
+    lifecycle.launch(project, run.id, foreground=True)
+    rec = project.run(run.id)
+    assert rec.state == "finished" and rec.output_sizes == {"micrographs": 2}
+    assert rec.error.startswith("2 of 5 steps rejected their item")
+    result = {s["name"]: s for s in project.read_steps(run.id).to_records()}["register"]["result"]
+    assert [s["file"] for s in result["skipped"]] == [str(raw / "m1.mrc"), str(raw / "m3.mrc")]
+    assert all("m1.mrc" in s["reason"] or "m3.mrc" in s["reason"] for s in result["skipped"])
+    names = sorted(Path(p).name for p in rec.outputs["micrographs"].column("image"))
+    assert names == ["m0.mrc", "m2.mrc"]
 
 
 def test_import_tiff_movies_with_acquisition(project, tmp_path):
