@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from hpcem.protocol.declare import Protocol
+from hpcem.protocol.params import BOOL_WORDS_TEXT
 
 
 def option_names(param_name: str) -> list[str]:
@@ -33,15 +34,47 @@ def param_help(p) -> str:
     return " ".join(parts)
 
 
+class BoolOption(click.Option):
+    """A boolean parameter: ``--NAME`` (true), ``--no-NAME`` (false) or ``--NAME VALUE``
+    with VALUE one of the words :func:`hpcem.protocol.params.Param.convert` accepts.
+
+    The value stays a string ("true", "false" or what was given) so that validation
+    converts it, and reports a bad word, together with every other parameter. When both
+    forms are given, the last one wins, as with any click flag.
+    """
+
+    def __init__(self, names: list[str], name: str, negative: str, help: str) -> None:
+        # An optional value: a bare --NAME (end of line, or another option next) is "true".
+        super().__init__([*names, name], is_flag=False, flag_value="true", default=None,
+                         metavar="[BOOL]", help=help)
+        self.negative = negative
+
+    def add_to_parser(self, parser, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        # click has no public way to give an optional-value option a negative flag name;
+        # its parser has taken (obj, opts, dest, action, const) since click 7.
+        parser.add_option(obj=self, opts=[self.negative], dest=self.name,
+                          action="store_const", const="false")
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str]:
+        return f"{self.opts[0]} / {self.negative}", self.help or ""
+
+
+def bool_help(p) -> str:
+    """The help of a boolean option: its own text plus the forms it accepts."""
+    flag = option_names(p.name)[0]
+    return (f"{param_help(p)} Give {flag} or --no-{flag[2:]}, or {flag} VALUE with VALUE "
+            f"one of {BOOL_WORDS_TEXT} (any case).")
+
+
 def protocol_options(protocol: type[Protocol]) -> list[click.Option]:
     """One click option per declared parameter (values kept as raw strings)."""
-    options = []
+    options: list[click.Option] = []
     for p in protocol.params:
         names = option_names(p.name)
         if p.kind == "bool":
             negative = "--no-" + p.name.replace("_", "-")
-            options.append(click.Option([f"{names[0]}/{negative}", p.name], default=None,
-                                        help=param_help(p), show_default=False))
+            options.append(BoolOption(names, p.name, negative, bool_help(p)))
         else:
             metavar = {"int": "INT", "float": "FLOAT", "enum": "|".join(p.choices), "path": "PATH",
                        "numlist": "N,N,...", "range": "START:STOP:STEP"}.get(p.kind, "TEXT")

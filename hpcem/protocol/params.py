@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any
 
 KINDS = ("int", "float", "bool", "enum", "string", "path", "numlist", "range")
+
+#: Words a boolean parameter accepts (any case), from the API, a workflow JSON or the CLI.
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+BOOL_WORDS_TEXT = ", ".join(f"{t}/{f}" for t, f in zip(TRUE_WORDS, FALSE_WORDS))
 
 _OPS = {
     "==": operator.eq,
@@ -143,14 +149,7 @@ class Param:
                 raise ValueError(f"expected a finite number, got {raw!r}")
             return value
         if k == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"expected true/false, got {raw!r}")
+            return _to_bool(raw)
         if k in ("enum", "string", "path"):
             if not isinstance(raw, str):
                 raise ValueError(f"expected text, got {raw!r}")
@@ -227,6 +226,28 @@ class Param:
             "when": [[c.param, c.op, c.value] for c in self.when],
         }
         return out
+
+
+def _to_bool(raw: Any) -> bool:
+    """``True``/``False``, the integers 1/0, or one of the words of :data:`TRUE_WORDS` and
+    :data:`FALSE_WORDS` in any case. Nothing else: ``bool("false")`` is True, and a
+    typo must not silently switch an option on."""
+    if isinstance(raw, bool) or _is_numpy_bool(raw):
+        return bool(raw)
+    if isinstance(raw, numbers.Integral) and raw in (0, 1):
+        return bool(raw)
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in TRUE_WORDS:
+            return True
+        if text in FALSE_WORDS:
+            return False
+    raise ValueError(f"expected one of {BOOL_WORDS_TEXT} (any case), got {raw!r}")
+
+
+def _is_numpy_bool(value: Any) -> bool:
+    # numpy.bool_ (numpy.bool in numpy 2) is no bool subclass; numpy is not imported here
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
 
 
 def when(param: str, op: str, value: Any) -> Condition:
