@@ -4,14 +4,18 @@ mrcfile is opened in permissive mode so that *we* decide what is fatal: files wr
 by older programs without the ``MAP`` ID (e.g. some RELION ``.mrcs``) are accepted when
 every other header field is plausible and the file size matches; anything else raises
 :class:`~hpcem.errors.DataFormatError` with one line naming the file and the reason.
+Reading the header returns what was tolerated (``ImageHeader.warnings``); reading the
+data (:func:`read_mrc`, :func:`mmap_mrc`) also warns with :class:`ToleratedFormatWarning`.
 Input files are only ever opened read-only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import mrcfile
@@ -26,6 +30,10 @@ HEADER_BYTES = 1024
 READABLE_MODES = {0, 1, 2, 6, 12}
 # A sanity bound that stops a random header from describing a petabyte file.
 MAX_DIM = 1 << 20
+
+
+class ToleratedFormatWarning(UserWarning):
+    """A data file was read although its header breaks the format (e.g. no ``MAP`` ID)."""
 
 
 def _corrupt(path: Path, reason: str) -> DataFormatError:
@@ -95,30 +103,53 @@ def read_mrc_header(path: str | os.PathLike) -> ImageHeader:
     )
 
 
-def read_mrc(path: str | os.PathLike, index: int | None = None) -> np.ndarray:
-    """Read an MRC file (or one section of it) as float32, shape (nz, ny, nx) or (ny, nx).
+def _warn_tolerated(header: ImageHeader) -> None:
+    if header.warnings:  # one warning per read, listing every oddity
+        warnings.warn(f"{header.path}: read despite: {'; '.join(header.warnings)}",
+                      ToleratedFormatWarning, stacklevel=4)
 
-    A single-image file reads as 2D. ``index`` selects one section of a stack, movie or
-    volume. The header is checked first (see :func:`read_mrc_header`).
+
+@contextlib.contextmanager
+def mmap_mrc(path: str | os.PathLike) -> Iterator[tuple[ImageHeader, np.ndarray]]:
+    """The checked header and a read-only memory map of the data, shape (nz, ny, nx).
+
+    For large stacks read in parts (e.g. by MPI ranks); the map is valid inside the
+    ``with`` block only. Header oddities that are tolerated (see :func:`read_mrc_header`)
+    are warned about (:class:`ToleratedFormatWarning`).
     """
     header = read_mrc_header(path)
-    nz = header.shape[0]
-    if index is not None and not -nz <= index < nz:
-        raise ValidationError(f"{header.path}: section index {index} out of range (0..{nz - 1})")
+    _warn_tolerated(header)
     with warnings.catch_warnings():
         # Oddities were already checked and recorded by read_mrc_header.
         warnings.simplefilter("ignore")
         try:
-            with mrcfile.mmap(header.path, mode="r", permissive=True) as mrc:
-                data = mrc.data
-                if data is None:
-                    raise _corrupt(header.path, "no data block")
-                data = data.reshape(header.shape)
-                if index is not None:
-                    return np.array(data[index], dtype=np.float32)
-                out = np.array(data, dtype=np.float32)
+            mrc = mrcfile.mmap(header.path, mode="r", permissive=True)
         except (ValueError, OSError) as err:
             raise _corrupt(header.path, str(err)) from err
+    with mrc:
+        if mrc.data is None:
+            raise _corrupt(header.path, "no data block")
+        try:
+            data = mrc.data.reshape(header.shape)
+        except ValueError as err:
+            raise _corrupt(header.path, str(err)) from err
+        yield header, data
+
+
+def read_mrc(path: str | os.PathLike, index: int | None = None) -> np.ndarray:
+    """Read an MRC file (or one section of it) as float32, shape (nz, ny, nx) or (ny, nx).
+
+    A single-image file reads as 2D. ``index`` selects one section of a stack, movie or
+    volume. The header is checked first (see :func:`read_mrc_header`); tolerated
+    oddities are warned about (:class:`ToleratedFormatWarning`).
+    """
+    with mmap_mrc(path) as (header, data):
+        nz = header.shape[0]
+        if index is not None:
+            if not -nz <= index < nz:
+                raise ValidationError(f"{header.path}: section index {index} out of range (0..{nz - 1})")
+            return np.array(data[index], dtype=np.float32)
+        out = np.array(data, dtype=np.float32)
     return out[0] if nz == 1 else out
 
 

@@ -2,7 +2,9 @@
 
 import hashlib
 import shutil
+import warnings
 
+import mrcfile
 import numpy as np
 import pytest
 import tifffile
@@ -15,6 +17,7 @@ from hpcem.io import (
     write_mrc,
     write_tiff_movie,
 )
+from hpcem.io.mrc import ToleratedFormatWarning, mmap_mrc
 
 
 def _sha(path):
@@ -69,6 +72,67 @@ def test_relion_stack_without_map_id_is_tolerated(shared_file):
     assert header.pixel_size_A is None  # voxel size 1.0 means "not set"
     assert any("Map ID" in w for w in header.warnings)
     assert check_pixel_size(header, 2.806)  # a note, no error
+
+
+def test_relion_stack_without_map_id_reads_with_a_warning(shared_file):
+    path = shared_file("cryodrgn-4.3.1/relion31.mrcs")
+    with pytest.warns(ToleratedFormatWarning, match=r"relion31.mrcs: read despite: Map ID"):
+        stack = read_image(path)
+    assert stack.shape == (5, 256, 256) and stack.dtype == np.float32
+    with pytest.warns(ToleratedFormatWarning):
+        np.testing.assert_array_equal(read_image(path, index=4), stack[4])
+
+
+def _blank_map_id(path):
+    """What RELION/EMAN-style writers leave: four zero bytes where 'MAP ' belongs."""
+    raw = bytearray(path.read_bytes())
+    assert raw[208:212] == b"MAP "
+    raw[208:212] = b"\0\0\0\0"
+    path.write_bytes(bytes(raw))
+
+
+@pytest.fixture
+def stack_without_map_id(tmp_path):
+    data = np.random.default_rng(5).normal(size=(4, 24, 20)).astype(np.float32)
+    path = tmp_path / "no-map-id.mrcs"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(data)
+        mrc.set_image_stack()
+        mrc.voxel_size = 1.25
+    _blank_map_id(path)
+    with pytest.raises(ValueError, match="Map ID string not found"):
+        mrcfile.open(path, mode="r")  # strict mrcfile refuses it
+    return path, data
+
+
+def test_stack_without_map_id_every_read_path_warns_and_reads(stack_without_map_id):
+    path, data = stack_without_map_id
+    header = read_header(path)
+    assert header.shape == (4, 24, 20) and header.kind == "stack"
+    assert header.pixel_size_A == pytest.approx(1.25)
+    assert any("Map ID" in w for w in header.warnings)
+    with pytest.warns(ToleratedFormatWarning, match=r"no-map-id.mrcs: read despite: Map ID"):
+        np.testing.assert_array_equal(read_image(path), data)
+    with pytest.warns(ToleratedFormatWarning, match="Map ID"):
+        np.testing.assert_array_equal(read_image(path, index=2), data[2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with mmap_mrc(path) as (mapped_header, mapped):
+            assert mapped_header.shape == (4, 24, 20)
+            assert not mapped.flags.writeable  # a read-only map of the input
+            np.testing.assert_array_equal(mapped[1:3], data[1:3])
+    assert [w.category for w in caught] == [ToleratedFormatWarning]
+    assert "no-map-id.mrcs: read despite: Map ID" in str(caught[0].message)
+
+
+def test_well_formed_stack_reads_without_warning(tmp_path):
+    data = np.ones((2, 8, 8), dtype=np.float32)
+    path = write_mrc(tmp_path / "ok.mrcs", data, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(read_image(path), data)
+        with mmap_mrc(path) as (_, mapped):
+            np.testing.assert_array_equal(mapped, data)
 
 
 # --- corrupt files ---------------------------------------------------------------------
