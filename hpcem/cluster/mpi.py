@@ -6,6 +6,10 @@ site's MPI command (``srun --mpi=pmi2 -n {ranks}`` inside a SLURM allocation,
 ``mpiexec.gforker -n {ranks}`` without a scheduler), and rank 0 writes the result JSON.
 MPICH is told ``UCX_TLS=self,sm`` (from the site config) so nothing leaves the host's
 shared memory on the test machines.
+
+A step has no time limit of its own unless one is given: inside a batch job the job's
+walltime bounds it. The launcher runs as the leader of its own process group, so that a
+step that runs past its limit is ended whole: every rank and whatever the ranks started.
 """
 
 from __future__ import annotations
@@ -13,13 +17,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
+import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hpcem.cluster.job import JobSpec
 from hpcem.cluster.site import Site
-from hpcem.command import run_command
-from hpcem.errors import CommandError, ConfigError, StepError, ValidationError
+from hpcem.command import CommandResult, _death_signal_preexec
+from hpcem.errors import CommandError, CommandNotFoundError, ConfigError, StepError, ValidationError
+
+#: Between SIGTERM and SIGKILL of a launcher's process group: srun passes SIGTERM on to
+#: the step's tasks and ends the step cleanly when given the time.
+STOP_GRACE_S = 5.0
 
 
 def mpi_launch_argv(site: Site, ranks: int, threads: int = 1) -> list[str]:
@@ -98,19 +110,128 @@ def run_mpi_step(
     threads: int = 1,
     workdir: str | os.PathLike,
     name: str = "mpi-step",
-    timeout_s: float = 3600,
+    timeout_s: float | None = None,
 ):
     """Launch ``func_ref(**args)`` on ``ranks`` ranks here (inside an allocation or locally)
-    and return rank 0's result."""
+    and return rank 0's result.
+
+    ``timeout_s`` is a limit for this step; None (the default) sets none, for a step
+    inside a batch job whose walltime bounds it. Past the limit every rank is stopped
+    and StepError is raised.
+    """
     args_file, result_file = write_args(workdir, name, args)
     argv = step_argv(site, func_ref, str(args_file), str(result_file), ranks=ranks, threads=threads)
     try:
-        run_command(argv, timeout_s=timeout_s, env=mpi_environment(site, threads), cwd=str(workdir),
-                    die_with_parent=True)  # mpiexec dies with the worker that waits for it
+        run_launcher(argv, timeout_s=timeout_s, env=mpi_environment(site, threads), cwd=str(workdir))
     except CommandError as exc:
         tail = "\n".join((exc.stderr or exc.stdout).strip().splitlines()[-5:])
         raise StepError(f"MPI step {func_ref} on {ranks} ranks failed: {exc}\n{tail}") from None
     return read_result(result_file)
+
+
+def run_launcher(
+    argv: Sequence[str],
+    *,
+    timeout_s: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    grace_s: float = STOP_GRACE_S,
+) -> CommandResult:
+    """Run an MPI launcher (``mpiexec``, ``srun``) like :func:`hpcem.command.run_command`,
+    but as the leader of a new session and process group.
+
+    On a timeout (``timeout_s``; None waits as long as it takes), or when waiting is
+    interrupted, the whole group gets SIGTERM, then SIGKILL after ``grace_s``: no rank,
+    and no program a rank started, outlives the step. The launcher is also killed by the
+    kernel when the calling thread's process dies (see ``die_with_parent`` there; the
+    ranks of ``hpcem.cluster.mpi_entry`` follow their launcher in turn).
+
+    Raises :class:`CommandNotFoundError` when the launcher is not on PATH and
+    :class:`CommandError` on a timeout or a non-zero exit.
+    """
+    argv = [os.fspath(a) for a in argv]
+    if not argv:
+        raise CommandError("empty command", argv)
+    if shutil.which(argv[0], path=(env or os.environ).get("PATH")) is None:
+        raise CommandNotFoundError(
+            f"command not found: {argv[0]!r} (is it installed and on PATH?)", argv
+        )
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            # Only prctl and getppid run in the child (see hpcem.command): thread-safe.
+            preexec_fn=_death_signal_preexec(),  # noqa: PLW1509
+        )
+    except OSError as exc:
+        raise CommandError(f"cannot run {argv[0]}: {exc}", argv) from None
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = _stop_group(proc, grace_s)
+        raise CommandError(
+            f"{argv[0]} ran past its limit of {timeout_s:g} s and was stopped with all "
+            f"its processes: {' '.join(argv)}",
+            argv,
+            None,
+            stdout,
+            stderr,
+        ) from None
+    except BaseException:  # interrupted while waiting (KeyboardInterrupt, SystemExit)
+        _stop_group(proc, grace_s)
+        raise
+    if proc.returncode != 0:
+        detail = (stderr or stdout).strip().splitlines()
+        tail = detail[-1] if detail else "no output"
+        raise CommandError(
+            f"{argv[0]} exited with code {proc.returncode}: {tail}",
+            argv,
+            proc.returncode,
+            stdout,
+            stderr,
+        )
+    return CommandResult(argv, proc.returncode, stdout, stderr)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> tuple[str, str]:
+    """SIGTERM the launcher's process group, SIGKILL what is left after ``grace_s``;
+    return the output read so far."""
+    # The launcher leads its own group (start_new_session), so its pid is the group's id;
+    # it is not yet reaped at the first signal, so the id can belong to no one else.
+    pgid = proc.pid
+    _signal_group(pgid, signal.SIGTERM)
+    try:  # returns once every process holding the output pipes has exited
+        stdout, stderr = proc.communicate(timeout=grace_s)
+        ended = True
+    except subprocess.TimeoutExpired as exc:
+        stdout, stderr, ended = _text(exc.stdout), _text(exc.stderr), False
+    _signal_group(pgid, signal.SIGKILL)  # what ignored SIGTERM or let go of the pipes
+    if not ended:
+        try:
+            stdout, stderr = proc.communicate(timeout=grace_s)
+        except subprocess.TimeoutExpired:  # a process that left the group holds the pipes
+            proc.kill()
+            proc.wait()
+    return stdout or "", stderr or ""
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group has ended
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def mpi_job_spec(
