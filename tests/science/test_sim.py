@@ -1,6 +1,4 @@
-"""Simulated micrographs and movies: deterministic, fast, and what they claim."""
-
-import time
+"""Simulated micrographs and movies: deterministic and what they claim (speed: scripts/bench_sim.py)."""
 
 import numpy as np
 import pytest
@@ -31,11 +29,12 @@ def test_micrograph_is_deterministic_and_has_truth():
     assert np.all((coords >= 0) & (coords < 256))
 
 
-def test_1024_micrograph_in_well_under_a_second():
-    simulate_micrograph((1024, 1024), seed=0)  # warm-up (FFT plans, imports)
-    start = time.perf_counter()
-    simulate_micrograph((1024, 1024), seed=1)
-    assert time.perf_counter() - start < 0.5
+def test_1024_micrograph_is_finite_float32():
+    """Its speed (target: under 0.5 s) is measured by scripts/bench_sim.py, not here."""
+    image, truth = simulate_micrograph((1024, 1024), seed=1)
+    assert image.shape == (1024, 1024) and image.dtype == np.float32
+    assert np.isfinite(image).all() and image.std() > 0
+    assert truth["coordinates_px"].shape[1] == 2
 
 
 def test_thon_ring_minima_at_analytic_zeros():

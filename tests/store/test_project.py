@@ -59,21 +59,19 @@ def test_runs_create_update_and_reread(project):
     assert project.run(1).state == "saved"  # refused changes wrote nothing
 
 
-def test_update_and_listing_stay_fast_with_500_runs(project):
+def test_update_and_listing_with_500_runs(project):
+    """What they cost is measured by scripts (not timed here): listing by
+    scripts/bench_dispatch.py (``hpcem status`` on 500 and 5,000 runs), a progress commit
+    and an index commit by scripts/bench_locks.py."""
     for i in range(500):
         project.create_run("hpcem.p", label=f"r{i}", params={"i": i, "text": "x" * 40})
-    t0 = time.perf_counter()
     project.begin_attempt(250, ("saved",))
     project.transition(250, ("launched",), "running", attempt=1)
     for k in range(10):
         project.controller_commit(250, 1, heartbeat=time.time(), steps_done=k)
-    update_s = (time.perf_counter() - t0) / 10
-    t0 = time.perf_counter()
     runs = Project.open(project.path).runs
-    list_s = time.perf_counter() - t0
     assert len(runs) == 500 and runs[249].steps_done == 9 and runs[249].label == "r249"
-    # generous bounds (shared CI machines); measured ~6 ms and ~10 ms here
-    assert update_s < 0.1 and list_s < 0.1
+    assert [r.label for r in runs[:3]] == ["r0", "r1", "r2"] and runs[249].state == "running"
 
 
 def test_step_table_round_trip(project, run_id):
