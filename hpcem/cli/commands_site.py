@@ -45,13 +45,15 @@ def site_list() -> None:
     help="Seconds to wait for the --test job.",
 )
 def site_check(name: str, test: bool, timeout_s: float) -> None:
-    """Check site NAME: schema, every queue's job script (rendered, bash -n), scheduler
-    commands on PATH, and with --test a real trivial job."""
+    """Check site NAME: schema, the address and ports Parsl's workers connect back to,
+    every queue's job script (rendered, bash -n), scheduler commands on PATH, and with
+    --test a real trivial job and one running the site's Parsl worker command."""
     from hpcem.cluster.check import check_site
 
     findings = check_site(name, test=test, test_timeout_s=timeout_s)
     for f in findings:
-        click.echo(f"{'ok  ' if f.ok else 'FAIL'} {f.check}{': ' + f.detail if f.detail else ''}")
+        mark = "FAIL" if not f.ok else "WARN" if f.warning else "ok  "
+        click.echo(f"{mark} {f.check}{': ' + f.detail if f.detail else ''}")
     failed = [f for f in findings if not f.ok]
     if failed:
         raise ConfigError(f"site {name}: {len(failed)} check(s) failed: {failed[0].detail}")

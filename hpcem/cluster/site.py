@@ -2,7 +2,8 @@
 
 A site says which scheduler runs its jobs, which queues exist and their limits, the
 defaults, how to set up the environment, how to launch MPI, where programs and scratch
-live and which extra directives every job gets. ``load_site(name)`` finds the file on the
+live, which extra directives every job gets and how Parsl's workers reach the controller
+(``[parsl]``: address, ports, worker command). ``load_site(name)`` finds the file on the
 search path (``$HPCEM_SITE_PATH`` dirs, ``~/.config/hpcem/sites``, the shipped
 ``site_configs/``), checks every key and returns a frozen :class:`Site`.
 """
@@ -11,8 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
+import socket
+import sys
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -22,6 +26,16 @@ from typing import Any
 from hpcem.errors import ConfigError, ValidationError
 
 SCHEDULERS = ("slurm", "pbs", "sge", "local")
+#: Parsl's worker pool as a module: run by the site's (or the controller's) interpreter, not
+#: as the ``process_worker_pool.py`` script found on PATH. ``-P``: the block's folder (inside
+#: the project) is not put on ``sys.path``.
+PARSL_WORKER_MODULE = "parsl.executors.high_throughput.process_worker_pool"
+DEFAULT_WORKER_COMMAND = ("{python}", "-P", "-m", PARSL_WORKER_MODULE)
+#: Placeholders of ``[parsl] worker_command``.
+WORKER_COMMAND_PLACEHOLDERS = {
+    "python": "the site's [site] python",
+    "controller_python": "the interpreter running the controller (its sys.executable)",
+}
 SITE_PATH_ENV = "HPCEM_SITE_PATH"
 USER_SITE_DIR = Path("~/.config/hpcem/sites")
 
@@ -40,6 +54,32 @@ class Queue:
     directives: tuple[str, ...] = ()
     description: str = ""
     parallel_environment: str = "smp"  # SGE only: the PE that multi-slot jobs request
+
+
+@dataclasses.dataclass(frozen=True)
+class ParslSettings:
+    """How Parsl's workers on the nodes reach the run's controller (``[parsl]`` table).
+
+    ``address``: an IP address, a network interface name (``ib0``) or ``"auto"``, resolved
+    on the controller's host by :func:`resolve_parsl_address`. ``port_range``: the ports the
+    interchange may listen on for workers (inclusive). ``worker_command``: the argv that
+    starts Parsl's worker pool on a node, before Parsl's own options.
+    """
+
+    address: str = "127.0.0.1"
+    port_range: tuple[int, int] = (54000, 55000)
+    worker_command: tuple[str, ...] = DEFAULT_WORKER_COMMAND
+
+    @property
+    def address_kind(self) -> str:
+        """``"ip"``, ``"interface"`` or ``"auto"``."""
+        if self.address == "auto":
+            return "auto"
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            return "interface"
+        return "ip"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +107,7 @@ class Site:
     poll_interval_s: float = 5.0
     poll_max_interval_s: float = 60.0
     command_timeout_s: float = 60.0
+    parsl: ParslSettings = ParslSettings()
 
     def queue(self, name: str | None = None) -> Queue:
         """The named queue (default: the site's default queue); ConfigError if unknown."""
@@ -101,10 +142,15 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "max_interval_s": ("number", False),
         "command_timeout_s": ("number", False),
     },
+    "parsl": {
+        "address": (str, False),
+        "port_range": ("portrange", False),
+        "worker_command": ("strlist", False),
+    },
 }
 _QUEUE_SCHEMA: dict[str, tuple[Any, bool]] = {
     "max_nodes": (int, True),
-    "cores_per_node": (int, True),
+    "cores_per_node": ("cores", True),
     "memory_mb_per_node": (int, False),
     "max_walltime": ("walltime", False),
     "gpus_per_node": (int, False),
@@ -113,6 +159,8 @@ _QUEUE_SCHEMA: dict[str, tuple[Any, bool]] = {
     "parallel_environment": (str, False),
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")  # Linux IFNAMSIZ: 15 chars
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 
 
 def _did_you_mean(word: str, choices) -> str:
@@ -158,6 +206,25 @@ def _check_value(kind, value, where: str) -> Any:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ConfigError(f"{where}: expected a table of strings, got {value!r}")
         return dict(value)
+    if kind == "cores":
+        if value == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a number of cores or 'auto', got {value!r}")
+        return value
+    if kind == "portrange":
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise ConfigError(f"{where}: expected [lowest, highest] port numbers, got {value!r}")
+        lo, hi = value
+        if not 1024 <= lo < hi <= 65535:
+            raise ConfigError(
+                f"{where}: ports must satisfy 1024 <= lowest < highest <= 65535, got [{lo}, {hi}]"
+            )
+        return (lo, hi)
     if kind == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{where}: expected a positive number, got {value!r}")
@@ -225,6 +292,14 @@ def parse_site(data: Mapping[str, Any], path: str, search_dirs=()) -> Site:
     queues: dict[str, Queue] = {}
     for qname, qtable in raw_queues.items():
         q = _check_table(qtable, _QUEUE_SCHEMA, f"{path}: queues.{qname}")
+        if q["cores_per_node"] == "auto":
+            if site["scheduler"] != "local":
+                raise ConfigError(
+                    f"{path}: queues.{qname}.cores_per_node: 'auto' (this machine's cores) "
+                    f"only fits scheduler 'local'; the nodes of a {site['scheduler']} site "
+                    "are other machines: give their number of cores"
+                )
+            q["cores_per_node"] = usable_cores()
         if q["max_nodes"] < 1 or q["cores_per_node"] < 1:
             raise ConfigError(f"{path}: queues.{qname}: max_nodes and cores_per_node must be >= 1")
         queues[qname] = Queue(
@@ -255,6 +330,7 @@ def parse_site(data: Mapping[str, Any], path: str, search_dirs=()) -> Site:
     if template and not os.path.isabs(template):
         template = str((Path(path).parent / template).resolve())
     polling = s["polling"]
+    parsl = _parsl_settings(s["parsl"], f"{path}: parsl")
     return Site(
         name=site["name"],
         path=str(path),
@@ -277,7 +353,112 @@ def parse_site(data: Mapping[str, Any], path: str, search_dirs=()) -> Site:
         poll_interval_s=polling.get("interval_s", 5.0),
         poll_max_interval_s=polling.get("max_interval_s", 60.0),
         command_timeout_s=polling.get("command_timeout_s", 60.0),
+        parsl=parsl,
     )
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _parsl_settings(table: Mapping[str, Any], where: str) -> ParslSettings:
+    address = table.get("address", ParslSettings.address).strip()
+    if address in ("", "*", "0.0.0.0", "::"):
+        raise ConfigError(
+            f"{where}.address: {address!r} would listen on every interface; give one IP "
+            "address, an interface name (e.g. 'ib0') or 'auto'"
+        )
+    if address != "auto":
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            if not _IFNAME_RE.match(address):
+                raise ConfigError(
+                    f"{where}.address: {address!r} is neither an IP address, an interface "
+                    "name (at most 15 letters, digits, '_', '.', ':', '@', '-') nor 'auto'"
+                ) from None
+    command = table.get("worker_command", DEFAULT_WORKER_COMMAND)
+    if not command or not command[0].strip():
+        raise ConfigError(
+            f"{where}.worker_command: empty; give the argv that starts Parsl's "
+            f"worker pool, e.g. {list(DEFAULT_WORKER_COMMAND)}"
+        )
+    for word in command:
+        for name in _PLACEHOLDER_RE.findall(word):
+            if name not in WORKER_COMMAND_PLACEHOLDERS:
+                raise ConfigError(
+                    f"{where}.worker_command: unknown placeholder {{{name}}} in {word!r}"
+                    f"{_did_you_mean(name, WORKER_COMMAND_PLACEHOLDERS)}; known: "
+                    + ", ".join(f"{{{k}}} ({v})" for k, v in WORKER_COMMAND_PLACEHOLDERS.items())
+                )
+        if _PLACEHOLDER_RE.sub("", word).count("{") or _PLACEHOLDER_RE.sub("", word).count("}"):
+            raise ConfigError(f"{where}.worker_command: unbalanced brace in {word!r}")
+    return ParslSettings(
+        address=address,
+        port_range=table.get("port_range", ParslSettings.port_range),
+        worker_command=tuple(command),
+    )
+
+
+def worker_command(site: Site, controller_python: str | None = None) -> list[str]:
+    """The site's Parsl worker command with its placeholders filled in."""
+    values = {"python": site.python, "controller_python": controller_python or sys.executable}
+    return [
+        _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], word)
+        for word in site.parsl.worker_command
+    ]
+
+
+def resolve_parsl_address(site: Site) -> str:
+    """The IP address the controller's interchange listens on for ``site``'s workers.
+
+    An IP is taken as it is; an interface name is looked up on this host (Parsl's
+    ``address_by_interface``); ``auto`` is the first IPv4 address of an up, non-loopback
+    interface (psutil's list, as Parsl's ``get_all_addresses`` uses - but without that
+    function's host-name and internet look-ups). Reads this host's interfaces: call it on
+    the controller's host. ConfigError when nothing fits.
+    """
+    settings = site.parsl
+    where = f"{site.path}: parsl.address"
+    if settings.address_kind == "ip":
+        return settings.address
+    import psutil
+    from parsl.addresses import address_by_interface
+
+    interfaces = psutil.net_if_addrs()
+    if settings.address_kind == "interface":
+        if settings.address not in interfaces:
+            raise ConfigError(
+                f"{where}: no interface {settings.address!r} on this host"
+                f"{_did_you_mean(settings.address, interfaces)}; interfaces: "
+                f"{', '.join(sorted(interfaces))}"
+            )
+        try:
+            return address_by_interface(settings.address)
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: interface {settings.address!r} has no IPv4 address ({exc.strerror})"
+            ) from None
+    stats = psutil.net_if_stats()
+    for name, addrs in interfaces.items():
+        if name in stats and not stats[name].isup:
+            continue
+        for a in addrs:
+            if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
+                return a.address
+    raise ConfigError(
+        f"{where}: 'auto' found no up, non-loopback IPv4 interface on this host "
+        f"(interfaces: {', '.join(sorted(interfaces))}); name the address or interface"
+    )
+
+
+def parsl_address_is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8 and ::1: only workers on the controller's host can connect."""
+    return ipaddress.ip_address(address).is_loopback
 
 
 # ----------------------------------------------------------------------------- finding
@@ -333,8 +514,9 @@ def list_sites() -> list[tuple[str, Path]]:
 
 
 def default_site_name(project_default: str | None = None) -> str:
-    """The site to use when none is named: ``$HPCEM_SITE``, a project default, else localhost."""
-    return os.environ.get("HPCEM_SITE") or project_default or "localhost"
+    """The site to use when none is named: the project's default site, else ``$HPCEM_SITE``,
+    else localhost (a project's own choice is more specific than the user's environment)."""
+    return project_default or os.environ.get("HPCEM_SITE") or "localhost"
 
 
 def check_limits(

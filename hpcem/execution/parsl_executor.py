@@ -3,7 +3,12 @@
 Blocks are batch jobs built from hpcem's site template (:class:`HpcemProvider`); Parsl
 scales them up and down with the number of pending steps. Workers only compute and
 return JSON-serialisable results; the single controller writes the project store.
-Every Parsl listener binds 127.0.0.1.
+
+The site's ``[parsl]`` table says where workers connect back to: the interchange listens
+for them on that one address (never on every interface), on a port of ``port_range``; the
+controller talks to the interchange on 127.0.0.1. The channel is CurveZMQ-encrypted. The
+interchange is started by this interpreter and the workers by the site's
+``worker_command``, so neither needs Parsl's scripts on PATH.
 """
 
 from __future__ import annotations
@@ -12,11 +17,57 @@ import atexit
 import concurrent.futures
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
-from hpcem.cluster.site import Site
+from hpcem.cluster.site import Site, resolve_parsl_address, worker_command
 from hpcem.errors import RunError, ValidationError
 from hpcem.execution.worker import execute_step
+
+#: The interchange as a module of this interpreter (Parsl's default runs ``interchange.py``
+#: from PATH). ``-P``: the current folder is not put on its ``sys.path``.
+INTERCHANGE_MODULE = "parsl.executors.high_throughput.interchange"
+
+
+def parsl_launch_cmd(site: Site, controller_python: str | None = None) -> str:
+    """HTEX ``launch_cmd``: the site's worker command, then Parsl's own worker options.
+
+    Parsl's default starts with the script name ``process_worker_pool.py``; its options
+    (``{placeholders}`` Parsl fills in) are kept as they are.
+    """
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+
+    script = "process_worker_pool.py "
+    if not DEFAULT_LAUNCH_CMD.startswith(script):
+        raise RunError(
+            f"this Parsl's worker launch command does not start with {script.strip()!r}: "
+            f"{DEFAULT_LAUNCH_CMD[:60]!r}...; hpcem cannot put the site's worker command first"
+        )
+    command = shlex.join(worker_command(site, controller_python))
+    # Parsl formats the whole string: braces of the site's command are literal
+    return command.replace("{", "{{").replace("}", "}}") + " " + DEFAULT_LAUNCH_CMD[len(script) :]
+
+
+def _check_parsl(htex_class) -> None:
+    """RunError unless this Parsl and pyzmq can run an encrypted HTEX from this interpreter."""
+    import inspect
+
+    import parsl
+    import zmq
+
+    params = inspect.signature(htex_class.__init__).parameters
+    missing = [p for p in ("interchange_launch_cmd", "launch_cmd", "encrypted") if p not in params]
+    if missing:
+        raise RunError(
+            f"Parsl {parsl.__version__}: HighThroughputExecutor has no {', '.join(missing)}; "
+            "hpcem needs them (tested with Parsl 2026.10): upgrade parsl"
+        )
+    if not zmq.has("curve"):
+        raise RunError(
+            f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}) has no CURVE support, so "
+            "Parsl's channel cannot be encrypted: install a pyzmq wheel (it bundles libsodium)"
+        )
 
 
 def _check_func_ref(func_ref: str) -> None:
@@ -28,8 +79,11 @@ def _check_func_ref(func_ref: str) -> None:
 class ParslExecutor:
     """The executor contract (``submit``/``shutdown``) on a site, via Parsl HTEX.
 
-    Construction only stores settings; :meth:`start` creates the provider, the
-    executor and the Parsl DataFlowKernel.
+    Construction only stores settings; :meth:`start` resolves the site's Parsl address and
+    creates the provider, the executor and the Parsl DataFlowKernel.
+
+    ``workers_per_node``: workers each block starts per node, and the cores it asks for
+    (the run's requested cores; default: the queue's cores per node).
     """
 
     def __init__(
@@ -61,11 +115,13 @@ class ParslExecutor:
         self.strategy_period_s = strategy_period_s
         self.label = label
         self.provider = None
+        self.htex = None
         self._dfk = None
         self._app = None
 
     def start(self) -> ParslExecutor:
-        """Start Parsl (interchange on 127.0.0.1); blocks are submitted as steps arrive."""
+        """Start Parsl (interchange on the site's Parsl address); blocks are submitted as
+        steps arrive."""
         if self._dfk is not None:
             return self
         from parsl.app.app import python_app
@@ -73,11 +129,13 @@ class ParslExecutor:
         from parsl.dataflow.dflow import DataFlowKernel
         from parsl.executors import HighThroughputExecutor
 
-        from hpcem.cluster.parsl_provider import HpcemProvider
+        from hpcem.execution.parsl_provider import HpcemProvider
 
         self.site.queue(self.queue)  # ConfigError now, not inside Parsl
+        address = resolve_parsl_address(self.site)  # ConfigError now, too
+        _check_parsl(HighThroughputExecutor)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cores = self.site.queues[self.queue].cores_per_node
+        cores = self.workers_per_node or self.site.queues[self.queue].cores_per_node
         self.provider = HpcemProvider(
             self.site,
             queue=self.queue,
@@ -92,15 +150,20 @@ class ParslExecutor:
         htex = HighThroughputExecutor(
             label=self.label,
             provider=self.provider,
-            address="127.0.0.1",
+            address=address,
             loopback_address="127.0.0.1",
-            max_workers_per_node=self.workers_per_node or cores,
+            worker_port_range=self.site.parsl.port_range,
+            launch_cmd=parsl_launch_cmd(self.site),
+            interchange_launch_cmd=[sys.executable, "-P", "-m", INTERCHANGE_MODULE],
+            encrypted=True,
+            max_workers_per_node=cores,
             cores_per_worker=1,
             heartbeat_period=5,
             heartbeat_threshold=30,
             poll_period=10,
             worker_logdir_root=str(self.run_dir / "workers"),
         )
+        self.htex = htex
         config = Config(
             executors=[htex],
             run_dir=str(self.run_dir / "runinfo"),

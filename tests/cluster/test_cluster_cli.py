@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,41 @@ def test_check_site_renders_every_shipped_site(name):
     assert findings["config"].ok
     renders = [f for c, f in findings.items() if c.startswith("render queue")]
     assert renders and all(f.ok for f in renders), renders
+
+
+def test_check_shows_the_parsl_address_and_warns_on_loopback_for_cluster_sites(capsys):
+    main(["site", "check", "local-slurm"])  # exit code: depends on SLURM being installed
+    out = capsys.readouterr().out
+    assert "ok   parsl address: workers connect to 127.0.0.1, a port in 54000-55000" in out
+    assert (
+        "WARN parsl address: 127.0.0.1 is loopback (scheduler slurm, queue(s) debug, long with "
+        "max_nodes > 1): only workers on this host can reach the controller" in out
+    )
+    assert main(["site", "check", "localhost"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   parsl address: workers connect to 127.0.0.1" in out and "WARN" not in out
+
+
+def test_check_names_a_missing_parsl_interface(tmp_path, capsys):
+    text = (Path(load_site("localhost").path).read_text()).replace(
+        'address = "127.0.0.1"', 'address = "nosuchif0"'
+    )
+    (tmp_path / "here.toml").write_text(text)
+    assert main(["site", "check", str(tmp_path / "here.toml")]) == 3
+    out = capsys.readouterr().out
+    assert "FAIL parsl address: " in out and "no interface 'nosuchif0' on this host" in out
+
+
+@pytest.mark.slow
+def test_check_test_runs_the_parsl_worker_command_on_a_node(tmp_path, capsys):
+    assert main(["site", "check", "localhost", "--test", "--timeout", "60"]) == 0
+    out = capsys.readouterr().out
+    assert f"ok   parsl worker command on a node: {sys.executable} -P -m parsl." in out
+    text = (Path(load_site("localhost").path).read_text()).replace(
+        "high_throughput.process_worker_pool", "high_throughput.no_such_pool"
+    )
+    (tmp_path / "broken.toml").write_text(text)
+    assert main(["site", "check", str(tmp_path / "broken.toml"), "--test", "--timeout", "60"]) == 3
+    out = capsys.readouterr().out
+    assert "ok   test job" in out
+    assert "FAIL parsl worker command on a node: job " in out and "exit code 1" in out

@@ -38,3 +38,12 @@ def test_environment_site_and_bad_requests(project, monkeypatch):
         execution_request(project, {"site": "local-slurm", "queue": "debug", "nodes": 5})
     with pytest.raises(ConfigError, match="has no queue 'gpu'"):
         execution_request(project, {"site": "local-slurm", "queue": "gpu"})
+
+
+def test_project_default_site_ranks_above_hpcem_site(project, monkeypatch):
+    # --site, then the project's default site, then $HPCEM_SITE, then localhost
+    monkeypatch.setenv("HPCEM_SITE", "local-sge")
+    assert execution_request(project, {})["site"] == "local-sge"
+    project.set_default_site("local-slurm")
+    assert execution_request(project, {})["site"] == "local-slurm"
+    assert execution_request(project, {"site": "localhost"})["site"] == "localhost"
