@@ -4,8 +4,9 @@
 1. A protocol of ``--steps`` independent trivial steps (``test.trivial`` from the test
    plugin) runs on the local executor, in the foreground of this process; the wall time
    minus an idle baseline gives the framework's overhead per step.
-2. A project with ``--runs`` runs; ``hpcem status PROJECT`` is timed in fresh processes
-   (the median of 5).
+2. Projects of ``--runs`` and of 5,000 finished runs; ``hpcem status PROJECT`` is timed
+   in fresh processes (the median of 5), against a bare ``python -c 'import h5py'``
+   (target at 5,000 runs: at most 1.3 times that).
 
 Prints one JSON object: {"steps", "wall_s", "overhead_ms_per_step", "status_s", ...}.
 """
@@ -57,28 +58,64 @@ def bench_steps(tmp: Path, n_steps: int, workers: int) -> dict:
             "overhead_ms_per_step": round(1000 * (wall_s - bare_s) / n_steps, 3)}
 
 
-def bench_status(tmp: Path, n_runs: int) -> dict:
-    from hpcem.store import Project
+def _finished_project(path: Path, n_runs: int):
+    """A project of ``n_runs`` finished runs. The first 50 go through the real run
+    operations; the rest are copies of those records written in one index commit (5,000
+    separate commits would make the set-up, not the command, the slow part)."""
+    import dataclasses
 
-    project = Project.create(tmp / "status")
-    for i in range(n_runs):
+    import numpy as np
+
+    from hpcem.store import Project
+    from hpcem.store import project as store_project
+
+    project = Project.create(path)
+    for i in range(min(n_runs, 50)):
         run = project.create_run("test.trivial", label=f"run {i}", params={"n": 10})
         project.begin_attempt(run.id, ("saved",))
         project.transition(run.id, ("launched",), "running", attempt=1, started=time.time() - 60)
         project.set_output(run.id, "particles", "hpcem.SetOfParticles", 1000 * i, attempt=1)
         project.controller_commit(run.id, 1, state="finished", steps_done=10, steps_total=10,
                                   attempt_fields={"ended": time.time(), "outcome": "finished"})
-    hpcem = [sys.executable, "-c", "import sys; from hpcem.cli.main import main; sys.exit(main())"]
+    if n_runs > 50:
+        model = project.runs
+        rows = [store_project._record_row(r) for r in model]
+        for i in range(50, n_runs):
+            rec = dataclasses.replace(model[i % 50], id=i + 1, label=f"run {i}",
+                                      output_sizes={"particles": 1000 * i})
+            rows.append(store_project._record_row(rec))
+        with project._index_lock():
+            attrs, _ = project._read_index(fresh=True)
+            attrs["next_run_id"] = n_runs + 1
+            cols = {name: np.array([r[name] for r in rows], dtype=object if t == "str" else t)
+                    for name, t in (*store_project.RUN_COLUMNS, *store_project.SUMMARY_COLUMNS)}
+            project._write_index(attrs, cols)
+    return project
+
+
+def _median_run(argv, n=5, check_rows=None) -> tuple[float, float]:
     times = []
-    for _ in range(5):
+    for _ in range(n):
         t0 = time.perf_counter()
-        out = subprocess.run(hpcem + ["status", str(project.path)], capture_output=True, text=True, check=True)
+        out = subprocess.run(argv, capture_output=True, text=True, check=True)
         times.append(time.perf_counter() - t0)
-    rows = [line for line in out.stdout.splitlines() if "finished" in line]
-    if len(rows) != n_runs:
-        raise SystemExit(f"status listed {len(rows)} finished runs, expected {n_runs}")
-    return {"runs": n_runs, "status_s": round(statistics.median(times), 3),
-            "status_min_s": round(min(times), 3)}
+    if check_rows is not None:
+        rows = [line for line in out.stdout.splitlines() if "finished" in line]
+        if len(rows) != check_rows:
+            raise SystemExit(f"status listed {len(rows)} finished runs, expected {check_rows}")
+    return statistics.median(times), min(times)
+
+
+def bench_status(tmp: Path, n_runs: int) -> dict:
+    project = _finished_project(tmp / f"status-{n_runs}", n_runs)
+    hpcem = [sys.executable, "-c", "import sys; from hpcem.cli.main import main; sys.exit(main())"]
+    med, low = _median_run(hpcem + ["status", str(project.path)], check_rows=n_runs)
+    return {f"status_{n_runs}_s": round(med, 3), f"status_{n_runs}_min_s": round(low, 3)}
+
+
+def bench_bare_h5py() -> dict:
+    med, low = _median_run([sys.executable, "-c", "import h5py"])
+    return {"bare_import_h5py_s": round(med, 3), "bare_import_h5py_min_s": round(low, 3)}
 
 
 def main() -> None:
@@ -89,7 +126,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hpcem-bench-") as tmp:
         result = bench_steps(Path(tmp), args.steps, args.workers)
-        result.update(bench_status(Path(tmp), args.runs))
+        result.update(bench_bare_h5py())
+        for n in sorted({args.runs, 5000}):
+            result.update(bench_status(Path(tmp), n))
+        result["status_5000_over_bare_h5py"] = round(
+            result["status_5000_s"] / result["bare_import_h5py_s"], 2)
     print(json.dumps(result))
 
 

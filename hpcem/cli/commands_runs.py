@@ -221,17 +221,22 @@ def run_cmd(project):
 @click.option("--log-lines", default=10, show_default=True, help="Log lines shown for one run.")
 def status_cmd(project, run, as_json, log_lines):
     """Where is my project at? One row per run, or the details of RUN (id or label)."""
-    from hpcem.execution.runs import summarize
+    from hpcem.execution.runs import status_rows, summarize
 
     proj = _open(project)
-    runs, problems = proj.read_runs()
-    runs = _refresh_batch_jobs(proj, runs)
-    runs = _reap_blocks(proj, runs)
+    quiet, live, problems = status_rows(proj)  # only live runs are decoded and checked
+    live = _reap_blocks(proj, _refresh_batch_jobs(proj, live))
     for problem in problems:
         click.echo(f"hpcem: warning: {safe(problem)}", err=True)
     if run is None:
-        rows = [summarize(r) for r in runs]
+        rows = sorted([*quiet.values(), *(summarize(r) for r in live)], key=lambda r: r.id)
         if as_json:
+            for r in rows:
+                if "text" in r.outputs:  # quiet rows: give scripts the same shape
+                    r.outputs = {n: {"type": t, "size": proj_sizes.get(n)}
+                                 for rec in [proj.run(r.id)]
+                                 for proj_sizes in [rec.output_sizes]
+                                 for n, t in rec.output_types.items()}
             click.echo(json.dumps({"project": str(proj.path), "runs": [r.to_json() for r in rows]}, indent=1))
             return
         _print_table(proj, rows)
@@ -242,7 +247,8 @@ def status_cmd(project, run, as_json, log_lines):
 def _refresh_batch_jobs(project, runs=None) -> list:
     """Ask each site once about the project's active batch jobs (only if there are any);
     return the runs, read again only when that changed them."""
-    runs = project.runs if runs is None else runs
+    all_runs = runs is None
+    runs = project.runs if all_runs else runs
     from hpcem.execution.batch import needs_refresh
 
     if not any(needs_refresh(r) for r in runs):
@@ -253,7 +259,7 @@ def _refresh_batch_jobs(project, runs=None) -> list:
         refresh_jobs(project, runs)
     except HpcemError as exc:
         click.echo(f"hpcem: warning: cannot query the batch system: {exc}", err=True)
-    return project.runs
+    return project.runs if all_runs else [project.run(r.id) for r in runs]
 
 
 def _reap_blocks(project, runs) -> list:
@@ -272,7 +278,7 @@ def _reap_blocks(project, runs) -> list:
         if done:
             click.echo(f"hpcem: run {r.id}: cancelled Parsl blocks left by its dead controller: "
                        f"{', '.join(done)}", err=True)
-    return project.runs
+    return [project.run(r.id) for r in runs]
 
 
 def _fmt_elapsed(seconds: float) -> str:
@@ -285,6 +291,8 @@ def _fmt_elapsed(seconds: float) -> str:
 
 
 def _fmt_outputs(outputs: dict) -> str:
+    if "text" in outputs:  # a quiet row: the index's summary column
+        return outputs["text"] or "-"
     parts = []
     for name, o in outputs.items():
         size = o.get("size")
@@ -304,8 +312,8 @@ def _print_table(project, rows) -> None:
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1])
+    click.echo("\n".join("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1]
+                         for row in table))
 
 
 def _print_run(project, run, as_json, log_lines) -> None:

@@ -547,3 +547,51 @@ def summarize(run) -> RunSummary:
         job = " ".join(x for x in (a.scheduler or a.site, a.job_id, a.scheduler_state) if x)
     return RunSummary(run.id, run.label, run.protocol, state, reason or run.error,
                       run.steps_done, run.steps_total, max(elapsed, 0.0), outputs, job)
+
+
+def status_rows(project) -> tuple[dict[int, RunSummary], list, list[str]]:
+    """What ``hpcem status`` lists, read cheaply: ``(quiet, live, problems)``.
+
+    ``quiet`` maps the id of each run that has nothing more to say (not active, no batch
+    job or Parsl block to reconcile) to its summary, built from the index's summary
+    columns without decoding its record; ``live`` are the full records of the others
+    (active runs, jobs to reconcile, blocks to cancel); ``problems`` name damaged rows.
+    """
+    import json
+
+    from hpcem.errors import CorruptStoreError
+    from hpcem.store.record import RUN_STATES
+
+    cols = project.summary_columns()
+    quiet: dict[int, RunSummary] = {}
+    live, problems = [], []
+    now = time.time()
+    for i in range(len(cols["id"])):
+        run_id = int(cols["id"][i])
+        state = str(cols["state"][i])
+        text = cols["record_json"][i] or "{}"
+        if not (text.startswith("{") and text.endswith("}")):  # cheap; decoded if suspect
+            try:
+                json.loads(text)
+            except ValueError as exc:
+                problems.append(str(project.damaged(run_id, exc)))
+                continue
+        if state not in RUN_STATES:
+            problems.append(str(project.unknown_state(run_id, state)))
+            continue
+        if state in ACTIVE_STATES or cols["job_open"][i] or cols["n_blocks"][i]:
+            try:
+                live.append(project._record(cols, i))
+            except CorruptStoreError as exc:
+                problems.append(str(exc))
+            continue
+        start, end = float(cols["started"][i]), float(cols["ended"][i])
+        if math.isnan(end) and not math.isnan(start):
+            end = now
+        elapsed = end - start if not (math.isnan(start) or math.isnan(end)) else 0.0
+        quiet[run_id] = RunSummary(run_id, str(cols["label"][i]), str(cols["protocol"][i]),
+                                   state, str(cols["error"][i]), int(cols["steps_done"][i]),
+                                   int(cols["steps_total"][i]), max(elapsed, 0.0),
+                                   {"text": str(cols["outputs_text"][i])}, str(cols["job"][i]))
+    return quiet, live, problems
+

@@ -4,6 +4,8 @@ Units and conventions are in :mod:`hpcem.model.types`. Sets of items are stored 
 columns by :mod:`hpcem.store`; the classes below are convenient views of one item.
 """
 
+from typing import ClassVar
+
 from hpcem.model.fields import Field, ItemType
 from hpcem.model.types import (
     ACQUISITION,
@@ -22,25 +24,42 @@ from hpcem.model.types import (
     VOLUME,
 )
 
-Acquisition = ACQUISITION.make_class()
-Movie = MOVIE.make_class()
-Micrograph = MICROGRAPH.make_class()
-CTFModel = CTF_MODEL.make_class()
-Coordinate = COORDINATE.make_class()
-Particle = PARTICLE.make_class()
-Volume = VOLUME.make_class()
-Mask = MASK.make_class()
-Class2D = CLASS_2D.make_class()
-Class3D = CLASS_3D.make_class()
-FSCCurve = FSC.make_class()
-MovieAlignment = MOVIE_ALIGNMENT.make_class()
+# Item view classes are built on first use (building them all costs ~40 ms at import,
+# which `hpcem status` would pay for nothing).
+_CLASS_TYPES = {
+    "Acquisition": ACQUISITION, "Movie": MOVIE, "Micrograph": MICROGRAPH, "CTFModel": CTF_MODEL,
+    "Coordinate": COORDINATE, "Particle": PARTICLE, "Volume": VOLUME, "Mask": MASK,
+    "Class2D": CLASS_2D, "Class3D": CLASS_3D, "FSCCurve": FSC, "MovieAlignment": MOVIE_ALIGNMENT,
+}
+_BUILT: dict[str, type] = {}
+
+
+def _item_class(name: str) -> type:
+    if name not in _BUILT:
+        _BUILT[name] = _CLASS_TYPES[name].make_class()
+    return _BUILT[name]
+
+
+class _ItemClasses(dict):
+    """Item view class by stable item type name (``ITEM_CLASSES["hpcem.Particle"]``)."""
+
+    _by_type: ClassVar[dict[str, str]] = {t.name: n for n, t in _CLASS_TYPES.items()}
+
+    def __missing__(self, type_name: str) -> type:
+        cls = _item_class(self._by_type[type_name])
+        self[type_name] = cls
+        return cls
+
 
 #: Item view class by stable item type name.
-ITEM_CLASSES: dict[str, type] = {
-    cls.ITEM_TYPE.name: cls
-    for cls in (Acquisition, Movie, Micrograph, CTFModel, Coordinate, Particle, Volume, Mask,
-                Class2D, Class3D, FSCCurve, MovieAlignment)
-}
+ITEM_CLASSES: dict[str, type] = _ItemClasses()
+
+
+def __getattr__(name: str) -> type:
+    if name in _CLASS_TYPES:
+        return _item_class(name)
+    raise AttributeError(f"module 'hpcem.model' has no attribute {name!r}")
+
 
 __all__ = [
     "ACQUISITION", "CLASS_2D", "CLASS_3D", "COORDINATE", "CTF_MODEL", "FSC", "ITEM_CLASSES",

@@ -49,6 +49,12 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("record_json", "str"),
 )
 _SCALARS = tuple(name for name, _ in RUN_COLUMNS if name != "record_json")
+# Derived from each record in the same commit (never written on their own), so that
+# `hpcem status` can list thousands of runs without decoding their records.
+SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("started", "float64"), ("ended", "float64"), ("job", "str"), ("job_open", "int64"),
+    ("outputs_text", "str"), ("n_blocks", "int64"),
+)
 
 
 class OutputSets(Mapping):
@@ -92,6 +98,7 @@ class Project:
     def __init__(self, path: str | os.PathLike, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self.path = Path(os.path.abspath(path))
         self.lock_timeout_s = lock_timeout_s
+        self._cache: tuple | None = None  # (file identity, last read of the index)
 
     def __repr__(self) -> str:
         return f"Project({str(self.path)!r})"
@@ -153,8 +160,24 @@ class Project:
         return p
 
     # --- the index ---
-    def _read_index(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _read_index(self, fresh: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(attrs, columns) of the index. Unless ``fresh``, a read of the same committed
+        file (same inode, size and mtime: every commit is a new file) is reused; callers
+        that change the columns in place must ask for a fresh copy."""
         path = self.index_path
+        try:
+            st = os.stat(path)
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except OSError:
+            key = None
+        if not fresh and key is not None and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        attrs, cols = self._read_index_file(path)
+        if key is not None:
+            self._cache = (key, (attrs, cols))
+        return attrs, cols
+
+    def _read_index_file(self, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         try:
             f = sf.open_h5(path, "project index")
         except FileNotFoundError:
@@ -169,10 +192,32 @@ class Project:
                 for name, dtype in RUN_COLUMNS:
                     ds = g[name]
                     cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
+                missing = [name for name, _ in SUMMARY_COLUMNS if name not in g]
+                for name, dtype in SUMMARY_COLUMNS:
+                    if name not in missing:
+                        ds = g[name]
+                        cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
             except (KeyError, OSError, ValueError) as exc:
                 raise CorruptStoreError(f"{path}: project index is incomplete or damaged "
                                         f"({exc}); it was not modified") from exc
+        if missing:  # an index written before the summary columns: derive them once
+            self._derive_summaries(cols)
         return attrs, cols
+
+    def _derive_summaries(self, cols: dict[str, np.ndarray]) -> None:
+        rows = []
+        for i in range(len(cols["id"])):
+            try:
+                rows.append(_summary_row(self._record(cols, i)))
+            except CorruptStoreError:
+                rows.append(_summary_row(None))
+        for name, dtype in SUMMARY_COLUMNS:
+            cols[name] = np.array([r[name] for r in rows], dtype=object if dtype == "str" else dtype)
+
+    def summary_columns(self) -> dict[str, np.ndarray]:
+        """The index's columns as arrays (scalars and summaries, records undecoded): what
+        ``hpcem status`` lists without decoding thousands of records."""
+        return self._read_index()[1]
 
     def _write_index(self, attrs: Mapping[str, Any], cols: Mapping[str, np.ndarray]) -> None:
         sf.clean_tmp_files(self.path, re.escape(INDEX))
@@ -181,7 +226,7 @@ class Project:
                 f.attrs[k] = v
             f.attrs["schema_version"] = sf.SCHEMA_VERSION
             g = f.create_group("runs")
-            for name, dtype in RUN_COLUMNS:
+            for name, dtype in (*RUN_COLUMNS, *SUMMARY_COLUMNS):
                 sf.write_column(g, name, np.asarray(cols[name],
                                                     dtype=object if dtype == "str" else dtype))
 
@@ -191,13 +236,10 @@ class Project:
         try:
             parts = record.parts_from_json(json.loads(cols["record_json"][i] or "{}"))
         except (ValueError, TypeError, KeyError, StoreError) as exc:
-            raise CorruptStoreError(f"{self.index_path}: the record of run {run_id} is damaged "
-                                    f"({type(exc).__name__}: {exc}); other runs are readable"
-                                    ) from None
+            raise self.damaged(run_id, exc) from None
         values = {name: _py(cols[name][i]) for name in _SCALARS}
         if values["state"] not in record.RUN_STATES:
-            raise CorruptStoreError(f"{self.index_path}: run {run_id} has the unknown state "
-                                    f"{values['state']!r} (states: {', '.join(record.RUN_STATES)})")
+            raise self.unknown_state(run_id, values["state"])
         if values["state"] in record.ACTIVE_STATES and parts["attempts"]:
             # an active run's progress lives in its own file (see controller_commit);
             # a transition out of the active states copies it into the index
@@ -206,6 +248,14 @@ class Project:
                 values.update({k: progress[k] for k in ("steps_done", "steps_total", "heartbeat")})
                 parts = {**parts, "blocks": progress["blocks"]}
         return RunRecord(**values, **parts, project_path=self.path)
+
+    def damaged(self, run_id: int, exc: Exception) -> CorruptStoreError:
+        return CorruptStoreError(f"{self.index_path}: the record of run {run_id} is damaged "
+                                 f"({type(exc).__name__}: {exc}); other runs are readable")
+
+    def unknown_state(self, run_id: int, state: str) -> CorruptStoreError:
+        return CorruptStoreError(f"{self.index_path}: run {run_id} has the unknown state "
+                                 f"{state!r} (states: {', '.join(record.RUN_STATES)})")
 
     # --- the progress of an active run (runs/NNNNNN/progress.h5) ---
     def _progress_path(self, run_id: int) -> Path:
@@ -246,7 +296,7 @@ class Project:
     def set_default_site(self, name: str) -> None:
         """Store the project's default site (one atomic commit)."""
         with self._index_lock():
-            attrs, cols = self._read_index()
+            attrs, cols = self._read_index(fresh=True)
             attrs["default_site"] = str(name)
             self._write_index(attrs, cols)
 
@@ -289,14 +339,14 @@ class Project:
             placement = Placement.from_json(placement)
         label = check_label(label)
         with self._index_lock():
-            attrs, cols = self._read_index()
+            attrs, cols = self._read_index(fresh=True)
             run_id = attrs["next_run_id"]
             rec = RunRecord(id=run_id, protocol=protocol, label=label, state="saved",
                             params=dict(params or {}), inputs=ins, placement=placement,
                             created=time.time(), project_path=self.path)
             row = _record_row(rec)
             cols = {name: np.append(cols[name], np.array([row[name]], dtype=cols[name].dtype))
-                    for name, _ in RUN_COLUMNS}
+                    for name, _ in (*RUN_COLUMNS, *SUMMARY_COLUMNS)}
             attrs["next_run_id"] = run_id + 1
             self._write_index(attrs, cols)
         return rec
@@ -306,7 +356,7 @@ class Project:
         """Read the run under the index lock, apply ``change``, commit. ``change`` may
         raise to refuse (nothing is written); it must not do I/O."""
         with self._index_lock():
-            attrs, cols = self._read_index()
+            attrs, cols = self._read_index(fresh=True)
             i = self._row(cols, run_id)
             old = self._record(cols, i)
             new = change(old)
@@ -596,11 +646,28 @@ def _py(v: Any) -> Any:
 
 def _empty_run_columns() -> dict[str, np.ndarray]:
     return {name: np.empty(0, dtype=object if dtype == "str" else dtype)
-            for name, dtype in RUN_COLUMNS}
+            for name, dtype in (*RUN_COLUMNS, *SUMMARY_COLUMNS)}
+
+
+def _summary_row(rec: RunRecord | None) -> dict[str, Any]:
+    """The summary columns of one record (placeholders for a damaged one)."""
+    if rec is None:
+        return {"started": math.nan, "ended": math.nan, "job": "", "job_open": 0,
+                "outputs_text": "", "n_blocks": 0}
+    a = rec.attempt
+    job = ""
+    if a is not None and a.job_id:
+        job = " ".join(x for x in (a.scheduler or a.site, a.job_id, a.scheduler_state) if x)
+    outputs = ", ".join(f"{n}({rec.output_sizes[n]})" if n in rec.output_sizes else n
+                        for n in rec.output_types)
+    return {"started": float(rec.started), "ended": float(rec.ended), "job": job,
+            "job_open": int(bool(a is not None and a.job_id and (a.provisional or not a.scheduler_final))),
+            "outputs_text": outputs, "n_blocks": len(rec.blocks)}
 
 
 def _record_row(rec: RunRecord) -> dict[str, Any]:
     row = {name: getattr(rec, name) for name in _SCALARS}
+    row.update(_summary_row(rec))
     for name in ("created", "heartbeat"):
         row[name] = math.nan if row[name] is None else float(row[name])
     try:
