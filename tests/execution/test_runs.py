@@ -296,11 +296,10 @@ def test_import_tiff_movies_with_acquisition(project, tmp_path):
 
 def test_pixel_size_mismatch_is_reported(project, tmp_path):
     _make_micrographs(tmp_path / "raw", n=1)
-    run = lifecycle.create_run(project, "import.micrographs",
-                               {"files": str(tmp_path / "raw" / "*.mrc"), "pixel_size_A": 2.0})
-    lifecycle.launch(project, run.id, foreground=True)
-    rec = project.run(run.id)
-    assert rec.state == "failed" and "m0.mrc" in rec.error and "1.5" in rec.error
+    with pytest.raises(ValidationError) as e:  # found before anything is stored
+        lifecycle.create_run(project, "import.micrographs",
+                             {"files": str(tmp_path / "raw" / "*.mrc"), "pixel_size_A": 2.0})
+    assert "m0.mrc" in str(e.value) and "1.5" in str(e.value) and project.runs == []
 
 
 def test_launch_into_project_locked_by_another_process(tmp_path):
