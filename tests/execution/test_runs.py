@@ -125,7 +125,6 @@ def test_stop_kills_processes_and_marks_aborted(project, tmp_path, wait_for_run)
     pid = project.run(run.id).pid
     started = time.monotonic()
     assert "aborted: stopped by user" in lifecycle.stop_run(project, run.id)
-    assert time.monotonic() - started < 10
     assert not lifecycle.pid_alive(pid)
     assert lifecycle.run_processes(project, run.id) == []  # no worker outlived the stop
     rec = project.run(run.id)
