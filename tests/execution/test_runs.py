@@ -123,7 +123,6 @@ def test_stop_kills_processes_and_marks_aborted(project, tmp_path, wait_for_run)
     while project.run(run.id).state != "running" and time.monotonic() < deadline:
         time.sleep(0.05)
     pid = project.run(run.id).pid
-    started = time.monotonic()
     assert "aborted: stopped by user" in lifecycle.stop_run(project, run.id)
     assert not lifecycle.pid_alive(pid)
     assert lifecycle.run_processes(project, run.id) == []  # no worker outlived the stop
