@@ -35,7 +35,7 @@ from hpcem.errors import (
     StorageFullError,
     WorkerLostError,
 )
-from hpcem.execution.context import RunContext
+from hpcem.protocol.context import RunContext
 from hpcem.execution.graph import StepGraph
 from hpcem.execution.log import RunLog
 from hpcem.protocol.declare import step_identity

@@ -45,7 +45,7 @@ def create_run(
 ):
     """Validate and store a new run (state ``saved``); nothing runs yet."""
     # Imported here: `hpcem status` uses this module and must start fast.
-    from hpcem.execution.context import RunContext
+    from hpcem.protocol.context import RunContext
     from hpcem.protocol.registry import get_protocol
     from hpcem.protocol.validate import validate_request
     from hpcem.store.project import check_label

@@ -120,7 +120,7 @@ class Step:
     ``func`` is ``"module:function"``; ``args`` must be JSON-serialisable (checked here,
     since steps are shipped to workers and re-identified on resume by their hash).
     ``deps`` names steps that must finish first. ``controller=True`` steps run in the
-    controller process and receive a :class:`~hpcem.execution.context.RunContext` as
+    controller process and receive a :class:`~hpcem.protocol.context.RunContext` as
     first argument (to read results of other steps and write output sets).
     """
 

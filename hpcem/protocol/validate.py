@@ -121,7 +121,7 @@ def resolve_paths(protocol: type[Protocol], values: dict, project) -> dict:
     """Path parameters resolved once, at validation, the same way from the API and the
     CLI: relative to the caller's folder, then stored relative to the project when they
     lie inside it (absolute otherwise), so steps never carry machine-specific paths."""
-    from hpcem.execution.context import project_relative
+    from hpcem.protocol.context import project_relative
 
     out = dict(values)
     for p in protocol.params:
