@@ -30,8 +30,13 @@ MANIFEST = "manifest.h5"
 SEGMENT_TYPE = "hpcem.Segment"
 SEGMENT_RE = re.compile(r"^seg-(\d{6,})\.h5$")
 
-#: Merge segments into one when a set has more than this many.
-COMPACT_THRESHOLD = 16
+#: Compaction is size-tiered (see :func:`tiered_merge_start`): the newest segments are
+#: merged when COMPACT_FANOUT of them share a size class (rows in [F**c, F**(c+1))).
+COMPACT_FANOUT = 4
+
+#: The most segments a set may have: past it the newest (smallest) are merged however
+#: their sizes compare. Tiering keeps a set below it up to ~4**10 rows of 1-row appends.
+COMPACT_THRESHOLD = 32
 
 #: Folders of the project above a set's files (runs/<id>/sets/<name>/); none may be a link.
 SET_LEVELS = 4
@@ -136,6 +141,49 @@ def write_table(g, item: ItemType, table: Mapping[str, np.ndarray]) -> None:
         if fd.name in table:
             sf.write_column(g, fd.name, np.asarray(table[fd.name],
                                                    dtype=object if fd.kind == "str" else fd.dtype))
+
+
+# --- compaction policy ----------------------------------------------------------------
+def size_class(weight: int, fanout: int) -> int:
+    """``floor(log_fanout(weight))`` (0 for weights up to ``fanout - 1``)."""
+    c, limit = 0, fanout
+    while weight >= limit:
+        c += 1
+        limit *= fanout
+    return c
+
+
+def tiered_merge_start(weights: Sequence[int], fanout: int = COMPACT_FANOUT,
+                       max_parts: int | None = None) -> int | None:
+    """Where the newest parts should be merged from: ``weights[start:]`` (oldest first)
+    become one part; None when nothing is due.
+
+    Size-tiered, as in LSM trees: the newest part absorbs older ones of a smaller size
+    class, and ``fanout`` parts of one class at the tail merge into one of a larger class.
+    Classes then never increase towards the newest part and hold at most ``fanout - 1``
+    parts each, so there are at most ``(fanout - 1) * (log_fanout(total) + 1)`` parts,
+    and each row is rewritten about once per class it climbs: O(log total) amortised per
+    row, where merging everything every k appends costs O(total / k) per row. Past
+    ``max_parts`` the newest (smallest) parts are merged too, so the count stays bounded
+    whatever the weights. Only tails are merged, so the row order is kept.
+    """
+    w = [max(1, int(x)) for x in weights]
+    start = None
+    while len(w) >= 2:
+        last = size_class(w[-1], fanout)
+        i = len(w) - 1
+        while i > 0 and size_class(w[i - 1], fanout) < last:
+            i -= 1
+        if i == len(w) - 1:
+            if len(w) >= fanout and all(size_class(x, fanout) == last for x in w[-fanout:]):
+                i = len(w) - fanout
+            elif max_parts is not None and len(w) > max_parts:
+                i = max_parts - 1
+            else:
+                break
+        start = i
+        w = [*w[:i], sum(w[i:])]
+    return start
 
 
 # --- segments -------------------------------------------------------------------------

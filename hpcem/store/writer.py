@@ -3,7 +3,10 @@
 Every append writes one immutable segment (temp file + atomic rename) and then commits a
 new manifest that lists it, so readers, which take no lock, always see a consistent
 prefix. Compaction merges segments the same way: new segment, new manifest, then the old
-segment files are deleted.
+segment files are deleted. It is size-tiered (:func:`~hpcem.store.manifest.tiered_merge_start`):
+only the newest segments are merged, when enough of them share a size class, so a set that
+streams for hours pays O(log rows) rewrites per row instead of a whole-set merge every few
+appends.
 
 An append (or optics change) that raises, e.g. StorageFullError on a full disk, leaves
 the writer as it was before the call: the same append can simply be repeated once space
@@ -27,11 +30,13 @@ from hpcem.model.types import ACQUISITION
 from hpcem.store import files as sf
 from hpcem.store.locks import FileLock
 from hpcem.store.manifest import (
+    COMPACT_FANOUT,
     COMPACT_THRESHOLD,
     SEGMENT_RE,
     SET_LEVELS,
     Manifest,
     empty_column,
+    tiered_merge_start,
     write_manifest,
     write_segment,
 )
@@ -49,12 +54,16 @@ class SetWriter:
     """
 
     def __init__(self, project_path: Path, set_dir: Path, lock: FileLock,
-                 manifest: Manifest, compact_threshold: int = COMPACT_THRESHOLD) -> None:
+                 manifest: Manifest, compact_threshold: int = COMPACT_THRESHOLD,
+                 compact_fanout: int = COMPACT_FANOUT) -> None:
         self.project_path = Path(project_path)
         self.path = Path(set_dir)
         self._lock = lock
         self._m = manifest
+        #: the most segments the set may have (the newest are merged past it)
         self.compact_threshold = compact_threshold
+        #: segments of one size class that are merged into one (see tiered_merge_start)
+        self.compact_fanout = compact_fanout
         self._file_index = {p: i for i, p in enumerate(manifest.files)}
         self._input_cache: dict[str, int] = {}
         self._root_abs = os.path.abspath(self.project_path)
@@ -178,12 +187,19 @@ class SetWriter:
             self._commit_segment(cols, n)
             self._m.next_id = max(self._m.next_id, int(ids.max()) + 1)
             write_manifest(self.path, self._m)
-        if len(self._m.segments) > self.compact_threshold:
-            # the rows are committed: a full disk only postpones the compaction (retried
-            # on the next append), it must not make a committed append look failed
-            with contextlib.suppress(StorageFullError):
-                self.compact()
+        # the rows are committed: a full disk only postpones the compaction (retried on
+        # the next append), it must not make a committed append look failed
+        with contextlib.suppress(StorageFullError):
+            self._maybe_compact()
         return n
+
+    def _maybe_compact(self) -> None:
+        """Merge the newest segments when the tiered policy says so (after an append)."""
+        start = tiered_merge_start([r for _, r in self._m.segments],
+                                   max(2, self.compact_fanout),
+                                   max(1, self.compact_threshold))
+        if start is not None:
+            self._merge_tail(start)
 
     def _commit_segment(self, cols: Mapping[str, Any], n: int) -> None:
         name = f"seg-{self._m.next_segment:06d}.h5"
@@ -256,21 +272,27 @@ class SetWriter:
     def compact(self) -> None:
         """Merge all segments into one (new segment, new manifest, delete the old)."""
         self._check_open()
-        if len(self._m.segments) <= 1:
+        self._merge_tail(0)
+
+    def _merge_tail(self, start: int) -> None:
+        """Merge ``segments[start:]`` into one segment in their place: new segment, new
+        manifest, then delete the old files. The row order is kept, so a reader whose
+        segments vanished re-reads the manifest and finds the same rows first."""
+        tail = self._m.segments[start:]
+        if len(tail) <= 1:
             return
+        rows = sum(r for _, r in tail)
         snap = Set(self.project_path, self.path, Manifest(**{
-            **self._m.__dict__, "segments": list(self._m.segments),
-            "files": list(self._m.files)}))
+            **self._m.__dict__, "segments": list(tail), "files": list(self._m.files)}))
         cols = {fd.name: snap.raw_column(fd.name) for fd in self.item_type.fields}
         snap.close()
-        old = [s for s, _ in self._m.segments]
         name = f"seg-{self._m.next_segment:06d}.h5"
         with self._transaction():
             write_segment(self.path / name, self.item_type, cols, self._m.step)
             self._m.next_segment += 1
-            self._m.segments = [(name, len(snap))]
+            self._m.segments = [*self._m.segments[:start], (name, rows)]
             write_manifest(self.path, self._m)
-        for s in old:
+        for s, _ in tail:
             with contextlib.suppress(OSError):
                 os.unlink(self.path / s)
 
