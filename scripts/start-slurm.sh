@@ -10,6 +10,9 @@
 # slurmdbd (no bind-address setting) runs with an LD_PRELOAD shim that turns bind(0.0.0.0)
 # into bind(127.0.0.1); mariadbd runs with --skip-networking.
 # Everything started is listed in /run/hpcem-slurm/started; scripts/stop-slurm.sh stops those.
+# slurm.conf also names one more node, node<N+1> (node5) at 10.213.0.2 in partition "netns"
+# only, State=FUTURE: it exists only while scripts/start-netns-node.sh runs its slurmd inside
+# the network namespace hpcem-n5 (a second "host" joined by a veth pair).
 #
 # Environment knobs:
 #   HPCEM_SLURM_NODES (4)  HPCEM_SLURM_CPUS_PER_NODE (nproc)  HPCEM_SLURM_MEM_PER_NODE (MB)
@@ -33,6 +36,9 @@ ACCT=${HPCEM_SLURM_ACCOUNTING:-1}
 WAIT=${HPCEM_SLURM_WAIT:-120}
 BASE_PORT=17001
 LAST_PORT=$(( BASE_PORT + NODES - 1 ))
+NETNS_NODE=node$(( NODES + 1 ))      # slurmd started by scripts/start-netns-node.sh
+NETNS_NODE_ADDR=10.213.0.2           # its end of the veth pair (host end 10.213.0.1)
+NETNS_NODE_PORT=$(( BASE_PORT + NODES ))
 RUN=/run/slurm
 STATE=/var/lib/slurm/slurmctld
 SPOOL=/var/spool/slurmd
@@ -99,8 +105,10 @@ OverTimeLimit=0
 MinJobAge=600
 MaxJobCount=20000
 NodeName=node[1-$NODES] NodeHostname=localhost NodeAddr=127.0.0.1 Port=[$BASE_PORT-$LAST_PORT] CPUs=$CPUS Sockets=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES DefaultTime=01:00:00 MaxTime=1-00:00:00 State=UP
-PartitionName=long  Nodes=ALL Default=NO  DefaultTime=01:00:00 MaxTime=INFINITE   State=UP
+NodeName=$NETNS_NODE NodeHostname=hpcem-n5 NodeAddr=$NETNS_NODE_ADDR Port=$NETNS_NODE_PORT CPUs=$CPUS Sockets=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM State=FUTURE
+PartitionName=debug Nodes=node[1-$NODES] Default=YES DefaultTime=01:00:00 MaxTime=1-00:00:00 State=UP
+PartitionName=long  Nodes=node[1-$NODES] Default=NO  DefaultTime=01:00:00 MaxTime=INFINITE   State=UP
+PartitionName=netns Nodes=$NETNS_NODE Default=NO DefaultTime=01:00:00 MaxTime=1-00:00:00 State=UP
 EOF
 conf_changed=0
 if install_if_changed "$WORK/slurm.conf" /etc/slurm/slurm.conf 0644; then
@@ -203,7 +211,7 @@ for i in $(seq 1 "$NODES"); do
 done
 
 nodes_ready() {
-    [ "$(sinfo -h -N -o '%N %T' | sort -u | grep -cE ' (idle|mixed|allocated|completing)$')" -eq "$NODES" ]
+    [ "$(sinfo -h -N -n "node[1-$NODES]" -o '%N %T' | sort -u | grep -cE ' (idle|mixed|allocated|completing)$')" -eq "$NODES" ]
 }
 start=$SECONDS; resumed=0
 until nodes_ready; do
