@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
+
+from hpcem.cluster.schedulers import node_name
 
 
 def sleep_step(seconds: float = 0.5, index: int = 0) -> dict:
@@ -12,6 +13,6 @@ def sleep_step(seconds: float = 0.5, index: int = 0) -> dict:
     time.sleep(seconds)
     return {
         "index": index,
-        "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "node": node_name(),
         "pid": os.getpid(),
     }

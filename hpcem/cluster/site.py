@@ -25,7 +25,6 @@ from typing import Any
 
 from hpcem.errors import ConfigError, ValidationError
 
-SCHEDULERS = ("slurm", "pbs", "sge", "local")
 #: Parsl's worker pool as a module: run by the site's (or the controller's) interpreter, not
 #: as the ``process_worker_pool.py`` script found on PATH. ``-P``: the block's folder (inside
 #: the project) is not put on ``sys.path``.
@@ -278,10 +277,13 @@ def parse_site(data: Mapping[str, Any], path: str, search_dirs=()) -> Site:
         raise ConfigError(f'{path}: programs: expected a table of name = "path" strings')
 
     site, defaults = s["site"], s["defaults"]
-    if site["scheduler"] not in SCHEDULERS:
+    from hpcem.cluster.schedulers import scheduler_names
+
+    known = scheduler_names()  # built-in ones and plugins (entry points)
+    if site["scheduler"] not in known:
         raise ConfigError(
             f"{path}: site.scheduler: unknown scheduler {site['scheduler']!r}"
-            f"{_did_you_mean(site['scheduler'], SCHEDULERS)}; known: {', '.join(SCHEDULERS)}"
+            f"{_did_you_mean(site['scheduler'], known)}; known: {', '.join(known)}"
         )
     if not _NAME_RE.match(site["name"]):
         raise ConfigError(f"{path}: site.name: {site['name']!r} is not a simple name")

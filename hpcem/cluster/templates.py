@@ -49,7 +49,10 @@ def template_path(site: Site) -> Path:
     """The template a site uses: its own ``template`` or ``<scheduler>.sh.j2`` shipped."""
     if site.template:
         return Path(site.template)
-    return shipped_template_dir() / f"{site.scheduler}.sh.j2"
+    from hpcem.cluster.schedulers import get_scheduler
+
+    own = getattr(get_scheduler(site.scheduler), "TEMPLATE", None)  # a plugin's template
+    return Path(own) if own else shipped_template_dir() / f"{site.scheduler}.sh.j2"
 
 
 def _environment(folder: Path) -> jinja2.Environment:

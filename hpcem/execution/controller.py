@@ -35,9 +35,9 @@ from hpcem.errors import (
     StorageFullError,
     WorkerLostError,
 )
-from hpcem.protocol.context import RunContext
 from hpcem.execution.graph import StepGraph
 from hpcem.execution.log import RunLog
+from hpcem.protocol.context import RunContext
 from hpcem.protocol.declare import step_identity
 from hpcem.protocol.registry import get_protocol
 
@@ -72,7 +72,9 @@ def _new_record(step, identity: str) -> dict:
 
 
 def _node() -> str:
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    from hpcem.cluster.schedulers import node_name
+
+    return node_name()
 
 
 class Controller:
@@ -368,9 +370,10 @@ def take_over(project, run_id: int, attempt: int) -> int:
     the attempt it was submitted for: a new attempt of the same job is taken instead.
     Returns the attempt this controller holds; FencedError when it holds none.
     """
+    from hpcem.cluster.schedulers import job_environment
     from hpcem.store.project import StateConflict
 
-    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or os.environ.get("JOB_ID")
+    job_id = job_environment()[0]
     run = project.run(run_id)
     a = run.attempt
     if (a is not None and a.number == attempt and run.state != "launched" and job_id

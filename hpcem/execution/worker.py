@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from hpcem.cluster.schedulers import node_name
 from hpcem.errors import ProtocolError
 
 
@@ -37,7 +37,7 @@ def execute_step(func_ref: str, args: dict) -> dict:
 def _outcome(result, started: float) -> dict:
     return {
         "result": result,
-        "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "host": node_name(),
         "pid": os.getpid(),
         "started": started,
         "ended": time.time(),

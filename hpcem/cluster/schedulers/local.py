@@ -13,6 +13,8 @@ from hpcem.cluster.schedulers import lookup_state
 from hpcem.errors import SchedulerError
 
 NAME = "local"
+JOB_ID_ENV = None  # what a job script of this scheduler sees
+NODE_ENV = None
 PROGRAMS = ("bash", "setsid", "ps", "kill")
 
 # ps STAT first letters

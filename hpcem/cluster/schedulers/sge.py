@@ -10,6 +10,8 @@ from hpcem.cluster.schedulers import lookup_state
 from hpcem.errors import SchedulerError
 
 NAME = "sge"
+JOB_ID_ENV = 'JOB_ID'  # what a job script of this scheduler sees
+NODE_ENV = None
 PROGRAMS = ("qsub", "qstat", "qdel", "qacct")
 
 # qstat state codes (man qstat): q queued, w waiting, h hold, r running, t transferring,
