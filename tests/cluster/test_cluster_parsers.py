@@ -8,13 +8,15 @@ import logging
 import pytest
 
 from hpcem.cluster.job import JobState
-from hpcem.cluster.schedulers import SCHEDULER_MODULES, get_scheduler, pbs, sge, slurm
+from hpcem.cluster.schedulers import BUILTIN, get_scheduler, pbs, sge, slurm
 from hpcem.errors import SchedulerError
 
 from .conftest import fixture_text
 
 CONTRACT = (
     "NAME",
+    "JOB_ID_ENV",
+    "NODE_ENV",
     "PROGRAMS",
     "STATE_MAP",
     "map_state",
@@ -34,7 +36,7 @@ CONTRACT = (
 )
 
 
-@pytest.mark.parametrize("name", SCHEDULER_MODULES)
+@pytest.mark.parametrize("name", BUILTIN)
 def test_every_scheduler_module_has_the_contract(name):
     mod = get_scheduler(name)
     for attr in CONTRACT:
@@ -54,7 +56,7 @@ def test_every_scheduler_module_has_the_contract(name):
     )
 
 
-@pytest.mark.parametrize("name", SCHEDULER_MODULES)
+@pytest.mark.parametrize("name", BUILTIN)
 def test_unknown_state_is_unknown_with_warning(name, caplog):
     with caplog.at_level(logging.WARNING, logger="hpcem.cluster"):
         assert get_scheduler(name).map_state("WEIRD_NEW_STATE") is JobState.UNKNOWN

@@ -77,7 +77,7 @@ def toy_plugin(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("HPCEM_SITE_PATH", str(sites))
-    import hpcem.cluster.schedulers as schedulers
+    from hpcem.cluster import schedulers
 
     monkeypatch.setattr(schedulers, "_ENV_SCHEDULERS", None)
     return root
