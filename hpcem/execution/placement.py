@@ -49,4 +49,6 @@ def execution_request(project, opts: Mapping[str, Any]) -> dict:
     if dispatch == "job":
         return {**execution, "mode": "job", "dispatch": "local"}
     parsl = {"max_blocks": int(opts.get("max_blocks") or 2)}
+    if opts.get("cores"):  # the run asks for its workers: never a site's fixed number
+        parsl["workers_per_node"] = int(opts["cores"])
     return {**execution, "mode": "local", "dispatch": "parsl", "parsl": parsl}

@@ -26,6 +26,8 @@ def test_project_default_site_sends_whole_runs_as_jobs(project, monkeypatch):
     parsl = execution_request(project, {"dispatch": "parsl", "max_blocks": 3, "queue": "long"})
     assert parsl["dispatch"] == "parsl" and parsl["parsl"] == {"max_blocks": 3}
     assert parsl["resources"]["queue"] == "long"
+    two = execution_request(project, {"dispatch": "parsl", "queue": "long", "cores": 2})
+    assert two["parsl"] == {"max_blocks": 2, "workers_per_node": 2}  # the run's cores, not 64
 
 
 def test_environment_site_and_bad_requests(project, monkeypatch):
