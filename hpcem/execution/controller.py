@@ -356,7 +356,8 @@ def make_executor(project, run, workers: int | None):
 
         return ParslExecutor(load_site(placement.site), queue=placement.resources.get("queue"),
                              run_dir=str(project.run_dir(run.id) / "parsl"),
-                             label=f"hpcem-run{run.id}", **dict(placement.parsl))
+                             label=f"hpcem-run{run.id}", cwd=str(project.path),
+                             **dict(placement.parsl))
     from hpcem.execution.local import LocalExecutor
 
     return LocalExecutor(workers or placement.workers or None, site=placement.site,

@@ -101,6 +101,7 @@ class ParslExecutor:
         max_idletime_s: float = 30.0,
         strategy_period_s: float = 1.0,
         label: str = "hpcem",
+        cwd: str | os.PathLike | None = None,
     ):
         self.site = site
         self.queue = queue or site.default_queue
@@ -114,6 +115,7 @@ class ParslExecutor:
         self.max_idletime_s = max_idletime_s
         self.strategy_period_s = strategy_period_s
         self.label = label
+        self.cwd = str(cwd) if cwd else None  # where steps run on the nodes (the project)
         self.provider = None
         self.htex = None
         self._dfk = None
@@ -205,7 +207,7 @@ class ParslExecutor:
             raise ValidationError(
                 f"arguments of {func_ref} are not JSON-serialisable: {exc}"
             ) from None
-        return self._app(func_ref, args)
+        return self._app(func_ref, args, self.cwd)
 
     def job_ids(self) -> list[str]:
         """Batch job ids of every block submitted so far."""

@@ -28,8 +28,11 @@ def resolve(func_ref: str) -> Callable:
     return obj
 
 
-def execute_step(func_ref: str, args: dict) -> dict:
-    """Run one step; return its result with where and when it ran."""
+def execute_step(func_ref: str, args: dict, cwd: str | None = None) -> dict:
+    """Run one step; return its result with where and when it ran. ``cwd`` (the project
+    folder, as seen from this node) is where the step's project-relative paths resolve."""
+    if cwd and os.getcwd() != cwd:
+        os.chdir(cwd)
     started = time.time()
     return _outcome(resolve(func_ref)(**args), started)
 
