@@ -268,18 +268,21 @@ def _read_base(path: Path, columns: bool = True) -> tuple[StepTable | None, int,
         return None, seq, rows
 
 
-def _read_delta(path: Path, d: _Delta) -> StepTable:
-    """The records of one delta (FileNotFoundError when a compaction removed it)."""
+def _read_delta(path: Path, d: _Delta) -> tuple[StepTable, int]:
+    """The records of one delta and its weight (FileNotFoundError when a compaction
+    removed it)."""
     with sf.open_h5(path, "step log delta") as f:
         sf.check_header(f, DELTA_TYPE, "step log delta")
         try:
             first, last = int(f.attrs["first_seq"]), int(f.attrs["last_seq"])
+            weight = int(f.attrs["weight"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptStoreError(f"{path}: step log delta lacks first_seq/last_seq") from exc
+            raise CorruptStoreError(f"{path}: step log delta lacks its first_seq, last_seq "
+                                    "or weight attribute") from exc
         if (first, last) != (d.first, d.last):
             raise CorruptStoreError(f"{path}: step log delta holds commits {first}..{last}, "
                                     f"its name says {d.first}..{d.last}")
-        return _read_group(f, path, "step log delta")
+        return _read_group(f, path, "step log delta"), weight
 
 
 def merge_tables(tables: Iterable[StepTable]) -> StepTable:
@@ -330,7 +333,7 @@ def read_steps_file(path: Path, run_id: int) -> StepTable:
             previous = seen
         else:
             try:
-                tables = [_read_delta(path.parent / d.name, d) for d in found[0]]
+                tables = [_read_delta(path.parent / d.name, d)[0] for d in found[0]]
             except FileNotFoundError:
                 pass  # merged or folded into the base while we read: start again
             else:
@@ -406,14 +409,7 @@ class _Log:
         key = (d.name, d.inode)
         hit = self.known.get(key)
         if hit is None:
-            path = self.path.parent / d.name
-            table = _read_delta(path, d)
-            try:
-                with sf.open_h5(path, "step log delta") as f:
-                    weight = int(f.attrs["weight"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CorruptStoreError(f"{path}: step log delta lacks its weight "
-                                        "attribute") from exc
+            table, weight = _read_delta(self.path.parent / d.name, d)
             hit = self.known[key] = (weight, table)
         return hit
 

@@ -35,7 +35,9 @@ from hpcem.store.manifest import (
     SEGMENT_RE,
     SET_LEVELS,
     Manifest,
+    concat,
     empty_column,
+    segment_size_estimate,
     tiered_merge_start,
     write_manifest,
     write_segment,
@@ -43,6 +45,9 @@ from hpcem.store.manifest import (
 from hpcem.store.ragged import Ragged
 from hpcem.store.safeopen import open_dir
 from hpcem.store.sets import Set
+
+#: Bytes of the newest segments' columns a writer keeps in memory for merging them.
+RECENT_BYTES = 64 << 20
 
 
 class SetWriter:
@@ -64,6 +69,9 @@ class SetWriter:
         self.compact_threshold = compact_threshold
         #: segments of one size class that are merged into one (see tiered_merge_start)
         self.compact_fanout = compact_fanout
+        #: raw columns of the newest segments this writer wrote, so that merging them
+        #: reads nothing back (segments never change once written)
+        self._recent: dict[str, tuple[int, dict[str, Any]]] = {}
         self._file_index = {p: i for i, p in enumerate(manifest.files)}
         self._input_cache: dict[str, int] = {}
         self._root_abs = os.path.abspath(self.project_path)
@@ -99,6 +107,9 @@ class SetWriter:
         except BaseException:
             segments, m.next_segment, m.next_id, n_files, m.optics, m.state = saved
             m.segments = segments
+            listed = {name for name, _ in segments}
+            for name in [n for n in self._recent if n not in listed]:
+                del self._recent[name]
             if len(m.files) > n_files:
                 for p in m.files[n_files:]:
                     self._file_index.pop(p, None)
@@ -204,8 +215,23 @@ class SetWriter:
     def _commit_segment(self, cols: Mapping[str, Any], n: int) -> None:
         name = f"seg-{self._m.next_segment:06d}.h5"
         write_segment(self.path / name, self.item_type, cols, self._m.step)
+        self._remember(name, cols)
         self._m.next_segment += 1
         self._m.segments.append((name, n))
+
+    def _remember(self, name: str, cols: Mapping[str, Any], copy: bool = True) -> None:
+        """Keep the columns of a segment just written (a copy: the caller may reuse its
+        arrays), dropping the oldest kept ones past :data:`RECENT_BYTES`."""
+        size = segment_size_estimate(self.item_type, cols)
+        if size > RECENT_BYTES:
+            return
+        if copy:
+            cols = {k: Ragged(v.values.copy(), v.offsets.copy()) if isinstance(v, Ragged)
+                    else np.array(v, copy=True) for k, v in cols.items()}
+        self._recent[name] = (size, dict(cols))
+        total = sum(b for b, _ in self._recent.values())
+        while total > RECENT_BYTES:
+            total -= self._recent.pop(next(iter(self._recent)))[0]
 
     def _prepare(self, fd: Field, value: Any, n: int) -> Any:
         if value is None:
@@ -282,10 +308,15 @@ class SetWriter:
         if len(tail) <= 1:
             return
         rows = sum(r for _, r in tail)
-        snap = Set(self.project_path, self.path, Manifest(**{
-            **self._m.__dict__, "segments": list(tail), "files": list(self._m.files)}))
-        cols = {fd.name: snap.raw_column(fd.name) for fd in self.item_type.fields}
-        snap.close()
+        fields = self.item_type.fields
+        if all(s in self._recent for s, _ in tail):
+            parts = [self._recent[s][1] for s, _ in tail]
+            cols = {fd.name: concat(fd, [p[fd.name] for p in parts]) for fd in fields}
+        else:
+            snap = Set(self.project_path, self.path, Manifest(**{
+                **self._m.__dict__, "segments": list(tail), "files": list(self._m.files)}))
+            cols = {fd.name: snap.raw_column(fd.name) for fd in fields}
+            snap.close()
         name = f"seg-{self._m.next_segment:06d}.h5"
         with self._transaction():
             write_segment(self.path / name, self.item_type, cols, self._m.step)
@@ -293,8 +324,10 @@ class SetWriter:
             self._m.segments = [*self._m.segments[:start], (name, rows)]
             write_manifest(self.path, self._m)
         for s, _ in tail:
+            self._recent.pop(s, None)
             with contextlib.suppress(OSError):
                 os.unlink(self.path / s)
+        self._remember(name, cols, copy=False)  # built here: nobody else holds them
 
     def close(self, state: str = "closed") -> None:
         """Mark the set complete (no more appends) and release its lock."""
