@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcem.errors import DataFormatError
-
 
 def mean_particle_image(stack_path: str, out_path: str) -> dict:
     """Average all images of an MRC stack; each rank sums its share of the images.
@@ -17,26 +15,19 @@ def mean_particle_image(stack_path: str, out_path: str) -> dict:
     import mrcfile
     from mpi4py import MPI
 
+    from hpcem.io.mrc import mmap_mrc
+
     comm = MPI.COMM_WORLD
-    try:
-        stack = mrcfile.mmap(stack_path, mode="r")
-    except (OSError, ValueError) as exc:
-        raise DataFormatError(f"{stack_path}: cannot read MRC stack: {exc}") from None
-    with stack:
-        data = stack.data
-        if data.ndim == 2:
-            data = data[np.newaxis]
-        if data.ndim != 3 or data.shape[0] == 0:
-            raise DataFormatError(
-                f"{stack_path}: expected a stack of 2D images, got shape {data.shape}"
-            )
-        n = data.shape[0]
+    # The checked header and a read-only map; RELION/EMAN stacks without the MAP id are
+    # read with a warning, as everywhere else in hpcem.
+    with mmap_mrc(stack_path) as (header, data):
+        n = data.shape[0]  # (n, ny, nx), also for a single image
         bounds = np.linspace(0, n, comm.size + 1).astype(int)
         lo, hi = bounds[comm.rank], bounds[comm.rank + 1]
         local = np.zeros(data.shape[1:], dtype=np.float64)
         for start in range(lo, hi, 256):  # bounded memory per rank
             local += data[start : min(hi, start + 256)].sum(axis=0, dtype=np.float64)
-        voxel_size = stack.voxel_size.copy()
+    voxel_size = header.voxel_size_A[::-1]  # (x, y, z) for mrcfile
     total = np.zeros_like(local) if comm.rank == 0 else None
     comm.Reduce(local, total, op=MPI.SUM, root=0)
     if comm.rank != 0:

@@ -30,8 +30,13 @@ class RunRequest:
     inputs: dict[str, list[str]]  # name -> ["<run id>:<output>", ...]
 
 
-def convert_params(protocol: type[Protocol], raw: Mapping[str, Any]) -> tuple[dict, list[str]]:
-    """Typed values for every declared parameter (defaults filled) and the problems."""
+def convert_params(
+    protocol: type[Protocol], raw: Mapping[str, Any], untyped: set[str] | None = None
+) -> tuple[dict, list[str]]:
+    """Typed values for every declared parameter (defaults filled) and the problems.
+
+    The names of values that could not be converted (None in the result) are added to
+    ``untyped`` when it is given."""
     problems: list[str] = []
     known = {p.name for p in protocol.params}
     for name in raw:
@@ -47,6 +52,8 @@ def convert_params(protocol: type[Protocol], raw: Mapping[str, Any]) -> tuple[di
         except ValueError as exc:
             problems.append(f"parameter '{p.name}': {exc}")
             values[p.name] = None
+            if untyped is not None:
+                untyped.add(p.name)
     for p in protocol.params:
         if p.applies(values):
             problems.extend(p.check(values[p.name]))
@@ -152,15 +159,21 @@ def validate_request(
 ) -> RunRequest:
     """Validate everything and return a :class:`RunRequest`, or raise ValidationError.
 
-    ``make_context(request)`` builds the context for the protocol's own checks; they run
-    only when the generic checks pass (they may rely on typed values and inputs).
+    ``make_context(request)`` builds the context for the protocol's own checks. They need
+    typed values and resolved inputs and run whenever those are there, so that their
+    (cross-field) problems come together with out-of-range values and unknown names;
+    the plan is checked only when there is no problem at all.
     """
-    values, problems = convert_params(protocol, params)
+    untyped: set[str] = set()
+    values, problems = convert_params(protocol, params, untyped)
     values = resolve_paths(protocol, values, project)
     resolved, input_problems = resolve_inputs(protocol, inputs, project)
     problems += input_problems
     request = RunRequest(protocol.name, values, resolved)
-    if not problems:
+    missing = any(p.required and values[p.name] is None
+                  for p in protocol.params if p.applies(values))
+    if not untyped and not missing and not input_problems:
+        generic = bool(problems)
         try:
             ctx = make_context(request) if make_context else request
             problems += list(protocol().validate(ctx))
@@ -168,8 +181,9 @@ def validate_request(
                 _check_plan(protocol, ctx)
         except HpcemError as exc:
             problems.append(str(exc))
-        except (KeyError, ValueError, TypeError, IndexError, OSError) as exc:
-            problems.append(f"cannot plan the run's steps: {type(exc).__name__}: {exc}")
+        except (KeyError, ValueError, TypeError, IndexError, OSError, ArithmeticError) as exc:
+            if not generic:  # else an out-of-range value is the likely cause, already named
+                problems.append(f"cannot plan the run's steps: {type(exc).__name__}: {exc}")
     if problems:
         head = f"{protocol.name}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: "
         raise ValidationError(head + "; ".join(problems), problems)

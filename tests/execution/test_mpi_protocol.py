@@ -103,8 +103,6 @@ def test_mpi_steps_have_no_hidden_time_limit():
     assert result.returncode == 0 and result.stdout.strip() == "done"
 
 
-@pytest.mark.xfail(strict=True, reason="hpcem/parallel/mean_image.py opens the stack with strict "
-                   "mrcfile; it should use hpcem.io.mrc.mmap_mrc (issue 8 §4.4; see the report)")
 def test_mpi_average_of_a_stack_without_map_id(project, tmp_path):
     """RELION/EMAN-style stacks lack the 'MAP ' id; the MPI step reads them like read_image."""
     stack = np.random.default_rng(8).normal(size=(6, 16, 16)).astype(np.float32)

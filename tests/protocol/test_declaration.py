@@ -53,7 +53,8 @@ def test_validation_reports_every_problem_at_once(project):
     assert any("unknown parameter 'thresold' (did you mean 'threshold'?)" in p for p in problems)
     assert any("'threshold' = 2 is above the maximum 1" in p for p in problems)
     assert any("'mode' = 'slow' is not one of fast, accurate" in p for p in problems)
-    assert len(problems) == 3  # the protocol's own check runs only when the generic ones pass
+    assert any("box size must be even, got 17" in p for p in problems)  # the protocol's own
+    assert len(problems) == 4
     assert project.runs == []  # nothing stored
 
 

@@ -129,8 +129,6 @@ def test_cli_counts_below_one_are_one_line_errors(micrographs, capsys, option, v
 
 
 # --- every problem at once ---------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="needs hpcem/protocol/validate.py to run the protocol's "
-                   "own checks despite out-of-range values (issue 8 §4.2; see the report)")
 def test_out_of_range_and_cross_field_problems_together(micrographs):
     with pytest.raises(ValidationError) as err:
         lifecycle.create_run(micrographs, "ctf.estimate",
