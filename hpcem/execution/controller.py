@@ -18,6 +18,7 @@ Run it as ``python -P -m hpcem.execution.controller PROJECT RUN_ID --attempt N``
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import json
 import math
@@ -92,6 +93,9 @@ class Controller:
         self._signal = 0
         self._waiting = False
         self._blocks: tuple[str, ...] = ()
+        self._dirty: set[str] = set()
+        self._ready: collections.deque = collections.deque()
+        self._done_set: set[str] = set()
 
     # --- planning ------------------------------------------------------------------------
     def plan(self):
@@ -121,32 +125,35 @@ class Controller:
                     rec["attempts"] = int(old["attempts"])
             self.records[name] = rec
         self.ctx.set_results(results, rejections)
+        self._position = {n: i for i, n in enumerate(self.graph.order)}
         return self.graph
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> str:
         """Execute the plan; return the final run state (or "fenced")."""
         self.plan()
-        done = {n for n, r in self.records.items() if r["state"] in DONE_STATES}
+        done = self._done_set = {n for n, r in self.records.items() if r["state"] in DONE_STATES}
         self.log.event("run", f"attempt {self.attempt}: {len(self.graph)} steps "
                               f"({len(done)} already done)")
-        self._commit(force=True)
+        self._commit(force=True, whole=True)  # the plan replaces what an older plan stored
         running: dict[concurrent.futures.Future, str] = {}
         failed: list[str] = []
+        # the ready queue is driven by in-degrees: O(out-degree) per finished step
+        self._ready = collections.deque(self.graph.start(done))
         last_commit = last_beat = time.monotonic()
         dirty = False
         try:
             while True:
                 if self._stop_requested:
                     raise _Stop()
-                if not failed:
-                    for name in self.graph.ready(done, [*running.values(), *self._failed_names()]):
-                        dirty = True
-                        if self.graph.steps[name].controller:
-                            self._fence()
-                            self._run_inline(name, done, failed)
-                        else:
-                            running[self._submit(name)] = name
+                while self._ready and not failed:
+                    name = self._ready.popleft()
+                    dirty = True
+                    if self.graph.steps[name].controller:
+                        self._fence()
+                        self._run_inline(name, done, failed)
+                    else:
+                        running[self._submit(name)] = name
                 if not running:
                     break
                 self._waiting = True
@@ -189,6 +196,7 @@ class Controller:
         for name in running.values():
             self.records[name]["state"] = "aborted"
             self.records[name]["error"] = f"terminated by {sig}"
+            self._dirty.add(name)
         if in_job:  # the scheduler's final state (TIMEOUT, PREEMPTED ...) refines this
             return self._end("failed", f"terminated by {sig} (waiting for the scheduler's "
                                        "final state: walltime, preemption or scancel?)",
@@ -203,12 +211,10 @@ class Controller:
             "provisional": provisional})
         return state
 
-    def _failed_names(self) -> list[str]:
-        return [n for n, r in self.records.items() if r["state"] == "failed"]
-
     def _submit(self, name: str):
         step = self.graph.steps[name]
         rec = self.records[name]
+        self._dirty.add(name)
         rec.update(state="running", started=time.time(), attempts=int(rec["attempts"]) + 1)
         self.log.event(name, "submitted")
         resources = {"mpi": [step.mpi.ranks, step.mpi.threads_per_rank]} if step.mpi else {}
@@ -254,6 +260,7 @@ class Controller:
     def _record(self, name, out, exc, done, failed) -> None:
         """Store a step's outcome: its result (which must be JSON), a rejection or an error."""
         rec = self.records[name]
+        self._dirty.add(name)
         if exc is None:
             why = unstorable(out["result"])
             if why:
@@ -263,6 +270,7 @@ class Controller:
                        result=None)
             self.ctx._rejections[name] = rec["error"]
             done.add(name)
+            self._ready.extend(self.graph.done(name))
             self.log.event(name, f"rejected: {rec['error']}", level="warning")
             return
         if exc is not None:
@@ -275,6 +283,7 @@ class Controller:
                    exit_code=0, error="", result=out["result"])
         self.ctx._results[name] = out["result"]
         done.add(name)
+        self._ready.extend(self.graph.done(name))
         self.log.event(name, f"finished on {out['host']} in {out['ended'] - out['started']:.3f} s")
 
     def _fence(self) -> None:
@@ -283,13 +292,25 @@ class Controller:
 
         _fence(self.project.run(self.run_id), self.attempt)
 
-    def _commit(self, state=None, reason=None, force=False, attempt_fields=None) -> None:
+    def _commit(self, state=None, reason=None, force=False, attempt_fields=None,
+                whole=False) -> None:
+        """One fenced commit: the step records that changed since the last commit (the
+        whole table with ``whole``), progress, and with ``state`` the transition.
+        O(changed steps): the done count is kept as steps finish, not recounted."""
         from hpcem.store import StepTable
 
-        records = [self.records[n] for n in self.graph.order]
+        if whole:
+            steps = StepTable.from_records([self.records[n] for n in self.graph.order])
+            changed = None
+        else:
+            steps = None
+            changed = [self.records[n] for n in self.graph.order if n in self._dirty] \
+                if len(self._dirty) * 8 > len(self.records) else \
+                [self.records[n] for n in sorted(self._dirty, key=self._position.__getitem__)]
+        self._dirty = set()
         fields = {
-            "steps_done": sum(r["state"] in DONE_STATES for r in records),
-            "steps_total": len(records),
+            "steps_done": len(self._done_names()),
+            "steps_total": len(self.records),
             "heartbeat": time.time(),
         }
         # the live Parsl blocks; a clean end shut them down. Those of a controller that
@@ -300,9 +321,12 @@ class Controller:
                 self.log.event("run", f"Parsl blocks (batch jobs): {', '.join(blocks)}")
             self._blocks = blocks
             fields["blocks"] = blocks
-        self.project.controller_commit(self.run_id, self.attempt,
-                                       steps=StepTable.from_records(records), state=state,
-                                       reason=reason, attempt_fields=attempt_fields, **fields)
+        self.project.controller_commit(self.run_id, self.attempt, steps=steps,
+                                       changed_steps=changed, state=state, reason=reason,
+                                       attempt_fields=attempt_fields, **fields)
+
+    def _done_names(self) -> set:
+        return self._done_set
 
     def request_stop(self, signum, _frame=None) -> None:
         """Signal handler: stop at once while waiting, else at the next loop turn."""

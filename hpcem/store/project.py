@@ -29,7 +29,13 @@ from hpcem.store.locks import FileLock
 from hpcem.store.manifest import MANIFEST, new_manifest, read_manifest, write_manifest
 from hpcem.store.record import Attempt, Placement, RunRecord
 from hpcem.store.sets import Set
-from hpcem.store.steps import StepTable, read_steps_file, write_steps_file
+from hpcem.store.steps import (
+    StepTable,
+    append_steps,
+    compact_steps,
+    read_steps_file,
+    write_steps_file,
+)
 from hpcem.store.writer import SetWriter
 
 INDEX = "project.h5"
@@ -421,12 +427,15 @@ class Project:
         return self._mutate(run_id, change)
 
     def controller_commit(self, run_id: int, attempt: int, *, steps: StepTable | None = None,
+                          changed_steps: Sequence[Mapping[str, Any]] | None = None,
                           state: str | None = None, reason: str | None = None,
                           attempt_fields: Mapping[str, Any] | None = None,
                           **fields: Any) -> RunRecord:
         """The controller of ``attempt`` records progress (fenced).
 
-        Writes the step table (if given) and then the run fields ``steps_done``,
+        Writes the step table (``steps``: the whole table, replacing the stored one;
+        ``changed_steps``: only the records that changed, appended to the step log in
+        O(changed)) and then the run fields ``steps_done``,
         ``steps_total``, ``heartbeat``, ``blocks`` and, with ``state``, a transition.
         :class:`~hpcem.errors.FencedError` when a later attempt exists or the run is
         no longer active: the caller must stop without writing anything more.
@@ -453,6 +462,10 @@ class Project:
             _fence(current, attempt)  # under the steps lock: no takeover can slip in
             if steps is not None:
                 self._write_steps_unlocked(run_id, steps)
+            if changed_steps:
+                append_steps(self.run_dir(run_id) / "steps.h5", int(run_id), list(changed_steps))
+            if state is not None:  # the run ends (or starts): fold its step log
+                compact_steps(self.run_dir(run_id) / "steps.h5", int(run_id))
             if state is None and reason is None and not attempt_fields:
                 # progress only: the run's own file, never the project lock
                 progress = {"steps_done": current.steps_done, "steps_total": current.steps_total,

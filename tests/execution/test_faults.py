@@ -317,12 +317,17 @@ def test_controller_that_wakes_after_a_takeover_stops_without_writing(project, o
     taken = project.begin_attempt(run.id, ("failed",))
     assert taken.attempt.number == 2
     index_before = project.index_path.read_bytes()
-    steps_before = (project.run_dir(run.id) / "steps.h5").read_bytes()
+    steps_before = _step_files(project, run.id)
     os.kill(run.pid, signal.SIGCONT)
     _until(lambda: not lifecycle.pid_alive(run.pid), timeout_s=30, what="fenced controller exit")
     assert project.index_path.read_bytes() == index_before  # it wrote nothing
-    assert (project.run_dir(run.id) / "steps.h5").read_bytes() == steps_before
+    assert _step_files(project, run.id) == steps_before  # the step log too
     assert "taken over by attempt 2" in (project.run_dir(run.id) / "stderr.log").read_text()
+
+
+def _step_files(project, run_id):
+    """Every file of the run's step table and log, with its bytes."""
+    return {p.name: p.read_bytes() for p in project.run_dir(run_id).glob("steps*.h5")}
 
 
 def test_launch_that_never_got_a_controller_fails_and_continues(project, out, monkeypatch):
@@ -433,3 +438,20 @@ def test_status_json_shows_attempts_and_placement(project, out, capsys):
     assert data["state"] == "finished" and data["placement"]["mode"] == "local"
     (attempt,) = data["attempts"]
     assert attempt["number"] == 1 and attempt["outcome"] == "finished" and attempt["pid"] == os.getpid()
+
+
+def test_controller_commits_only_the_steps_that_changed(project, out):
+    from hpcem.store.steps import read_steps_file
+
+    run = _sleepy(project, out, n=24, sleep_s=0.4)
+    _until(lambda: project.run(run.id).steps_done >= 6, what="some steps done")
+    deltas = sorted(p.name for p in project.run_dir(run.id).glob("steps-*.h5"))
+    assert deltas, "progress commits append to the step log instead of rewriting the table"
+    mid = read_steps_file(project.run_dir(run.id) / "steps.h5", run.id).to_records()
+    assert len(mid) == 24 and len({r["id"] for r in mid}) == 24  # one merged record per step
+    assert sum(r["state"] == "finished" for r in mid) >= 6
+    done = _until(lambda: (r := project.run(run.id)).state == "finished" and r, timeout_s=60,
+                  what="finished")
+    final = project.read_steps(run.id).to_records()
+    assert [r["state"] for r in final] == ["finished"] * 24 and done.steps_done == 24
+    assert not list(project.run_dir(run.id).glob("steps-*.h5"))  # folded at the end
