@@ -102,7 +102,7 @@ def test_parsl_step_error_comes_back(site, workdir, walltime_job):
             {"stack_path": str(workdir / "missing.mrcs"), "out_path": str(workdir / "x.mrc")},
             {},
         )
-        with pytest.raises(Exception, match="cannot read MRC stack"):
+        with pytest.raises(Exception, match="missing.mrcs: cannot read"):
             fut.result(timeout=120)
 
 
