@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Benchmark the local dispatcher and ``hpcem status``.
 
-1. A protocol of ``--steps`` independent trivial steps (``test.trivial`` from the test
-   plugin) runs on the local executor, in the foreground of this process; the wall time
-   minus an idle baseline gives the framework's overhead per step.
+1. Protocols of ``--steps`` and of 30,000 independent trivial steps (``test.trivial``
+   from the test plugin) run on the local executor, in the foreground of this process;
+   the wall time minus the bare executor's gives the framework's overhead per step, and
+   every controller commit is timed (target at 30,000 steps: overhead <= 1 ms per step,
+   progress-commit time independent of the number of steps).
 2. Projects of ``--runs`` and of 5,000 finished runs; ``hpcem status PROJECT`` is timed
    in fresh processes (the median of 5), against a bare ``python -c 'import h5py'``
    (target at 5,000 runs: at most 1.3 times that).
@@ -34,7 +36,7 @@ def bench_steps(tmp: Path, n_steps: int, workers: int) -> dict:
     from hpcem.execution.local import LocalExecutor
     from hpcem.store import Project
 
-    project = Project.create(tmp / "dispatch")
+    project = Project.create(tmp / f"dispatch-{n_steps}")
     # Baseline: the same executor running the same trivial calls with no framework around.
     executor = LocalExecutor(workers).start()
     for _ in range(workers):  # warm the pool up
@@ -46,16 +48,39 @@ def bench_steps(tmp: Path, n_steps: int, workers: int) -> dict:
     bare_s = time.perf_counter() - t0
     executor.shutdown()
 
-    run = lifecycle.create_run(project, "test.trivial", {"n": n_steps})
-    t0 = time.perf_counter()
-    lifecycle.launch(project, run.id, workers=workers, foreground=True)
-    wall_s = time.perf_counter() - t0
+    # time every controller commit of the run (it runs in this process: foreground)
+    from hpcem.store.project import Project as ProjectClass
+
+    commits: list[tuple[float, bool]] = []  # (seconds, with a transition)
+    real_commit = ProjectClass.controller_commit
+
+    def timed_commit(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return real_commit(self, *args, **kwargs)
+        finally:
+            commits.append((time.perf_counter() - t, kwargs.get("state") is not None
+                            or kwargs.get("steps") is not None))
+
+    ProjectClass.controller_commit = timed_commit
+    try:
+        run = lifecycle.create_run(project, "test.trivial", {"n": n_steps})
+        t0 = time.perf_counter()
+        lifecycle.launch(project, run.id, workers=workers, foreground=True)
+        wall_s = time.perf_counter() - t0
+    finally:
+        ProjectClass.controller_commit = real_commit
     rec = project.run(run.id)
     if rec.state != "finished" or rec.steps_done != n_steps:
         raise SystemExit(f"dispatch run ended {rec.state} with {rec.steps_done}/{n_steps} steps: {rec.error}")
-    return {"steps": n_steps, "workers": workers, "wall_s": round(wall_s, 3),
-            "bare_executor_s": round(bare_s, 3),
-            "overhead_ms_per_step": round(1000 * (wall_s - bare_s) / n_steps, 3)}
+    progress = sorted(t for t, whole in commits if not whole)
+    return {f"steps_{n_steps}": {
+        "workers": workers, "wall_s": round(wall_s, 3), "bare_executor_s": round(bare_s, 3),
+        "overhead_ms_per_step": round(1000 * (wall_s - bare_s) / n_steps, 3),
+        "progress_commits": len(progress),
+        "progress_commit_median_ms": round(1000 * statistics.median(progress), 2) if progress else None,
+        "progress_commit_max_ms": round(1000 * progress[-1], 2) if progress else None,
+        "plan_and_end_commits_ms": [round(1000 * t, 1) for t, whole in commits if whole]}}
 
 
 def _finished_project(path: Path, n_runs: int):
@@ -125,7 +150,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hpcem-bench-") as tmp:
-        result = bench_steps(Path(tmp), args.steps, args.workers)
+        result = {}
+        for n in sorted({args.steps, 30000}):
+            result.update(bench_steps(Path(tmp), n, args.workers))
         result.update(bench_bare_h5py())
         for n in sorted({args.runs, 5000}):
             result.update(bench_status(Path(tmp), n))

@@ -140,13 +140,16 @@ class Controller:
         failed: list[str] = []
         # the ready queue is driven by in-degrees: O(out-degree) per finished step
         self._ready = collections.deque(self.graph.start(done))
+        # steps handed to the executor at once: enough to keep every slot busy, few enough
+        # that waiting on them stays cheap (the rest wait in the ready queue)
+        self._max_in_flight = getattr(self.executor, "max_in_flight", None) or len(self.graph) or 1
         last_commit = last_beat = time.monotonic()
         dirty = False
         try:
             while True:
                 if self._stop_requested:
                     raise _Stop()
-                while self._ready and not failed:
+                while self._ready and not failed and len(running) < self._max_in_flight:
                     name = self._ready.popleft()
                     dirty = True
                     if self.graph.steps[name].controller:

@@ -244,6 +244,8 @@ class LocalExecutor:
         cwd: str | None = None,
     ) -> None:
         self.workers = workers or default_workers()
+        #: how many steps the controller hands over at once (the rest wait in its queue)
+        self.max_in_flight = 4 * self.workers + 4
         self.cwd = cwd  # where steps run (the project folder); None: the caller's
         self.site = site  # whose MPI command launches MPI steps
         self.workdir = workdir
