@@ -51,8 +51,8 @@ def execute_mpi_step(site_name: str, func_ref: str, args: dict, ranks: int, thre
                      workdir: str, name: str) -> dict:
     """Run one MPI step with the site's MPI launcher (srun in an allocation, or
     ``mpiexec.gforker`` here); the step's rank 0 returns the result."""
-    from hpcem.cluster.mpi import run_mpi_step
     from hpcem.cluster.site import load_site
+    from hpcem.execution.mpi import run_mpi_step
 
     started = time.time()
     os.makedirs(workdir, exist_ok=True)

@@ -1,1 +1,1 @@
-"""Step bodies that run on many MPI ranks (mpi4py); launched by hpcem.cluster.mpi."""
+"""Step bodies that run on many MPI ranks (mpi4py); launched by hpcem.execution.mpi."""

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from hpcem.cluster.job import JobState
-from hpcem.cluster.mpi import mpi_launch_argv, run_mpi_step
 from hpcem.cluster.site import load_site
 from hpcem.cluster.submit import submit_job
 from hpcem.cluster.tracking import JobTracker
 from hpcem.errors import ConfigError, DataFormatError, StepError
+from hpcem.execution.mpi import mpi_launch_argv, run_mpi_step
 
 from .conftest import job_spec
 

@@ -13,11 +13,11 @@ import pytest
 
 from hpcem.cli.main import main as hpcem_main
 from hpcem.cluster.job import JobState
-from hpcem.cluster.mpi import mpi_job_spec, read_result
 from hpcem.cluster.site import load_site
 from hpcem.cluster.submit import list_user_jobs, submit_job
 from hpcem.cluster.tracking import JobTracker
 from hpcem.errors import SubmitError
+from hpcem.execution.mpi import mpi_job_spec, read_result
 
 from .conftest import job_spec
 

@@ -67,9 +67,9 @@ def _live_processes_mentioning(marker: str) -> list[str]:
 def test_mpi_step_past_its_limit_ends_every_rank_and_what_they_started(tmp_path):
     """Each rank starts a program that would sleep for minutes; the step's own limit is a
     few seconds. After the error nothing of the step is left: no rank, no program."""
-    from hpcem.cluster.mpi import run_mpi_step
     from hpcem.cluster.site import load_site
     from hpcem.errors import StepError
+    from hpcem.execution.mpi import run_mpi_step
 
     started = tmp_path / "started"
     started.mkdir()
@@ -96,7 +96,7 @@ def test_mpi_steps_have_no_hidden_time_limit():
     """No hidden cap: timeout_s defaults to None (a batch job's walltime bounds the step)."""
     import inspect
 
-    from hpcem.cluster.mpi import run_launcher, run_mpi_step
+    from hpcem.execution.mpi import run_launcher, run_mpi_step
 
     assert inspect.signature(run_mpi_step).parameters["timeout_s"].default is None
     result = run_launcher([sys.executable, "-c", "print('done')"])

@@ -1,7 +1,7 @@
 """MPI steps: build the launch command from the site's MPI command and run a step body.
 
 A step body is a ``module:function`` that uses mpi4py itself (``MPI.COMM_WORLD``). hpcem
-writes the arguments as JSON, launches ``python -m hpcem.cluster.mpi_entry`` under the
+writes the arguments as JSON, launches ``python -m hpcem.execution.mpi_entry`` under the
 site's MPI command (``srun --mpi=pmi2 -n {ranks}`` inside a SLURM allocation,
 ``mpiexec.gforker -n {ranks}`` without a scheduler), and rank 0 writes the result JSON.
 MPICH is told ``UCX_TLS=self,sm`` (from the site config) so nothing leaves the host's
@@ -68,12 +68,12 @@ def step_argv(
     threads: int = 1,
     python: str | None = None,
 ) -> list[str]:
-    """Full argv: MPI launcher + ``python -m hpcem.cluster.mpi_entry FUNC ARGS RESULT``."""
+    """Full argv: MPI launcher + ``python -m hpcem.execution.mpi_entry FUNC ARGS RESULT``."""
     return [
         *mpi_launch_argv(site, ranks, threads),
         python or sys.executable,
         "-m",
-        "hpcem.cluster.mpi_entry",
+        "hpcem.execution.mpi_entry",
         func_ref,
         str(args_file),
         str(result_file),
@@ -144,7 +144,7 @@ def run_launcher(
     interrupted, the whole group gets SIGTERM, then SIGKILL after ``grace_s``: no rank,
     and no program a rank started, outlives the step. The launcher is also killed by the
     kernel when the calling thread's process dies (see ``die_with_parent`` there; the
-    ranks of ``hpcem.cluster.mpi_entry`` follow their launcher in turn).
+    ranks of ``hpcem.execution.mpi_entry`` follow their launcher in turn).
 
     Raises :class:`CommandNotFoundError` when the launcher is not on PATH and
     :class:`CommandError` on a timeout or a non-zero exit.

@@ -1,4 +1,4 @@
-"""Entry point every MPI rank runs: ``python -m hpcem.cluster.mpi_entry FUNC ARGS RESULT``.
+"""Entry point every MPI rank runs: ``python -m hpcem.execution.mpi_entry FUNC ARGS RESULT``.
 
 Each rank imports ``module:function`` and calls it with the JSON arguments; rank 0
 writes ``{"result": ...}`` to RESULT (atomically). A failing rank aborts the whole job
