@@ -51,6 +51,6 @@ setup(
         "tifffile>=2023.1",
         "starfile>=0.5",
     ],
-    extras_require={"test": ["pytest>=7"], "docs": ["matplotlib"]},
+    extras_require={"test": ["pytest>=7", "ruff==0.17.6"], "docs": ["matplotlib"]},
     entry_points={"console_scripts": ["hpcem = hpcem.cli.main:main"]},
 )

@@ -15,7 +15,8 @@ MPI4PY_CITATION = Citation(
     "Dalcin2021",
     "@article{Dalcin2021, author = {Dalcin, Lisandro and Fang, Yao-Lung L.}, title = {mpi4py: "
     "Status Update After 12 Years of Development}, journal = {Computing in Science & "
-    "Engineering}, volume = {23}, pages = {47--54}, year = {2021}, doi = {10.1109/MCSE.2021.3083216}}",
+    "Engineering}, volume = {23}, pages = {47--54}, year = {2021}, "
+    "doi = {10.1109/MCSE.2021.3083216}}",
 )
 
 
@@ -23,20 +24,24 @@ def register_average(ctx, stack: str) -> dict:
     """Controller step: one class holding every image, with the average as representative."""
     result = ctx.result("average")
     with ctx.create_set("average", "hpcem.SetOfClasses2D") as writer:
-        writer.append_columns({
-            "representative": [result["out_path"]],
-            "representative_index": [0],
-            "size": [result["n_images"]],
-            "member_ids": [list(range(result["n_images"]))],
-        })
+        writer.append_columns(
+            {
+                "representative": [result["out_path"]],
+                "representative_index": [0],
+                "size": [result["n_images"]],
+                "member_ids": [list(range(result["n_images"]))],
+            }
+        )
     return {"n_images": result["n_images"], "ranks": result["ranks"]}
 
 
 class AverageParticles(Protocol):
     name = "particles.average_mpi"
     label = "Average particle images (MPI)"
-    help = ("Average all images of a particle stack (MRCS); the images are split across MPI "
-            "ranks and summed with an MPI reduction.")
+    help = (
+        "Average all images of a particle stack (MRCS); the images are split across MPI "
+        "ranks and summed with an MPI reduction."
+    )
     params = (
         Param.path("stack", None, required=True, help="Particle stack (MRC/MRCS file)."),
         Param.int("ranks", 2, min=1, max=4096, help="MPI ranks."),
@@ -54,9 +59,17 @@ class AverageParticles(Protocol):
         p = ctx.params
         out = ctx.relpath(str(ctx.run_dir / "average.mrc"))
         return [
-            Step("average", "hpcem.parallel.mean_image:mean_particle_image",
-                 {"stack_path": p["stack"], "out_path": out},
-                 mpi=MPI(ranks=p["ranks"])),
-            Step("register", "hpcem.protocols.average_particles:register_average",
-                 {"stack": p["stack"]}, deps=("average",), controller=True),
+            Step(
+                "average",
+                "hpcem.parallel.mean_image:mean_particle_image",
+                {"stack_path": p["stack"], "out_path": out},
+                mpi=MPI(ranks=p["ranks"]),
+            ),
+            Step(
+                "register",
+                "hpcem.protocols.average_particles:register_average",
+                {"stack": p["stack"]},
+                deps=("average",),
+                controller=True,
+            ),
         ]

@@ -37,12 +37,19 @@ def _step_name(row: int) -> str:
 
 def _row_of(step_name: str) -> int:
     """Inverse of :func:`_step_name`."""
-    return int(step_name[len(_STEP_PREFIX):])
+    return int(step_name[len(_STEP_PREFIX) :])
 
 
-def estimate_one(path: str, micrograph_id: int, pixel_size_A: float, voltage_kV: float,
-                 cs_mm: float, amplitude_contrast: float, options: dict,
-                 min_fit_score: float = MIN_FIT_SCORE) -> dict:
+def estimate_one(
+    path: str,
+    micrograph_id: int,
+    pixel_size_A: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    options: dict,
+    min_fit_score: float = MIN_FIT_SCORE,
+) -> dict:
     """Step: estimate the CTF of one micrograph file.
 
     Raises ItemRejected, naming the micrograph, for NaN/Inf pixels, a constant image, a
@@ -55,16 +62,26 @@ def estimate_one(path: str, micrograph_id: int, pixel_size_A: float, voltage_kV:
     defect = micrograph_defect(image)
     if defect is not None:
         raise ItemRejected(f"micrograph {micrograph_id}: {defect}")
-    fit = estimate_ctf(image, pixel_size_A, voltage_kV=voltage_kV, cs_mm=cs_mm,
-                       amplitude_contrast=amplitude_contrast, **options)
-    row = {"fit_resolution": float(fit["fit_resolution_A"]),
-           **{k: float(fit[k]) for k in ("defocus_u", "defocus_v", "defocus_angle", "fit_score")}}
+    fit = estimate_ctf(
+        image,
+        pixel_size_A,
+        voltage_kV=voltage_kV,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast,
+        **options,
+    )
+    row = {
+        "fit_resolution": float(fit["fit_resolution_A"]),
+        **{k: float(fit[k]) for k in ("defocus_u", "defocus_v", "defocus_angle", "fit_score")},
+    }
     for key, value in row.items():
         if not math.isfinite(value):
             raise ItemRejected(f"micrograph {micrograph_id}: CTF fit gave non-finite {key}")
     if row["fit_score"] < min_fit_score:
-        raise ItemRejected(f"micrograph {micrograph_id}: CTF fit score {row['fit_score']:.3f} "
-                           f"below min_fit_score {min_fit_score}")
+        raise ItemRejected(
+            f"micrograph {micrograph_id}: CTF fit score {row['fit_score']:.3f} "
+            f"below min_fit_score {min_fit_score}"
+        )
     return {"micrograph_id": micrograph_id, **row}
 
 
@@ -81,13 +98,24 @@ def register_ctfs(ctx) -> dict:
     ids = micrographs.column("id")
     # Step names carry the row of the input set (see steps()), so the id of a rejected
     # micrograph comes from the input itself, whatever the reason text says.
-    rejected = [{"micrograph_id": int(ids[_row_of(name)]), "reason": rejections[name]}
-                for name in sorted(rejections)]
+    rejected = [
+        {"micrograph_id": int(ids[_row_of(name)]), "reason": rejections[name]}
+        for name in sorted(rejections)
+    ]
     if rejected and not found:
         raise HpcemError(f"all {len(rejected)} micrographs were rejected: {rejected[0]['reason']}")
     rows = [found[k] for k in sorted(found)]
-    columns = {k: [r[k] for r in rows] for k in
-               ("micrograph_id", "defocus_u", "defocus_v", "defocus_angle", "fit_resolution", "fit_score")}
+    columns = {
+        k: [r[k] for r in rows]
+        for k in (
+            "micrograph_id",
+            "defocus_u",
+            "defocus_v",
+            "defocus_angle",
+            "fit_resolution",
+            "fit_score",
+        )
+    }
     with ctx.create_set("ctfs", "hpcem.SetOfCTFs") as writer:
         writer.set_optics(micrographs.optics)
         writer.append_columns(columns)
@@ -97,26 +125,64 @@ def register_ctfs(ctx) -> dict:
 class EstimateCTF(Protocol):
     name = "ctf.estimate"
     label = "Estimate CTF"
-    help = ("Estimate defocus and astigmatism of each micrograph (one step per micrograph, "
-            "run in parallel). Acquisition parameters come from the input's optics table.")
+    help = (
+        "Estimate defocus and astigmatism of each micrograph (one step per micrograph, "
+        "run in parallel). Acquisition parameters come from the input's optics table."
+    )
     inputs = (Input("micrographs", ("hpcem.SetOfMicrographs",), help="Micrographs to fit."),)
     params = (
-        Param.float("defocus_min_A", 3000.0, min=0.0, max=100000.0, units="Å", help="Lowest defocus searched."),
-        Param.float("defocus_max_A", 50000.0, min=100.0, max=200000.0, units="Å", help="Highest defocus searched."),
-        Param.float("res_low_A", 30.0, min=5.0, max=200.0, units="Å", help="Low-resolution end of the fit band."),
-        Param.float("res_high_A", 0.0, min=0.0, max=50.0, units="Å",
-                    help="High-resolution end of the fit band (0 = max(4 Å, 2.5 pixels))."),
-        Param.int("tile_size_px", 512, min=64, max=4096, expert=1, help="Periodogram tile size (even)."),
-        Param.bool("astigmatism", True, help="Refine astigmatism (U, V, angle) on the 2D spectrum."),
-        Param.float("min_fit_score", MIN_FIT_SCORE, min=-1.0, max=1.0,
-                    help="Reject a micrograph whose fit score (correlation of spectrum and "
-                         "model in the band, -1..1) is below this (-1 keeps every fit). "
-                         "Measured with 512-px tiles and the default band: pure noise scores "
-                         "0.31-0.53 (132 images, 1.0-1.5 Å/px; 0.56 at 0.85 Å/px), a constant "
-                         "image 0; simulated micrographs 0.65-0.95 (1024-2048 px, SNR 0.1), "
-                         "0.59-0.81 at 512 px (one tile), a real Krios micrograph 0.76. "
-                         "Smaller tiles or pixels raise the noise scores (256-px tiles: up to "
-                         "0.65); raise this with them. See docs/protocols/ctf_estimate.md."),
+        Param.float(
+            "defocus_min_A",
+            3000.0,
+            min=0.0,
+            max=100000.0,
+            units="Å",
+            help="Lowest defocus searched.",
+        ),
+        Param.float(
+            "defocus_max_A",
+            50000.0,
+            min=100.0,
+            max=200000.0,
+            units="Å",
+            help="Highest defocus searched.",
+        ),
+        Param.float(
+            "res_low_A",
+            30.0,
+            min=5.0,
+            max=200.0,
+            units="Å",
+            help="Low-resolution end of the fit band.",
+        ),
+        Param.float(
+            "res_high_A",
+            0.0,
+            min=0.0,
+            max=50.0,
+            units="Å",
+            help="High-resolution end of the fit band (0 = max(4 Å, 2.5 pixels)).",
+        ),
+        Param.int(
+            "tile_size_px", 512, min=64, max=4096, expert=1, help="Periodogram tile size (even)."
+        ),
+        Param.bool(
+            "astigmatism", True, help="Refine astigmatism (U, V, angle) on the 2D spectrum."
+        ),
+        Param.float(
+            "min_fit_score",
+            MIN_FIT_SCORE,
+            min=-1.0,
+            max=1.0,
+            help="Reject a micrograph whose fit score (correlation of spectrum and "
+            "model in the band, -1..1) is below this (-1 keeps every fit). "
+            "Measured with 512-px tiles and the default band: pure noise scores "
+            "0.31-0.53 (132 images, 1.0-1.5 Å/px; 0.56 at 0.85 Å/px), a constant "
+            "image 0; simulated micrographs 0.65-0.95 (1024-2048 px, SNR 0.1), "
+            "0.59-0.81 at 512 px (one tile), a real Krios micrograph 0.76. "
+            "Smaller tiles or pixels raise the noise scores (256-px tiles: up to "
+            "0.65); raise this with them. See docs/protocols/ctf_estimate.md.",
+        ),
     )
     outputs = (Output("ctfs", "hpcem.SetOfCTFs", help="One CTF model per micrograph."),)
     citations = (ROHOU_GRIGORIEFF_2015,)
@@ -140,20 +206,39 @@ class EstimateCTF(Protocol):
         paths = micrographs.column("image")
         ids = micrographs.column("id")
         groups = micrographs.column("optics_group")
-        options = {"defocus_min_A": p["defocus_min_A"], "defocus_max_A": p["defocus_max_A"],
-                   "res_low_A": p["res_low_A"], "res_high_A": p["res_high_A"] or None,
-                   "tile_size_px": p["tile_size_px"], "astigmatism": p["astigmatism"]}
+        options = {
+            "defocus_min_A": p["defocus_min_A"],
+            "defocus_max_A": p["defocus_max_A"],
+            "res_low_A": p["res_low_A"],
+            "res_high_A": p["res_high_A"] or None,
+            "tile_size_px": p["tile_size_px"],
+            "astigmatism": p["astigmatism"],
+        }
         steps = []
         for i, (path, mic_id, group) in enumerate(zip(paths, ids, groups)):
             row = by_group[int(group)]
-            steps.append(Step(
-                _step_name(i), "hpcem.protocols.ctf_estimate:estimate_one",
-                {"path": ctx.relpath(str(path)), "micrograph_id": int(mic_id),
-                 "pixel_size_A": float(optics["pixel_size_A"][row]),
-                 "voltage_kV": float(optics["voltage_kV"][row]),
-                 "cs_mm": float(optics["spherical_aberration_mm"][row]),
-                 "amplitude_contrast": float(optics["amplitude_contrast"][row]),
-                 "options": options, "min_fit_score": p["min_fit_score"]}))
-        steps.append(Step("register", "hpcem.protocols.ctf_estimate:register_ctfs",
-                          deps=tuple(s.name for s in steps), controller=True))
+            steps.append(
+                Step(
+                    _step_name(i),
+                    "hpcem.protocols.ctf_estimate:estimate_one",
+                    {
+                        "path": ctx.relpath(str(path)),
+                        "micrograph_id": int(mic_id),
+                        "pixel_size_A": float(optics["pixel_size_A"][row]),
+                        "voltage_kV": float(optics["voltage_kV"][row]),
+                        "cs_mm": float(optics["spherical_aberration_mm"][row]),
+                        "amplitude_contrast": float(optics["amplitude_contrast"][row]),
+                        "options": options,
+                        "min_fit_score": p["min_fit_score"],
+                    },
+                )
+            )
+        steps.append(
+            Step(
+                "register",
+                "hpcem.protocols.ctf_estimate:register_ctfs",
+                deps=tuple(s.name for s in steps),
+                controller=True,
+            )
+        )
         return steps

@@ -42,7 +42,9 @@ def bench_steps(tmp: Path, n_steps: int, workers: int) -> dict:
     for _ in range(workers):  # warm the pool up
         executor.submit("hpcem_testplugin.protocols:trivial", {"i": 0}).result()
     t0 = time.perf_counter()
-    futures = [executor.submit("hpcem_testplugin.protocols:trivial", {"i": i}) for i in range(n_steps)]
+    futures = [
+        executor.submit("hpcem_testplugin.protocols:trivial", {"i": i}) for i in range(n_steps)
+    ]
     for f in futures:
         f.result()
     bare_s = time.perf_counter() - t0
@@ -59,8 +61,12 @@ def bench_steps(tmp: Path, n_steps: int, workers: int) -> dict:
         try:
             return real_commit(self, *args, **kwargs)
         finally:
-            commits.append((time.perf_counter() - t, kwargs.get("state") is not None
-                            or kwargs.get("steps") is not None))
+            commits.append(
+                (
+                    time.perf_counter() - t,
+                    kwargs.get("state") is not None or kwargs.get("steps") is not None,
+                )
+            )
 
     ProjectClass.controller_commit = timed_commit
     try:
@@ -72,15 +78,24 @@ def bench_steps(tmp: Path, n_steps: int, workers: int) -> dict:
         ProjectClass.controller_commit = real_commit
     rec = project.run(run.id)
     if rec.state != "finished" or rec.steps_done != n_steps:
-        raise SystemExit(f"dispatch run ended {rec.state} with {rec.steps_done}/{n_steps} steps: {rec.error}")
+        raise SystemExit(
+            f"dispatch run ended {rec.state} with {rec.steps_done}/{n_steps} steps: {rec.error}"
+        )
     progress = sorted(t for t, whole in commits if not whole)
-    return {f"steps_{n_steps}": {
-        "workers": workers, "wall_s": round(wall_s, 3), "bare_executor_s": round(bare_s, 3),
-        "overhead_ms_per_step": round(1000 * (wall_s - bare_s) / n_steps, 3),
-        "progress_commits": len(progress),
-        "progress_commit_median_ms": round(1000 * statistics.median(progress), 2) if progress else None,
-        "progress_commit_max_ms": round(1000 * progress[-1], 2) if progress else None,
-        "plan_and_end_commits_ms": [round(1000 * t, 1) for t, whole in commits if whole]}}
+    return {
+        f"steps_{n_steps}": {
+            "workers": workers,
+            "wall_s": round(wall_s, 3),
+            "bare_executor_s": round(bare_s, 3),
+            "overhead_ms_per_step": round(1000 * (wall_s - bare_s) / n_steps, 3),
+            "progress_commits": len(progress),
+            "progress_commit_median_ms": round(1000 * statistics.median(progress), 2)
+            if progress
+            else None,
+            "progress_commit_max_ms": round(1000 * progress[-1], 2) if progress else None,
+            "plan_and_end_commits_ms": [round(1000 * t, 1) for t, whole in commits if whole],
+        }
+    }
 
 
 def _finished_project(path: Path, n_runs: int):
@@ -100,20 +115,29 @@ def _finished_project(path: Path, n_runs: int):
         project.begin_attempt(run.id, ("saved",))
         project.transition(run.id, ("launched",), "running", attempt=1, started=time.time() - 60)
         project.set_output(run.id, "particles", "hpcem.SetOfParticles", 1000 * i, attempt=1)
-        project.controller_commit(run.id, 1, state="finished", steps_done=10, steps_total=10,
-                                  attempt_fields={"ended": time.time(), "outcome": "finished"})
+        project.controller_commit(
+            run.id,
+            1,
+            state="finished",
+            steps_done=10,
+            steps_total=10,
+            attempt_fields={"ended": time.time(), "outcome": "finished"},
+        )
     if n_runs > 50:
         model = project.runs
         rows = [store_project._record_row(r) for r in model]
         for i in range(50, n_runs):
-            rec = dataclasses.replace(model[i % 50], id=i + 1, label=f"run {i}",
-                                      output_sizes={"particles": 1000 * i})
+            rec = dataclasses.replace(
+                model[i % 50], id=i + 1, label=f"run {i}", output_sizes={"particles": 1000 * i}
+            )
             rows.append(store_project._record_row(rec))
         with project._index_lock():
             attrs, _ = project._read_index(fresh=True)
             attrs["next_run_id"] = n_runs + 1
-            cols = {name: np.array([r[name] for r in rows], dtype=object if t == "str" else t)
-                    for name, t in (*store_project.RUN_COLUMNS, *store_project.SUMMARY_COLUMNS)}
+            cols = {
+                name: np.array([r[name] for r in rows], dtype=object if t == "str" else t)
+                for name, t in (*store_project.RUN_COLUMNS, *store_project.SUMMARY_COLUMNS)
+            }
             project._write_index(attrs, cols)
     return project
 
@@ -157,7 +181,8 @@ def main() -> None:
         for n in sorted({args.runs, 5000}):
             result.update(bench_status(Path(tmp), n))
         result["status_5000_over_bare_h5py"] = round(
-            result["status_5000_s"] / result["bare_import_h5py_s"], 2)
+            result["status_5000_s"] / result["bare_import_h5py_s"], 2
+        )
     print(json.dumps(result))
 
 

@@ -45,8 +45,11 @@ def probe(project_path: str, stop_file: str, result_file: str) -> None:
         except Exception:  # noqa: BLE001 - LockedError: taken by someone else
             since = since or time.monotonic()
         time.sleep(0.0005)
-    Path(result_file).write_text(json.dumps({"longest_hold_s": longest, "total_held_s": total,
-                                             "holds_seen": holds, "tries": tries}))
+    Path(result_file).write_text(
+        json.dumps(
+            {"longest_hold_s": longest, "total_held_s": total, "holds_seen": holds, "tries": tries}
+        )
+    )
 
 
 def main() -> int:
@@ -64,13 +67,15 @@ def main() -> int:
     out = tmp / "out"
     out.mkdir()
     stop_file, result_file = tmp / "stop", tmp / "probe.json"
-    p = mp.get_context("spawn").Process(target=probe, args=(str(project.path), str(stop_file),
-                                                            str(result_file)))
+    p = mp.get_context("spawn").Process(
+        target=probe, args=(str(project.path), str(stop_file), str(result_file))
+    )
     p.start()
     time.sleep(1.0)
     t0 = time.perf_counter()
-    run = lifecycle.create_run(project, "test.sleepy",
-                               {"out_dir": str(out), "n": args.steps, "sleep_s": args.sleep_s})
+    run = lifecycle.create_run(
+        project, "test.sleepy", {"out_dir": str(out), "n": args.steps, "sleep_s": args.sleep_s}
+    )
     lifecycle.launch(project, run.id, workers=2)
     while lifecycle.effective_state(project.run(run.id)) in ("launched", "running"):
         time.sleep(0.05)
@@ -94,12 +99,19 @@ def main() -> int:
     for k in range(n):
         project.set_label(r2.id, f"label {k}")
     index_ms = 1000 * (time.perf_counter() - t) / n
-    print(json.dumps({"steps": args.steps, "run_wall_s": round(wall, 2),
-                      "longest_lock_hold_ms": round(1000 * result["longest_hold_s"], 1),
-                      "lock_held_total_ms": round(1000 * result["total_held_s"], 1),
-                      "lock_holds_seen": result["holds_seen"],
-                      "progress_commit_ms": round(progress_ms, 2),
-                      "index_commit_ms": round(index_ms, 2)}))
+    print(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "run_wall_s": round(wall, 2),
+                "longest_lock_hold_ms": round(1000 * result["longest_hold_s"], 1),
+                "lock_held_total_ms": round(1000 * result["total_held_s"], 1),
+                "lock_holds_seen": result["holds_seen"],
+                "progress_commit_ms": round(progress_ms, 2),
+                "index_commit_ms": round(index_ms, 2),
+            }
+        )
+    )
     return 0
 
 

@@ -47,8 +47,9 @@ def make_particles(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     n_mic = max(1, n // PARTICLES_PER_MICROGRAPH)
     mic = np.sort(rng.integers(0, n_mic, n))
-    stacks = np.array([f"Extract/job012/Movies/FoilHole_{i:08d}_Data.mrcs" for i in range(n_mic)],
-                      dtype=object)
+    stacks = np.array(
+        [f"Extract/job012/Movies/FoilHole_{i:08d}_Data.mrcs" for i in range(n_mic)], dtype=object
+    )
     # image_index = position within its micrograph's stack
     first = np.searchsorted(mic, np.arange(n_mic))
     image_index = np.arange(n) - first[mic]
@@ -78,9 +79,16 @@ def make_particles(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-OPTICS = {"optics_group": [1], "name": ["opticsGroup1"], "voltage_kV": [300.0],
-          "spherical_aberration_mm": [2.7], "amplitude_contrast": [0.1],
-          "pixel_size_A": [1.06], "dose_per_frame_e_A2": [1.2], "magnification": [105000.0]}
+OPTICS = {
+    "optics_group": [1],
+    "name": ["opticsGroup1"],
+    "voltage_kV": [300.0],
+    "spherical_aberration_mm": [2.7],
+    "amplitude_contrast": [0.1],
+    "pixel_size_A": [1.06],
+    "dose_per_frame_e_A2": [1.2],
+    "magnification": [105000.0],
+}
 
 
 def write(path: Path, n: int) -> tuple[float, int, int]:
@@ -88,8 +96,9 @@ def write(path: Path, n: int) -> tuple[float, int, int]:
     project = Project.create(path)
     run = project.create_run("hpcem.bench", label="refined particles")
     t0 = time.perf_counter()
-    writer = project.create_set(run.id, "particles", "hpcem.SetOfParticles",
-                                inputs=["0:micrographs"], step="bench")
+    writer = project.create_set(
+        run.id, "particles", "hpcem.SetOfParticles", inputs=["0:micrographs"], step="bench"
+    )
     writer.set_optics(OPTICS)
     writer.append_columns(cols)
     writer.close()
@@ -111,8 +120,9 @@ def read_child(path: str, run_id: int) -> dict:
     t3 = time.perf_counter()
     half = particles.where("half_set == 1")
     sub = particles.subset(half)
-    writer = project.create_set(run_id, "half1", "hpcem.SetOfParticles",
-                                inputs=[f"{run_id}:particles"], step="subset")
+    writer = project.create_set(
+        run_id, "half1", "hpcem.SetOfParticles", inputs=[f"{run_id}:particles"], step="subset"
+    )
     writer.set_optics(particles.optics)
     writer.append_columns(sub)
     writer.close()
@@ -123,9 +133,16 @@ def read_child(path: str, run_id: int) -> dict:
     t6 = time.perf_counter()
     if len(cols["id"]) != len(particles):
         raise RuntimeError(f"read {len(cols['id'])} rows, expected {len(particles)}")
-    return {"reopen_s": t1 - t0, "read_all_s": t2 - t1, "query_s": t3 - t2,
-            "subset_s": t4 - t3, "query_cold_s": t6 - t5, "query_rows": int(mask.sum()), "subset_rows": int(half.sum()),
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "reopen_s": t1 - t0,
+        "read_all_s": t2 - t1,
+        "query_s": t3 - t2,
+        "subset_s": t4 - t3,
+        "query_cold_s": t6 - t5,
+        "query_rows": int(mask.sum()),
+        "subset_rows": int(half.sum()),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 # --- streaming appends: old vs tiered compaction -----------------------------------------
@@ -151,8 +168,8 @@ def bench_appends(root: Path, n_appends: int, rows: int) -> dict:
         w._merge_tail = _counting(w, w._merge_tail)
         writers[policy], times[policy] = w, []
     for k in range(n_appends):
-        batch = {name: col[k * rows:(k + 1) * rows] for name, col in cols.items()}
-        for policy in (("old", "tiered") if k % 2 else ("tiered", "old")):
+        batch = {name: col[k * rows : (k + 1) * rows] for name, col in cols.items()}
+        for policy in ("old", "tiered") if k % 2 else ("tiered", "old"):
             t0 = time.perf_counter()
             writers[policy].append_columns(batch)
             times[policy].append(time.perf_counter() - t0)
@@ -160,13 +177,16 @@ def bench_appends(root: Path, n_appends: int, rows: int) -> dict:
         segments = len(w._m.segments)
         w.close()
         t = np.array(times[policy])
-        out[policy] = {"total_s": round(float(t.sum()), 3),
-                       "per_append_ms": round(float(t.mean()) * 1e3, 2),
-                       "median_ms": round(float(np.median(t)) * 1e3, 2),
-                       "worst_ms": round(float(t.max()) * 1e3, 1),
-                       "last_100_ms": round(float(t[-100:].mean()) * 1e3, 2),
-                       "merges": w.merges, "rows_rewritten": w.rows_rewritten,
-                       "segments_at_end": segments}
+        out[policy] = {
+            "total_s": round(float(t.sum()), 3),
+            "per_append_ms": round(float(t.mean()) * 1e3, 2),
+            "median_ms": round(float(np.median(t)) * 1e3, 2),
+            "worst_ms": round(float(t.max()) * 1e3, 1),
+            "last_100_ms": round(float(t[-100:].mean()) * 1e3, 2),
+            "merges": w.merges,
+            "rows_rewritten": w.rows_rewritten,
+            "segments_at_end": segments,
+        }
     return out
 
 
@@ -190,22 +210,44 @@ def step_records(n: int) -> list[dict]:
     recs = []
     for i in range(n):
         done = i % 2 == 0
-        recs.append({
-            "id": f"{i:064x}", "name": f"motioncorr_{i:06d}", "func": "hpcem.protocols.motion:correct",
-            "state": "finished" if done else "waiting", "deps": [],
-            "args": {"movie": f"Movies/FoilHole_{i:08d}_Data_fractions.tiff", "patch": [5, 5],
-                     "dose_per_frame_e_A2": 1.2, "bin": 1},
-            "started": 1.7e9 + i if done else None, "ended": 1.7e9 + i + 30 if done else None,
-            "host": "node017" if done else "", "exit_code": 0 if done else None,
-            "job_id": "4711" if done else "", "attempts": int(done),
-            "result": {"micrograph": f"MotionCorr/mic_{i:08d}.mrc", "shift_A": 12.5}
-                      if done else None})
+        recs.append(
+            {
+                "id": f"{i:064x}",
+                "name": f"motioncorr_{i:06d}",
+                "func": "hpcem.protocols.motion:correct",
+                "state": "finished" if done else "waiting",
+                "deps": [],
+                "args": {
+                    "movie": f"Movies/FoilHole_{i:08d}_Data_fractions.tiff",
+                    "patch": [5, 5],
+                    "dose_per_frame_e_A2": 1.2,
+                    "bin": 1,
+                },
+                "started": 1.7e9 + i if done else None,
+                "ended": 1.7e9 + i + 30 if done else None,
+                "host": "node017" if done else "",
+                "exit_code": 0 if done else None,
+                "job_id": "4711" if done else "",
+                "attempts": int(done),
+                "result": {"micrograph": f"MotionCorr/mic_{i:08d}.mrc", "shift_A": 12.5}
+                if done
+                else None,
+            }
+        )
     return recs
 
 
 def _touch(rec: dict, k: int) -> dict:
-    return dict(rec, state="finished", started=1.8e9 + k, ended=1.8e9 + k + 30, host="node001",
-                exit_code=0, attempts=int(rec["attempts"]) + 1, result={"k": k})
+    return dict(
+        rec,
+        state="finished",
+        started=1.8e9 + k,
+        ended=1.8e9 + k + 30,
+        host="node001",
+        exit_code=0,
+        attempts=int(rec["attempts"]) + 1,
+        result={"k": k},
+    )
 
 
 def bench_steps(root: Path, sizes: list[int], commits: int) -> dict:
@@ -235,12 +277,15 @@ def bench_steps(root: Path, sizes: list[int], commits: int) -> dict:
         st.compact_steps(path, 1)
         fold = time.perf_counter() - t0
         t = np.array(new)
-        out[str(n)] = {"old_rewrite_ms": round(float(np.median(old)) * 1e3, 1),
-                       "append_mean_ms": round(float(t.mean()) * 1e3, 2),
-                       "append_median_ms": round(float(np.median(t)) * 1e3, 2),
-                       "append_worst_ms": round(float(t.max()) * 1e3, 1),
-                       "deltas_after": deltas, "fold_ms": round(fold * 1e3, 1),
-                       "fold_share_ms_per_record": round(fold / n * 1e3, 3)}
+        out[str(n)] = {
+            "old_rewrite_ms": round(float(np.median(old)) * 1e3, 1),
+            "append_mean_ms": round(float(t.mean()) * 1e3, 2),
+            "append_median_ms": round(float(np.median(t)) * 1e3, 2),
+            "append_worst_ms": round(float(t.max()) * 1e3, 1),
+            "deltas_after": deltas,
+            "fold_ms": round(fold * 1e3, 1),
+            "fold_share_ms_per_record": round(fold / n * 1e3, 3),
+        }
         if n == max(sizes):
             # the merged read of a log as a controller leaves it: base + a chain of deltas
             for k in range(commits):
@@ -261,9 +306,12 @@ def bench_steps(root: Path, sizes: list[int], commits: int) -> dict:
                 t0 = time.perf_counter()
                 st.read_steps_file(path, 1)
                 base_reads.append(time.perf_counter() - t0)
-            out["read"] = {"steps": n, "deltas": deltas,
-                           "merged_read_ms": round(float(np.median(reads)) * 1e3, 1),
-                           "base_only_read_ms": round(float(np.median(base_reads)) * 1e3, 1)}
+            out["read"] = {
+                "steps": n,
+                "deltas": deltas,
+                "merged_read_ms": round(float(np.median(reads)) * 1e3, 1),
+                "base_only_read_ms": round(float(np.median(base_reads)) * 1e3, 1),
+            }
     return out
 
 
@@ -271,13 +319,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="number of particles")
     ap.add_argument("--dir", default=None, help="where to make the project (default: tmp)")
-    ap.add_argument("--appends", type=int, default=0,
-                    help="stream this many appends into one set (old vs tiered compaction)")
+    ap.add_argument(
+        "--appends",
+        type=int,
+        default=0,
+        help="stream this many appends into one set (old vs tiered compaction)",
+    )
     ap.add_argument("--rows", type=int, default=300, help="rows per append with --appends")
-    ap.add_argument("--steps", default="", help="step-table sizes to time commits at, "
-                                                "e.g. 1000,10000,30000")
-    ap.add_argument("--commits", type=int, default=300,
-                    help="1-record commits timed per size with --steps")
+    ap.add_argument(
+        "--steps", default="", help="step-table sizes to time commits at, e.g. 1000,10000,30000"
+    )
+    ap.add_argument(
+        "--commits", type=int, default=300, help="1-record commits timed per size with --steps"
+    )
     ap.add_argument("--child", nargs=2, metavar=("PROJECT", "RUN_ID"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -294,17 +348,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="hpcem-bench-") as tmp:
         path = Path(tmp) / "project"
         write_s, size, run_id = write(path, args.n)
-        out = subprocess.run([sys.executable, __file__, "--child", str(path), str(run_id)],
-                             check=True, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONHASHSEED": "0"})
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(path), str(run_id)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
         child = json.loads(out.stdout.strip().splitlines()[-1])
-    result = {"n": args.n, "write_s": round(write_s, 3),
-              "reopen_s": round(child["reopen_s"], 3), "read_all_s": round(child["read_all_s"], 3),
-              "query_s": round(child["query_s"], 3), "subset_s": round(child["subset_s"], 3),
-              "bytes_per_item": round(size / args.n, 1),
-              "peak_rss_mb": round(max(peak_rss_mb(), child["peak_rss_mb"]), 1),
-              "query_cold_s": round(child["query_cold_s"], 3),
-              "query_rows": child["query_rows"], "subset_rows": child["subset_rows"]}
+    result = {
+        "n": args.n,
+        "write_s": round(write_s, 3),
+        "reopen_s": round(child["reopen_s"], 3),
+        "read_all_s": round(child["read_all_s"], 3),
+        "query_s": round(child["query_s"], 3),
+        "subset_s": round(child["subset_s"], 3),
+        "bytes_per_item": round(size / args.n, 1),
+        "peak_rss_mb": round(max(peak_rss_mb(), child["peak_rss_mb"]), 1),
+        "query_cold_s": round(child["query_cold_s"], 3),
+        "query_rows": child["query_rows"],
+        "subset_rows": child["subset_rows"],
+    }
     print(json.dumps(result))
 
 

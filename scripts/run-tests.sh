@@ -100,4 +100,14 @@ else
     echo "[run-tests] not root: SLURM and Grid Engine are not started; their tests will skip" >&2
 fi
 
+# Lint and format are part of the suite: the same ruff version as in the [test] extra.
+lint=0
+say "ruff check + ruff format --check (hpcem protocols tests scripts)"
+"$VENV/bin/python" -m ruff check -q hpcem protocols tests scripts || lint=1
+"$VENV/bin/python" -m ruff format --check -q hpcem protocols tests scripts || lint=1
+[ "$lint" -eq 0 ] || echo "[run-tests] ERROR: lint/format problems (above)" >&2
+
 "$VENV/bin/python" -m pytest "$@"
+status=$?
+[ "$lint" -eq 0 ] || exit 1
+exit "$status"

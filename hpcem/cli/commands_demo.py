@@ -20,7 +20,9 @@ DEMO_MARKER = ".hpcem-demo"
 @click.argument("path", default="hpcem-demo", required=False)
 @click.option("--micrographs", "n", default=6, show_default=True, help="Micrographs to simulate.")
 @click.option("--size", default=1024, show_default=True, help="Micrograph edge in pixels.")
-@click.option("--pixel-size-A", "pixel_size_A", default=1.2, show_default=True, help="Pixel size in Å.")
+@click.option(
+    "--pixel-size-A", "pixel_size_A", default=1.2, show_default=True, help="Pixel size in Å."
+)
 @click.option("--workers", type=int, default=None, help="Local worker processes (default: cores).")
 @click.option("--seed", default=2026, show_default=True, help="Random seed of the simulation.")
 def demo_cmd(path, n, size, pixel_size_A, workers, seed):
@@ -54,21 +56,35 @@ def demo_cmd(path, n, size, pixel_size_A, workers, seed):
         defocus_u = float(rng.uniform(9000, 30000))
         defocus_v = defocus_u - float(rng.uniform(0, 1500))
         angle = float(rng.uniform(0, 180))
-        image, _truth = simulate_micrograph((size, size), pixel_size_A=pixel_size_A, defocus_u_A=defocus_u,
-                                        defocus_v_A=defocus_v, angle_deg=angle, seed=seed + i)
+        image, _truth = simulate_micrograph(
+            (size, size),
+            pixel_size_A=pixel_size_A,
+            defocus_u_A=defocus_u,
+            defocus_v_A=defocus_v,
+            angle_deg=angle,
+            seed=seed + i,
+        )
         name = f"mic_{i:03d}.mrc"
         write_mrc(raw / name, image, pixel_size_A)
         truth[name] = {"defocus_u": defocus_u, "defocus_v": defocus_v, "defocus_angle": angle}
     (raw / "ground_truth.json").write_text(json.dumps(truth, indent=1))
 
-    imp = lifecycle.create_run(project, "import.micrographs",
-                               {"files": str(raw / "*.mrc"), "pixel_size_A": pixel_size_A},
-                               label="import simulated micrographs")
+    imp = lifecycle.create_run(
+        project,
+        "import.micrographs",
+        {"files": str(raw / "*.mrc"), "pixel_size_A": pixel_size_A},
+        label="import simulated micrographs",
+    )
     lifecycle.launch(project, imp.id, workers)
     click.echo(f"run {imp.id}: import.micrographs")
     _wait(project, imp.id)
-    ctf = lifecycle.create_run(project, "ctf.estimate", {}, {"micrographs": [f"{imp.id}:micrographs"]},
-                               label="estimate CTF")
+    ctf = lifecycle.create_run(
+        project,
+        "ctf.estimate",
+        {},
+        {"micrographs": [f"{imp.id}:micrographs"]},
+        label="estimate CTF",
+    )
     lifecycle.launch(project, ctf.id, workers)
     click.echo(f"run {ctf.id}: ctf.estimate (one step per micrograph)")
     _wait(project, ctf.id)
@@ -77,13 +93,21 @@ def demo_cmd(path, n, size, pixel_size_A, workers, seed):
     names = {int(i): Path(p).name for i, p in zip(mics.column("id"), mics.column("image"))}
     ctfs = project.open_set(ctf.id, "ctfs").read_columns()
     click.echo("\nestimated vs true defocus (Å):")
-    click.echo(f"  {'micrograph':14s} {'true U':>8s} {'est. U':>8s} {'true V':>8s} {'est. V':>8s} {'error':>6s}")
+    click.echo(
+        f"  {'micrograph':14s} {'true U':>8s} {'est. U':>8s} {'true V':>8s} {'est. V':>8s}"
+        f" {'error':>6s}"
+    )
     errors = []
     for mid, u, v in zip(ctfs["micrograph_id"], ctfs["defocus_u"], ctfs["defocus_v"]):
         t = truth[names[int(mid)]]
-        err = abs((u + v) / 2 - (t["defocus_u"] + t["defocus_v"]) / 2) / ((t["defocus_u"] + t["defocus_v"]) / 2)
+        err = abs((u + v) / 2 - (t["defocus_u"] + t["defocus_v"]) / 2) / (
+            (t["defocus_u"] + t["defocus_v"]) / 2
+        )
         errors.append(err)
-        click.echo(f"  {names[int(mid)]:14s} {t['defocus_u']:8.0f} {u:8.0f} {t['defocus_v']:8.0f} {v:8.0f} {100 * err:5.1f}%")
+        click.echo(
+            f"  {names[int(mid)]:14s} {t['defocus_u']:8.0f} {u:8.0f} {t['defocus_v']:8.0f}"
+            f" {v:8.0f} {100 * err:5.1f}%"
+        )
     click.echo(f"  mean defocus error {100 * float(np.mean(errors)):.2f}%\n")
     _print_table(project, [summarize(r) for r in project.runs])
 

@@ -48,8 +48,14 @@ def project_list(root, depth, as_json):
             try:
                 p = Project.open(folder)
                 runs = p.runs
-                found.append({"path": folder, "runs": len(runs),
-                              "active": sum(r.state in ("launched", "running") for r in runs), "error": ""})
+                found.append(
+                    {
+                        "path": folder,
+                        "runs": len(runs),
+                        "active": sum(r.state in ("launched", "running") for r in runs),
+                        "error": "",
+                    }
+                )
             except HpcemError as exc:
                 found.append({"path": folder, "runs": None, "active": None, "error": str(exc)})
             dirs[:] = []

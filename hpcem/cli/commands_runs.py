@@ -31,7 +31,9 @@ def _run_ref(project, ref: str):
     try:
         return find_run(project.runs, ref)
     except RunError as exc:
-        raise RunError(f"{exc} ({project.path}; 'hpcem status {project.path}' lists them)") from None
+        raise RunError(
+            f"{exc} ({project.path}; 'hpcem status {project.path}' lists them)"
+        ) from None
 
 
 # --- hpcem run -----------------------------------------------------------------------------
@@ -64,23 +66,51 @@ class ProtocolGroup(click.Group):
 
 def _execution_options() -> list[click.Option]:
     return [
-        click.Option(["--input", "inputs"], multiple=True, metavar="NAME=RUN:OUTPUT",
-                     help="Input pointer to an output of another run (repeatable)."),
-        click.Option(["--label"], default="", help="A label for the run (default: the protocol's)."),
+        click.Option(
+            ["--input", "inputs"],
+            multiple=True,
+            metavar="NAME=RUN:OUTPUT",
+            help="Input pointer to an output of another run (repeatable).",
+        ),
+        click.Option(
+            ["--label"], default="", help="A label for the run (default: the protocol's)."
+        ),
         click.Option(["--wait"], is_flag=True, help="Wait for the run to end, showing progress."),
-        click.Option(["--workers"], type=click.IntRange(min=1), default=None,
-                     help="Local worker processes (default: the number of cores)."),
-        click.Option(["--site"], default=None, help="Site config to run on (see 'hpcem site list')."),
-        click.Option(["--queue"], default=None, help="Queue/partition: sends the whole run as one batch job."),
+        click.Option(
+            ["--workers"],
+            type=click.IntRange(min=1),
+            default=None,
+            help="Local worker processes (default: the number of cores).",
+        ),
+        click.Option(
+            ["--site"], default=None, help="Site config to run on (see 'hpcem site list')."
+        ),
+        click.Option(
+            ["--queue"], default=None, help="Queue/partition: sends the whole run as one batch job."
+        ),
         click.Option(["--walltime"], default=None, help="Walltime of the batch job, e.g. 2:00:00."),
-        click.Option(["--cores"], type=click.IntRange(min=1), default=None, help="Cores of the batch job."),
-        click.Option(["--nodes"], type=click.IntRange(min=1), default=None, help="Nodes of the batch job."),
-        click.Option(["--dispatch"], type=click.Choice(["local", "job", "parsl"]), default=None,
-                     help="local: this machine; job: whole run as one batch job; "
-                          "parsl: steps dispatched to cluster nodes by Parsl."),
-        click.Option(["--max-blocks", "max_blocks"], type=click.IntRange(min=1), default=None,
-                     help="With --dispatch parsl: most batch jobs (blocks) at once."),
-        click.Option(["--save-only"], is_flag=True, help="Store the run (state saved) without launching it."),
+        click.Option(
+            ["--cores"], type=click.IntRange(min=1), default=None, help="Cores of the batch job."
+        ),
+        click.Option(
+            ["--nodes"], type=click.IntRange(min=1), default=None, help="Nodes of the batch job."
+        ),
+        click.Option(
+            ["--dispatch"],
+            type=click.Choice(["local", "job", "parsl"]),
+            default=None,
+            help="local: this machine; job: whole run as one batch job; "
+            "parsl: steps dispatched to cluster nodes by Parsl.",
+        ),
+        click.Option(
+            ["--max-blocks", "max_blocks"],
+            type=click.IntRange(min=1),
+            default=None,
+            help="With --dispatch parsl: most batch jobs (blocks) at once.",
+        ),
+        click.Option(
+            ["--save-only"], is_flag=True, help="Store the run (state saved) without launching it."
+        ),
     ]
 
 
@@ -93,7 +123,9 @@ def _protocol_command(protocol) -> click.Command:
         project = click.get_current_context().parent.params["project"]
         params = {n: kwargs.pop(n) for n in param_names if kwargs.get(n) is not None}
         execution_opts = {k: kwargs.pop(k) for k in EXECUTION_OPTIONS}
-        _do_run(project, protocol.name, params, inputs, label, wait, workers, save_only, execution_opts)
+        _do_run(
+            project, protocol.name, params, inputs, label, wait, workers, save_only, execution_opts
+        )
 
     cites = "; ".join(c.short for c in protocol.citations)
     help_text = f"{protocol.label}.\n\n{protocol.help}".strip()
@@ -113,7 +145,9 @@ def _parse_inputs(values) -> dict[str, list[str]]:
     for item in values:
         name, sep, ref = item.partition("=")
         if not sep or not name or not ref:
-            raise HpcemError(f"--input {item!r}: expected NAME=RUN:OUTPUT, e.g. micrographs=1:micrographs")
+            raise HpcemError(
+                f"--input {item!r}: expected NAME=RUN:OUTPUT, e.g. micrographs=1:micrographs"
+            )
         out.setdefault(name, []).append(ref)
     return out
 
@@ -124,7 +158,9 @@ def _do_run(project_path, protocol_name, params, inputs, label, wait, workers, s
 
     project = _open(project_path)
     placement = execution_request(project, opts)
-    run = lifecycle.create_run(project, protocol_name, params, _parse_inputs(inputs), label, placement)
+    run = lifecycle.create_run(
+        project, protocol_name, params, _parse_inputs(inputs), label, placement
+    )
     if save_only:
         click.echo(f"run {run.id} ({safe(run.label)}) saved")
         return
@@ -153,8 +189,10 @@ def _wait(project, run_id: int) -> None:
         run = project.run(run_id)
         if run.placement.mode == "job":
             job = run.attempt.job_id if run.attempt else ""
-            raise RunError(f"stopped waiting; run {run_id} goes on as batch job {job or '(queued)'}"
-                           f" ('hpcem stop {project.path} {run_id}' cancels it)") from None
+            raise RunError(
+                f"stopped waiting; run {run_id} goes on as batch job {job or '(queued)'}"
+                f" ('hpcem stop {project.path} {run_id}' cancels it)"
+            ) from None
         try:
             said = stop_run(project, run_id, reason="interrupted (Ctrl-C)")
         except RunError as exc:
@@ -198,8 +236,12 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total} steps"
 
 
-@click.group("run", cls=ProtocolGroup, invoke_without_command=False,
-             context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    "run",
+    cls=ProtocolGroup,
+    invoke_without_command=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.argument("project")
 def run_cmd(project):
     """Run PROTOCOL in PROJECT: hpcem run PROJECT PROTOCOL [--param value ...].
@@ -233,11 +275,17 @@ def status_cmd(project, run, as_json, log_lines):
         if as_json:
             for r in rows:
                 if "text" in r.outputs:  # quiet rows: give scripts the same shape
-                    r.outputs = {n: {"type": t, "size": proj_sizes.get(n)}
-                                 for rec in [proj.run(r.id)]
-                                 for proj_sizes in [rec.output_sizes]
-                                 for n, t in rec.output_types.items()}
-            click.echo(json.dumps({"project": str(proj.path), "runs": [r.to_json() for r in rows]}, indent=1))
+                    r.outputs = {
+                        n: {"type": t, "size": proj_sizes.get(n)}
+                        for rec in [proj.run(r.id)]
+                        for proj_sizes in [rec.output_sizes]
+                        for n, t in rec.output_types.items()
+                    }
+            click.echo(
+                json.dumps(
+                    {"project": str(proj.path), "runs": [r.to_json() for r in rows]}, indent=1
+                )
+            )
             return
         _print_table(proj, rows)
         return
@@ -273,11 +321,16 @@ def _reap_blocks(project, runs) -> list:
         try:
             done = reap_blocks(project, r)
         except HpcemError as exc:
-            click.echo(f"hpcem: warning: run {r.id}: cannot cancel its Parsl blocks: {exc}", err=True)
+            click.echo(
+                f"hpcem: warning: run {r.id}: cannot cancel its Parsl blocks: {exc}", err=True
+            )
             continue
         if done:
-            click.echo(f"hpcem: run {r.id}: cancelled Parsl blocks left by its dead controller: "
-                       f"{', '.join(done)}", err=True)
+            click.echo(
+                f"hpcem: run {r.id}: cancelled Parsl blocks left by its dead controller: "
+                f"{', '.join(done)}",
+                err=True,
+            )
     return [project.run(r.id) for r in runs]
 
 
@@ -305,15 +358,31 @@ def _print_table(project, rows) -> None:
     if not rows:
         return
     jobs = any(r.job for r in rows)  # a JOB column only where some run is a batch job
-    header = ("ID", "LABEL", "PROTOCOL", "STATE", "STEPS", "ELAPSED") + (("JOB",) if jobs else ()) + ("OUTPUTS",)
+    header = (
+        ("ID", "LABEL", "PROTOCOL", "STATE", "STEPS", "ELAPSED")
+        + (("JOB",) if jobs else ())
+        + ("OUTPUTS",)
+    )
     table = [header] + [
-        (str(r.id), safe(r.label)[:30], r.protocol, r.state, f"{r.steps_done}/{r.steps_total}",
-         _fmt_elapsed(r.elapsed_s)) + ((r.job or "-",) if jobs else ()) + (_fmt_outputs(r.outputs),)
+        (
+            str(r.id),
+            safe(r.label)[:30],
+            r.protocol,
+            r.state,
+            f"{r.steps_done}/{r.steps_total}",
+            _fmt_elapsed(r.elapsed_s),
+        )
+        + ((r.job or "-",) if jobs else ())
+        + (_fmt_outputs(r.outputs),)
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    click.echo("\n".join("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1]
-                         for row in table))
+    click.echo(
+        "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1]
+            for row in table
+        )
+    )
 
 
 def _print_run(project, run, as_json, log_lines) -> None:
@@ -324,24 +393,50 @@ def _print_run(project, run, as_json, log_lines) -> None:
     log_path = project.run_dir(run.id) / "run.log"
     tail = _tail(log_path, log_lines)
     if as_json:
-        click.echo(json.dumps({
-            **summary.to_json(),
-            "params": run.params, "inputs": run.inputs, "placement": run.placement.to_json(),
-            "attempts": [a.to_json() for a in run.attempts], "blocks": list(run.blocks),
-            "steps": [{k: _jsonable(v) for k, v in s.items() if k not in ("args", "result")} for s in steps],
-            "log_tail": tail,
-        }, indent=1))
+        click.echo(
+            json.dumps(
+                {
+                    **summary.to_json(),
+                    "params": run.params,
+                    "inputs": run.inputs,
+                    "placement": run.placement.to_json(),
+                    "attempts": [a.to_json() for a in run.attempts],
+                    "blocks": list(run.blocks),
+                    "steps": [
+                        {k: _jsonable(v) for k, v in s.items() if k not in ("args", "result")}
+                        for s in steps
+                    ],
+                    "log_tail": tail,
+                },
+                indent=1,
+            )
+        )
         return
     click.echo(f"run {run.id}: {safe(run.label)}  [{run.protocol}]")
-    click.echo(f"  state    {summary.state}" + (f"  ({safe(summary.reason)})" if summary.reason else ""))
-    click.echo(f"  steps    {summary.steps_done}/{summary.steps_total}   elapsed {_fmt_elapsed(summary.elapsed_s)}")
+    click.echo(
+        f"  state    {summary.state}" + (f"  ({safe(summary.reason)})" if summary.reason else "")
+    )
+    click.echo(
+        f"  steps    {summary.steps_done}/{summary.steps_total}"
+        f"   elapsed {_fmt_elapsed(summary.elapsed_s)}"
+    )
     for a in run.attempts[-5:]:
-        where = f"job {a.job_id} on {a.site}/{a.queue}" if a.job_id else f"pid {a.pid} on {a.host or a.launcher_host}"
+        where = (
+            f"job {a.job_id} on {a.site}/{a.queue}"
+            if a.job_id
+            else f"pid {a.pid} on {a.host or a.launcher_host}"
+        )
         said = f" [{a.scheduler_state}]" if a.scheduler_state else ""
-        end = f": {a.outcome}" + (f" ({safe(a.outcome_reason)})" if a.outcome_reason else "") if a.outcome else ""
+        end = (
+            f": {a.outcome}" + (f" ({safe(a.outcome_reason)})" if a.outcome_reason else "")
+            if a.outcome
+            else ""
+        )
         click.echo(f"  attempt  {a.number}: {where}{said}{end}")
     if run.blocks:
-        click.echo(f"  parsl    blocks (batch jobs) on {run.placement.site}: " + ", ".join(run.blocks))
+        click.echo(
+            f"  parsl    blocks (batch jobs) on {run.placement.site}: " + ", ".join(run.blocks)
+        )
     click.echo("  params")
     for k, v in run.params.items():
         click.echo(f"    {k} = {v!r}")
@@ -424,7 +519,9 @@ def _lifecycle_command(name: str, doc: str, action):
     @click.argument("project")
     @click.argument("run")
     @click.option("--wait", is_flag=True, help="Wait for the run to end, showing progress.")
-    @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local worker processes.")
+    @click.option(
+        "--workers", type=click.IntRange(min=1), default=None, help="Local worker processes."
+    )
     def command(project, run, wait, workers):
         proj = _open(project)
         rec = _run_ref(proj, run)
@@ -476,23 +573,42 @@ def copy_cmd(ctx, project, run, label):
     try:
         parsed = form.make_context(f"hpcem copy {project} {run}", list(ctx.args))
     except click.UsageError as exc:
-        raise ValidationError(f"copy of run {rec.id} ({protocol.name}): {exc.format_message()}") from None
-    params = {p.name: parsed.params[p.name] for p in protocol.params
-              if parsed.params.get(p.name) is not None}
+        raise ValidationError(
+            f"copy of run {rec.id} ({protocol.name}): {exc.format_message()}"
+        ) from None
+    params = {
+        p.name: parsed.params[p.name]
+        for p in protocol.params
+        if parsed.params.get(p.name) is not None
+    }
     new = copy_run(proj, rec.id, label=label, params=params)
-    changed = ", ".join(f"{k}={new.params[k]!r}" for k in params if rec.params.get(k) != new.params.get(k))
-    click.echo(safe(f"run {new.id} ({new.label}) saved as a copy of run {rec.id}"
-                    + (f" with {changed}" if changed else "")
-                    + f"; launch it with 'hpcem continue {proj.path} {new.id}'"))
+    changed = ", ".join(
+        f"{k}={new.params[k]!r}" for k in params if rec.params.get(k) != new.params.get(k)
+    )
+    click.echo(
+        safe(
+            f"run {new.id} ({new.label}) saved as a copy of run {rec.id}"
+            + (f" with {changed}" if changed else "")
+            + f"; launch it with 'hpcem continue {proj.path} {new.id}'"
+        )
+    )
 
 
 COMMANDS = [
     run_cmd,
     status_cmd,
     log_cmd,
-    _lifecycle_command("continue", "Continue RUN: redo only steps that did not finish or changed.", _continue),
-    _lifecycle_command("restart", "Restart RUN from scratch: its outputs and step records are wiped.", _restart),
-    _lifecycle_command("stop", "Stop RUN: mark it aborted and end its processes (or cancel its "
-                       "jobs); on a run that already ended, end any process it left behind.", _stop),
+    _lifecycle_command(
+        "continue", "Continue RUN: redo only steps that did not finish or changed.", _continue
+    ),
+    _lifecycle_command(
+        "restart", "Restart RUN from scratch: its outputs and step records are wiped.", _restart
+    ),
+    _lifecycle_command(
+        "stop",
+        "Stop RUN: mark it aborted and end its processes (or cancel its "
+        "jobs); on a run that already ended, end any process it left behind.",
+        _stop,
+    ),
     copy_cmd,
 ]

@@ -45,16 +45,23 @@ class BoolOption(click.Option):
 
     def __init__(self, names: list[str], name: str, negative: str, help: str) -> None:
         # An optional value: a bare --NAME (end of line, or another option next) is "true".
-        super().__init__([*names, name], is_flag=False, flag_value="true", default=None,
-                         metavar="[BOOL]", help=help)
+        super().__init__(
+            [*names, name],
+            is_flag=False,
+            flag_value="true",
+            default=None,
+            metavar="[BOOL]",
+            help=help,
+        )
         self.negative = negative
 
     def add_to_parser(self, parser, ctx: click.Context) -> None:
         super().add_to_parser(parser, ctx)
         # click has no public way to give an optional-value option a negative flag name;
         # its parser has taken (obj, opts, dest, action, const) since click 7.
-        parser.add_option(obj=self, opts=[self.negative], dest=self.name,
-                          action="store_const", const="false")
+        parser.add_option(
+            obj=self, opts=[self.negative], dest=self.name, action="store_const", const="false"
+        )
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str]:
         return f"{self.opts[0]} / {self.negative}", self.help or ""
@@ -63,8 +70,10 @@ class BoolOption(click.Option):
 def bool_help(p) -> str:
     """The help of a boolean option: its own text plus the forms it accepts."""
     flag = option_names(p.name)[0]
-    return (f"{param_help(p)} Give {flag} or --no-{flag[2:]}, or {flag} VALUE with VALUE "
-            f"one of {BOOL_WORDS_TEXT} (any case).")
+    return (
+        f"{param_help(p)} Give {flag} or --no-{flag[2:]}, or {flag} VALUE with VALUE "
+        f"one of {BOOL_WORDS_TEXT} (any case)."
+    )
 
 
 def protocol_options(protocol: type[Protocol]) -> list[click.Option]:
@@ -76,10 +85,17 @@ def protocol_options(protocol: type[Protocol]) -> list[click.Option]:
             negative = "--no-" + p.name.replace("_", "-")
             options.append(BoolOption(names, p.name, negative, bool_help(p)))
         else:
-            metavar = {"int": "INT", "float": "FLOAT", "enum": "|".join(p.choices), "path": "PATH",
-                       "numlist": "N,N,...", "range": "START:STOP:STEP"}.get(p.kind, "TEXT")
-            options.append(click.Option([*names, p.name], default=None, metavar=metavar,
-                                        help=param_help(p)))
+            metavar = {
+                "int": "INT",
+                "float": "FLOAT",
+                "enum": "|".join(p.choices),
+                "path": "PATH",
+                "numlist": "N,N,...",
+                "range": "START:STOP:STEP",
+            }.get(p.kind, "TEXT")
+            options.append(
+                click.Option([*names, p.name], default=None, metavar=metavar, help=param_help(p))
+            )
     return options
 
 
@@ -92,7 +108,9 @@ def describe(protocol: type[Protocol]) -> str:
     for i in protocol.inputs or ():
         req = "required" if i.required else "optional"
         many = ", many" if i.many else ""
-        lines.append(f"  --input {i.name}=RUN:OUTPUT   {' | '.join(i.types)} ({req}{many}) {i.help}")
+        lines.append(
+            f"  --input {i.name}=RUN:OUTPUT   {' | '.join(i.types)} ({req}{many}) {i.help}"
+        )
     if not protocol.inputs:
         lines.append("  (none)")
     lines.append("Parameters:")

@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        click.echo(f"hpcem: internal error: {type(exc).__name__}: {exc} "
-                   "(rerun with --debug for the traceback and please report it)", err=True)
+        click.echo(
+            f"hpcem: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback and please report it)",
+            err=True,
+        )
         return 70
     return 0
 

@@ -73,9 +73,16 @@ def submit_run_job(project, run_id: int, attempt: int) -> str:
     spec = job_spec(project, run, site, attempt)
     script = project.run_dir(run_id) / f"job-{attempt}.sh"
     job_id = submit_job(site, spec, script_path=script)  # the launcher fails the attempt on error
-    project.update_attempt(run_id, attempt, job_id=job_id, site=site.name, scheduler=site.scheduler,
-                           queue=spec.queue or site.default_queue, scheduler_state="QUEUED",
-                           exit_code_file=spec.exit_code_file)
+    project.update_attempt(
+        run_id,
+        attempt,
+        job_id=job_id,
+        site=site.name,
+        scheduler=site.scheduler,
+        queue=spec.queue or site.default_queue,
+        scheduler_state="QUEUED",
+        exit_code_file=spec.exit_code_file,
+    )
     return job_id
 
 
@@ -109,8 +116,12 @@ def refresh_jobs(project, runs) -> dict[int, tuple[str, str]]:
             a = r.attempt
             native = statuses.get(a.job_id)
             exit_code = read_exit_code(a.exit_code_file) if a.exit_code_file else None
-            if exit_code is not None and exit_code >= 128 and native is not None \
-                    and not native.state.final:
+            if (
+                exit_code is not None
+                and exit_code >= 128
+                and native is not None
+                and not native.state.final
+            ):
                 continue  # ended by a signal: wait for the scheduler's final state to say why
             if native is not None and native.state.name in _AUTHORITATIVE:
                 status = native  # the scheduler ended it: its word beats any exit code
@@ -118,8 +129,11 @@ def refresh_jobs(project, runs) -> dict[int, tuple[str, str]]:
                 status = final_status(a.job_id, exit_code, native) or native
             if status is None:
                 continue
-            words = {"scheduler_state": status.native_state or status.state.name,
-                     "scheduler_reason": status.reason or "", "scheduler_final": status.state.final}
+            words = {
+                "scheduler_state": status.native_state or status.state.name,
+                "scheduler_reason": status.reason or "",
+                "scheduler_final": status.state.final,
+            }
             if not status.state.final:
                 if r.state in ACTIVE_STATES:
                     project.update_attempt(r.id, a.number, only_active=True, **words)
@@ -132,13 +146,23 @@ def refresh_jobs(project, runs) -> dict[int, tuple[str, str]]:
             reason = f"{why} (batch job {a.job_id} {words['scheduler_state']}{detail})"
             if r.state in ACTIVE_STATES:
                 try:
-                    project.transition(r.id, ACTIVE_STATES, state, reason, attempt=a.number,
-                                       outcome=state, outcome_reason=reason, ended=time.time(), **words)
+                    project.transition(
+                        r.id,
+                        ACTIVE_STATES,
+                        state,
+                        reason,
+                        attempt=a.number,
+                        outcome=state,
+                        outcome_reason=reason,
+                        ended=time.time(),
+                        **words,
+                    )
                 except StateConflict:
                     continue  # the controller ended it meanwhile: its word stands
             elif a.provisional and status.state.name in _AUTHORITATIVE:
-                project.refine_outcome(r.id, a.number, state, reason, outcome=state,
-                                       outcome_reason=reason, **words)
+                project.refine_outcome(
+                    r.id, a.number, state, reason, outcome=state, outcome_reason=reason, **words
+                )
             elif a.provisional:  # the scheduler confirms what the controller saw
                 project.refine_outcome(r.id, a.number, r.state, r.error, **words)
                 continue

@@ -81,8 +81,9 @@ def _node() -> str:
 class Controller:
     """Runs one attempt of a run to its end (finished, failed, aborted or fenced)."""
 
-    def __init__(self, project, run_id: int, attempt: int, executor, *,
-                 commit_interval_s=COMMIT_INTERVAL_S):
+    def __init__(
+        self, project, run_id: int, attempt: int, executor, *, commit_interval_s=COMMIT_INTERVAL_S
+    ):
         self.project = project
         self.run_id = run_id
         self.attempt = attempt
@@ -102,8 +103,9 @@ class Controller:
         """Build the step graph and merge it with the stored step records."""
         run = self.project.run(self.run_id)
         self.protocol = get_protocol(run.protocol)
-        self.ctx = RunContext(self.project, self.run_id, run.params, run.inputs,
-                              attempt=self.attempt)
+        self.ctx = RunContext(
+            self.project, self.run_id, run.params, run.inputs, attempt=self.attempt
+        )
         self.graph = StepGraph(self.protocol().steps(self.ctx), self.protocol.name)
         stored = {r["id"]: r for r in self.project.read_steps(self.run_id).to_records()}
         self.records: dict[str, dict] = {}
@@ -133,8 +135,9 @@ class Controller:
         """Execute the plan; return the final run state (or "fenced")."""
         self.plan()
         done = self._done_set = {n for n, r in self.records.items() if r["state"] in DONE_STATES}
-        self.log.event("run", f"attempt {self.attempt}: {len(self.graph)} steps "
-                              f"({len(done)} already done)")
+        self.log.event(
+            "run", f"attempt {self.attempt}: {len(self.graph)} steps ({len(done)} already done)"
+        )
         self._commit(force=True, whole=True)  # the plan replaces what an older plan stored
         running: dict[concurrent.futures.Future, str] = {}
         failed: list[str] = []
@@ -188,8 +191,10 @@ class Controller:
         rejected = [n for n, r in self.records.items() if r["state"] == REJECTED]
         reason = ""
         if rejected:
-            reason = (f"{len(rejected)} of {len(self.records)} steps rejected their item "
-                      f"(first: {self.records[rejected[0]]['error']})")
+            reason = (
+                f"{len(rejected)} of {len(self.records)} steps rejected their item "
+                f"(first: {self.records[rejected[0]]['error']})"
+            )
         return self._end("finished", reason)
 
     def _stopped(self, running) -> str:
@@ -201,17 +206,28 @@ class Controller:
             self.records[name]["error"] = f"terminated by {sig}"
             self._dirty.add(name)
         if in_job:  # the scheduler's final state (TIMEOUT, PREEMPTED ...) refines this
-            return self._end("failed", f"terminated by {sig} (waiting for the scheduler's "
-                                       "final state: walltime, preemption or scancel?)",
-                             provisional=True)
+            return self._end(
+                "failed",
+                f"terminated by {sig} (waiting for the scheduler's "
+                "final state: walltime, preemption or scancel?)",
+                provisional=True,
+            )
         return self._end("aborted", f"terminated by {sig}")
 
     def _end(self, state: str, reason: str, provisional: bool = False) -> str:
         level = {"finished": "info", "failed": "error"}.get(state, "warning")
         self.log.event("run", f"{state}" + (f": {reason}" if reason else ""), level=level)
-        self._commit(state=state, reason=reason, force=True, attempt_fields={
-            "ended": time.time(), "outcome": state, "outcome_reason": reason,
-            "provisional": provisional})
+        self._commit(
+            state=state,
+            reason=reason,
+            force=True,
+            attempt_fields={
+                "ended": time.time(),
+                "outcome": state,
+                "outcome_reason": reason,
+                "provisional": provisional,
+            },
+        )
         return state
 
     def _submit(self, name: str):
@@ -230,8 +246,11 @@ class Controller:
         except WorkerLostError as exc:
             rec = self.records[name]
             if int(rec["attempts"]) <= int(self.protocol.retries):
-                self.log.event(name, f"{exc}; running it again (attempt "
-                                     f"{int(rec['attempts']) + 1})", level="warning")
+                self.log.event(
+                    name,
+                    f"{exc}; running it again (attempt {int(rec['attempts']) + 1})",
+                    level="warning",
+                )
                 return True
             self._record(name, None, exc, done, failed)
             return False
@@ -269,8 +288,9 @@ class Controller:
             if why:
                 exc = ItemRejected(f"{name}: its result cannot be stored ({why})")
         if isinstance(exc, ItemRejected):
-            rec.update(state=REJECTED, ended=time.time(), exit_code=0, error=_one_line(exc),
-                       result=None)
+            rec.update(
+                state=REJECTED, ended=time.time(), exit_code=0, error=_one_line(exc), result=None
+            )
             self.ctx._rejections[name] = rec["error"]
             done.add(name)
             self._ready.extend(self.graph.done(name))
@@ -278,12 +298,23 @@ class Controller:
             return
         if exc is not None:
             rec.update(state="failed", ended=time.time(), exit_code=1, error=_one_line(exc))
-            self.log.event(name, f"failed: {_one_line(exc)}", level="error",
-                           detail="".join(traceback.format_exception(exc)))
+            self.log.event(
+                name,
+                f"failed: {_one_line(exc)}",
+                level="error",
+                detail="".join(traceback.format_exception(exc)),
+            )
             failed.append(name)
             return
-        rec.update(state=FINISHED, started=out["started"], ended=out["ended"], host=out["host"],
-                   exit_code=0, error="", result=out["result"])
+        rec.update(
+            state=FINISHED,
+            started=out["started"],
+            ended=out["ended"],
+            host=out["host"],
+            exit_code=0,
+            error="",
+            result=out["result"],
+        )
         self.ctx._results[name] = out["result"]
         done.add(name)
         self._ready.extend(self.graph.done(name))
@@ -295,8 +326,9 @@ class Controller:
 
         _fence(self.project.run(self.run_id), self.attempt)
 
-    def _commit(self, state=None, reason=None, force=False, attempt_fields=None,
-                whole=False) -> None:
+    def _commit(
+        self, state=None, reason=None, force=False, attempt_fields=None, whole=False
+    ) -> None:
         """One fenced commit: the step records that changed since the last commit (the
         whole table with ``whole``), progress, and with ``state`` the transition.
         O(changed steps): the done count is kept as steps finish, not recounted."""
@@ -307,9 +339,11 @@ class Controller:
             changed = None
         else:
             steps = None
-            changed = [self.records[n] for n in self.graph.order if n in self._dirty] \
-                if len(self._dirty) * 8 > len(self.records) else \
-                [self.records[n] for n in sorted(self._dirty, key=self._position.__getitem__)]
+            changed = (
+                [self.records[n] for n in self.graph.order if n in self._dirty]
+                if len(self._dirty) * 8 > len(self.records)
+                else [self.records[n] for n in sorted(self._dirty, key=self._position.__getitem__)]
+            )
         self._dirty = set()
         fields = {
             "steps_done": len(self._done_names()),
@@ -324,9 +358,16 @@ class Controller:
                 self.log.event("run", f"Parsl blocks (batch jobs): {', '.join(blocks)}")
             self._blocks = blocks
             fields["blocks"] = blocks
-        self.project.controller_commit(self.run_id, self.attempt, steps=steps,
-                                       changed_steps=changed, state=state, reason=reason,
-                                       attempt_fields=attempt_fields, **fields)
+        self.project.controller_commit(
+            self.run_id,
+            self.attempt,
+            steps=steps,
+            changed_steps=changed,
+            state=state,
+            reason=reason,
+            attempt_fields=attempt_fields,
+            **fields,
+        )
 
     def _done_names(self) -> set:
         return self._done_set
@@ -381,14 +422,22 @@ def make_executor(project, run, workers: int | None):
         from hpcem.cluster.site import load_site
         from hpcem.execution.parsl_executor import ParslExecutor
 
-        return ParslExecutor(load_site(placement.site), queue=placement.resources.get("queue"),
-                             run_dir=str(project.run_dir(run.id) / "parsl"),
-                             label=f"hpcem-run{run.id}", cwd=str(project.path),
-                             **dict(placement.parsl))
+        return ParslExecutor(
+            load_site(placement.site),
+            queue=placement.resources.get("queue"),
+            run_dir=str(project.run_dir(run.id) / "parsl"),
+            label=f"hpcem-run{run.id}",
+            cwd=str(project.path),
+            **dict(placement.parsl),
+        )
     from hpcem.execution.local import LocalExecutor
 
-    return LocalExecutor(workers or placement.workers or None, site=placement.site,
-                         workdir=str(project.run_dir(run.id) / "mpi"), cwd=str(project.path))
+    return LocalExecutor(
+        workers or placement.workers or None,
+        site=placement.site,
+        workdir=str(project.run_dir(run.id) / "mpi"),
+        cwd=str(project.path),
+    )
 
 
 def take_over(project, run_id: int, attempt: int) -> int:
@@ -404,25 +453,51 @@ def take_over(project, run_id: int, attempt: int) -> int:
     job_id = job_environment()[0]
     run = project.run(run_id)
     a = run.attempt
-    if (a is not None and a.number == attempt and run.state != "launched" and job_id
-            and a.job_id and a.job_id.split(".")[0] == job_id.split(".")[0]):
+    if (
+        a is not None
+        and a.number == attempt
+        and run.state != "launched"
+        and job_id
+        and a.job_id
+        and a.job_id.split(".")[0] == job_id.split(".")[0]
+    ):
         try:  # requeued: the job runs again under a new attempt
-            run = project.begin_attempt(run_id, ("running", "failed", "aborted"), job_id=a.job_id,
-                                        site=a.site, queue=a.queue, exit_code_file=a.exit_code_file)
+            run = project.begin_attempt(
+                run_id,
+                ("running", "failed", "aborted"),
+                job_id=a.job_id,
+                site=a.site,
+                queue=a.queue,
+                exit_code_file=a.exit_code_file,
+            )
         except StateConflict as exc:
-            raise FencedError(f"run {run_id}: requeued job {job_id} cannot take the run over "
-                              f"({exc})") from None
+            raise FencedError(
+                f"run {run_id}: requeued job {job_id} cannot take the run over ({exc})"
+            ) from None
         attempt = run.attempt.number
     try:
-        project.transition(run_id, ("launched",), "running", attempt=attempt, pid=os.getpid(),
-                           host=socket.gethostname(), node=_node(), started=time.time())
+        project.transition(
+            run_id,
+            ("launched",),
+            "running",
+            attempt=attempt,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            node=_node(),
+            started=time.time(),
+        )
     except StateConflict as exc:
         raise FencedError(f"run {run_id}: attempt {attempt} cannot start ({exc})") from None
     return attempt
 
 
-def run_controller(project_path: str, run_id: int, attempt: int, workers: int | None = None,
-                   signals: list | None = None) -> str:
+def run_controller(
+    project_path: str,
+    run_id: int,
+    attempt: int,
+    workers: int | None = None,
+    signals: list | None = None,
+) -> str:
     """Open the project, lock the run, take the attempt over and run it to the end."""
     from hpcem.execution.runs import RUN_ENV, run_marker
     from hpcem.store import Project
@@ -484,8 +559,7 @@ def _run_locked(project, run_id: int, attempt: int, workers, signals) -> str:
             if executor is not None:
                 executor.shutdown(cancel=True)
             reason = f"planning failed: {_one_line(exc)}"
-            log.event("run", reason, level="error",
-                      detail="".join(traceback.format_exception(exc)))
+            log.event("run", reason, level="error", detail="".join(traceback.format_exception(exc)))
             _fail_running(project, run_id, attempt, reason)
             raise HpcemError(reason) from exc
     finally:
@@ -496,8 +570,16 @@ def _fail_start(project, run_id: int, attempt: int, reason: str) -> None:
     from hpcem.store.project import StateConflict
 
     try:
-        project.transition(run_id, ("launched",), "failed", reason, attempt=attempt,
-                           outcome="failed", outcome_reason=reason, ended=time.time())
+        project.transition(
+            run_id,
+            ("launched",),
+            "failed",
+            reason,
+            attempt=attempt,
+            outcome="failed",
+            outcome_reason=reason,
+            ended=time.time(),
+        )
     except (StateConflict, HpcemError):
         pass
 
@@ -505,9 +587,13 @@ def _fail_start(project, run_id: int, attempt: int, reason: str) -> None:
 def _fail_running(project, run_id: int, attempt: int, reason: str) -> None:
     """Record the failure if the store can still be written (it may be full)."""
     try:
-        project.controller_commit(run_id, attempt, state="failed", reason=reason,
-                                  attempt_fields={"ended": time.time(), "outcome": "failed",
-                                                  "outcome_reason": reason})
+        project.controller_commit(
+            run_id,
+            attempt,
+            state="failed",
+            reason=reason,
+            attempt_fields={"ended": time.time(), "outcome": "failed", "outcome_reason": reason},
+        )
     except HpcemError:
         pass
 
@@ -521,8 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     got_signal = []
     try:
-        state = run_controller(args.project, args.run_id, args.attempt, args.workers,
-                               signals=got_signal)
+        state = run_controller(
+            args.project, args.run_id, args.attempt, args.workers, signals=got_signal
+        )
     except HpcemError as exc:
         print(f"hpcem controller: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -34,7 +34,9 @@ class StepGraph:
             ids[step.id] = step.name
             for dep in step.deps:
                 if dep not in self.steps:
-                    raise ProtocolError(f"{where}step {step.name!r} depends on unknown step {dep!r}")
+                    raise ProtocolError(
+                        f"{where}step {step.name!r} depends on unknown step {dep!r}"
+                    )
         self.order = self._topological_order(where)
         self.dependents: dict[str, list[str]] = {name: [] for name in self.steps}
         for step in steps:
@@ -71,11 +73,9 @@ class StepGraph:
         done = set(done)
         unknown = done - self.steps.keys()
         if unknown:
-            raise ProtocolError(f"steps {sorted(unknown)} are marked done but are not in "
-                                "the graph")
+            raise ProtocolError(f"steps {sorted(unknown)} are marked done but are not in the graph")
         self._done = done
-        self._waiting_on = {n: sum(d not in done for d in s.deps)
-                            for n, s in self.steps.items()}
+        self._waiting_on = {n: sum(d not in done for d in s.deps) for n, s in self.steps.items()}
         return [n for n in self.order if n not in done and self._waiting_on[n] == 0]
 
     def done(self, name: str) -> list[str]:
@@ -107,7 +107,9 @@ class StepGraph:
         return [
             n
             for n in self.order
-            if n not in started and n not in finished and all(d in finished for d in self.steps[n].deps)
+            if n not in started
+            and n not in finished
+            and all(d in finished for d in self.steps[n].deps)
         ]
 
     def __len__(self) -> int:

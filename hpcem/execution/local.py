@@ -240,7 +240,10 @@ class LocalExecutor:
     """
 
     def __init__(
-        self, workers: int | None = None, site: str = "localhost", workdir: str = ".",
+        self,
+        workers: int | None = None,
+        site: str = "localhost",
+        workdir: str = ".",
         cwd: str | None = None,
     ) -> None:
         self.workers = workers or default_workers()

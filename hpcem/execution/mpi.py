@@ -122,7 +122,9 @@ def run_mpi_step(
     args_file, result_file = write_args(workdir, name, args)
     argv = step_argv(site, func_ref, str(args_file), str(result_file), ranks=ranks, threads=threads)
     try:
-        run_launcher(argv, timeout_s=timeout_s, env=mpi_environment(site, threads), cwd=str(workdir))
+        run_launcher(
+            argv, timeout_s=timeout_s, env=mpi_environment(site, threads), cwd=str(workdir)
+        )
     except CommandError as exc:
         tail = "\n".join((exc.stderr or exc.stdout).strip().splitlines()[-5:])
         raise StepError(f"MPI step {func_ref} on {ranks} ranks failed: {exc}\n{tail}") from None

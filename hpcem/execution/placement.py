@@ -31,7 +31,9 @@ def execution_request(project, opts: Mapping[str, Any]) -> dict:
         dispatch = "job" if "queue" in opts or site.scheduler != "local" else "local"
     if dispatch == "local":
         if set(opts) & {"queue", "walltime", "nodes"}:
-            raise ConfigError("--queue/--walltime/--nodes need --dispatch job or parsl (or a --queue)")
+            raise ConfigError(
+                "--queue/--walltime/--nodes need --dispatch job or parsl (or a --queue)"
+            )
         # here, MPI steps use this machine's launcher, not the cluster's srun
         local_site = site.name if site.scheduler == "local" else "localhost"
         return {"mode": "local", "dispatch": "local", "site": local_site}
@@ -43,8 +45,15 @@ def execution_request(project, opts: Mapping[str, Any]) -> dict:
         "cores": int(opts.get("cores") or 1),
         "nodes": int(opts.get("nodes") or 1),
     }
-    check_limits(site, queue, nodes=resources["nodes"], cores_per_node=resources["cores"],
-                 memory_mb=None, walltime_s=walltime_s, gpus=0)
+    check_limits(
+        site,
+        queue,
+        nodes=resources["nodes"],
+        cores_per_node=resources["cores"],
+        memory_mb=None,
+        walltime_s=walltime_s,
+        gpus=0,
+    )
     execution = {"site": site.name, "resources": resources}
     if dispatch == "job":
         return {**execution, "mode": "job", "dispatch": "local"}

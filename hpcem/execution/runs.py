@@ -75,7 +75,11 @@ def run_marker(project, run_id: int) -> str:
 
 def _conflict_message(run, action: str) -> str:
     a = run.attempt
-    who = f" (attempt {a.number}, pid {a.pid or a.launcher_pid} on {a.host or a.launcher_host})" if a else ""
+    who = (
+        f" (attempt {a.number}, pid {a.pid or a.launcher_pid} on {a.host or a.launcher_host})"
+        if a
+        else ""
+    )
     if run.state == "launched":
         return f"run {run.id} is already being {action}{who}"
     if run.state == "running":
@@ -83,10 +87,18 @@ def _conflict_message(run, action: str) -> str:
     return f"run {run.id} is {run.state}" + (f" ({run.error})" if run.error else "")
 
 
-def launch(project, run_id: int, workers: int | None = None, foreground: bool = False, *,
-           from_states: Sequence[str] = ("saved",), reset: bool = False,
-           prepare: Callable[[], None] | None = None, action: str = "launched",
-           wait_start: bool = True):
+def launch(
+    project,
+    run_id: int,
+    workers: int | None = None,
+    foreground: bool = False,
+    *,
+    from_states: Sequence[str] = ("saved",),
+    reset: bool = False,
+    prepare: Callable[[], None] | None = None,
+    action: str = "launched",
+    wait_start: bool = True,
+):
     """Take a new attempt of the run and start its controller.
 
     The attempt is taken by compare-and-swap from ``from_states``; ``prepare`` runs once
@@ -127,12 +139,21 @@ def launch(project, run_id: int, workers: int | None = None, foreground: bool = 
     return project.run(run_id)
 
 
-def controller_argv(python: str, project_path: str, run_id: int, attempt: int,
-                    workers: int | None = None) -> list[str]:
+def controller_argv(
+    python: str, project_path: str, run_id: int, attempt: int, workers: int | None = None
+) -> list[str]:
     """The command that runs one attempt's controller. ``-P``: neither the project nor
     the current folder is ever on its ``sys.path`` (nothing in a project is code)."""
-    argv = [python, "-P", "-m", "hpcem.execution.controller", str(project_path), str(run_id),
-            "--attempt", str(attempt)]
+    argv = [
+        python,
+        "-P",
+        "-m",
+        "hpcem.execution.controller",
+        str(project_path),
+        str(run_id),
+        "--attempt",
+        str(attempt),
+    ]
     if workers:
         argv += ["--workers", str(workers)]
     return argv
@@ -144,8 +165,11 @@ def safe_env(project, run_id: int) -> dict[str, str]:
     env = dict(os.environ)
     env[RUN_ENV] = run_marker(project, run_id)
     root = str(project.path)
-    keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-            if p and os.path.isabs(p) and not (p == root or p.startswith(root + os.sep))]
+    keep = [
+        p
+        for p in env.get("PYTHONPATH", "").split(os.pathsep)
+        if p and os.path.isabs(p) and not (p == root or p.startswith(root + os.sep))
+    ]
     if keep:
         env["PYTHONPATH"] = os.pathsep.join(keep)
     else:
@@ -166,8 +190,14 @@ def _start_controller(project, run_id: int, attempt: int, workers: int | None):
         raise
     try:
         return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-            cwd=str(run_dir), env=safe_env(project, run_id), close_fds=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            cwd=str(run_dir),
+            env=safe_env(project, run_id),
+            close_fds=True,
         )
     finally:
         os.close(out)
@@ -181,8 +211,10 @@ def _wait_takeover(project, run_id: int, attempt: int, proc):
         run = project.run(run_id)
         a = run.attempt
         if a is None or a.number != attempt:
-            raise RunError(f"run {run_id}: attempt {attempt} was taken over by attempt "
-                           f"{a.number if a else 0} before it started")
+            raise RunError(
+                f"run {run_id}: attempt {attempt} was taken over by attempt "
+                f"{a.number if a else 0} before it started"
+            )
         if run.state != "launched":
             if run.state == "failed" and math.isnan(a.started):
                 raise RunError(f"run {run_id} could not start: {run.error}")
@@ -196,8 +228,10 @@ def _wait_takeover(project, run_id: int, attempt: int, proc):
             _fail_launch(project, run_id, attempt, f"controller exited before starting: {why}")
             raise RunError(f"run {run_id} could not start: controller exited ({why})")
         if time.monotonic() > deadline:
-            raise RunError(f"run {run_id}: the controller (pid {proc.pid}) has not started "
-                           f"after {TAKEOVER_WAIT_S:.0f} s; see {project.run_dir(run_id)}/stderr.log")
+            raise RunError(
+                f"run {run_id}: the controller (pid {proc.pid}) has not started "
+                f"after {TAKEOVER_WAIT_S:.0f} s; see {project.run_dir(run_id)}/stderr.log"
+            )
         time.sleep(0.05)
 
 
@@ -205,8 +239,16 @@ def _fail_launch(project, run_id: int, attempt: int, reason: str) -> None:
     from hpcem.store.project import StateConflict
 
     try:
-        project.transition(run_id, ("launched",), "failed", reason, attempt=attempt,
-                           outcome="failed", outcome_reason=reason, ended=time.time())
+        project.transition(
+            run_id,
+            ("launched",),
+            "failed",
+            reason,
+            attempt=attempt,
+            outcome="failed",
+            outcome_reason=reason,
+            ended=time.time(),
+        )
     except StateConflict:
         pass
 
@@ -252,8 +294,10 @@ def diagnose(run) -> tuple[str, str]:
         launcher_gone = a.launcher_host == here and a.launcher_pid and not pid_alive(a.launcher_pid)
         age = now - a.launched if not math.isnan(a.launched) else 0.0
         if (launcher_gone and age > LAUNCH_GRACE_S) or age > LAUNCH_TIMEOUT_S:
-            return "failed", (f"never started: no controller {age:.0f} s after the launch by pid "
-                              f"{a.launcher_pid} on {a.launcher_host}")
+            return "failed", (
+                f"never started: no controller {age:.0f} s after the launch by pid "
+                f"{a.launcher_pid} on {a.launcher_host}"
+            )
         return run.state, ""
     silent = now - run.heartbeat if not math.isnan(run.heartbeat) else 0.0
     if a.host == here:
@@ -265,16 +309,20 @@ def diagnose(run) -> tuple[str, str]:
 
                 why = last_line(Path(run.project_path) / "runs" / f"{run.id:06d}" / "stderr.log")
             return "failed", f"controller process {a.pid} died without finishing" + (
-                f" ({why})" if why else "")
+                f" ({why})" if why else ""
+            )
         if status == "T":
-            return run.state, (f"controller process {a.pid} is stopped (SIGSTOP?), silent for "
-                               f"{silent:.0f} s")
+            return run.state, (
+                f"controller process {a.pid} is stopped (SIGSTOP?), silent for {silent:.0f} s"
+            )
         if silent > STALE_HEARTBEAT_S:
             return run.state, f"controller process {a.pid} is alive but silent for {silent:.0f} s"
         return run.state, ""
     if silent > STALE_HEARTBEAT_S:
-        return run.state, (f"no heartbeat from {a.host} for {silent:.0f} s; its controller "
-                           f"(pid {a.pid}) cannot be checked from {here}")
+        return run.state, (
+            f"no heartbeat from {a.host} for {silent:.0f} s; its controller "
+            f"(pid {a.pid}) cannot be checked from {here}"
+        )
     return run.state, ""
 
 
@@ -307,8 +355,16 @@ def mark_dead(project, run) -> str:
     if state != "failed" or run.state not in ACTIVE_STATES:
         return state
     try:
-        project.transition(run.id, (run.state,), "failed", reason, attempt=run.attempt.number,
-                           outcome="failed", outcome_reason=reason, ended=time.time())
+        project.transition(
+            run.id,
+            (run.state,),
+            "failed",
+            reason,
+            attempt=run.attempt.number,
+            outcome="failed",
+            outcome_reason=reason,
+            ended=time.time(),
+        )
     except StateConflict as exc:
         return exc.record.state
     return "failed"
@@ -323,8 +379,7 @@ def _take_back(project, run_id: int, action: str):
         if mark_dead(project, run) in ACTIVE_STATES:
             _state, reason = diagnose(project.run(run_id))
             msg = _conflict_message(project.run(run_id), action)
-            raise RunError(f"{msg}{': ' + reason if reason else ''}; "
-                           f"'hpcem stop' it first")
+            raise RunError(f"{msg}{': ' + reason if reason else ''}; 'hpcem stop' it first")
         cleanup_processes(project, run_id)
     reap_blocks(project, project.run(run_id))
     return project.run(run_id)
@@ -337,13 +392,22 @@ def continue_run(project, run_id: int, workers: int | None = None, foreground: b
     run = _take_back(project, run_id, "continued")
     if run.state == "finished":
         if run.attempt is None or run.attempt.request_digest == request_digest(run):
-            raise RunError(f"run {run_id} is finished: nothing to continue ('hpcem restart' "
-                           "runs it again from scratch)")
+            raise RunError(
+                f"run {run_id} is finished: nothing to continue ('hpcem restart' "
+                "runs it again from scratch)"
+            )
         # its parameters changed since it finished: run the steps they change
-        return launch(project, run_id, workers, foreground, action="continued",
-                      from_states=("finished",))
-    return launch(project, run_id, workers, foreground, action="continued",
-                  from_states=("saved", "failed", "aborted"))
+        return launch(
+            project, run_id, workers, foreground, action="continued", from_states=("finished",)
+        )
+    return launch(
+        project,
+        run_id,
+        workers,
+        foreground,
+        action="continued",
+        from_states=("saved", "failed", "aborted"),
+    )
 
 
 def restart_run(project, run_id: int, workers: int | None = None, foreground: bool = False):
@@ -359,8 +423,16 @@ def restart_run(project, run_id: int, workers: int | None = None, foreground: bo
             if entry.is_dir() and not entry.name.startswith("."):
                 project.delete_set(run_id, entry.name)  # under the set's lock
 
-    return launch(project, run_id, workers, foreground, action="restarted", reset=True,
-                  from_states=("saved", *FINAL_STATES), prepare=wipe)
+    return launch(
+        project,
+        run_id,
+        workers,
+        foreground,
+        action="restarted",
+        reset=True,
+        from_states=("saved", *FINAL_STATES),
+        prepare=wipe,
+    )
 
 
 def stop_run(project, run_id: int, reason: str = "stopped by user") -> str:
@@ -376,11 +448,20 @@ def stop_run(project, run_id: int, reason: str = "stopped by user") -> str:
     a = run.attempt
     if run.state in ACTIVE_STATES:
         if a.pid and a.host != this_host() and not a.job_id:
-            raise RunError(f"run {run_id}'s controller runs on host {a.host} (pid {a.pid}); "
-                           "stop it there")
+            raise RunError(
+                f"run {run_id}'s controller runs on host {a.host} (pid {a.pid}); stop it there"
+            )
         try:
-            project.transition(run_id, ACTIVE_STATES, "aborted", reason, attempt=a.number,
-                               outcome="aborted", outcome_reason=reason, ended=time.time())
+            project.transition(
+                run_id,
+                ACTIVE_STATES,
+                "aborted",
+                reason,
+                attempt=a.number,
+                outcome="aborted",
+                outcome_reason=reason,
+                ended=time.time(),
+            )
             done = f"run {run_id} ({run.label}) aborted: {reason}"
         except StateConflict as exc:
             done = f"run {run_id} had just ended ({exc.record.state})"
@@ -391,8 +472,11 @@ def stop_run(project, run_id: int, reason: str = "stopped by user") -> str:
         return done + (f"; {ended}" if ended else "")
     if ended:
         return f"run {run_id} was already {run.state}; {ended}"
-    raise RunError(f"run {run_id} is not active ({run.state}"
-                   + (f": {run.error}" if run.error else "") + "); nothing to stop")
+    raise RunError(
+        f"run {run_id} is not active ({run.state}"
+        + (f": {run.error}" if run.error else "")
+        + "); nothing to stop"
+    )
 
 
 def _end_processes(project, run) -> str:
@@ -486,8 +570,9 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def copy_run(project, run_id: int, label: str | None = None,
-             params: Mapping[str, Any] | None = None):
+def copy_run(
+    project, run_id: int, label: str | None = None, params: Mapping[str, Any] | None = None
+):
     """A new saved run with the same protocol, inputs and placement, and the same
     parameters except those in ``params`` (validated exactly as for a new run)."""
     run = project.run(run_id)
@@ -539,14 +624,26 @@ def summarize(run) -> RunSummary:
     if math.isnan(end) and state in ACTIVE_STATES:
         end = time.time()
     elapsed = end - start if not (math.isnan(start) or math.isnan(end)) else 0.0
-    outputs = {name: {"type": t, "size": run.output_sizes.get(name)}
-               for name, t in run.output_types.items()}
+    outputs = {
+        name: {"type": t, "size": run.output_sizes.get(name)}
+        for name, t in run.output_types.items()
+    }
     a = run.attempt
     job = ""
     if a is not None and a.job_id:
         job = " ".join(x for x in (a.scheduler or a.site, a.job_id, a.scheduler_state) if x)
-    return RunSummary(run.id, run.label, run.protocol, state, reason or run.error,
-                      run.steps_done, run.steps_total, max(elapsed, 0.0), outputs, job)
+    return RunSummary(
+        run.id,
+        run.label,
+        run.protocol,
+        state,
+        reason or run.error,
+        run.steps_done,
+        run.steps_total,
+        max(elapsed, 0.0),
+        outputs,
+        job,
+    )
 
 
 def status_rows(project) -> tuple[dict[int, RunSummary], list, list[str]]:
@@ -589,9 +686,16 @@ def status_rows(project) -> tuple[dict[int, RunSummary], list, list[str]]:
         if math.isnan(end) and not math.isnan(start):
             end = now
         elapsed = end - start if not (math.isnan(start) or math.isnan(end)) else 0.0
-        quiet[run_id] = RunSummary(run_id, str(cols["label"][i]), str(cols["protocol"][i]),
-                                   state, str(cols["error"][i]), int(cols["steps_done"][i]),
-                                   int(cols["steps_total"][i]), max(elapsed, 0.0),
-                                   {"text": str(cols["outputs_text"][i])}, str(cols["job"][i]))
+        quiet[run_id] = RunSummary(
+            run_id,
+            str(cols["label"][i]),
+            str(cols["protocol"][i]),
+            state,
+            str(cols["error"][i]),
+            int(cols["steps_done"][i]),
+            int(cols["steps_total"][i]),
+            max(elapsed, 0.0),
+            {"text": str(cols["outputs_text"][i])},
+            str(cols["job"][i]),
+        )
     return quiet, live, problems
-

@@ -47,8 +47,9 @@ def _outcome(result, started: float) -> dict:
     }
 
 
-def execute_mpi_step(site_name: str, func_ref: str, args: dict, ranks: int, threads: int,
-                     workdir: str, name: str) -> dict:
+def execute_mpi_step(
+    site_name: str, func_ref: str, args: dict, ranks: int, threads: int, workdir: str, name: str
+) -> dict:
     """Run one MPI step with the site's MPI launcher (srun in an allocation, or
     ``mpiexec.gforker`` here); the step's rank 0 returns the result."""
     from hpcem.cluster.site import load_site
@@ -56,6 +57,13 @@ def execute_mpi_step(site_name: str, func_ref: str, args: dict, ranks: int, thre
 
     started = time.time()
     os.makedirs(workdir, exist_ok=True)
-    result = run_mpi_step(load_site(site_name), func_ref, args, ranks=ranks, threads=threads,
-                          workdir=workdir, name=name)
+    result = run_mpi_step(
+        load_site(site_name),
+        func_ref,
+        args,
+        ranks=ranks,
+        threads=threads,
+        workdir=workdir,
+        name=name,
+    )
     return _outcome(result, started)

@@ -105,8 +105,11 @@ def read_mrc_header(path: str | os.PathLike) -> ImageHeader:
 
 def _warn_tolerated(header: ImageHeader) -> None:
     if header.warnings:  # one warning per read, listing every oddity
-        warnings.warn(f"{header.path}: read despite: {'; '.join(header.warnings)}",
-                      ToleratedFormatWarning, stacklevel=4)
+        warnings.warn(
+            f"{header.path}: read despite: {'; '.join(header.warnings)}",
+            ToleratedFormatWarning,
+            stacklevel=4,
+        )
 
 
 @contextlib.contextmanager
@@ -147,7 +150,9 @@ def read_mrc(path: str | os.PathLike, index: int | None = None) -> np.ndarray:
         nz = header.shape[0]
         if index is not None:
             if not -nz <= index < nz:
-                raise ValidationError(f"{header.path}: section index {index} out of range (0..{nz - 1})")
+                raise ValidationError(
+                    f"{header.path}: section index {index} out of range (0..{nz - 1})"
+                )
             return np.array(data[index], dtype=np.float32)
         out = np.array(data, dtype=np.float32)
     return out[0] if nz == 1 else out

@@ -41,8 +41,10 @@ def _check_data_fits(path: Path, series, size_bytes: int) -> None:
     claimed = math.ceil(int(series.nbytes) * bits / (8 * itemsize))
     per_page = math.ceil(int(keyframe.nbytes) * bits / (8 * itemsize))
     shape = "x".join(str(int(n)) for n in series.shape)
-    claim = (f"header claims {shape} {np.dtype(series.dtype).name}, {claimed} bytes "
-             f"({format_bytes(claimed)})")
+    claim = (
+        f"header claims {shape} {np.dtype(series.dtype).name}, {claimed} bytes "
+        f"({format_bytes(claimed)})"
+    )
     if not compressed and claimed > size_bytes:
         raise _corrupt(
             path, f"truncated: {claim} uncompressed, but the file has {size_bytes} bytes"

@@ -54,8 +54,13 @@ class Field:
 
     def describe(self) -> dict:
         """A JSON-able description, written into every set manifest for other readers."""
-        return {"name": self.name, "kind": self.kind, "dtype": self.dtype, "unit": self.unit,
-                "doc": self.doc}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "dtype": self.dtype,
+            "unit": self.unit,
+            "doc": self.doc,
+        }
 
 
 @dataclass(frozen=True)
@@ -99,8 +104,9 @@ class ItemType:
         for f in self.fields:
             unit = f" [{f.unit}]" if f.unit else ""
             doc_lines.append(f"    {f.name}{unit}: {f.doc}")
-        cls = dataclasses.make_dataclass(self.short_name, specs, slots=True,
-                                         namespace={"ITEM_TYPE": self})
+        cls = dataclasses.make_dataclass(
+            self.short_name, specs, slots=True, namespace={"ITEM_TYPE": self}
+        )
         cls.__doc__ = "\n".join(doc_lines)
         cls.__module__ = "hpcem.model"
         return cls

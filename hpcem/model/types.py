@@ -13,13 +13,15 @@ from hpcem.model.fields import Field, ItemType
 
 
 def _id() -> Field:
-    return Field("id", "int64", "", "item id, unique within its set (-1 = assign on append)",
-                 default=-1)
+    return Field(
+        "id", "int64", "", "item id, unique within its set (-1 = assign on append)", default=-1
+    )
 
 
 def _optics_group() -> Field:
-    return Field("optics_group", "int32", "", "optics group id (row of the set's optics table)",
-                 default=1)
+    return Field(
+        "optics_group", "int32", "", "optics group id (row of the set's optics table)", default=1
+    )
 
 
 def _path(name: str, doc: str) -> Field:
@@ -27,7 +29,8 @@ def _path(name: str, doc: str) -> Field:
 
 
 ACQUISITION = ItemType(
-    "hpcem.Acquisition", "Acquisitions",
+    "hpcem.Acquisition",
+    "Acquisitions",
     (
         Field("optics_group", "int32", "", "optics group id", default=1),
         Field("name", "str", "", "optics group name", kind="str"),
@@ -42,7 +45,8 @@ ACQUISITION = ItemType(
 )
 
 MOVIE = ItemType(
-    "hpcem.Movie", "Movies",
+    "hpcem.Movie",
+    "Movies",
     (
         _id(),
         _path("image", "movie file (frames stack)"),
@@ -53,19 +57,22 @@ MOVIE = ItemType(
 )
 
 MICROGRAPH = ItemType(
-    "hpcem.Micrograph", "Micrographs",
+    "hpcem.Micrograph",
+    "Micrographs",
     (
         _id(),
         _path("image", "micrograph image file"),
-        Field("movie_id", "int64", "", "id of the movie it was aligned from (-1 = none)",
-              default=-1),
+        Field(
+            "movie_id", "int64", "", "id of the movie it was aligned from (-1 = none)", default=-1
+        ),
         _optics_group(),
     ),
     "A micrograph (aligned, dose-weighted sum of a movie, or an image).",
 )
 
 CTF_MODEL = ItemType(
-    "hpcem.CTFModel", "CTFs",
+    "hpcem.CTFModel",
+    "CTFs",
     (
         _id(),
         Field("micrograph_id", "int64", "", "id of the micrograph it was fitted on"),
@@ -81,7 +88,8 @@ CTF_MODEL = ItemType(
 )
 
 COORDINATE = ItemType(
-    "hpcem.Coordinate", "Coordinates",
+    "hpcem.Coordinate",
+    "Coordinates",
     (
         _id(),
         Field("micrograph_id", "int64", "", "id of the micrograph"),
@@ -93,13 +101,15 @@ COORDINATE = ItemType(
 )
 
 PARTICLE = ItemType(
-    "hpcem.Particle", "Particles",
+    "hpcem.Particle",
+    "Particles",
     (
         _id(),
         _path("image", "particle stack file"),
         Field("image_index", "int32", "", "0-based index of the particle in its stack"),
-        Field("micrograph_id", "int64", "", "id of the micrograph it was extracted from",
-              default=-1),
+        Field(
+            "micrograph_id", "int64", "", "id of the micrograph it was extracted from", default=-1
+        ),
         Field("coord_x", "float32", "px", "x of the particle centre on its micrograph"),
         Field("coord_y", "float32", "px", "y of the particle centre on its micrograph"),
         Field("coord_score", "float32", "", "picking score", default=0.0),
@@ -123,7 +133,8 @@ PARTICLE = ItemType(
 )
 
 VOLUME = ItemType(
-    "hpcem.Volume", "Volumes",
+    "hpcem.Volume",
+    "Volumes",
     (
         _id(),
         _path("image", "volume file (MRC)"),
@@ -133,14 +144,16 @@ VOLUME = ItemType(
         Field("origin_y", "float32", "Å", "origin y", default=0.0),
         Field("origin_z", "float32", "Å", "origin z", default=0.0),
         Field("half", "int8", "", "0 = full map, 1 or 2 = half map"),
-        Field("symmetry", "str", "", "point-group symmetry (e.g. C1, D2)", kind="str",
-              default="C1"),
+        Field(
+            "symmetry", "str", "", "point-group symmetry (e.g. C1, D2)", kind="str", default="C1"
+        ),
     ),
     "A 3D map.",
 )
 
 MASK = ItemType(
-    "hpcem.Mask", "Masks",
+    "hpcem.Mask",
+    "Masks",
     (
         _id(),
         _path("image", "mask file (MRC, values 0..1)"),
@@ -152,7 +165,8 @@ MASK = ItemType(
 )
 
 CLASS_2D = ItemType(
-    "hpcem.Class2D", "Classes2D",
+    "hpcem.Class2D",
+    "Classes2D",
     (
         _id(),
         _path("representative", "stack holding the class average"),
@@ -164,7 +178,8 @@ CLASS_2D = ItemType(
 )
 
 CLASS_3D = ItemType(
-    "hpcem.Class3D", "Classes3D",
+    "hpcem.Class3D",
+    "Classes3D",
     (
         _id(),
         _path("representative", "class volume file"),
@@ -176,7 +191,8 @@ CLASS_3D = ItemType(
 )
 
 FSC = ItemType(
-    "hpcem.FSC", "FSCs",
+    "hpcem.FSC",
+    "FSCs",
     (
         _id(),
         Field("label", "str", "", "what the curve compares", kind="str"),
@@ -188,7 +204,8 @@ FSC = ItemType(
 )
 
 MOVIE_ALIGNMENT = ItemType(
-    "hpcem.MovieAlignment", "MovieAlignments",
+    "hpcem.MovieAlignment",
+    "MovieAlignments",
     (
         _id(),
         Field("movie_id", "int64", "", "id of the aligned movie"),
@@ -200,8 +217,20 @@ MOVIE_ALIGNMENT = ItemType(
     "Global whole-frame alignment of one movie (per-frame shifts).",
 )
 
-ALL_TYPES = (ACQUISITION, MOVIE, MICROGRAPH, CTF_MODEL, COORDINATE, PARTICLE, VOLUME, MASK,
-             CLASS_2D, CLASS_3D, FSC, MOVIE_ALIGNMENT)
+ALL_TYPES = (
+    ACQUISITION,
+    MOVIE,
+    MICROGRAPH,
+    CTF_MODEL,
+    COORDINATE,
+    PARTICLE,
+    VOLUME,
+    MASK,
+    CLASS_2D,
+    CLASS_3D,
+    FSC,
+    MOVIE_ALIGNMENT,
+)
 
 #: Item types by stable name (``"hpcem.Particle"``).
 ITEM_TYPES: dict[str, ItemType] = {t.name: t for t in ALL_TYPES}

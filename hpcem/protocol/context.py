@@ -32,8 +32,14 @@ def project_relative(root, path: str) -> str:
 class RunContext:
     """The run-facing view of a project for one protocol run."""
 
-    def __init__(self, project, run_id: int | None, params: dict, inputs: dict[str, list[str]],
-                 attempt: int | None = None):
+    def __init__(
+        self,
+        project,
+        run_id: int | None,
+        params: dict,
+        inputs: dict[str, list[str]],
+        attempt: int | None = None,
+    ):
         self.project = project
         self.run_id = run_id
         self.attempt = attempt
@@ -88,7 +94,9 @@ class RunContext:
         """Steps that rejected their item (``ItemRejected``), by step name -> reason."""
         return {k: v for k, v in self._rejections.items() if k.startswith(prefix)}
 
-    def set_results(self, results: dict[str, Any], rejections: dict[str, str] | None = None) -> None:
+    def set_results(
+        self, results: dict[str, Any], rejections: dict[str, str] | None = None
+    ) -> None:
         self._results = dict(results)
         self._rejections = dict(rejections or {})
 

@@ -77,7 +77,9 @@ class Citation:
             surname = first.split(",")[0].strip()
         else:
             surname = first.split()[-1]
-        text = surname + (" et al." if len(names) > 2 else f" and {_surname(names[1])}" if len(names) == 2 else "")
+        text = surname + (
+            " et al." if len(names) > 2 else f" and {_surname(names[1])}" if len(names) == 2 else ""
+        )
         return f"{text} ({year})" if year else text
 
 
@@ -91,7 +93,7 @@ def _bibtex_field(bibtex: str, field: str) -> str:
     m = re.search(rf"\b{field}\s*=\s*", bibtex, re.IGNORECASE)
     if not m:
         return ""
-    rest = bibtex[m.end():]
+    rest = bibtex[m.end() :]
     if rest.startswith("{"):
         depth = 0
         for i, ch in enumerate(rest):
@@ -133,7 +135,9 @@ class Step:
 
     def __post_init__(self) -> None:
         if ":" not in self.func:
-            raise ProtocolError(f"step {self.name!r}: func must be 'module:function', got {self.func!r}")
+            raise ProtocolError(
+                f"step {self.name!r}: func must be 'module:function', got {self.func!r}"
+            )
         try:
             canonical = json.dumps(self.args, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:

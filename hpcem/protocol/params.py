@@ -186,9 +186,15 @@ class Param:
             numbers = list(value[:2]) if self.kind == "range" else list(value)
         for number in numbers:
             if self.min is not None and number < self.min:
-                problems.append(f"parameter '{self.name}' = {number:g} is below the minimum {self.min:g}{self._units()}")
+                problems.append(
+                    f"parameter '{self.name}' = {number:g} is below the minimum "
+                    f"{self.min:g}{self._units()}"
+                )
             if self.max is not None and number > self.max:
-                problems.append(f"parameter '{self.name}' = {number:g} is above the maximum {self.max:g}{self._units()}")
+                problems.append(
+                    f"parameter '{self.name}' = {number:g} is above the maximum "
+                    f"{self.max:g}{self._units()}"
+                )
         if self.kind == "enum" and value not in self.choices:
             problems.append(
                 f"parameter '{self.name}' = {value!r} is not one of {', '.join(self.choices)}"

@@ -63,7 +63,12 @@ class Registry:
 
     def _add_module(self, module: ModuleType, source: str) -> None:
         for _, obj in inspect.getmembers(module, inspect.isclass):
-            if issubclass(obj, Protocol) and obj is not Protocol and obj.__module__ == module.__name__ and obj.name:
+            if (
+                issubclass(obj, Protocol)
+                and obj is not Protocol
+                and obj.__module__ == module.__name__
+                and obj.name
+            ):
                 self._add(obj, source)
 
     def _add(self, cls: type[Protocol], source: str) -> None:

@@ -107,8 +107,10 @@ def _resolve_pointer(ref: str, spec, runs, project) -> tuple[str, str]:
         return "", f"input '{spec.name}': run {run.id} ({run.label}) is {run.state}, not finished"
     if output not in run.output_types:
         if run.state != "finished":
-            return "", (f"input '{spec.name}': run {run.id} ({run.label}) is still {run.state}; "
-                        "its outputs appear when it writes them (use it once it has finished)")
+            return "", (
+                f"input '{spec.name}': run {run.id} ({run.label}) is still {run.state}; "
+                "its outputs appear when it writes them (use it once it has finished)"
+            )
         have = ", ".join(sorted(run.output_types)) or "none"
         return "", f"input '{spec.name}': run {run.id} has no output {output!r} (it has: {have})"
     out_type = run.output_types[output]
@@ -170,8 +172,9 @@ def validate_request(
     resolved, input_problems = resolve_inputs(protocol, inputs, project)
     problems += input_problems
     request = RunRequest(protocol.name, values, resolved)
-    missing = any(p.required and values[p.name] is None
-                  for p in protocol.params if p.applies(values))
+    missing = any(
+        p.required and values[p.name] is None for p in protocol.params if p.applies(values)
+    )
     if not untyped and not missing and not input_problems:
         generic = bool(problems)
         try:

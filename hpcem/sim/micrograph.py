@@ -167,18 +167,29 @@ def simulate_micrograph(
         raise ValidationError(f"snr must be > 0, got {snr}")
     rng = np.random.default_rng(seed)
     image_ft, truth = _specimen_ft(
-        rng, shape, pixel_size_A, n_particles, particle_diameter_A, ice_level,
-        defocus_u_A=defocus_u_A, defocus_v_A=defocus_v_A, angle_deg=angle_deg,
-        voltage_kV=voltage_kV, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
+        rng,
+        shape,
+        pixel_size_A,
+        n_particles,
+        particle_diameter_A,
+        ice_level,
+        defocus_u_A=defocus_u_A,
+        defocus_v_A=defocus_v_A,
+        angle_deg=angle_deg,
+        voltage_kV=voltage_kV,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast,
         b_factor_A2=b_factor_A2,
     )
     clean = _irfft2(image_ft, s=shape)
     image = _add_noise(rng, clean, pixel_size_A, snr, dose_e_per_A2)
-    truth.update({
-        "snr": float(snr),
-        "dose_e_per_A2": None if dose_e_per_A2 is None else float(dose_e_per_A2),
-        "seed": int(seed),
-    })
+    truth.update(
+        {
+            "snr": float(snr),
+            "dose_e_per_A2": None if dose_e_per_A2 is None else float(dose_e_per_A2),
+            "seed": int(seed),
+        }
+    )
     return image.astype(np.float32), truth
 
 
@@ -288,9 +299,18 @@ def simulate_movie(
         raise ValidationError(f"pixel size must be > 0 Å, got {pixel_size_A}")
     rng = np.random.default_rng(seed)
     image_ft, truth = _specimen_ft(
-        rng, shape, pixel_size_A, n_particles, particle_diameter_A, ice_level,
-        defocus_u_A=defocus_u_A, defocus_v_A=defocus_v_A, angle_deg=angle_deg,
-        voltage_kV=voltage_kV, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
+        rng,
+        shape,
+        pixel_size_A,
+        n_particles,
+        particle_diameter_A,
+        ice_level,
+        defocus_u_A=defocus_u_A,
+        defocus_v_A=defocus_v_A,
+        angle_deg=angle_deg,
+        voltage_kV=voltage_kV,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast,
         b_factor_A2=b_factor_A2,
     )
 
@@ -310,10 +330,12 @@ def simulate_movie(
         clean = _irfft2(image_ft * ramp, s=shape)
         expected = np.clip(mean_counts * (1.0 + clean / contrast_scale), 0.0, None)
         frames[i] = rng.poisson(expected)
-    truth.update({
-        "shifts_px": shifts,
-        "n_frames": int(n_frames),
-        "dose_per_frame_e_per_A2": float(dose_per_frame_e_per_A2),
-        "seed": int(seed),
-    })
+    truth.update(
+        {
+            "shifts_px": shifts,
+            "n_frames": int(n_frames),
+            "dose_per_frame_e_per_A2": float(dose_per_frame_e_per_A2),
+            "seed": int(seed),
+        }
+    )
     return frames, truth

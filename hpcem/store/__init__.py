@@ -9,5 +9,16 @@ from hpcem.store.sets import Set
 from hpcem.store.steps import StepTable
 from hpcem.store.writer import SetWriter
 
-__all__ = ["RUN_STATES", "SCHEMA_VERSION", "Attempt", "OutputSets", "Placement", "Project", "Ragged", "RunRecord",
-           "Set", "SetWriter", "StepTable"]
+__all__ = [
+    "RUN_STATES",
+    "SCHEMA_VERSION",
+    "Attempt",
+    "OutputSets",
+    "Placement",
+    "Project",
+    "Ragged",
+    "RunRecord",
+    "Set",
+    "SetWriter",
+    "StepTable",
+]

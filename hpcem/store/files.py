@@ -69,8 +69,7 @@ def fsync_path(path: Path, directory: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: Path, *, size_hint: int | None = None,
-              levels: int = 0) -> Iterator[h5py.File]:
+def atomic_h5(path: Path, *, size_hint: int | None = None, levels: int = 0) -> Iterator[h5py.File]:
     """Write a new HDF5 file that atomically replaces ``path`` when the block ends.
 
     If the block raises, nothing is left behind and ``path`` is untouched. ``levels``
@@ -87,8 +86,7 @@ def atomic_h5(path: Path, *, size_hint: int | None = None,
             check_free_space(folder, size_hint or 0, fd=dfd)
         tmp = tmp_name(path).name
         if size_hint is None or size_hint <= IN_MEMORY_MAX_BYTES:
-            f = h5py.File(folder / tmp, "w", driver="core", backing_store=False,
-                          locking=False)
+            f = h5py.File(folder / tmp, "w", driver="core", backing_store=False, locking=False)
             try:
                 yield f
                 f.flush()
@@ -111,7 +109,7 @@ def _commit(dfd: int, folder: Path, tmp: str, name: str, image: bytes) -> None:
             try:
                 view, done = memoryview(image), 0
                 while done < len(view):
-                    done += os.write(fd, view[done:done + (64 << 20)])
+                    done += os.write(fd, view[done : done + (64 << 20)])
                 if FSYNC:
                     os.fsync(fd)
             finally:
@@ -197,8 +195,9 @@ def check_header(f: h5py.File, expected_type: str | tuple[str, ...], what: str) 
         )
     allowed = (expected_type,) if isinstance(expected_type, str) else expected_type
     if type_name not in allowed:
-        raise CorruptStoreError(f"{path}: {what} has hpcem_type {type_name!r}, expected "
-                                f"{' or '.join(allowed)}")
+        raise CorruptStoreError(
+            f"{path}: {what} has hpcem_type {type_name!r}, expected {' or '.join(allowed)}"
+        )
     return type_name
 
 

@@ -44,8 +44,9 @@ class FileLock:
         """Take the lock; LockedError after ``timeout_s`` seconds."""
         if self._fd is not None:
             raise LockedError(f"{self.what} is already locked by this object ({self.path})")
-        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o664, levels=self.levels,
-                           create_dirs=True)
+        fd = open_nofollow(
+            self.path, os.O_RDWR | os.O_CREAT, 0o664, levels=self.levels, create_dirs=True
+        )
         deadline = time.monotonic() + timeout_s
         delay = 0.001
         while True:
@@ -84,9 +85,11 @@ class FileLock:
             return f"{self.what} is being modified by another process{waited}; {where}"
         host, pid = holder
         if host == socket.gethostname() and _process_state(pid) in ("T", "t"):
-            return (f"{self.what} is held by pid {pid} on {host}, which is stopped "
-                    f"(SIGSTOP?): resume it with `kill -CONT {pid}` or end it{waited}; "
-                    f"{where}")
+            return (
+                f"{self.what} is held by pid {pid} on {host}, which is stopped "
+                f"(SIGSTOP?): resume it with `kill -CONT {pid}` or end it{waited}; "
+                f"{where}"
+            )
         return f"{self.what} is being modified by pid {pid} on host {host}{waited}; {where}"
 
     def release(self) -> None:

@@ -83,18 +83,24 @@ def read_manifest(set_dir: Path) -> Manifest:
             seg_files = sf.read_str_array(f["segments/file"])
             seg_rows = f["segments/rows"][()]
             m = Manifest(
-                set_type=set_type, name=sf.attr_str(f, "name"), run_id=int(a["run_id"]),
-                step=sf.attr_str(f, "step"), inputs=json.loads(sf.attr_str(f, "inputs_json")),
-                state=sf.attr_str(f, "state"), created=float(a["created"]),
-                updated=float(a["updated"]), next_segment=int(a["next_segment"]),
+                set_type=set_type,
+                name=sf.attr_str(f, "name"),
+                run_id=int(a["run_id"]),
+                step=sf.attr_str(f, "step"),
+                inputs=json.loads(sf.attr_str(f, "inputs_json")),
+                state=sf.attr_str(f, "state"),
+                created=float(a["created"]),
+                updated=float(a["updated"]),
+                next_segment=int(a["next_segment"]),
                 next_id=int(a["next_id"]),
                 segments=[(str(s), int(r)) for s, r in zip(seg_files, seg_rows, strict=True)],
                 files=list(sf.read_str_array(f["files"])),
                 optics=read_table(f["optics"], ACQUISITION),
             )
         except (KeyError, ValueError, TypeError, OSError) as exc:
-            raise CorruptStoreError(f"{path}: set manifest is incomplete or damaged "
-                                    f"({exc}); it was not modified") from exc
+            raise CorruptStoreError(
+                f"{path}: set manifest is incomplete or damaged ({exc}); it was not modified"
+            ) from exc
     return m
 
 
@@ -139,8 +145,11 @@ def read_table(g, item: ItemType) -> dict[str, np.ndarray]:
 def write_table(g, item: ItemType, table: Mapping[str, np.ndarray]) -> None:
     for fd in item.fields:
         if fd.name in table:
-            sf.write_column(g, fd.name, np.asarray(table[fd.name],
-                                                   dtype=object if fd.kind == "str" else fd.dtype))
+            sf.write_column(
+                g,
+                fd.name,
+                np.asarray(table[fd.name], dtype=object if fd.kind == "str" else fd.dtype),
+            )
 
 
 # --- compaction policy ----------------------------------------------------------------
@@ -153,8 +162,9 @@ def size_class(weight: int, fanout: int) -> int:
     return c
 
 
-def tiered_merge_start(weights: Sequence[int], fanout: int = COMPACT_FANOUT,
-                       max_parts: int | None = None) -> int | None:
+def tiered_merge_start(
+    weights: Sequence[int], fanout: int = COMPACT_FANOUT, max_parts: int | None = None
+) -> int | None:
     """Where the newest parts should be merged from: ``weights[start:]`` (oldest first)
     become one part; None when nothing is due.
 
@@ -278,12 +288,20 @@ def empty_column(fd: Field, n: int) -> Any:
     return np.full(n, fd.fill, dtype=fd.dtype)
 
 
-
-def new_manifest(set_type: str, name: str, run_id: int, step: str,
-                 inputs: Sequence[str]) -> Manifest:
+def new_manifest(
+    set_type: str, name: str, run_id: int, step: str, inputs: Sequence[str]
+) -> Manifest:
     """The manifest of a new, empty, open set."""
     if set_type not in SET_TYPES:
         raise StoreError(f"unknown set type {set_type!r}; known: {', '.join(SET_TYPES)}")
     now = time.time()
-    return Manifest(set_type=set_type, name=name, run_id=run_id, step=step,
-                    inputs=[str(i) for i in inputs], state="open", created=now, updated=now)
+    return Manifest(
+        set_type=set_type,
+        name=name,
+        run_id=run_id,
+        step=step,
+        inputs=[str(i) for i in inputs],
+        state="open",
+        created=now,
+        updated=now,
+    )

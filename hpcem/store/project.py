@@ -49,17 +49,27 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Columns of the /runs group: (name, dtype). "str" = vlen UTF-8. record_json holds the
 # typed parts of each run (request, attempts, blocks, outputs; see hpcem.store.record).
 RUN_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", "int64"), ("protocol", "str"), ("label", "str"), ("state", "str"),
-    ("created", "float64"), ("heartbeat", "float64"),
-    ("steps_done", "int64"), ("steps_total", "int64"), ("error", "str"),
+    ("id", "int64"),
+    ("protocol", "str"),
+    ("label", "str"),
+    ("state", "str"),
+    ("created", "float64"),
+    ("heartbeat", "float64"),
+    ("steps_done", "int64"),
+    ("steps_total", "int64"),
+    ("error", "str"),
     ("record_json", "str"),
 )
 _SCALARS = tuple(name for name, _ in RUN_COLUMNS if name != "record_json")
 # Derived from each record in the same commit (never written on their own), so that
 # `hpcem status` can list thousands of runs without decoding their records.
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("started", "float64"), ("ended", "float64"), ("job", "str"), ("job_open", "int64"),
-    ("outputs_text", "str"), ("n_blocks", "int64"),
+    ("started", "float64"),
+    ("ended", "float64"),
+    ("job", "str"),
+    ("job_open", "int64"),
+    ("outputs_text", "str"),
+    ("n_blocks", "int64"),
 )
 
 
@@ -72,8 +82,10 @@ class OutputSets(Mapping):
 
     def __getitem__(self, name: str) -> Set:
         if name not in self._run.output_types:
-            raise KeyError(f"run {self._run.id} has no output {name!r}; outputs: "
-                           f"{', '.join(self._run.output_types) or 'none'}")
+            raise KeyError(
+                f"run {self._run.id} has no output {name!r}; outputs: "
+                f"{', '.join(self._run.output_types) or 'none'}"
+            )
         return self._project.open_set(self._run.id, name)
 
     def __iter__(self) -> Iterator[str]:
@@ -93,8 +105,10 @@ def check_label(label: str) -> str:
     label = str(label)
     bad = _CONTROL_RE.search(label)
     if bad:
-        raise StoreError(f"label {label!r} contains the control character {bad.group()!r}; "
-                         "labels are one line of printable text")
+        raise StoreError(
+            f"label {label!r} contains the control character {bad.group()!r}; "
+            "labels are one line of printable text"
+        )
     return label
 
 
@@ -142,12 +156,19 @@ class Project:
                 raise StoreError(f"{p.path} is already an hpcem project ({INDEX} exists)")
             others = [e for e in os.listdir(p.path) if e != ".hpcem"]
             if others:
-                raise StoreError(f"{p.path} is not empty ({len(others)} entries, e.g. "
-                                 f"{min(others)!r}); create a project in a new folder")
+                raise StoreError(
+                    f"{p.path} is not empty ({len(others)} entries, e.g. "
+                    f"{min(others)!r}); create a project in a new folder"
+                )
             (p.path / "runs").mkdir(exist_ok=True)
             now = time.time()
-            attrs = {"hpcem_type": PROJECT_TYPE, "schema_version": sf.SCHEMA_VERSION,
-                     "created": now, "hpcem_version": __version__, "next_run_id": 1}
+            attrs = {
+                "hpcem_type": PROJECT_TYPE,
+                "schema_version": sf.SCHEMA_VERSION,
+                "created": now,
+                "hpcem_version": __version__,
+                "next_run_id": 1,
+            }
             p._write_index(attrs, _empty_run_columns())
         return p
 
@@ -204,8 +225,9 @@ class Project:
                         ds = g[name]
                         cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
             except (KeyError, OSError, ValueError) as exc:
-                raise CorruptStoreError(f"{path}: project index is incomplete or damaged "
-                                        f"({exc}); it was not modified") from exc
+                raise CorruptStoreError(
+                    f"{path}: project index is incomplete or damaged ({exc}); it was not modified"
+                ) from exc
         if missing:  # an index written before the summary columns: derive them once
             self._derive_summaries(cols)
         return attrs, cols
@@ -218,7 +240,9 @@ class Project:
             except CorruptStoreError:
                 rows.append(_summary_row(None))
         for name, dtype in SUMMARY_COLUMNS:
-            cols[name] = np.array([r[name] for r in rows], dtype=object if dtype == "str" else dtype)
+            cols[name] = np.array(
+                [r[name] for r in rows], dtype=object if dtype == "str" else dtype
+            )
 
     def summary_columns(self) -> dict[str, np.ndarray]:
         """The index's columns as arrays (scalars and summaries, records undecoded): what
@@ -233,8 +257,9 @@ class Project:
             f.attrs["schema_version"] = sf.SCHEMA_VERSION
             g = f.create_group("runs")
             for name, dtype in (*RUN_COLUMNS, *SUMMARY_COLUMNS):
-                sf.write_column(g, name, np.asarray(cols[name],
-                                                    dtype=object if dtype == "str" else dtype))
+                sf.write_column(
+                    g, name, np.asarray(cols[name], dtype=object if dtype == "str" else dtype)
+                )
 
     def _record(self, cols: Mapping[str, Any], i: int) -> RunRecord:
         """Row ``i`` as a typed record; CorruptStoreError naming the file and the run."""
@@ -256,12 +281,16 @@ class Project:
         return RunRecord(**values, **parts, project_path=self.path)
 
     def damaged(self, run_id: int, exc: Exception) -> CorruptStoreError:
-        return CorruptStoreError(f"{self.index_path}: the record of run {run_id} is damaged "
-                                 f"({type(exc).__name__}: {exc}); other runs are readable")
+        return CorruptStoreError(
+            f"{self.index_path}: the record of run {run_id} is damaged "
+            f"({type(exc).__name__}: {exc}); other runs are readable"
+        )
 
     def unknown_state(self, run_id: int, state: str) -> CorruptStoreError:
-        return CorruptStoreError(f"{self.index_path}: run {run_id} has the unknown state "
-                                 f"{state!r} (states: {', '.join(record.RUN_STATES)})")
+        return CorruptStoreError(
+            f"{self.index_path}: run {run_id} has the unknown state "
+            f"{state!r} (states: {', '.join(record.RUN_STATES)})"
+        )
 
     # --- the progress of an active run (runs/NNNNNN/progress.h5) ---
     def _progress_path(self, run_id: int) -> Path:
@@ -286,10 +315,12 @@ class Project:
             with sf.open_h5(self._progress_path(run_id), "run progress") as f:
                 if int(f.attrs["attempt"]) != attempt:
                     return None
-                return {"steps_done": int(f.attrs["steps_done"]),
-                        "steps_total": int(f.attrs["steps_total"]),
-                        "heartbeat": float(f.attrs["heartbeat"]),
-                        "blocks": tuple(json.loads(sf.attr_str(f, "blocks", "[]")))}
+                return {
+                    "steps_done": int(f.attrs["steps_done"]),
+                    "steps_total": int(f.attrs["steps_total"]),
+                    "heartbeat": float(f.attrs["heartbeat"]),
+                    "blocks": tuple(json.loads(sf.attr_str(f, "blocks", "[]"))),
+                }
         except (OSError, KeyError, ValueError, StoreError):
             return None
 
@@ -334,25 +365,41 @@ class Project:
             raise RunError(f"project {self.path} has no run {run_id}")
         return int(rows[0])
 
-    def create_run(self, protocol: str, label: str = "", params: dict | None = None,
-                   inputs: Mapping[str, Sequence[str] | str] | None = None,
-                   placement: Placement | dict | None = None) -> RunRecord:
+    def create_run(
+        self,
+        protocol: str,
+        label: str = "",
+        params: dict | None = None,
+        inputs: Mapping[str, Sequence[str] | str] | None = None,
+        placement: Placement | dict | None = None,
+    ) -> RunRecord:
         """Add a run in state "saved" and return it. ``inputs`` maps an input name to
         refs ``"run_id:set_name"`` (a single ref or a list)."""
-        ins = {k: [v] if isinstance(v, str) else [str(x) for x in v]
-               for k, v in (inputs or {}).items()}
+        ins = {
+            k: [v] if isinstance(v, str) else [str(x) for x in v] for k, v in (inputs or {}).items()
+        }
         if not isinstance(placement, Placement):
             placement = Placement.from_json(placement)
         label = check_label(label)
         with self._index_lock():
             attrs, cols = self._read_index(fresh=True)
             run_id = attrs["next_run_id"]
-            rec = RunRecord(id=run_id, protocol=protocol, label=label, state="saved",
-                            params=dict(params or {}), inputs=ins, placement=placement,
-                            created=time.time(), project_path=self.path)
+            rec = RunRecord(
+                id=run_id,
+                protocol=protocol,
+                label=label,
+                state="saved",
+                params=dict(params or {}),
+                inputs=ins,
+                placement=placement,
+                created=time.time(),
+                project_path=self.path,
+            )
             row = _record_row(rec)
-            cols = {name: np.append(cols[name], np.array([row[name]], dtype=cols[name].dtype))
-                    for name, _ in (*RUN_COLUMNS, *SUMMARY_COLUMNS)}
+            cols = {
+                name: np.append(cols[name], np.array([row[name]], dtype=cols[name].dtype))
+                for name, _ in (*RUN_COLUMNS, *SUMMARY_COLUMNS)
+            }
             attrs["next_run_id"] = run_id + 1
             self._write_index(attrs, cols)
         return rec
@@ -373,15 +420,23 @@ class Project:
             self._write_index(attrs, cols)
         return new
 
-    def transition(self, run_id: int, from_states: Sequence[str], to_state: str,
-                   reason: str = "", *, attempt: int | None = None,
-                   **attempt_fields: Any) -> RunRecord:
+    def transition(
+        self,
+        run_id: int,
+        from_states: Sequence[str],
+        to_state: str,
+        reason: str = "",
+        *,
+        attempt: int | None = None,
+        **attempt_fields: Any,
+    ) -> RunRecord:
         """Compare-and-swap the run's state: ``from_states -> to_state`` with ``reason``.
 
         Refused with :class:`StateConflict` (carrying the current record) when the state
         is not one of ``from_states`` or, with ``attempt``, when that attempt is not the
         latest one. ``attempt_fields`` change that attempt in the same commit.
         """
+
         def change(rec: RunRecord) -> RunRecord:
             _check_lease(rec, from_states, attempt)
             record.check_transition(rec.id, rec.state, to_state)
@@ -392,33 +447,48 @@ class Project:
 
         return self._mutate(run_id, change)
 
-    def begin_attempt(self, run_id: int, from_states: Sequence[str], *, reset: bool = False,
-                      **attempt_fields: Any) -> RunRecord:
+    def begin_attempt(
+        self, run_id: int, from_states: Sequence[str], *, reset: bool = False, **attempt_fields: Any
+    ) -> RunRecord:
         """A new attempt and ``-> launched`` in one commit (CAS on ``from_states``).
 
         The new attempt's number is the new lease: a controller of an older attempt is
         fenced off from then on. ``reset`` also clears outputs and progress (restart).
         Taken under the run's steps lock too, so no fenced write can land after it.
         """
+
         def change(rec: RunRecord) -> RunRecord:
             _check_lease(rec, from_states, None)
             record.check_transition(rec.id, rec.state, "launched")
             number = (rec.attempt.number if rec.attempt else 0) + 1
-            new = Attempt(number=number, launched=time.time(), launcher_host=this_host(),
-                          launcher_pid=os.getpid(), request_digest=record.request_digest(rec),
-                          **attempt_fields)
+            new = Attempt(
+                number=number,
+                launched=time.time(),
+                launcher_host=this_host(),
+                launcher_pid=os.getpid(),
+                request_digest=record.request_digest(rec),
+                **attempt_fields,
+            )
             extra = {"output_types": {}, "output_sizes": {}, "steps_done": 0} if reset else {}
-            return dataclasses.replace(rec, state="launched", error="", blocks=(),
-                                       attempts=(*rec.attempts, new), heartbeat=time.time(),
-                                       **extra)
+            return dataclasses.replace(
+                rec,
+                state="launched",
+                error="",
+                blocks=(),
+                attempts=(*rec.attempts, new),
+                heartbeat=time.time(),
+                **extra,
+            )
 
         with self._steps_lock(run_id):
             return self._mutate(run_id, change)
 
-    def update_attempt(self, run_id: int, number: int, *, only_active: bool = False,
-                       **fields: Any) -> RunRecord:
+    def update_attempt(
+        self, run_id: int, number: int, *, only_active: bool = False, **fields: Any
+    ) -> RunRecord:
         """Merge ``fields`` into attempt ``number`` (e.g. the launcher's controller pid,
         the tracker's scheduler state). With ``only_active``, a no-op once the run ended."""
+
         def change(rec: RunRecord) -> RunRecord:
             if only_active and rec.state not in record.ACTIVE_STATES:
                 return rec
@@ -426,11 +496,18 @@ class Project:
 
         return self._mutate(run_id, change)
 
-    def controller_commit(self, run_id: int, attempt: int, *, steps: StepTable | None = None,
-                          changed_steps: Sequence[Mapping[str, Any]] | None = None,
-                          state: str | None = None, reason: str | None = None,
-                          attempt_fields: Mapping[str, Any] | None = None,
-                          **fields: Any) -> RunRecord:
+    def controller_commit(
+        self,
+        run_id: int,
+        attempt: int,
+        *,
+        steps: StepTable | None = None,
+        changed_steps: Sequence[Mapping[str, Any]] | None = None,
+        state: str | None = None,
+        reason: str | None = None,
+        attempt_fields: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> RunRecord:
         """The controller of ``attempt`` records progress (fenced).
 
         Writes the step table (``steps``: the whole table, replacing the stored one;
@@ -446,8 +523,9 @@ class Project:
 
         def change(rec: RunRecord) -> RunRecord:
             _fence(rec, attempt)
-            new = dataclasses.replace(rec, **{k: tuple(v) if k == "blocks" else v
-                                              for k, v in fields.items()})
+            new = dataclasses.replace(
+                rec, **{k: tuple(v) if k == "blocks" else v for k, v in fields.items()}
+            )
             if state is not None and state != rec.state:
                 record.check_transition(rec.id, rec.state, state)
                 new = dataclasses.replace(new, state=state)
@@ -468,17 +546,25 @@ class Project:
                 compact_steps(self.run_dir(run_id) / "steps.h5", int(run_id))
             if state is None and reason is None and not attempt_fields:
                 # progress only: the run's own file, never the project lock
-                progress = {"steps_done": current.steps_done, "steps_total": current.steps_total,
-                            "heartbeat": current.heartbeat, "blocks": current.blocks, **fields}
+                progress = {
+                    "steps_done": current.steps_done,
+                    "steps_total": current.steps_total,
+                    "heartbeat": current.heartbeat,
+                    "blocks": current.blocks,
+                    **fields,
+                }
                 self._write_progress(run_id, attempt, progress)
-                return dataclasses.replace(current, **{
-                    k: tuple(v) if k == "blocks" else v for k, v in progress.items()})
+                return dataclasses.replace(
+                    current, **{k: tuple(v) if k == "blocks" else v for k, v in progress.items()}
+                )
             return self._mutate(run_id, change)
 
-    def refine_outcome(self, run_id: int, attempt: int, state: str, reason: str,
-                       **attempt_fields: Any) -> RunRecord:
+    def refine_outcome(
+        self, run_id: int, attempt: int, state: str, reason: str, **attempt_fields: Any
+    ) -> RunRecord:
         """Replace a provisional outcome of the latest attempt (a signal the controller
         saw) by the scheduler's final word; a no-op when the outcome is not provisional."""
+
         def change(rec: RunRecord) -> RunRecord:
             a = rec.attempt
             if a is None or a.number != attempt or not a.provisional:
@@ -490,14 +576,19 @@ class Project:
 
         return self._mutate(run_id, change)
 
-    def set_output(self, run_id: int, name: str, set_type: str, size: int,
-                   attempt: int | None = None) -> RunRecord:
+    def set_output(
+        self, run_id: int, name: str, set_type: str, size: int, attempt: int | None = None
+    ) -> RunRecord:
         """List a finished output set with its size (fenced when ``attempt`` is given)."""
+
         def change(rec: RunRecord) -> RunRecord:
             if attempt is not None:
                 _fence(rec, attempt)
-            return dataclasses.replace(rec, output_types={**rec.output_types, name: set_type},
-                                       output_sizes={**rec.output_sizes, name: int(size)})
+            return dataclasses.replace(
+                rec,
+                output_types={**rec.output_types, name: set_type},
+                output_sizes={**rec.output_sizes, name: int(size)},
+            )
 
         return self._mutate(run_id, change)
 
@@ -508,7 +599,9 @@ class Project:
 
         def change(rec: RunRecord) -> RunRecord:
             if rec.state in record.ACTIVE_STATES:
-                raise StateConflict(f"run {rec.id} is {rec.state}: its controller owns its blocks", rec)
+                raise StateConflict(
+                    f"run {rec.id} is {rec.state}: its controller owns its blocks", rec
+                )
             return dataclasses.replace(rec, blocks=tuple(b for b in rec.blocks if b not in gone))
 
         return self._mutate(run_id, change)
@@ -521,10 +614,12 @@ class Project:
     def set_params(self, run_id: int, params: Mapping[str, Any]) -> RunRecord:
         """Change the parameters of a run that is not active (they apply at its next
         launch: steps whose arguments change run again)."""
+
         def change(rec: RunRecord) -> RunRecord:
             if rec.state in record.ACTIVE_STATES:
-                raise StateConflict(f"run {rec.id} is {rec.state}: stop it before changing "
-                                    "its parameters", rec)
+                raise StateConflict(
+                    f"run {rec.id} is {rec.state}: stop it before changing its parameters", rec
+                )
             return dataclasses.replace(rec, params=dict(params))
 
         return self._mutate(run_id, change)
@@ -532,12 +627,12 @@ class Project:
     # --- steps ---
     def read_steps(self, run_id: int) -> StepTable:
         """The run's step table (empty if none was written)."""
-        return read_steps_file(self.path / "runs" / f"{int(run_id):06d}" / "steps.h5",
-                               int(run_id))
+        return read_steps_file(self.path / "runs" / f"{int(run_id):06d}" / "steps.h5", int(run_id))
 
     def _steps_lock(self, run_id: int) -> FileLock:
         return self._lock(f"run-{int(run_id):06d}.steps", f"steps of run {run_id}").acquire(
-            self.lock_timeout_s)
+            self.lock_timeout_s
+        )
 
     def _write_steps_unlocked(self, run_id: int, table: StepTable) -> None:
         d = self.run_dir(run_id)
@@ -552,11 +647,14 @@ class Project:
 
     # --- sets ---
     def _set_lock(self, run_id: int, name: str) -> FileLock:
-        return self._lock(f"run-{int(run_id):06d}.set-{name}",
-                          f"set {name!r} of run {run_id} in project {self.path}")
+        return self._lock(
+            f"run-{int(run_id):06d}.set-{name}",
+            f"set {name!r} of run {run_id} in project {self.path}",
+        )
 
-    def create_set(self, run_id: int, name: str, set_type: str,
-                   inputs: Sequence[str] = (), step: str = "") -> SetWriter:
+    def create_set(
+        self, run_id: int, name: str, set_type: str, inputs: Sequence[str] = (), step: str = ""
+    ) -> SetWriter:
         """Start a new, empty output set of a run and return its writer (which holds the
         set's lock: a second writer gets LockedError). ``inputs`` are lineage refs
         ``"run_id:set_name"``; ``step`` is the id of the step that produces it."""
@@ -568,16 +666,23 @@ class Project:
         lock = self._set_lock(run_id, name).acquire(0)
         try:
             if (d / MANIFEST).exists():
-                raise StoreError(f"run {run_id} already has a set {name!r} ({d}); use "
-                                 "open_set_writer() to append to it")
+                raise StoreError(
+                    f"run {run_id} already has a set {name!r} ({d}); use "
+                    "open_set_writer() to append to it"
+                )
             os.close(safeopen.open_dir(d, 4, create=True))
             writer = SetWriter(self.path, d, lock, manifest)
             writer.cleanup()
             write_manifest(d, manifest)
             # listed at once, without a size until the writer's owner records it
-            self._mutate(run_id, lambda rec: dataclasses.replace(
-                rec, output_types={**rec.output_types, name: set_type},
-                output_sizes={k: v for k, v in rec.output_sizes.items() if k != name}))
+            self._mutate(
+                run_id,
+                lambda rec: dataclasses.replace(
+                    rec,
+                    output_types={**rec.output_types, name: set_type},
+                    output_sizes={k: v for k, v in rec.output_sizes.items() if k != name},
+                ),
+            )
         except BaseException:
             lock.release()
             raise
@@ -608,17 +713,26 @@ class Project:
                 gone = d.with_name(f".deleted-{name}{sf.TMP_MARK}{os.getpid()}")
                 os.replace(d, gone)
                 shutil.rmtree(gone, ignore_errors=True)
-            self._mutate(run_id, lambda rec: rec if name not in rec.output_types else
-                         dataclasses.replace(
-                             rec, output_types={k: v for k, v in rec.output_types.items() if k != name},
-                             output_sizes={k: v for k, v in rec.output_sizes.items() if k != name}))
+            self._mutate(
+                run_id,
+                lambda rec: (
+                    rec
+                    if name not in rec.output_types
+                    else dataclasses.replace(
+                        rec,
+                        output_types={k: v for k, v in rec.output_types.items() if k != name},
+                        output_sizes={k: v for k, v in rec.output_sizes.items() if k != name},
+                    )
+                ),
+            )
 
     def open_set(self, run_id: int, name: str) -> Set:
         """A read-only snapshot of a run's output set (no lock taken)."""
         d = self._set_dir(run_id, name)
         if not (d / MANIFEST).exists():
-            raise StoreError(f"run {run_id} of project {self.path} has no set {name!r} "
-                             f"(no {d / MANIFEST})")
+            raise StoreError(
+                f"run {run_id} of project {self.path} has no set {name!r} (no {d / MANIFEST})"
+            )
         return Set.open(self.path, d)
 
 
@@ -635,8 +749,9 @@ class StateConflict(RunError):
 
 def _check_lease(rec: RunRecord, from_states: Sequence[str], attempt: int | None) -> None:
     if rec.state not in from_states:
-        raise StateConflict(f"run {rec.id} is {rec.state}" + (f" ({rec.error})" if rec.error else ""),
-                            rec)
+        raise StateConflict(
+            f"run {rec.id} is {rec.state}" + (f" ({rec.error})" if rec.error else ""), rec
+        )
     if attempt is not None and (rec.attempt is None or rec.attempt.number != attempt):
         latest = rec.attempt.number if rec.attempt else 0
         raise StateConflict(f"run {rec.id}: attempt {attempt} is not the latest ({latest})", rec)
@@ -646,11 +761,15 @@ def _fence(rec: RunRecord, attempt: int) -> None:
     """FencedError unless ``attempt`` still holds the run's lease."""
     latest = rec.attempt.number if rec.attempt else 0
     if latest != attempt:
-        raise FencedError(f"run {rec.id}: attempt {attempt} was taken over by attempt {latest}; "
-                          "this controller stops without writing")
+        raise FencedError(
+            f"run {rec.id}: attempt {attempt} was taken over by attempt {latest}; "
+            "this controller stops without writing"
+        )
     if rec.state not in record.ACTIVE_STATES:
-        raise FencedError(f"run {rec.id} is {rec.state} ({rec.error or 'no reason'}); the "
-                          f"controller of attempt {attempt} stops without writing")
+        raise FencedError(
+            f"run {rec.id} is {rec.state} ({rec.error or 'no reason'}); the "
+            f"controller of attempt {attempt} stops without writing"
+        )
 
 
 def _py(v: Any) -> Any:
@@ -658,24 +777,40 @@ def _py(v: Any) -> Any:
 
 
 def _empty_run_columns() -> dict[str, np.ndarray]:
-    return {name: np.empty(0, dtype=object if dtype == "str" else dtype)
-            for name, dtype in (*RUN_COLUMNS, *SUMMARY_COLUMNS)}
+    return {
+        name: np.empty(0, dtype=object if dtype == "str" else dtype)
+        for name, dtype in (*RUN_COLUMNS, *SUMMARY_COLUMNS)
+    }
 
 
 def _summary_row(rec: RunRecord | None) -> dict[str, Any]:
     """The summary columns of one record (placeholders for a damaged one)."""
     if rec is None:
-        return {"started": math.nan, "ended": math.nan, "job": "", "job_open": 0,
-                "outputs_text": "", "n_blocks": 0}
+        return {
+            "started": math.nan,
+            "ended": math.nan,
+            "job": "",
+            "job_open": 0,
+            "outputs_text": "",
+            "n_blocks": 0,
+        }
     a = rec.attempt
     job = ""
     if a is not None and a.job_id:
         job = " ".join(x for x in (a.scheduler or a.site, a.job_id, a.scheduler_state) if x)
-    outputs = ", ".join(f"{n}({rec.output_sizes[n]})" if n in rec.output_sizes else n
-                        for n in rec.output_types)
-    return {"started": float(rec.started), "ended": float(rec.ended), "job": job,
-            "job_open": int(bool(a is not None and a.job_id and (a.provisional or not a.scheduler_final))),
-            "outputs_text": outputs, "n_blocks": len(rec.blocks)}
+    outputs = ", ".join(
+        f"{n}({rec.output_sizes[n]})" if n in rec.output_sizes else n for n in rec.output_types
+    )
+    return {
+        "started": float(rec.started),
+        "ended": float(rec.ended),
+        "job": job,
+        "job_open": int(
+            bool(a is not None and a.job_id and (a.provisional or not a.scheduler_final))
+        ),
+        "outputs_text": outputs,
+        "n_blocks": len(rec.blocks),
+    }
 
 
 def _record_row(rec: RunRecord) -> dict[str, Any]:
@@ -684,11 +819,13 @@ def _record_row(rec: RunRecord) -> dict[str, Any]:
     for name in ("created", "heartbeat"):
         row[name] = math.nan if row[name] is None else float(row[name])
     try:
-        row["record_json"] = json.dumps(record.to_json(rec), sort_keys=True,
-                                        default=_json_default, allow_nan=False)
+        row["record_json"] = json.dumps(
+            record.to_json(rec), sort_keys=True, default=_json_default, allow_nan=False
+        )
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"run {rec.id}: params/inputs/placement must be JSON-able "
-                         f"({exc})") from exc
+        raise StoreError(
+            f"run {rec.id}: params/inputs/placement must be JSON-able ({exc})"
+        ) from exc
     return row
 
 

@@ -35,8 +35,13 @@ _TOKEN = re.compile(
 )
 _KEYWORDS = {"and", "or", "not", "between", "in", "true", "false"}
 _OPS: dict[str, Callable] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-    "==": operator.eq, "=": operator.eq, "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "=": operator.eq,
+    "!=": operator.ne,
 }
 
 #: A column getter: name -> numpy array (raises KeyError for unknown names).
@@ -50,14 +55,14 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise QueryError(f"query {text!r}: cannot read {text[pos:].strip()[:20]!r} "
-                             f"at character {pos}")
+            raise QueryError(
+                f"query {text!r}: cannot read {text[pos:].strip()[:20]!r} at character {pos}"
+            )
         pos = m.end()
         kind = m.lastgroup
         value = m.group(kind)
         if kind == "num":
-            tokens.append(("value", float(value) if any(c in value for c in ".eE")
-                           else int(value)))
+            tokens.append(("value", float(value) if any(c in value for c in ".eE") else int(value)))
         elif kind == "str":
             tokens.append(("value", value[1:-1]))
         elif kind == "name" and value.lower() in _KEYWORDS:
@@ -141,8 +146,7 @@ class _Parser:
             lo = self.take("value")
             self.take("kw", "and")
             hi = self.take("value")
-            mask = compare(col, ">=", lo, name, self.text) & compare(col, "<=", hi, name,
-                                                                     self.text)
+            mask = compare(col, ">=", lo, name, self.text) & compare(col, "<=", hi, name, self.text)
         elif self.accept("kw", "in"):
             self.take("punct", "(")
             values = [self.take("value")]
@@ -166,16 +170,18 @@ def lookup(getter: Getter, columns: list[str], name: str, text: str) -> np.ndarr
     except KeyError:
         close = difflib.get_close_matches(name, columns, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise QueryError(f"query {text!r}: unknown column {name!r}{hint} (columns: "
-                         f"{', '.join(columns)})") from None
+        raise QueryError(
+            f"query {text!r}: unknown column {name!r}{hint} (columns: {', '.join(columns)})"
+        ) from None
 
 
 def _check_value(col: np.ndarray, value: Any, name: str, text: str) -> Any:
     is_text = col.dtype == object or col.dtype.kind in "US"
     if is_text != isinstance(value, str):
         kind = "text" if is_text else "numeric"
-        raise QueryError(f"query {text!r}: column {name!r} is {kind}, cannot compare it "
-                         f"with {value!r}")
+        raise QueryError(
+            f"query {text!r}: column {name!r} is {kind}, cannot compare it with {value!r}"
+        )
     return value
 
 
@@ -195,8 +201,9 @@ def isin(col: np.ndarray, values: list, name: str, text: str = "") -> np.ndarray
     return np.isin(col, np.asarray(values))
 
 
-def evaluate(text: str | None, getter: Getter, columns: Iterable[str],
-             n_rows: int, **keywords: Any) -> np.ndarray:
+def evaluate(
+    text: str | None, getter: Getter, columns: Iterable[str], n_rows: int, **keywords: Any
+) -> np.ndarray:
     """Evaluate a query string and/or keyword conditions into a boolean mask.
 
     Keyword form: ``name=(lo, hi)`` is an inclusive range, ``name=[a, b]`` or a set is

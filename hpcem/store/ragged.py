@@ -39,7 +39,7 @@ class Ragged:
         """Items of all ``parts`` one after another."""
         if len(parts) == 1:
             return parts[0]
-        values = np.concatenate([p.values[p.offsets[0]:p.offsets[-1]] for p in parts])
+        values = np.concatenate([p.values[p.offsets[0] : p.offsets[-1]] for p in parts])
         lengths = np.concatenate([np.diff(p.offsets) for p in parts])
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -59,13 +59,16 @@ class Ragged:
             i = int(key) + n if key < 0 else int(key)
             if not 0 <= i < n:
                 raise IndexError(f"ragged index {key} out of range for {n} items")
-            return self.values[self.offsets[i]:self.offsets[i + 1]]
+            return self.values[self.offsets[i] : self.offsets[i + 1]]
         return self.take(key)
 
     def take(self, rows) -> Ragged:
         """A new Ragged of the given rows (index array, boolean mask or slice)."""
-        rows = np.arange(len(self))[rows] if not isinstance(rows, np.ndarray) or \
-            rows.dtype == bool else rows.astype(np.int64, copy=False)
+        rows = (
+            np.arange(len(self))[rows]
+            if not isinstance(rows, np.ndarray) or rows.dtype == bool
+            else rows.astype(np.int64, copy=False)
+        )
         starts = self.offsets[rows]
         lengths = self.offsets[rows + 1] - starts
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -77,13 +80,15 @@ class Ragged:
         """Same items with offsets starting at 0 (as stored on disk)."""
         if self.offsets[0] == 0 and len(self.values) == self.offsets[-1]:
             return self
-        return Ragged(self.values[self.offsets[0]:self.offsets[-1]],
-                      self.offsets - self.offsets[0])
+        return Ragged(
+            self.values[self.offsets[0] : self.offsets[-1]], self.offsets - self.offsets[0]
+        )
 
     def tolist(self) -> list[np.ndarray]:
         """One numpy array per item."""
-        return np.split(self.values[self.offsets[0]:self.offsets[-1]],
-                        self.offsets[1:-1] - self.offsets[0])
+        return np.split(
+            self.values[self.offsets[0] : self.offsets[-1]], self.offsets[1:-1] - self.offsets[0]
+        )
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter(self.tolist())

@@ -53,8 +53,10 @@ def check_transition(run_id: int, current: str, new: str) -> None:
     if new not in RUN_STATES:
         raise StoreError(f"unknown run state {new!r}; states: {', '.join(RUN_STATES)}")
     if new not in TRANSITIONS.get(current, ()):
-        raise StoreError(f"run {run_id}: illegal transition {current} -> {new} (allowed from "
-                         f"{current}: {', '.join(TRANSITIONS.get(current, ())) or 'none'})")
+        raise StoreError(
+            f"run {run_id}: illegal transition {current} -> {new} (allowed from "
+            f"{current}: {', '.join(TRANSITIONS.get(current, ())) or 'none'})"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,9 @@ class Placement:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise StoreError(f"unknown placement field(s) {sorted(unknown)}; fields: "
-                             f"{', '.join(sorted(known))}")
+            raise StoreError(
+                f"unknown placement field(s) {sorted(unknown)}; fields: {', '.join(sorted(known))}"
+            )
         if d.get("workers") is None:
             d["workers"] = 0
         return cls(**d)
@@ -126,12 +129,19 @@ class Attempt:
     @classmethod
     def from_json(cls, d: dict) -> Attempt:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (math.nan if v is None and k in _TIME_FIELDS else v)
-                      for k, v in d.items() if k in known})
+        return cls(
+            **{
+                k: (math.nan if v is None and k in _TIME_FIELDS else v)
+                for k, v in d.items()
+                if k in known
+            }
+        )
 
     def to_json(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in dataclasses.asdict(self).items()
+        }
 
 
 _TIME_FIELDS = ("launched", "started", "ended")
@@ -226,8 +236,9 @@ def to_json(rec: RunRecord) -> dict:
         "placement": rec.placement.to_json(),
         "attempts": [a.to_json() for a in rec.attempts],
         "blocks": list(rec.blocks),
-        "outputs": {n: {"type": t, "size": rec.output_sizes.get(n)}
-                    for n, t in rec.output_types.items()},
+        "outputs": {
+            n: {"type": t, "size": rec.output_sizes.get(n)} for n, t in rec.output_types.items()
+        },
     }
 
 
@@ -249,18 +260,31 @@ def parts_from_json(d: dict) -> dict:
 
 def _from_v1(d: dict) -> dict:
     ex = dict(d.get("execution", {}))
-    placement = Placement.from_json({k: ex[k] for k in ("mode", "dispatch", "site", "workers",
-                                                         "resources", "parsl") if k in ex})
+    placement = Placement.from_json(
+        {k: ex[k] for k in ("mode", "dispatch", "site", "workers", "resources", "parsl") if k in ex}
+    )
     attempts = tuple(
-        Attempt(number=i + 1, job_id=str(j.get("id", "")), site=j.get("site", ""),
-                queue=j.get("queue", ""), exit_code_file=j.get("exit_code_file", ""),
-                scheduler_state=j.get("native_state", "") or j.get("state", ""),
-                launched=j.get("submitted", math.nan))
-        for i, j in enumerate(ex.get("jobs", [])))
+        Attempt(
+            number=i + 1,
+            job_id=str(j.get("id", "")),
+            site=j.get("site", ""),
+            queue=j.get("queue", ""),
+            exit_code_file=j.get("exit_code_file", ""),
+            scheduler_state=j.get("native_state", "") or j.get("state", ""),
+            launched=j.get("submitted", math.nan),
+        )
+        for i, j in enumerate(ex.get("jobs", []))
+    )
     sizes = ex.get("output_sizes", {})
-    return {"params": d.get("params", {}), "inputs": d.get("inputs", {}),
-            "placement": placement, "attempts": attempts, "blocks": tuple(ex.get("blocks", [])),
-            "output_types": dict(d.get("outputs", {})), "output_sizes": dict(sizes)}
+    return {
+        "params": d.get("params", {}),
+        "inputs": d.get("inputs", {}),
+        "placement": placement,
+        "attempts": attempts,
+        "blocks": tuple(ex.get("blocks", [])),
+        "output_types": dict(d.get("outputs", {})),
+        "output_sizes": dict(sizes),
+    }
 
 
 def request_digest(rec: RunRecord) -> str:

@@ -35,8 +35,9 @@ _ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")  # HDF5 puts the errno in its mess
 
 def link_error(path: Path | str) -> StoreError:
     """The error for a symbolic link found where hpcem writes."""
-    return StoreError(f"{path} is a symbolic link; hpcem does not follow links in a project "
-                      "(remove it)")
+    return StoreError(
+        f"{path} is a symbolic link; hpcem does not follow links in a project (remove it)"
+    )
 
 
 def full_error(folder: Path | str, code: int = errno.ENOSPC) -> StorageFullError:
@@ -44,8 +45,10 @@ def full_error(folder: Path | str, code: int = errno.ENOSPC) -> StorageFullError
     filesystem, naming the folder hpcem was writing in."""
     if code == errno.EROFS:
         return StorageFullError(f"the project's filesystem is read-only ({folder})")
-    return StorageFullError(f"no space left on the project's filesystem ({folder}"
-                            f"{_FULL.get(code, '')}): free space and run `hpcem continue`")
+    return StorageFullError(
+        f"no space left on the project's filesystem ({folder}"
+        f"{_FULL.get(code, '')}): free space and run `hpcem continue`"
+    )
 
 
 def storage_errno(exc: BaseException) -> int | None:
@@ -76,8 +79,9 @@ def storage_errors(folder: Path | str) -> Iterator[None]:
         raise full_error(folder, code) from exc
 
 
-def check_free_space(folder: Path | str, nbytes: int = 0, *, margin: int | None = None,
-                     fd: int | None = None) -> None:
+def check_free_space(
+    folder: Path | str, nbytes: int = 0, *, margin: int | None = None, fd: int | None = None
+) -> None:
     """StorageFullError unless ``margin`` (default :data:`MIN_FREE_BYTES`) + ``nbytes``
     bytes are free for us on the filesystem of ``folder`` (or of the open ``fd``), or when
     it is mounted read-only. Quotas are not seen by statvfs; they surface as EDQUOT."""
@@ -99,13 +103,13 @@ def open_dir(folder: Path | str, levels: int, create: bool = False) -> int:
     folder = Path(os.path.abspath(folder))
     parts = folder.parts
     levels = max(0, min(levels, len(parts) - 1))
-    anchor = Path(*parts[:len(parts) - levels])
+    anchor = Path(*parts[: len(parts) - levels])
     with storage_errors(anchor):
         if create:
             anchor.mkdir(parents=True, exist_ok=True)
         fd = os.open(anchor, _DIR_FLAGS)
     cur = anchor
-    for name in parts[len(parts) - levels:]:
+    for name in parts[len(parts) - levels :]:
         cur = cur / name
         try:
             nfd = _open_sub(fd, name, cur, create)
@@ -163,8 +167,9 @@ def open_in(dfd: int, name: str, flags: int, mode: int, path: Path) -> int:
         raise
 
 
-def open_nofollow(path: Path | str, flags: int, mode: int = 0o666, *, levels: int = 0,
-                  create_dirs: bool = False) -> int:
+def open_nofollow(
+    path: Path | str, flags: int, mode: int = 0o666, *, levels: int = 0, create_dirs: bool = False
+) -> int:
     """Open ``path`` without following a link at it or at its last ``levels`` folders.
 
     A file opened for writing without ``O_EXCL`` must also be a regular file with one
@@ -189,11 +194,15 @@ def open_nofollow(path: Path | str, flags: int, mode: int = 0o666, *, levels: in
 def _check_plain_file(fd: int, path: Path) -> None:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise StoreError(f"{path} is not a regular file; hpcem writes only regular files "
-                         "in a project (remove it)")
+        raise StoreError(
+            f"{path} is not a regular file; hpcem writes only regular files "
+            "in a project (remove it)"
+        )
     if st.st_nlink > 1:
-        raise StoreError(f"{path} has {st.st_nlink} hard links; hpcem does not write "
-                         "through links in a project (remove it)")
+        raise StoreError(
+            f"{path} has {st.st_nlink} hard links; hpcem does not write "
+            "through links in a project (remove it)"
+        )
 
 
 def open_append_nofollow(path: Path | str, levels: int = 2) -> int:

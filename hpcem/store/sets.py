@@ -133,8 +133,10 @@ class Set:
         return self._n
 
     def __repr__(self) -> str:
-        return (f"<{self.type_name} {self.name!r} of run {self.run_id}: {self._n} items, "
-                f"{self._m.state}>")
+        return (
+            f"<{self.type_name} {self.name!r} of run {self.run_id}: {self._n} items, "
+            f"{self._m.state}>"
+        )
 
     # --- reading columns ---
     def _open_segments(self) -> list:
@@ -146,8 +148,9 @@ class Set:
                 # Compaction keeps the row order, so our first n rows are unchanged.
                 m = read_manifest(self.path)
                 if m.n_rows < self._n:
-                    raise CorruptStoreError(f"{self.path / MANIFEST}: set shrank from "
-                                            f"{self._n} to {m.n_rows} rows") from None
+                    raise CorruptStoreError(
+                        f"{self.path / MANIFEST}: set shrank from {self._n} to {m.n_rows} rows"
+                    ) from None
                 self._segments = list(m.segments)
                 self._files = list(m.files)
                 handles = []
@@ -159,7 +162,8 @@ class Set:
                             h.close()
                         raise CorruptStoreError(
                             f"{self.path / name}: segment listed in {self.path / MANIFEST} "
-                            "is missing") from None
+                            "is missing"
+                        ) from None
                 self._handles = handles
         return self._handles
 
@@ -196,8 +200,10 @@ class Set:
                 try:
                     parts.append(read_segment(h, self.item_type, [name])[name])
                 except (KeyError, OSError) as exc:
-                    raise CorruptStoreError(f"{h.filename}: cannot read column {name!r} "
-                                            f"({exc}); the file was not modified") from exc
+                    raise CorruptStoreError(
+                        f"{h.filename}: cannot read column {name!r} "
+                        f"({exc}); the file was not modified"
+                    ) from exc
             col = head(fd, concat(fd, parts), self._n)
         self._raw[name] = col
         return col
@@ -221,8 +227,10 @@ class Set:
         try:
             return self.item_type.field(name)
         except KeyError:
-            raise KeyError(f"{self.type_name} has no column {name!r}; columns: "
-                           f"{', '.join(self.item_type.field_names)}") from None
+            raise KeyError(
+                f"{self.type_name} has no column {name!r}; columns: "
+                f"{', '.join(self.item_type.field_names)}"
+            ) from None
 
     def abs_files(self) -> np.ndarray:
         """The files table as absolute paths (object array; "" appended for index -1)."""
@@ -230,7 +238,8 @@ class Set:
             root = str(self.project_path)
             self._abs_files = np.array(
                 [f if os.path.isabs(f) else os.path.join(root, f) for f in self._files] + [""],
-                dtype=object)
+                dtype=object,
+            )
         return self._abs_files
 
     def _resolve(self, idx: np.ndarray) -> np.ndarray:
@@ -262,14 +271,15 @@ class Set:
         try:
             g = h["columns"][fd.name]
             if fd.kind == "ragged":
-                lo, hi = g["offsets"][local:local + 2]
+                lo, hi = g["offsets"][local : local + 2]
                 return g["values"][lo:hi]
             if fd.kind == "str":
                 return g.asstr()[local]
             v = g[local]
         except (KeyError, OSError) as exc:
-            raise CorruptStoreError(f"{h.filename}: cannot read column {fd.name!r} "
-                                    f"({exc}); the file was not modified") from exc
+            raise CorruptStoreError(
+                f"{h.filename}: cannot read column {fd.name!r} ({exc}); the file was not modified"
+            ) from exc
         return self.abs_files()[v] if fd.kind == "path" else v
 
     def __iter__(self) -> Iterator:
@@ -301,8 +311,10 @@ class Set:
 
     def rows_of_ids(self, ids: Iterable[int]) -> np.ndarray:
         """Boolean mask of the rows whose id is in ``ids``."""
-        return np.isin(self.ids, np.asarray(list(ids) if not isinstance(ids, np.ndarray)
-                                            else ids, dtype=np.int64))
+        return np.isin(
+            self.ids,
+            np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64),
+        )
 
     def select_ids(self, ids: Iterable[int]) -> dict[str, Any]:
         """Columns of the items with the given ids (in stored order)."""
@@ -320,7 +332,7 @@ class Set:
     def take(self, rows: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
         """Columns of the given rows (index array, boolean mask or slice)."""
         out = {}
-        for name in (self.item_type.field_names if names is None else names):
+        for name in self.item_type.field_names if names is None else names:
             col = self.column(name)
             out[name] = col.take(rows) if isinstance(col, Ragged) else col[rows]
         return out
@@ -352,4 +364,5 @@ class Set:
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
             raise MissingDataError(
                 f"{self.path}: {self.type_name} {self.name!r} references {len(missing)} "
-                f"missing file(s) of {checked}: {shown}")
+                f"missing file(s) of {checked}: {shown}"
+            )

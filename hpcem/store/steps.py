@@ -61,14 +61,14 @@ RUN_LEVELS = 2  # folders of the project above steps.h5: runs/<id>/
 
 # (column, dtype, default); dtype "str" = vlen UTF-8; *_json columns hold JSON text.
 COLUMNS: tuple[tuple[str, str, Any], ...] = (
-    ("id", "str", ""),           # step hash
+    ("id", "str", ""),  # step hash
     ("name", "str", ""),
-    ("func", "str", ""),         # "module:function"
+    ("func", "str", ""),  # "module:function"
     ("state", "str", "waiting"),
     ("deps_json", "str", "[]"),
     ("args_json", "str", "{}"),
-    ("started", "float64", math.nan),   # unix s
-    ("ended", "float64", math.nan),     # unix s
+    ("started", "float64", math.nan),  # unix s
+    ("ended", "float64", math.nan),  # unix s
     ("host", "str", ""),
     ("exit_code", "int32", NO_EXIT_CODE),
     ("error", "str", ""),
@@ -98,8 +98,7 @@ class StepTable:
             else:
                 arr = np.full(n, default, dtype=dtype)
             if len(arr) != n:
-                raise StoreError(f"step table: column {name!r} has {len(arr)} rows, "
-                                 f"expected {n}")
+                raise StoreError(f"step table: column {name!r} has {len(arr)} rows, expected {n}")
             self.columns[name] = arr
         unknown = set(cols) - set(COLUMN_NAMES)
         if unknown:
@@ -115,8 +114,10 @@ class StepTable:
         for i, rec in enumerate(records):
             unknown = set(rec) - allowed
             if unknown:
-                raise StoreError(f"step record {i}: unknown key(s) {sorted(unknown)}; "
-                                 f"known: {', '.join(RECORD_KEYS)}")
+                raise StoreError(
+                    f"step record {i}: unknown key(s) {sorted(unknown)}; "
+                    f"known: {', '.join(RECORD_KEYS)}"
+                )
             for name, dtype, default in COLUMNS:
                 short = _SHORT.get(name)
                 if short is not None and short in rec:
@@ -242,8 +243,9 @@ def _read_group(f, path: Path, what: str) -> StepTable:
             ds = g[name]
             cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
     except (KeyError, OSError) as exc:
-        raise CorruptStoreError(f"{path}: {what} is incomplete or damaged ({exc}); "
-                                "it was not modified") from exc
+        raise CorruptStoreError(
+            f"{path}: {what} is incomplete or damaged ({exc}); it was not modified"
+        ) from exc
     return StepTable(cols)
 
 
@@ -263,8 +265,9 @@ def _read_base(path: Path, columns: bool = True) -> tuple[StepTable | None, int,
         try:
             rows = int(f.attrs["n_rows"]) if "n_rows" in f.attrs else len(f["steps/id"])
         except (KeyError, OSError) as exc:
-            raise CorruptStoreError(f"{path}: step table is incomplete or damaged ({exc}); "
-                                    "it was not modified") from exc
+            raise CorruptStoreError(
+                f"{path}: step table is incomplete or damaged ({exc}); it was not modified"
+            ) from exc
         return None, seq, rows
 
 
@@ -277,11 +280,14 @@ def _read_delta(path: Path, d: _Delta) -> tuple[StepTable, int]:
             first, last = int(f.attrs["first_seq"]), int(f.attrs["last_seq"])
             weight = int(f.attrs["weight"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptStoreError(f"{path}: step log delta lacks its first_seq, last_seq "
-                                    "or weight attribute") from exc
+            raise CorruptStoreError(
+                f"{path}: step log delta lacks its first_seq, last_seq or weight attribute"
+            ) from exc
         if (first, last) != (d.first, d.last):
-            raise CorruptStoreError(f"{path}: step log delta holds commits {first}..{last}, "
-                                    f"its name says {d.first}..{d.last}")
+            raise CorruptStoreError(
+                f"{path}: step log delta holds commits {first}..{last}, "
+                f"its name says {d.first}..{d.last}"
+            )
         return _read_group(f, path, "step log delta"), weight
 
 
@@ -294,8 +300,7 @@ def merge_tables(tables: Iterable[StepTable]) -> StepTable:
     if len(tables) == 1:
         cols = tables[0].columns
     else:
-        cols = {name: np.concatenate([t.columns[name] for t in tables])
-                for name in COLUMN_NAMES}
+        cols = {name: np.concatenate([t.columns[name] for t in tables]) for name in COLUMN_NAMES}
     ids = cols["id"].tolist()
     last = {sid: i for i, sid in enumerate(ids)}  # first position, latest index
     if len(last) != len(ids):
@@ -329,7 +334,8 @@ def read_steps_file(path: Path, run_id: int) -> StepTable:
                 names = ", ".join(d.name for d in seen[0])
                 raise CorruptStoreError(
                     f"{path}: the step log has a gap after commit {base_seq} (deltas: "
-                    f"{names}); a delta file was removed by hand or lost")
+                    f"{names}); a delta file was removed by hand or lost"
+                )
             previous = seen
         else:
             try:
@@ -339,8 +345,10 @@ def read_steps_file(path: Path, run_id: int) -> StepTable:
             else:
                 return merge_tables([base, *tables])
         time.sleep(0.002 * (attempt + 1))
-    raise StoreError(f"{path}: the step log changed under every one of {READ_TRIES} reads; "
-                     "is something compacting it in a loop?")
+    raise StoreError(
+        f"{path}: the step log changed under every one of {READ_TRIES} reads; "
+        "is something compacting it in a loop?"
+    )
 
 
 def _size_hint(table: StepTable) -> int:
@@ -384,9 +392,11 @@ class _Log:
             found = sorted(deltas, key=lambda d: d.last), []
         if found is None:
             names = ", ".join(sorted(d.name for d in deltas))
-            raise CorruptStoreError(f"{path}: the step log has a gap after commit "
-                                    f"{self.base_seq} (deltas: {names}); a delta file was "
-                                    "removed by hand or lost; write the whole table again")
+            raise CorruptStoreError(
+                f"{path}: the step log has a gap after commit "
+                f"{self.base_seq} (deltas: {names}); a delta file was "
+                "removed by hand or lost; write the whole table again"
+            )
         self.chain, stale = found
         self._remove([*tmps, *(d.name for d in stale)])
         folder = os.path.abspath(path.parent)
@@ -426,21 +436,23 @@ class _Log:
         for key in [k for k in self.known if k not in live]:
             del self.known[key]
 
-    def write_delta(self, run_id: int, table: StepTable, first: int, last: int,
-                    weight: int) -> _Delta:
+    def write_delta(
+        self, run_id: int, table: StepTable, first: int, last: int, weight: int
+    ) -> _Delta:
         name = _delta_name(first, last)
-        _write_table(self.path.parent / name, run_id, table, {
-            "hpcem_type": DELTA_TYPE, "first_seq": first, "last_seq": last,
-            "weight": weight})
-        d = _Delta(name, first, last,
-                   os.stat(name, dir_fd=self.dfd, follow_symlinks=False).st_ino)
+        _write_table(
+            self.path.parent / name,
+            run_id,
+            table,
+            {"hpcem_type": DELTA_TYPE, "first_seq": first, "last_seq": last, "weight": weight},
+        )
+        d = _Delta(name, first, last, os.stat(name, dir_fd=self.dfd, follow_symlinks=False).st_ino)
         self.known[(name, d.inode)] = (weight, table)
         return d
 
     def write_base(self, run_id: int, table: StepTable, log_seq: int) -> None:
         """Replace the base, then delete every delta it holds."""
-        _write_table(self.path, run_id, table, {"hpcem_type": STEPS_TYPE,
-                                                "log_seq": log_seq})
+        _write_table(self.path, run_id, table, {"hpcem_type": STEPS_TYPE, "log_seq": log_seq})
         self._remove(d.name for d in self.chain if d.last <= log_seq)
         self.chain = [d for d in self.chain if d.last > log_seq]
         self.base_seq, self.base_rows = log_seq, len(table)
@@ -461,8 +473,7 @@ class _Log:
             return
         tail = self.chain[start:]
         merged = merge_tables(self.table(d) for d in tail)
-        d = self.write_delta(run_id, merged, tail[0].first, tail[-1].last,
-                             sum(weights[start:]))
+        d = self.write_delta(run_id, merged, tail[0].first, tail[-1].last, sum(weights[start:]))
         self._remove(t.name for t in tail)
         self.chain = [*self.chain[:start], d]
 
@@ -483,8 +494,7 @@ def _as_table(records: StepTable | Iterable[Mapping[str, Any]]) -> StepTable:
     return StepTable.from_records(records)
 
 
-def append_steps(path: Path, run_id: int,
-                 records: StepTable | Iterable[Mapping[str, Any]]) -> None:
+def append_steps(path: Path, run_id: int, records: StepTable | Iterable[Mapping[str, Any]]) -> None:
     """Commit the step records one controller commit changed: one new delta next to
     ``steps.h5`` (``path``), in O(len(records)); compacts the log when due.
 
@@ -513,8 +523,9 @@ def append_steps(path: Path, run_id: int,
         os.close(dfd)
 
 
-def write_steps_file(path: Path, run_id: int,
-                     table: StepTable | Iterable[Mapping[str, Any]]) -> None:
+def write_steps_file(
+    path: Path, run_id: int, table: StepTable | Iterable[Mapping[str, Any]]
+) -> None:
     """Atomically replace the whole step table (``steps.h5`` at ``path``, then the step
     log's deltas are deleted): a restart. Call it holding the run's steps lock
     (``runs/<id>/`` must be real folders; StorageFullError on a full or read-only disk,

@@ -58,9 +58,15 @@ class SetWriter:
     ``project.create_set(...)`` or ``project.open_set_writer(...)``.
     """
 
-    def __init__(self, project_path: Path, set_dir: Path, lock: FileLock,
-                 manifest: Manifest, compact_threshold: int = COMPACT_THRESHOLD,
-                 compact_fanout: int = COMPACT_FANOUT) -> None:
+    def __init__(
+        self,
+        project_path: Path,
+        set_dir: Path,
+        lock: FileLock,
+        manifest: Manifest,
+        compact_threshold: int = COMPACT_THRESHOLD,
+        compact_fanout: int = COMPACT_FANOUT,
+    ) -> None:
         self.project_path = Path(project_path)
         self.path = Path(set_dir)
         self._lock = lock
@@ -100,8 +106,7 @@ class SetWriter:
         manifest; an unlisted segment it left is overwritten by the retry or removed by
         the next writer's cleanup)."""
         m = self._m
-        saved = (list(m.segments), m.next_segment, m.next_id, len(m.files), m.optics,
-                 m.state)
+        saved = (list(m.segments), m.next_segment, m.next_id, len(m.files), m.optics, m.state)
         try:
             yield
         except BaseException:
@@ -124,13 +129,16 @@ class SetWriter:
         files in a linked folder outside the project are never deleted.
         """
         listed = {s for s, _ in self._m.segments}
-        tmp_re = re.compile(rf"^(?:manifest\.h5|seg-\d+\.h5){re.escape(sf.TMP_MARK)}"
-                            r"\d+-[0-9a-f]+$")
+        tmp_re = re.compile(
+            rf"^(?:manifest\.h5|seg-\d+\.h5){re.escape(sf.TMP_MARK)}"
+            r"\d+-[0-9a-f]+$"
+        )
         dfd = open_dir(self.path, SET_LEVELS)
         try:
             for entry in os.scandir(dfd):
-                stale = tmp_re.match(entry.name) or (SEGMENT_RE.match(entry.name)
-                                                     and entry.name not in listed)
+                stale = tmp_re.match(entry.name) or (
+                    SEGMENT_RE.match(entry.name) and entry.name not in listed
+                )
                 if stale and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.name, dir_fd=dfd)
@@ -145,21 +153,28 @@ class SetWriter:
             table = _items_to_columns(ACQUISITION, table)
         unknown = set(table) - set(ACQUISITION.field_names)
         if unknown:
-            raise StoreError(f"optics table: unknown column(s) {sorted(unknown)}; known: "
-                             f"{', '.join(ACQUISITION.field_names)}")
+            raise StoreError(
+                f"optics table: unknown column(s) {sorted(unknown)}; known: "
+                f"{', '.join(ACQUISITION.field_names)}"
+            )
         n = len(next(iter(table.values()))) if table else 0
         cols = {}
         for fd in ACQUISITION.fields:
             if fd.name in table:
                 v = table[fd.name]
-                cols[fd.name] = (np.array(list(v), dtype=object) if fd.kind == "str"
-                                 else np.asarray(v, dtype=fd.dtype))
+                cols[fd.name] = (
+                    np.array(list(v), dtype=object)
+                    if fd.kind == "str"
+                    else np.asarray(v, dtype=fd.dtype)
+                )
             else:
-                cols[fd.name] = empty_column(fd, n) if fd.kind == "str" else \
-                    np.full(n, fd.fill, dtype=fd.dtype)
+                cols[fd.name] = (
+                    empty_column(fd, n) if fd.kind == "str" else np.full(n, fd.fill, dtype=fd.dtype)
+                )
             if len(cols[fd.name]) != n:
-                raise StoreError(f"optics table: column {fd.name!r} has {len(cols[fd.name])} "
-                                 f"rows, expected {n}")
+                raise StoreError(
+                    f"optics table: column {fd.name!r} has {len(cols[fd.name])} rows, expected {n}"
+                )
         with self._transaction():
             self._m.optics = cols
             write_manifest(self.path, self._m)
@@ -175,8 +190,10 @@ class SetWriter:
         item = self.item_type
         unknown = [k for k in columns if k not in item.field_names]
         if unknown:
-            raise StoreError(f"{item.set_type}: unknown column(s) {unknown}; known: "
-                             f"{', '.join(item.field_names)}")
+            raise StoreError(
+                f"{item.set_type}: unknown column(s) {unknown}; known: "
+                f"{', '.join(item.field_names)}"
+            )
         if not columns:
             return 0
         lengths = {k: len(v) for k, v in columns.items()}
@@ -206,9 +223,11 @@ class SetWriter:
 
     def _maybe_compact(self) -> None:
         """Merge the newest segments when the tiered policy says so (after an append)."""
-        start = tiered_merge_start([r for _, r in self._m.segments],
-                                   max(2, self.compact_fanout),
-                                   max(1, self.compact_threshold))
+        start = tiered_merge_start(
+            [r for _, r in self._m.segments],
+            max(2, self.compact_fanout),
+            max(1, self.compact_threshold),
+        )
         if start is not None:
             self._merge_tail(start)
 
@@ -226,8 +245,12 @@ class SetWriter:
         if size > RECENT_BYTES:
             return
         if copy:
-            cols = {k: Ragged(v.values.copy(), v.offsets.copy()) if isinstance(v, Ragged)
-                    else np.array(v, copy=True) for k, v in cols.items()}
+            cols = {
+                k: Ragged(v.values.copy(), v.offsets.copy())
+                if isinstance(v, Ragged)
+                else np.array(v, copy=True)
+                for k, v in cols.items()
+            }
         self._recent[name] = (size, dict(cols))
         total = sum(b for b, _ in self._recent.values())
         while total > RECENT_BYTES:
@@ -313,8 +336,13 @@ class SetWriter:
             parts = [self._recent[s][1] for s, _ in tail]
             cols = {fd.name: concat(fd, [p[fd.name] for p in parts]) for fd in fields}
         else:
-            snap = Set(self.project_path, self.path, Manifest(**{
-                **self._m.__dict__, "segments": list(tail), "files": list(self._m.files)}))
+            snap = Set(
+                self.project_path,
+                self.path,
+                Manifest(
+                    **{**self._m.__dict__, "segments": list(tail), "files": list(self._m.files)}
+                ),
+            )
             cols = {fd.name: snap.raw_column(fd.name) for fd in fields}
             snap.close()
         name = f"seg-{self._m.next_segment:06d}.h5"

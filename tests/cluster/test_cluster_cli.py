@@ -78,7 +78,8 @@ def test_render_unknown_queue(capsys):
 
 def test_check_bad_config(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text(
-        '[site]\nname = "bad"\nscheduler = "slurm"\n[queues.debug]\nmaxnodes = 1\ncores_per_node = 1\n'
+        '[site]\nname = "bad"\nscheduler = "slurm"\n'
+        "[queues.debug]\nmaxnodes = 1\ncores_per_node = 1\n"
     )
     assert main(["site", "check", str(tmp_path / "bad.toml")]) == 3
     out, err = capsys.readouterr()

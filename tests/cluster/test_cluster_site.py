@@ -155,7 +155,8 @@ PARSL = GOOD + textwrap.dedent("""
     [parsl]
     address = "ib0"
     port_range = [50100, 50200]
-    worker_command = ["/opt/venv/bin/python", "-P", "-m", "parsl.executors.high_throughput.process_worker_pool"]
+    worker_command = ["/opt/venv/bin/python", "-P", "-m",
+                      "parsl.executors.high_throughput.process_worker_pool"]
 """)
 
 
@@ -210,7 +211,10 @@ def test_parsl_defaults_are_loopback_and_the_site_python(tmp_path):
         (
             "[50100, 50200]",
             "[80, 90]",
-            "parsl.port_range: ports must satisfy 1024 <= lowest < highest <= 65535, got \\[80, 90\\]",
+            (
+                "parsl.port_range: ports must satisfy 1024 <= lowest < highest <= 65535, "
+                "got \\[80, 90\\]"
+            ),
         ),
         ("[50100, 50200]", "[50200, 50100]", "1024 <= lowest < highest"),
         (

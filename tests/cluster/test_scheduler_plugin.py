@@ -31,14 +31,14 @@ for _name in ("submit_argv", "parse_submit_output", "status_argv", "parse_status
     globals()[_name] = getattr(_local, _name)
 '''
 
-TEMPLATE = '''#!/bin/bash
+TEMPLATE = """#!/bin/bash
 # toy job script (site {{ site.name }}) -- rendered from the plugin's own template
 export TOY_JOB_ID=$$
 exec > {{ job.stdout | shquote }} 2>&1 < /dev/null
 {% include "_job_body.sh.j2" %}
-'''
+"""
 
-SITE = '''
+SITE = """
 [site]
 name = "toy-site"
 scheduler = "toy"
@@ -56,7 +56,7 @@ description = "the only queue"
 max_nodes = 1
 cores_per_node = 2
 max_walltime = "01:00:00"
-'''
+"""
 
 
 @pytest.fixture
@@ -91,8 +91,13 @@ def test_the_toy_scheduler_is_found_and_renders_its_own_template(toy_plugin, tmp
 
     assert "toy" in scheduler_names() and get_scheduler("toy").NAME == "toy"
     site = load_site("toy-site")
-    spec = JobSpec(command=("true",), name="t", workdir=str(tmp_path), exit_code_file=str(tmp_path / "x.exit"),
-                   stdout=str(tmp_path / "o"))
+    spec = JobSpec(
+        command=("true",),
+        name="t",
+        workdir=str(tmp_path),
+        exit_code_file=str(tmp_path / "x.exit"),
+        stdout=str(tmp_path / "o"),
+    )
     script = render_job_script(site, spec)
     assert "rendered from the plugin's own template" in script and "export TOY_JOB_ID=$$" in script
     assert job_environment({"TOY_JOB_ID": "77"}) == ("77", "")
@@ -107,8 +112,9 @@ def test_a_whole_run_goes_through_the_toy_scheduler(toy_plugin, project, tmp_pat
     out.mkdir()
     placement = execution_request(project, {"site": "toy-site", "queue": "q", "cores": 2})
     assert placement["mode"] == "job"
-    run = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(out), "n": 2, "sleep_s": 0.1},
-                               placement=placement)
+    run = lifecycle.create_run(
+        project, "test.sleepy", {"out_dir": str(out), "n": 2, "sleep_s": 0.1}, placement=placement
+    )
     lifecycle.launch(project, run.id)
     job_id = project.run(run.id).attempt.job_id
     assert job_id.isdigit() and project.run(run.id).attempt.scheduler == "toy"

@@ -25,7 +25,9 @@ def _need_slurm():
     if shutil.which("sinfo") is None:
         pytest.skip("SLURM is not installed (scripts/start-slurm.sh installs and starts it)")
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10, check=False
+        )
     except subprocess.TimeoutExpired:
         pytest.skip("sinfo timed out: slurmctld is not answering")
     if out.returncode != 0 or not out.stdout.strip():
@@ -33,11 +35,16 @@ def _need_slurm():
 
 
 def _job_run(project, out_dir, n=4, sleep_s=1.0, walltime="0:05:00", cores=2, label=""):
-    execution = execution_request(project, {"site": "local-slurm", "queue": "debug",
-                                            "walltime": walltime, "cores": cores})
-    run = lifecycle.create_run(project, "test.sleepy",
-                               {"out_dir": str(out_dir), "n": n, "sleep_s": sleep_s},
-                               label=label, placement=execution)
+    execution = execution_request(
+        project, {"site": "local-slurm", "queue": "debug", "walltime": walltime, "cores": cores}
+    )
+    run = lifecycle.create_run(
+        project,
+        "test.sleepy",
+        {"out_dir": str(out_dir), "n": n, "sleep_s": sleep_s},
+        label=label,
+        placement=execution,
+    )
     lifecycle.launch(project, run.id)
     return run
 
@@ -109,15 +116,21 @@ def test_scancel_mid_step_then_continue_keeps_finished_steps(project, tmp_path):
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     dead = _wait_refined(project, run.id)
     # the controller saw SIGTERM (provisional); SLURM's accounting says who ended it
-    assert dead.state == "aborted" and "cancelled by a user or an administrator" in dead.error, dead.error
+    assert dead.state == "aborted" and "cancelled by a user or an administrator" in dead.error, (
+        dead.error
+    )
     assert dead.attempt.scheduler_state.startswith("CANCELLED")
-    finished = {s["name"] for s in project.read_steps(run.id).to_records() if s["state"] == "finished"}
+    finished = {
+        s["name"] for s in project.read_steps(run.id).to_records() if s["state"] == "finished"
+    }
     assert 2 <= len(finished) < 6
 
     lifecycle.continue_run(project, run.id)
     done = _wait_state(project, run.id, ("finished", "failed", "aborted"))
     assert done.state == "finished", done.error
-    assert [a.number for a in done.attempts] == [1, 2] and done.attempts[0].job_id != done.attempts[1].job_id
+    assert [a.number for a in done.attempts] == [1, 2] and done.attempts[0].job_id != done.attempts[
+        1
+    ].job_id
     for name in finished:
         assert _executions(out, name.replace("/", "")) == 1, f"{name} ran again after continue"
 
@@ -134,8 +147,13 @@ def test_walltime_exceeded_is_recognised(project, tmp_path):
     assert ended.error.startswith("walltime exceeded (batch job "), ended.error
     assert ended.attempt.scheduler_state.startswith("TIMEOUT")
     assert ended.attempt.outcome == "failed" and not ended.attempt.provisional
-    state = subprocess.run(["sacct", "-X", "-n", "-j", ended.attempt.job_id, "-o", "State"],
-                           capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+    state = subprocess.run(
+        ["sacct", "-X", "-n", "-j", ended.attempt.job_id, "-o", "State"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout.strip()
     assert state.startswith("TIMEOUT")  # what SLURM itself says
     assert _executions(out, "s0000") == 0
 
@@ -151,7 +169,9 @@ def test_stop_cancels_the_job(project, tmp_path):
     assert rec.state == "aborted" and rec.error == "stopped by user"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        out_q = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=30, check=False)
+        out_q = subprocess.run(
+            ["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=30, check=False
+        )
         if job_id not in out_q.stdout:
             break
         time.sleep(0.5)
@@ -169,15 +189,24 @@ def test_stop_cancels_the_job(project, tmp_path):
 
 
 def test_config_errors_submit_nothing(project):
-    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=False).stdout
+    before = subprocess.run(
+        ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
     with pytest.raises(ConfigError, match="has no queue 'debgu' \\(did you mean 'debug'\\?\\)"):
         execution_request(project, {"site": "local-slurm", "queue": "debgu"})
-    with pytest.raises(ValidationError, match="walltime 48:00:00 is over the limit 24:00:00 of site .local-slurm. queue .debug."):
-        execution_request(project, {"site": "local-slurm", "queue": "debug", "walltime": "48:00:00"})
+    with pytest.raises(
+        ValidationError,
+        match="walltime 48:00:00 is over the limit 24:00:00 of site .local-slurm. queue .debug.",
+    ):
+        execution_request(
+            project, {"site": "local-slurm", "queue": "debug", "walltime": "48:00:00"}
+        )
     with pytest.raises(ConfigError, match="no-such-site"):
         execution_request(project, {"site": "no-such-site", "queue": "debug"})
     assert project.runs == []
-    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=False).stdout
+    after = subprocess.run(
+        ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
     assert set(after.split()) <= set(before.split())
     assert json.dumps(project.runs) == "[]"
 
@@ -185,11 +214,20 @@ def test_config_errors_submit_nothing(project):
 def test_parsl_dispatched_run_spreads_steps_over_nodes(project, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    execution = execution_request(project, {"site": "local-slurm", "queue": "debug", "dispatch": "parsl",
-                                            "max_blocks": 4, "walltime": "0:10:00"})
+    execution = execution_request(
+        project,
+        {
+            "site": "local-slurm",
+            "queue": "debug",
+            "dispatch": "parsl",
+            "max_blocks": 4,
+            "walltime": "0:10:00",
+        },
+    )
     assert execution["dispatch"] == "parsl" and execution["mode"] == "local"
-    run = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(out), "n": 24, "sleep_s": 0.5},
-                               placement=execution)
+    run = lifecycle.create_run(
+        project, "test.sleepy", {"out_dir": str(out), "n": 24, "sleep_s": 0.5}, placement=execution
+    )
     lifecycle.launch(project, run.id)
     done = _wait_state(project, run.id, ("finished", "failed", "aborted"), timeout_s=240)
     assert done.state == "finished", done.error
@@ -200,8 +238,12 @@ def test_parsl_dispatched_run_spreads_steps_over_nodes(project, tmp_path):
     assert len(hosts) >= 2, hosts  # really ran on several SLURM nodes
     assert done.blocks == ()  # shut down by the controller at the end
     log = (project.run_dir(run.id) / "run.log").read_text()
-    blocks = {b for line in log.splitlines() if "Parsl blocks (batch jobs): " in line
-              for b in line.split("Parsl blocks (batch jobs): ")[1].split(", ")}
+    blocks = {
+        b
+        for line in log.splitlines()
+        if "Parsl blocks (batch jobs): " in line
+        for b in line.split("Parsl blocks (batch jobs): ")[1].split(", ")
+    }
     assert len(blocks) >= 2 and all(b.isdigit() for b in blocks)
 
 
@@ -213,10 +255,19 @@ def test_blocks_of_a_sigkilled_parsl_controller_are_cancelled_by_status(project,
 
     out = tmp_path / "out"
     out.mkdir()
-    execution = execution_request(project, {"site": "local-slurm", "queue": "debug", "dispatch": "parsl",
-                                            "max_blocks": 1, "walltime": "0:10:00"})
-    run = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(out), "n": 4, "sleep_s": 60},
-                               placement=execution)
+    execution = execution_request(
+        project,
+        {
+            "site": "local-slurm",
+            "queue": "debug",
+            "dispatch": "parsl",
+            "max_blocks": 1,
+            "walltime": "0:10:00",
+        },
+    )
+    run = lifecycle.create_run(
+        project, "test.sleepy", {"out_dir": str(out), "n": 4, "sleep_s": 60}, placement=execution
+    )
     lifecycle.launch(project, run.id)
     deadline = time.monotonic() + 120
     while not project.run(run.id).blocks and time.monotonic() < deadline:
@@ -224,15 +275,20 @@ def test_blocks_of_a_sigkilled_parsl_controller_are_cancelled_by_status(project,
     (block,) = project.run(run.id).blocks
     os.kill(project.run(run.id).pid, signal.SIGKILL)  # no goodbye: the block stays queued/running
     time.sleep(1.0)
-    assert block in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
-                                   timeout=30, check=False).stdout
+    assert (
+        block
+        in subprocess.run(
+            ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    )
     capsys.readouterr()
     assert main(["status", str(project.path)]) == 0
     assert f"cancelled Parsl blocks left by its dead controller: {block}" in capsys.readouterr().err
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
-                               timeout=30, check=False).stdout
+        queue = subprocess.run(
+            ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
         if block not in queue.split():
             break
         time.sleep(0.5)
@@ -265,10 +321,15 @@ def test_mpi_step_inside_a_whole_run_job_uses_srun(project, tmp_path):
     stack = np.random.default_rng(5).normal(size=(9, 16, 16)).astype(np.float32)
     with mrcfile.new(tmp_path / "stack.mrcs") as mrc:
         mrc.set_data(stack)
-    execution = execution_request(project, {"site": "local-slurm", "queue": "debug",
-                                            "walltime": "0:05:00", "cores": 2})
-    run = lifecycle.create_run(project, "particles.average_mpi",
-                               {"stack": str(tmp_path / "stack.mrcs"), "ranks": 2}, placement=execution)
+    execution = execution_request(
+        project, {"site": "local-slurm", "queue": "debug", "walltime": "0:05:00", "cores": 2}
+    )
+    run = lifecycle.create_run(
+        project,
+        "particles.average_mpi",
+        {"stack": str(tmp_path / "stack.mrcs"), "ranks": 2},
+        placement=execution,
+    )
     lifecycle.launch(project, run.id)
     done = _wait_state(project, run.id, ("finished", "failed", "aborted"))
     assert done.state == "finished", done.error
@@ -285,10 +346,30 @@ def test_ctrl_c_while_waiting_on_a_batch_run_leaves_the_job_running(project, tmp
     out = tmp_path / "out"
     out.mkdir()
     hpcem = [sys.executable, "-c", "import sys; from hpcem.cli.main import main; sys.exit(main())"]
-    proc = subprocess.Popen(hpcem + ["run", str(project.path), "test.sleepy", "--out-dir", str(out),
-                                     "--n", "2", "--sleep-s", "60", "--site", "local-slurm",
-                                     "--queue", "debug", "--walltime", "0:05:00", "--wait"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        hpcem
+        + [
+            "run",
+            str(project.path),
+            "test.sleepy",
+            "--out-dir",
+            str(out),
+            "--n",
+            "2",
+            "--sleep-s",
+            "60",
+            "--site",
+            "local-slurm",
+            "--queue",
+            "debug",
+            "--walltime",
+            "0:05:00",
+            "--wait",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (project.runs and project.runs[0].state == "running"):
         time.sleep(0.2)

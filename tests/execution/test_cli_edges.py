@@ -13,8 +13,9 @@ from hpcem.execution import runs as lifecycle
 def dag(project, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    return lifecycle.create_run(project, "test.dag", {"out_dir": str(out), "sleep_s": 0.0},
-                                label="CTF")
+    return lifecycle.create_run(
+        project, "test.dag", {"out_dir": str(out), "sleep_s": 0.0}, label="CTF"
+    )
 
 
 def test_copy_changes_parameters_with_the_same_validation(project, dag, capsys):
@@ -40,18 +41,33 @@ def test_copies_get_distinct_labels(project, dag):
 
 @pytest.mark.parametrize("option", ["--workers", "--cores", "--nodes", "--max-blocks"])
 @pytest.mark.parametrize("value", ["0", "-2"])
-def test_nonsense_counts_are_refused_before_anything_is_stored(project, tmp_path, capsys, option, value):
-    code = main(["run", str(project.path), "test.dag", "--out-dir", str(tmp_path), option, value,
-                 "--save-only"])
+def test_nonsense_counts_are_refused_before_anything_is_stored(
+    project, tmp_path, capsys, option, value
+):
+    code = main(
+        [
+            "run",
+            str(project.path),
+            "test.dag",
+            "--out-dir",
+            str(tmp_path),
+            option,
+            value,
+            "--save-only",
+        ]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and f"Invalid value for '{option}'" in err and len(err.strip().splitlines()) == 1
+    assert (
+        code == 2 and f"Invalid value for '{option}'" in err and len(err.strip().splitlines()) == 1
+    )
     assert project.runs == []
 
 
 def test_status_table_shows_the_batch_job(project, dag, capsys):
     project.begin_attempt(dag.id, ("saved",))
-    project.update_attempt(dag.id, 1, job_id="53", site="local-slurm", scheduler="slurm",
-                           scheduler_state="PENDING")
+    project.update_attempt(
+        dag.id, 1, job_id="53", site="local-slurm", scheduler="slurm", scheduler_state="PENDING"
+    )
     from hpcem.execution.runs import summarize
 
     assert summarize(project.run(dag.id)).job == "slurm 53 PENDING"

@@ -35,8 +35,9 @@ def _until(predicate, timeout_s=30.0, what="condition"):
 
 
 def _sleepy(project, out, n=4, sleep_s=20.0, label=""):
-    run = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(out), "n": n, "sleep_s": sleep_s},
-                               label=label)
+    run = lifecycle.create_run(
+        project, "test.sleepy", {"out_dir": str(out), "n": n, "sleep_s": sleep_s}, label=label
+    )
     lifecycle.launch(project, run.id, workers=2)
     return project.run(run.id)
 
@@ -56,23 +57,42 @@ def out(tmp_path):
 def test_sigkill_of_the_controller_kills_its_workers(project, out):
     run = _sleepy(project, out, n=2, sleep_s=60)
     assert run.state == "running"  # launch returned once the controller held the run
-    workers = _until(lambda: [p for p in lifecycle.run_processes(project, run.id) if p != run.pid],
-                     what="workers started")
+    workers = _until(
+        lambda: [p for p in lifecycle.run_processes(project, run.id) if p != run.pid],
+        what="workers started",
+    )
     os.kill(run.pid, signal.SIGKILL)  # the controller only: no goodbye, no group kill
-    _until(lambda: not any(lifecycle.pid_alive(p) for p in workers), timeout_s=10,
-           what="workers gone after their controller's SIGKILL")
+    _until(
+        lambda: not any(lifecycle.pid_alive(p) for p in workers),
+        timeout_s=10,
+        what="workers gone after their controller's SIGKILL",
+    )
     assert lifecycle.diagnose(project.run(run.id))[0] == "failed"
 
 
 def test_a_lost_worker_is_retried_and_the_other_steps_go_on(project, out):
     run = _sleepy(project, out, n=4, sleep_s=3.0)
-    workers = _until(lambda: len(w := [p for p in lifecycle.run_processes(project, run.id)
-                                       if p != run.pid and _is_pool_worker(p)]) == 2 and w,
-                     what="two workers")
+    workers = _until(
+        lambda: (
+            len(
+                w := [
+                    p
+                    for p in lifecycle.run_processes(project, run.id)
+                    if p != run.pid and _is_pool_worker(p)
+                ]
+            )
+            == 2
+            and w
+        ),
+        what="two workers",
+    )
     time.sleep(1.0)  # both are inside a step
     os.kill(workers[0], signal.SIGKILL)
-    done = _until(lambda: (r := project.run(run.id)).state in ("finished", "failed") and r,
-                  timeout_s=60, what="run end")
+    done = _until(
+        lambda: (r := project.run(run.id)).state in ("finished", "failed") and r,
+        timeout_s=60,
+        what="run end",
+    )
     assert done.state == "finished", done.error
     steps = _steps(project, run.id)
     attempts = sorted(s["attempts"] for s in steps.values())
@@ -107,8 +127,9 @@ def test_stop_on_a_failed_run_ends_the_processes_it_left(project, out):
 
 # --- outcomes --------------------------------------------------------------------------------
 def test_controller_step_failing_mid_write_leaves_no_listed_set(project, out):
-    run = lifecycle.create_run(project, "test.faults",
-                               {"out_dir": str(out), "mode": "write", "n": 5, "fail_after": 3})
+    run = lifecycle.create_run(
+        project, "test.faults", {"out_dir": str(out), "mode": "write", "n": 5, "fail_after": 3}
+    )
     lifecycle.launch(project, run.id, foreground=True)
     failed = project.run(run.id)
     assert failed.state == "failed" and "failed while writing row 3" in failed.error
@@ -123,7 +144,9 @@ def test_controller_step_failing_mid_write_leaves_no_listed_set(project, out):
 
 
 def test_a_result_that_cannot_be_stored_is_a_rejected_item(project, out):
-    run = lifecycle.create_run(project, "test.faults", {"out_dir": str(out), "mode": "not_storable", "n": 3})
+    run = lifecycle.create_run(
+        project, "test.faults", {"out_dir": str(out), "mode": "not_storable", "n": 3}
+    )
     lifecycle.launch(project, run.id, foreground=True)
     done = project.run(run.id)
     steps = _steps(project, run.id)
@@ -140,8 +163,11 @@ def test_planning_error_that_is_not_ours_fails_the_run_with_one_line(project, ou
     rec = _until(lambda: (r := project.run(run.id)).state == "failed" and r, what="failed run")
     assert rec.error == "planning failed: KeyError: 'defocus_u'"
     assert lifecycle.diagnose(rec) == ("failed", "planning failed: KeyError: 'defocus_u'")
-    _until(lambda: lifecycle.run_processes(project, run.id) == [], timeout_s=10,
-           what="executor shut down")
+    _until(
+        lambda: lifecycle.run_processes(project, run.id) == [],
+        timeout_s=10,
+        what="executor shut down",
+    )
     (out / "break-plan").unlink()
     lifecycle.continue_run(project, run.id, foreground=True)
     assert project.run(run.id).state == "finished"
@@ -149,7 +175,9 @@ def test_planning_error_that_is_not_ours_fails_the_run_with_one_line(project, ou
 
 def test_input_pointer_to_a_running_run_says_so(project, out):
     run = _sleepy(project, out, n=1, sleep_s=30)
-    with pytest.raises(ValidationError, match=f"run {run.id} .* is still running; its outputs appear"):
+    with pytest.raises(
+        ValidationError, match=f"run {run.id} .* is still running; its outputs appear"
+    ):
         lifecycle.create_run(project, "ctf.estimate", {}, {"micrographs": f"{run.id}:micrographs"})
     lifecycle.stop_run(project, run.id)
     assert [r.id for r in project.runs] == [run.id]  # nothing stored
@@ -173,17 +201,24 @@ def test_unreadable_input_is_a_validation_error_and_nothing_is_stored(project, t
         with mrcfile.new(raw / f"m{i}.mrc") as m:
             m.set_data(np.zeros((64, 64), np.float32))
             m.voxel_size = 1.0
-    imp = lifecycle.create_run(project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 1.0})
+    imp = lifecycle.create_run(
+        project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 1.0}
+    )
     lifecycle.launch(project, imp.id, foreground=True)
     manifest = project.run_dir(imp.id) / "sets" / "micrographs" / "manifest.h5"
     manifest.write_bytes(manifest.read_bytes()[:200])  # truncated by a crash of the disk
-    with pytest.raises(ValidationError, match=f"{imp.id}:micrographs cannot be read: .*manifest.h5"):
+    with pytest.raises(
+        ValidationError, match=f"{imp.id}:micrographs cannot be read: .*manifest.h5"
+    ):
         lifecycle.create_run(project, "ctf.estimate", {}, {"micrographs": f"{imp.id}:micrographs"})
     assert [r.id for r in project.runs] == [imp.id]
 
 
 # --- planted files ---------------------------------------------------------------------------
-PLANT = "import pathlib; pathlib.Path({marker!r}).write_text('planted code ran')\nraise SystemExit(99)\n"
+PLANT = (
+    "import pathlib; pathlib.Path({marker!r}).write_text('planted code ran')\n"
+    "raise SystemExit(99)\n"
+)
 
 
 def test_modules_planted_in_the_project_or_cwd_never_run(project, out, tmp_path):
@@ -199,17 +234,36 @@ def test_modules_planted_in_the_project_or_cwd_never_run(project, out, tmp_path)
     assert hpcem, "the hpcem console script is installed by pip install"
     # the user's own command, from inside the project folder and from a planted cwd
     for where in (project.path, cwd):
-        proc = subprocess.run([hpcem, "run", str(project.path), "test.dag", "--out-dir", str(out),
-                               "--sleep-s", "0", "--wait"],
-                              check=False, capture_output=True, text=True, timeout=120, cwd=where)
+        proc = subprocess.run(
+            [
+                hpcem,
+                "run",
+                str(project.path),
+                "test.dag",
+                "--out-dir",
+                str(out),
+                "--sleep-s",
+                "0",
+                "--wait",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=where,
+        )
         assert proc.returncode == 0, proc.stderr
     assert [r.state for r in project.runs] == ["finished", "finished"]
     assert not marker.exists()
 
 
 def test_run_processes_get_no_relative_or_in_project_python_path(project, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        ["", ".", "lib", str(project.path), str(project.path / "sub"), "/opt/site-lib"]))
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join(
+            ["", ".", "lib", str(project.path), str(project.path / "sub"), "/opt/site-lib"]
+        ),
+    )
     env = lifecycle.safe_env(project, 3)
     assert env["PYTHONPATH"] == "/opt/site-lib"
     assert env["HPCEM_RUN"] == f"{project.path}:3"
@@ -275,7 +329,8 @@ def test_frozen_controller_blocks_no_other_writer(project, out, tmp_path, monkey
 
     stop_file, result = tmp_path / "stop", tmp_path / "longest"
     probe = multiprocessing.get_context("spawn").Process(
-        target=_longest_lock_wait, args=(str(project.path), str(stop_file), str(result)))
+        target=_longest_lock_wait, args=(str(project.path), str(stop_file), str(result))
+    )
     probe.start()
     try:
         run = _sleepy(project, out, n=2, sleep_s=3.0)
@@ -291,14 +346,18 @@ def test_frozen_controller_blocks_no_other_writer(project, out, tmp_path, monkey
             state, reason = lifecycle.diagnose(project.run(run.id))
             assert state == "running"  # never declared dead while its pid lives
             assert reason.startswith(f"controller process {run.pid} is stopped (SIGSTOP?)")
-            with pytest.raises(RunError, match="already running .*stopped .SIGSTOP.*'hpcem stop' it first"):
+            with pytest.raises(
+                RunError, match="already running .*stopped .SIGSTOP.*'hpcem stop' it first"
+            ):
                 lifecycle.continue_run(project, run.id)
             said = lifecycle.stop_run(project, run.id)  # wakes it to end it
             assert "aborted: stopped by user" in said
         finally:
             if lifecycle.pid_alive(run.pid):
                 os.kill(run.pid, signal.SIGKILL)
-        _until(lambda: not lifecycle.pid_alive(run.pid), timeout_s=15, what="frozen controller ended")
+        _until(
+            lambda: not lifecycle.pid_alive(run.pid), timeout_s=15, what="frozen controller ended"
+        )
     finally:
         stop_file.write_text("")
         probe.join(30)
@@ -308,12 +367,15 @@ def test_frozen_controller_blocks_no_other_writer(project, out, tmp_path, monkey
 
 def test_controller_that_wakes_after_a_takeover_stops_without_writing(project, out):
     run = _sleepy(project, out, n=4, sleep_s=2.0)
-    _until(lambda: project.run(run.id).steps_done >= 0 and project.read_steps(run.id).to_records(),
-           what="first commit")
+    _until(
+        lambda: project.run(run.id).steps_done >= 0 and project.read_steps(run.id).to_records(),
+        what="first commit",
+    )
     _freeze_between_commits(project, run.id, run.pid)
     # what another host's `continue` does once the old controller looks dead to it
-    project.transition(run.id, ("running",), "failed", "no heartbeat (seen from another host)",
-                       attempt=1)
+    project.transition(
+        run.id, ("running",), "failed", "no heartbeat (seen from another host)", attempt=1
+    )
     taken = project.begin_attempt(run.id, ("failed",))
     assert taken.attempt.number == 2
     index_before = project.index_path.read_bytes()
@@ -333,8 +395,10 @@ def _step_files(project, run_id):
 def test_launch_that_never_got_a_controller_fails_and_continues(project, out, monkeypatch):
     run = lifecycle.create_run(project, "test.dag", {"out_dir": str(out), "sleep_s": 0.0})
     # `hpcem run` killed right after taking the attempt, before starting a controller
-    code = ("import sys; from hpcem.store import Project; "
-            f"Project.open({str(project.path)!r}).begin_attempt({run.id}, ('saved',))")
+    code = (
+        "import sys; from hpcem.store import Project; "
+        f"Project.open({str(project.path)!r}).begin_attempt({run.id}, ('saved',))"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     rec = project.run(run.id)
     assert rec.state == "launched" and rec.pid == 0
@@ -346,33 +410,60 @@ def test_launch_that_never_got_a_controller_fails_and_continues(project, out, mo
     lifecycle.continue_run(project, run.id, foreground=False)
     done = _until(lambda: (r := project.run(run.id)).state == "finished" and r, what="finished")
     assert [a.number for a in done.attempts] == [1, 2]
-    assert done.attempts[0].outcome == "failed" and "never started" in done.attempts[0].outcome_reason
+    assert (
+        done.attempts[0].outcome == "failed" and "never started" in done.attempts[0].outcome_reason
+    )
 
 
 def test_two_continues_at_once_one_wins_and_the_other_says_so(project, out):
     run = lifecycle.create_run(project, "test.dag", {"out_dir": str(out), "sleep_s": 2.0})
     lifecycle.launch(project, run.id)
     lifecycle.stop_run(project, run.id)
-    procs = [subprocess.Popen(HPCEM + ["continue", str(project.path), str(run.id)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            HPCEM + ["continue", str(project.path), str(run.id)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     codes = [p.returncode for p in procs]
     assert sorted(codes) == [0, 7, 7], outs
     said = " ".join(o + e for o, e in outs)
     assert said.count("continued (attempt 2)") == 1
-    assert said.count(f"run {run.id} is already being continued") + said.count(
-        f"run {run.id} is already running") == 2
-    done = _until(lambda: (r := project.run(run.id)).state == "finished" and r, timeout_s=60,
-                  what="finished")
+    assert (
+        said.count(f"run {run.id} is already being continued")
+        + said.count(f"run {run.id} is already running")
+        == 2
+    )
+    done = _until(
+        lambda: (r := project.run(run.id)).state == "finished" and r, timeout_s=60, what="finished"
+    )
     assert len(done.attempts) == 2
 
 
 # --- Ctrl-C while waiting ---------------------------------------------------------------------
 def test_ctrl_c_during_wait_stops_a_local_run_and_says_so(project, out):
-    proc = subprocess.Popen(HPCEM + ["run", str(project.path), "test.sleepy", "--out-dir", str(out),
-                                     "--n", "2", "--sleep-s", "60", "--wait"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        HPCEM
+        + [
+            "run",
+            str(project.path),
+            "test.sleepy",
+            "--out-dir",
+            str(out),
+            "--n",
+            "2",
+            "--sleep-s",
+            "60",
+            "--wait",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _until(lambda: project.runs and project.runs[0].state == "running", what="running")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -403,8 +494,10 @@ def test_one_bad_record_names_file_and_run_and_others_stay_readable(project, cap
     runs, problems = project.read_runs()
     assert [r.id for r in runs] == [1]
     assert problems[0].startswith(f"{project.index_path}: the record of run 2 is damaged (")
-    assert problems[1] == (f"{project.index_path}: run 3 has the unknown state 'exploded' "
-                           "(states: saved, launched, running, finished, failed, aborted)")
+    assert problems[1] == (
+        f"{project.index_path}: run 3 has the unknown state 'exploded' "
+        "(states: saved, launched, running, finished, failed, aborted)"
+    )
     with pytest.raises(CorruptStoreError, match="record of run 2 is damaged"):
         project.run(2)
     assert main(["status", str(project.path)]) == 0
@@ -417,7 +510,9 @@ def test_labels_with_control_characters_are_refused_and_escaped(project, capsys)
     for label in ("two\nlines", "red \x1b[31m text", "tab\there"):
         with pytest.raises(StoreError, match="control character"):
             project.create_run("test.trivial", label=label)
-        assert main(["run", str(project.path), "test.trivial", "--label", label, "--save-only"]) == 6
+        assert (
+            main(["run", str(project.path), "test.trivial", "--label", label, "--save-only"]) == 6
+        )
     assert project.runs == []
     run = project.create_run("test.trivial", label="fine")
     # a label that got in by another way (an old index) is shown escaped, never obeyed
@@ -437,7 +532,11 @@ def test_status_json_shows_attempts_and_placement(project, out, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["state"] == "finished" and data["placement"]["mode"] == "local"
     (attempt,) = data["attempts"]
-    assert attempt["number"] == 1 and attempt["outcome"] == "finished" and attempt["pid"] == os.getpid()
+    assert (
+        attempt["number"] == 1
+        and attempt["outcome"] == "finished"
+        and attempt["pid"] == os.getpid()
+    )
 
 
 def test_controller_commits_only_the_steps_that_changed(project, out):
@@ -450,8 +549,9 @@ def test_controller_commits_only_the_steps_that_changed(project, out):
     mid = read_steps_file(project.run_dir(run.id) / "steps.h5", run.id).to_records()
     assert len(mid) == 24 and len({r["id"] for r in mid}) == 24  # one merged record per step
     assert sum(r["state"] == "finished" for r in mid) >= 6
-    done = _until(lambda: (r := project.run(run.id)).state == "finished" and r, timeout_s=60,
-                  what="finished")
+    done = _until(
+        lambda: (r := project.run(run.id)).state == "finished" and r, timeout_s=60, what="finished"
+    )
     final = project.read_steps(run.id).to_records()
     assert [r["state"] for r in final] == ["finished"] * 24 and done.steps_done == 24
     assert not list(project.run_dir(run.id).glob("steps-*.h5"))  # folded at the end

@@ -90,8 +90,14 @@ def test_incremental_order_is_topological_and_complete(seed):
 
 
 def test_steps_already_done_are_never_returned_and_unblock_their_dependents():
-    g = StepGraph([Step("c", "m:f", {"i": 3}, deps=("a", "b")), Step("a", "m:f", {"i": 1}),
-                   Step("b", "m:f", {"i": 2}, deps=("a",)), Step("d", "m:f", {"i": 4})])
+    g = StepGraph(
+        [
+            Step("c", "m:f", {"i": 3}, deps=("a", "b")),
+            Step("a", "m:f", {"i": 1}),
+            Step("b", "m:f", {"i": 2}, deps=("a",)),
+            Step("d", "m:f", {"i": 4}),
+        ]
+    )
     assert g.order == ["a", "d", "b", "c"]
     assert g.start({"a"}) == ["d", "b"] == g.ready({"a"}, [])
     assert g.done("d") == []
@@ -103,8 +109,14 @@ def test_steps_already_done_are_never_returned_and_unblock_their_dependents():
 
 
 def test_a_failed_step_blocks_only_its_own_dependents():
-    g = StepGraph([Step("a", "m:f", {"i": 1}), Step("b", "m:f", {"i": 2}, deps=("a",)),
-                   Step("x", "m:f", {"i": 3}), Step("y", "m:f", {"i": 4}, deps=("x",))])
+    g = StepGraph(
+        [
+            Step("a", "m:f", {"i": 1}),
+            Step("b", "m:f", {"i": 2}, deps=("a",)),
+            Step("x", "m:f", {"i": 3}),
+            Step("y", "m:f", {"i": 4}, deps=("x",)),
+        ]
+    )
     assert g.start() == ["a", "x"]
     # "a" fails: it is never reported done, so "b" never becomes ready
     assert g.done("x") == ["y"]

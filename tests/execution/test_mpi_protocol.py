@@ -33,8 +33,9 @@ def test_mpi_average_matches_numpy_on_two_ranks(project, tmp_path):
     with mrcfile.new(tmp_path / "stack.mrcs") as mrc:
         mrc.set_data(stack)
         mrc.voxel_size = 1.5
-    run = lifecycle.create_run(project, "particles.average_mpi",
-                               {"stack": str(tmp_path / "stack.mrcs"), "ranks": 2})
+    run = lifecycle.create_run(
+        project, "particles.average_mpi", {"stack": str(tmp_path / "stack.mrcs"), "ranks": 2}
+    )
     lifecycle.launch(project, run.id, foreground=True)
     rec = project.run(run.id)
     assert rec.state == "finished", rec.error
@@ -73,13 +74,21 @@ def test_mpi_step_past_its_limit_ends_every_rank_and_what_they_started(tmp_path)
 
     started = tmp_path / "started"
     started.mkdir()
-    code = ("import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close();"
-            " time.sleep(600)")
+    code = (
+        "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close();"
+        " time.sleep(600)"
+    )
     program = [sys.executable, "-c", code, str(started)]
     with pytest.raises(StepError) as err:
         # subprocess.run(args=...) on each rank: a step body that starts a program.
-        run_mpi_step(load_site("localhost"), "subprocess:run", {"args": program}, ranks=2,
-                     workdir=tmp_path / "mpi", timeout_s=8)
+        run_mpi_step(
+            load_site("localhost"),
+            "subprocess:run",
+            {"args": program},
+            ranks=2,
+            workdir=tmp_path / "mpi",
+            timeout_s=8,
+        )
     assert len(list(started.iterdir())) == 2  # both ranks had started their program
     deadline = time.monotonic() + 10  # the kernel finishes SIGKILLed processes soon after
     while _live_processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:

@@ -26,7 +26,9 @@ def test_api_relative_glob_is_resolved_in_the_callers_folder(tmp_path, monkeypat
     project = Project.create(tmp_path / "proj")
     _mics(tmp_path / "elsewhere" / "raw")
     monkeypatch.chdir(tmp_path / "elsewhere")
-    run = lifecycle.create_run(project, "import.micrographs", {"files": "raw/*.mrc", "pixel_size_A": 1.0})
+    run = lifecycle.create_run(
+        project, "import.micrographs", {"files": "raw/*.mrc", "pixel_size_A": 1.0}
+    )
     assert run.params["files"] == str(tmp_path / "elsewhere" / "raw" / "*.mrc")
     monkeypatch.chdir(tmp_path)  # the controller runs elsewhere: the stored path still holds
     lifecycle.launch(project, run.id, foreground=True)
@@ -38,9 +40,24 @@ def test_cli_and_api_store_the_same_parameters(tmp_path, monkeypatch):
     project = Project.create(tmp_path / "proj")
     _mics(project.path / "raw")
     monkeypatch.chdir(project.path)
-    api = lifecycle.create_run(project, "import.micrographs", {"files": "raw/*.mrc", "pixel_size_A": 1.0})
-    assert main(["run", str(project.path), "import.micrographs", "--files", "raw/*.mrc",
-                 "--pixel-size-A", "1.0", "--save-only"]) == 0
+    api = lifecycle.create_run(
+        project, "import.micrographs", {"files": "raw/*.mrc", "pixel_size_A": 1.0}
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(project.path),
+                "import.micrographs",
+                "--files",
+                "raw/*.mrc",
+                "--pixel-size-A",
+                "1.0",
+                "--save-only",
+            ]
+        )
+        == 0
+    )
     cli = project.run(api.id + 1)
     assert api.params == cli.params and api.params["files"] == "raw/*.mrc"  # project-relative
 
@@ -48,17 +65,24 @@ def test_cli_and_api_store_the_same_parameters(tmp_path, monkeypatch):
 def test_a_moved_project_keeps_its_finished_steps(tmp_path):
     project = Project.create(tmp_path / "a" / "proj")
     _mics(project.path / "raw")
-    imp = lifecycle.create_run(project, "import.micrographs",
-                               {"files": str(project.path / "raw" / "*.mrc"), "pixel_size_A": 1.0})
+    imp = lifecycle.create_run(
+        project,
+        "import.micrographs",
+        {"files": str(project.path / "raw" / "*.mrc"), "pixel_size_A": 1.0},
+    )
     lifecycle.launch(project, imp.id, foreground=True)
     steps_before = {s["name"]: s for s in project.read_steps(imp.id).to_records()}
-    assert all(not s["args"]["path"].startswith("/") for n, s in steps_before.items() if n != "register")
+    assert all(
+        not s["args"]["path"].startswith("/") for n, s in steps_before.items() if n != "register"
+    )
     shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
     moved = Project.open(tmp_path / "b" / "proj")
     plan_ids = _plan_ids(moved, imp.id)
     assert plan_ids == {n: s["id"] for n, s in steps_before.items()}  # identities unchanged
     mics = moved.run(imp.id).outputs["micrographs"]
-    assert [str(p).startswith(str(tmp_path / "b" / "proj")) for p in mics.column("image")] == [True] * 3
+    assert [str(p).startswith(str(tmp_path / "b" / "proj")) for p in mics.column("image")] == [
+        True
+    ] * 3
 
 
 def _plan_ids(project, run_id):

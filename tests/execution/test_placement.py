@@ -11,7 +11,11 @@ from hpcem.execution.placement import execution_request
 
 def test_default_is_local(project, monkeypatch):
     monkeypatch.delenv("HPCEM_SITE", raising=False)
-    assert execution_request(project, {}) == {"mode": "local", "dispatch": "local", "site": "localhost"}
+    assert execution_request(project, {}) == {
+        "mode": "local",
+        "dispatch": "local",
+        "site": "localhost",
+    }
 
 
 def test_project_default_site_sends_whole_runs_as_jobs(project, monkeypatch):
@@ -20,7 +24,12 @@ def test_project_default_site_sends_whole_runs_as_jobs(project, monkeypatch):
     assert project.default_site == "local-slurm"
     ex = execution_request(project, {"cores": 2})
     assert ex["mode"] == "job" and ex["site"] == "local-slurm"
-    assert ex["resources"] == {"queue": "debug", "walltime": "00:30:00", "cores": 2, "nodes": 1}  # the site default
+    assert ex["resources"] == {
+        "queue": "debug",
+        "walltime": "00:30:00",
+        "cores": 2,
+        "nodes": 1,
+    }  # the site default
     here = execution_request(project, {"dispatch": "local"})
     assert here == {"mode": "local", "dispatch": "local", "site": "localhost"}
     parsl = execution_request(project, {"dispatch": "parsl", "max_blocks": 3, "queue": "long"})
@@ -36,7 +45,9 @@ def test_environment_site_and_bad_requests(project, monkeypatch):
     monkeypatch.delenv("HPCEM_SITE")
     with pytest.raises(ConfigError, match="--queue/--walltime/--nodes need --dispatch job"):
         execution_request(project, {"walltime": "1:00:00", "dispatch": "local"})
-    with pytest.raises(ValidationError, match="5 nodes requested, site 'local-slurm' queue 'debug' allows 4"):
+    with pytest.raises(
+        ValidationError, match="5 nodes requested, site 'local-slurm' queue 'debug' allows 4"
+    ):
         execution_request(project, {"site": "local-slurm", "queue": "debug", "nodes": 5})
     with pytest.raises(ConfigError, match="has no queue 'gpu'"):
         execution_request(project, {"site": "local-slurm", "queue": "gpu"})

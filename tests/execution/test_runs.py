@@ -36,17 +36,23 @@ def test_three_level_dag_runs_in_order_with_parallel_branches(project, tmp_path,
     assert b1["pid"] != b2["pid"]
     steps = {s["name"]: s for s in project.read_steps(run.id).to_records()}
     assert set(steps) == {"a", "b1", "b2", "c"}
-    assert all(s["state"] == "finished" and s["exit_code"] == 0 and s["host"] for s in steps.values())
+    assert all(
+        s["state"] == "finished" and s["exit_code"] == 0 and s["host"] for s in steps.values()
+    )
     assert done.steps_done == done.steps_total == 4
     log = (project.run_dir(run.id) / "run.log").read_text()
     assert "[c] finished" in log and "[run] finished" in log
 
 
-def test_kill_9_shows_failed_and_continue_redoes_only_missing_steps(project, tmp_path, wait_for_run):
+def test_kill_9_shows_failed_and_continue_redoes_only_missing_steps(
+    project, tmp_path, wait_for_run
+):
     out = tmp_path / "out"
     out.mkdir()
     n = 8
-    run = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(out), "n": n, "sleep_s": 0.6})
+    run = lifecycle.create_run(
+        project, "test.sleepy", {"out_dir": str(out), "n": n, "sleep_s": 0.6}
+    )
     lifecycle.launch(project, run.id, workers=2)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # wait until some, not all, steps are recorded finished
@@ -61,7 +67,9 @@ def test_kill_9_shows_failed_and_continue_redoes_only_missing_steps(project, tmp
     assert dead.state == "running"  # what was stored ...
     assert lifecycle.effective_state(dead) == "failed"  # ... and what anyone looking sees
     assert "died" in lifecycle.diagnose(dead)[1]
-    finished_before = {s["name"] for s in project.read_steps(run.id).to_records() if s["state"] == "finished"}
+    finished_before = {
+        s["name"] for s in project.read_steps(run.id).to_records() if s["state"] == "finished"
+    }
     assert len(finished_before) >= 2
 
     lifecycle.continue_run(project, run.id, workers=2)
@@ -93,8 +101,9 @@ def test_changed_parameters_rerun_only_changed_steps(project, tmp_path, wait_for
 def test_failed_step_fails_run_with_reason_then_copy_and_restart(project, tmp_path, wait_for_run):
     out = tmp_path / "out"
     out.mkdir()
-    run = lifecycle.create_run(project, "test.sleepy",
-                               {"out_dir": str(out), "n": 4, "sleep_s": 0.0, "fail_index": 2})
+    run = lifecycle.create_run(
+        project, "test.sleepy", {"out_dir": str(out), "n": 4, "sleep_s": 0.0, "fail_index": 2}
+    )
     lifecycle.launch(project, run.id, workers=2)
     done = wait_for_run(project, run.id)
     assert done.state == "failed"
@@ -117,7 +126,9 @@ def test_failed_step_fails_run_with_reason_then_copy_and_restart(project, tmp_pa
 def test_stop_kills_processes_and_marks_aborted(project, tmp_path, wait_for_run):
     out = tmp_path / "out"
     out.mkdir()
-    run = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(out), "n": 4, "sleep_s": 20.0})
+    run = lifecycle.create_run(
+        project, "test.sleepy", {"out_dir": str(out), "n": 4, "sleep_s": 20.0}
+    )
     lifecycle.launch(project, run.id, workers=2)
     deadline = time.monotonic() + 20
     while project.run(run.id).state != "running" and time.monotonic() < deadline:
@@ -151,8 +162,23 @@ def test_cli_project_create_and_list(tmp_path, capsys):
 def test_cli_status_and_log(project, tmp_path, capsys, wait_for_run):
     out = tmp_path / "out"
     out.mkdir()
-    assert main(["run", str(project.path), "test.dag", "--out-dir", str(out), "--sleep-s", "0",
-                 "--label", "my dag; rm -rf ~", "--wait"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(project.path),
+                "test.dag",
+                "--out-dir",
+                str(out),
+                "--sleep-s",
+                "0",
+                "--label",
+                "my dag; rm -rf ~",
+                "--wait",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["status", str(project.path)]) == 0
     table = capsys.readouterr().out
@@ -180,11 +206,16 @@ def _make_micrographs(folder: Path, n: int = 2, size: int = 256) -> None:
 
 def test_bad_input_pointers(project, tmp_path, wait_for_run):
     _make_micrographs(tmp_path / "raw")
-    imp = lifecycle.create_run(project, "import.micrographs",
-                               {"files": str(tmp_path / "raw" / "*.mrc"), "pixel_size_A": 1.5})
+    imp = lifecycle.create_run(
+        project,
+        "import.micrographs",
+        {"files": str(tmp_path / "raw" / "*.mrc"), "pixel_size_A": 1.5},
+    )
     lifecycle.launch(project, imp.id, foreground=True)
     assert project.run(imp.id).state == "finished"
-    by_label = lifecycle.create_run(project, "ctf.estimate", {}, {"micrographs": f"{imp.label}:micrographs"})
+    by_label = lifecycle.create_run(
+        project, "ctf.estimate", {}, {"micrographs": f"{imp.label}:micrographs"}
+    )
     assert by_label.inputs == {"micrographs": [f"{imp.id}:micrographs"]}  # labels resolve to ids
     mics = project.open_set(imp.id, "micrographs")
     assert len(mics) == 2 and [Path(p).name for p in mics.column("image")] == ["m0.mrc", "m1.mrc"]
@@ -192,33 +223,48 @@ def test_bad_input_pointers(project, tmp_path, wait_for_run):
     cases = [
         ({}, "input 'micrographs' is required"),
         ({"micrographs": "7:micrographs"}, "no run '7' in this project"),
-        ({"micrographs": f"{imp.id}:particles"}, f"run {imp.id} has no output 'particles' (it has: micrographs)"),
+        (
+            {"micrographs": f"{imp.id}:particles"},
+            f"run {imp.id} has no output 'particles' (it has: micrographs)",
+        ),
         ({"micrographs": "nonsense"}, "is not RUN:OUTPUT"),
     ]
     for inputs, message in cases:
         with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
             lifecycle.create_run(project, "ctf.estimate", {}, inputs)
 
-    bad = lifecycle.create_run(project, "test.sleepy", {"out_dir": str(tmp_path), "n": 1, "sleep_s": 0, "fail_index": 0})
+    bad = lifecycle.create_run(
+        project, "test.sleepy", {"out_dir": str(tmp_path), "n": 1, "sleep_s": 0, "fail_index": 0}
+    )
     lifecycle.launch(project, bad.id, foreground=True)
     with pytest.raises(ValidationError, match=f"run {bad.id} .* is failed, not finished"):
         lifecycle.create_run(project, "ctf.estimate", {}, {"micrographs": f"{bad.id}:micrographs"})
     with pytest.raises(ValidationError, match=r"is a micrograph \(256x256x1\), expected volume"):
-        lifecycle.create_run(project, "import.volumes",  # a micrograph is not a volume
-                             {"files": str(tmp_path / "raw" / "m0.mrc"), "pixel_size_A": 1.5})
+        lifecycle.create_run(
+            project,
+            "import.volumes",  # a micrograph is not a volume
+            {"files": str(tmp_path / "raw" / "m0.mrc"), "pixel_size_A": 1.5},
+        )
     import numpy as np
 
     from hpcem.io.mrc import write_mrc
 
     write_mrc(tmp_path / "map.mrc", np.zeros((16, 16, 16), np.float32), 1.5, kind="volume")
-    vol = lifecycle.create_run(project, "import.volumes", {"files": str(tmp_path / "map.mrc"), "pixel_size_A": 1.5})
+    vol = lifecycle.create_run(
+        project, "import.volumes", {"files": str(tmp_path / "map.mrc"), "pixel_size_A": 1.5}
+    )
     lifecycle.launch(project, vol.id, foreground=True)
     assert project.run(vol.id).state == "finished"
-    with pytest.raises(ValidationError, match=f"{vol.id}:volumes is a hpcem.SetOfVolumes, expected hpcem.SetOfMicrographs"):
+    with pytest.raises(
+        ValidationError,
+        match=f"{vol.id}:volumes is a hpcem.SetOfVolumes, expected hpcem.SetOfMicrographs",
+    ):
         lifecycle.create_run(project, "ctf.estimate", {}, {"micrographs": f"{vol.id}:volumes"})
     n_runs = len(project.runs)
     with pytest.raises(ValidationError, match="matches no file"):
-        lifecycle.create_run(project, "import.micrographs", {"files": str(tmp_path / "none*.mrc"), "pixel_size_A": 1})
+        lifecycle.create_run(
+            project, "import.micrographs", {"files": str(tmp_path / "none*.mrc"), "pixel_size_A": 1}
+        )
     assert len(project.runs) == n_runs
 
 
@@ -228,10 +274,14 @@ def test_corrupt_image_fails_import_naming_file_then_continue_after_fix(project,
     good = (raw / "m1.mrc").read_bytes()
     (raw / "m1.mrc").write_bytes(good[:2000])  # truncated
     with pytest.raises(ValidationError, match="m1.mrc") as e:  # nothing stored
-        lifecycle.create_run(project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5})
+        lifecycle.create_run(
+            project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5}
+        )
     assert "--on-error skip" in str(e.value) and project.runs == []
     (raw / "m1.mrc").write_bytes(good)
-    run = lifecycle.create_run(project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5})
+    run = lifecycle.create_run(
+        project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5}
+    )
     (raw / "m1.mrc").write_bytes(good[:2000])  # damaged after validation
     lifecycle.launch(project, run.id, foreground=True)
     rec = project.run(run.id)
@@ -254,8 +304,11 @@ def test_import_on_error_skip_records_each_bad_file_and_imports_the_rest(project
     good = (raw / "m1.mrc").read_bytes()
     (raw / "m1.mrc").write_bytes(good[:2000])
     (raw / "m3.mrc").write_bytes(b"not an image at all" * 100)
-    run = lifecycle.create_run(project, "import.micrographs",
-                               {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5, "on_error": "skip"})
+    run = lifecycle.create_run(
+        project,
+        "import.micrographs",
+        {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5, "on_error": "skip"},
+    )
     lifecycle.launch(project, run.id, foreground=True)
     rec = project.run(run.id)
     assert rec.state == "finished" and rec.output_sizes == {"micrographs": 2}
@@ -275,9 +328,16 @@ def test_import_tiff_movies_with_acquisition(project, tmp_path):
     for i, n in enumerate((5, 7)):
         frames, _ = simulate_movie((256, 256), n_frames=n, pixel_size_A=2.0, seed=i)
         write_tiff_movie(tmp_path / "frames" / f"mov{i}.tif", frames)
-    run = lifecycle.create_run(project, "import.movies", {
-        "files": str(tmp_path / "frames" / "*.tif"), "pixel_size_A": 2.0, "voltage_kV": 200,
-        "dose_per_frame_e_A2": 1.25})
+    run = lifecycle.create_run(
+        project,
+        "import.movies",
+        {
+            "files": str(tmp_path / "frames" / "*.tif"),
+            "pixel_size_A": 2.0,
+            "voltage_kV": 200,
+            "dose_per_frame_e_A2": 1.25,
+        },
+    )
     lifecycle.launch(project, run.id, foreground=True)
     rec = project.run(run.id)
     assert rec.state == "finished", rec.error
@@ -295,8 +355,11 @@ def test_import_tiff_movies_with_acquisition(project, tmp_path):
 def test_pixel_size_mismatch_is_reported(project, tmp_path):
     _make_micrographs(tmp_path / "raw", n=1)
     with pytest.raises(ValidationError) as e:  # found before anything is stored
-        lifecycle.create_run(project, "import.micrographs",
-                             {"files": str(tmp_path / "raw" / "*.mrc"), "pixel_size_A": 2.0})
+        lifecycle.create_run(
+            project,
+            "import.micrographs",
+            {"files": str(tmp_path / "raw" / "*.mrc"), "pixel_size_A": 2.0},
+        )
     assert "m0.mrc" in str(e.value) and "1.5" in str(e.value) and project.runs == []
 
 

@@ -20,8 +20,13 @@ def test_param_conversions_from_strings():
     assert Param.bool("b").convert("TRUE") is True
     assert Param.numlist("l").convert("1, 2 3") == [1.0, 2.0, 3.0]
     assert Param.range("r").convert("5000:30000:500") == [5000.0, 30000.0, 500.0]
-    for param, bad in [(Param.int("n"), "1.5"), (Param.float("x"), "nan"), (Param.bool("b"), "maybe"),
-                       (Param.range("r"), "5:1:1"), (Param.numlist("l"), "1,a")]:
+    for param, bad in [
+        (Param.int("n"), "1.5"),
+        (Param.float("x"), "nan"),
+        (Param.bool("b"), "maybe"),
+        (Param.range("r"), "5:1:1"),
+        (Param.numlist("l"), "1,a"),
+    ]:
         with pytest.raises(ValueError):
             param.convert(bad)
 
@@ -48,7 +53,11 @@ def test_conditions_switch_parameters_off():
 # --- validation: all problems together ------------------------------------------------------
 def test_validation_reports_every_problem_at_once(project):
     with pytest.raises(ValidationError) as err:
-        create_run(project, "test.form", {"box_size": "17", "threshold": "2", "mode": "slow", "thresold": 1})
+        create_run(
+            project,
+            "test.form",
+            {"box_size": "17", "threshold": "2", "mode": "slow", "thresold": 1},
+        )
     problems = err.value.problems
     assert any("unknown parameter 'thresold' (did you mean 'threshold'?)" in p for p in problems)
     assert any("'threshold' = 2 is above the maximum 1" in p for p in problems)
@@ -89,11 +98,18 @@ def test_step_graph_rejects_cycles_and_unknown_deps():
     from hpcem.execution.graph import StepGraph
 
     with pytest.raises(ProtocolError, match="cycle"):
-        StepGraph([Step("a", "m:f", {"i": 1}, deps=("b",)), Step("b", "m:f", {"i": 2}, deps=("a",))])
+        StepGraph(
+            [Step("a", "m:f", {"i": 1}, deps=("b",)), Step("b", "m:f", {"i": 2}, deps=("a",))]
+        )
     with pytest.raises(ProtocolError, match="unknown step 'z'"):
         StepGraph([Step("a", "m:f", deps=("z",))])
-    g = StepGraph([Step("c", "m:f", {"i": 3}, deps=("a", "b")), Step("a", "m:f", {"i": 1}),
-                   Step("b", "m:f", {"i": 2}, deps=("a",))])
+    g = StepGraph(
+        [
+            Step("c", "m:f", {"i": 3}, deps=("a", "b")),
+            Step("a", "m:f", {"i": 1}),
+            Step("b", "m:f", {"i": 2}, deps=("a",)),
+        ]
+    )
     assert g.order == ["a", "b", "c"]
     assert g.ready(set(), []) == ["a"]
     assert g.ready({"a"}, []) == ["b"]
@@ -113,8 +129,17 @@ def test_plugin_discovery_through_entry_point_and_broken_plugin_reported():
 def test_protocol_help_lists_declared_options(capsys):
     assert main(["run", "somewhere", "test.form", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for option in ("--box-size", "--threshold", "--invert / --no-invert", "--mode", "--angles",
-                   "--defocus-range", "--input", "--wait", "--queue"):
+    for option in (
+        "--box-size",
+        "--threshold",
+        "--invert / --no-invert",
+        "--mode",
+        "--angles",
+        "--defocus-range",
+        "--input",
+        "--wait",
+        "--queue",
+    ):
         assert option in out
     assert "[16, 1024] px" in out and "applies when mode == 'accurate'" in out
 
@@ -141,5 +166,7 @@ def test_cli_run_bad_parameter_is_one_line(project, capsys):
     assert "unknown protocol 'test.fom' (did you mean 'test.form'?)" in capsys.readouterr().err
     code = main(["run", str(project.path), "test.form", "--bxo-size", "3"])
     assert code == 2
-    assert "No such option '--bxo-size'. (Did you mean one of: '--box-size'" in capsys.readouterr().err
+    assert (
+        "No such option '--bxo-size'. (Did you mean one of: '--box-size'" in capsys.readouterr().err
+    )
     assert project.runs == []

@@ -22,8 +22,9 @@ def micrographs(project, tmp_path):
     rng = np.random.default_rng(3)
     for i in range(2):
         write_mrc(tmp_path / f"m{i}.mrc", rng.normal(size=(128, 128)), 1.5)
-    imp = lifecycle.create_run(project, "import.micrographs",
-                               {"files": str(tmp_path / "m*.mrc"), "pixel_size_A": 1.5})
+    imp = lifecycle.create_run(
+        project, "import.micrographs", {"files": str(tmp_path / "m*.mrc"), "pixel_size_A": 1.5}
+    )
     lifecycle.launch(project, imp.id, foreground=True)
     assert project.run(imp.id).state == "finished", project.run(imp.id).error
     return project
@@ -51,26 +52,39 @@ def test_bool_garbage_names_the_accepted_words(bad):
 
 
 def test_api_string_false_is_false(micrographs):
-    run = lifecycle.create_run(micrographs, "ctf.estimate", {"astigmatism": "false"},
-                               {"micrographs": "1:micrographs"})
+    run = lifecycle.create_run(
+        micrographs, "ctf.estimate", {"astigmatism": "false"}, {"micrographs": "1:micrographs"}
+    )
     assert run.params["astigmatism"] is False
     assert micrographs.run(run.id).params["astigmatism"] is False
 
 
 def test_api_bool_garbage_is_one_validation_error(micrographs):
     with pytest.raises(ValidationError) as err:
-        lifecycle.create_run(micrographs, "ctf.estimate", {"astigmatism": "maybe"},
-                             {"micrographs": "1:micrographs"})
+        lifecycle.create_run(
+            micrographs, "ctf.estimate", {"astigmatism": "maybe"}, {"micrographs": "1:micrographs"}
+        )
     assert err.value.problems == [
-        ("parameter 'astigmatism': expected one of true/false, yes/no, on/off, 1/0 (any case), "
-         "got 'maybe'")
+        (
+            "parameter 'astigmatism': expected one of true/false, yes/no, on/off, 1/0 (any case), "
+            "got 'maybe'"
+        )
     ]
 
 
 # --- booleans from the command line ------------------------------------------------------------
 def _cli_run(project, *options) -> int:
-    return main(["run", str(project.path), "ctf.estimate", "--input", "micrographs=1:micrographs",
-                 "--save-only", *options])
+    return main(
+        [
+            "run",
+            str(project.path),
+            "ctf.estimate",
+            "--input",
+            "micrographs=1:micrographs",
+            "--save-only",
+            *options,
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -117,9 +131,16 @@ def test_copy_takes_an_explicit_bool_value(micrographs, capsys):
 
 
 # --- counts of the execution options -----------------------------------------------------------
-@pytest.mark.parametrize(("option", "value"), [("--workers", "0"), ("--workers", "-2"),
-                                               ("--cores", "0"), ("--nodes", "-1"),
-                                               ("--max-blocks", "0")])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--workers", "0"),
+        ("--workers", "-2"),
+        ("--cores", "0"),
+        ("--nodes", "-1"),
+        ("--max-blocks", "0"),
+    ],
+)
 def test_cli_counts_below_one_are_one_line_errors(micrographs, capsys, option, value):
     assert _cli_run(micrographs, option, value) == 2
     err = capsys.readouterr().err.strip()
@@ -131,9 +152,12 @@ def test_cli_counts_below_one_are_one_line_errors(micrographs, capsys, option, v
 # --- every problem at once ---------------------------------------------------------------------
 def test_out_of_range_and_cross_field_problems_together(micrographs):
     with pytest.raises(ValidationError) as err:
-        lifecycle.create_run(micrographs, "ctf.estimate",
-                             {"defocus_min_A": -5, "res_high_A": 40, "res_low_A": 30},
-                             {"micrographs": "1:micrographs"})
+        lifecycle.create_run(
+            micrographs,
+            "ctf.estimate",
+            {"defocus_min_A": -5, "res_high_A": 40, "res_low_A": 30},
+            {"micrographs": "1:micrographs"},
+        )
     problems = err.value.problems
     assert any("'defocus_min_A' = -5 is below the minimum 0" in p for p in problems)
     assert any("res_high_A must be below res_low_A" in p for p in problems)

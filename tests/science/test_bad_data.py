@@ -25,11 +25,21 @@ from hpcem.sim import simulate_micrograph
 
 SIZE = 512
 PIXEL_SIZE_A = 1.5
-ACQUISITION = {"pixel_size_A": PIXEL_SIZE_A, "voltage_kV": 300.0, "cs_mm": 2.7,
-               "amplitude_contrast": 0.1}
+ACQUISITION = {
+    "pixel_size_A": PIXEL_SIZE_A,
+    "voltage_kV": 300.0,
+    "cs_mm": 2.7,
+    "amplitude_contrast": 0.1,
+}
 # The protocol's own defaults for the estimator, as steps() passes them.
-OPTIONS = {"defocus_min_A": 3000.0, "defocus_max_A": 50000.0, "res_low_A": 30.0,
-           "res_high_A": None, "tile_size_px": 512, "astigmatism": True}
+OPTIONS = {
+    "defocus_min_A": 3000.0,
+    "defocus_max_A": 50000.0,
+    "res_low_A": 30.0,
+    "res_high_A": None,
+    "tile_size_px": 512,
+    "astigmatism": True,
+}
 
 
 def _mrc(tmp_path, name, image):
@@ -43,8 +53,9 @@ def _estimate(path, micrograph_id=3, **kw):
 
 
 def _good_micrograph(seed=2):
-    return simulate_micrograph((SIZE, SIZE), PIXEL_SIZE_A, 15000.0, 14400.0, 40.0,
-                               snr=0.1, seed=seed)
+    return simulate_micrograph(
+        (SIZE, SIZE), PIXEL_SIZE_A, 15000.0, 14400.0, 40.0, snr=0.1, seed=seed
+    )
 
 
 # --- headers that claim more data than the file holds ------------------------------------
@@ -131,22 +142,27 @@ def test_good_simulated_micrograph_passes_above_the_default_threshold(tmp_path):
     mean = 0.5 * (result["defocus_u"] + result["defocus_v"])
     assert mean == pytest.approx(0.5 * (truth["defocus_u"] + truth["defocus_v"]), rel=0.03)
     # A stricter threshold turns the same fit into a rejection with its score.
-    with pytest.raises(ItemRejected, match=r"^micrograph 3: CTF fit score 0\.\d{3} below "
-                                           r"min_fit_score 0\.99$"):
+    with pytest.raises(
+        ItemRejected,
+        match=r"^micrograph 3: CTF fit score 0\.\d{3} below "
+        r"min_fit_score 0\.99$",
+    ):
         _estimate(tmp_path / "good.mrc", min_fit_score=0.99)
 
 
 # --- register_ctfs: accepted CTFs only, rejections listed -------------------------------
 def _import(project, raw, wait_for_run):
-    imp = lifecycle.create_run(project, "import.micrographs",
-                               {"files": str(raw / "*.mrc"), "pixel_size_A": PIXEL_SIZE_A})
+    imp = lifecycle.create_run(
+        project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": PIXEL_SIZE_A}
+    )
     lifecycle.launch(project, imp.id, workers=1)
     assert wait_for_run(project, imp.id).state == "finished"
     return imp, [int(i) for i in project.open_set(imp.id, "micrographs").column("id")]
 
 
-def test_run_with_a_nan_micrograph_goes_on_and_registers_the_others(project, tmp_path,
-                                                                    wait_for_run):
+def test_run_with_a_nan_micrograph_goes_on_and_registers_the_others(
+    project, tmp_path, wait_for_run
+):
     """End to end, real controller and workers: the NaN micrograph is a rejected item."""
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -158,8 +174,9 @@ def test_run_with_a_nan_micrograph_goes_on_and_registers_the_others(project, tmp
         _mrc(raw, f"mic_{i}.mrc", image)
         truths.append(truth)
     imp, ids = _import(project, raw, wait_for_run)
-    run = lifecycle.create_run(project, "ctf.estimate", {},
-                               {"micrographs": [f"{imp.id}:micrographs"]})
+    run = lifecycle.create_run(
+        project, "ctf.estimate", {}, {"micrographs": [f"{imp.id}:micrographs"]}
+    )
     lifecycle.launch(project, run.id, workers=2)
     done = wait_for_run(project, run.id, timeout_s=120)
     assert done.state == "finished", done.error
@@ -168,24 +185,29 @@ def test_run_with_a_nan_micrograph_goes_on_and_registers_the_others(project, tmp
     assert steps["estimate/000001"]["state"] == "rejected"
     assert steps["estimate/000001"]["error"] == reason
     assert steps["register"]["result"] == {
-        "count": 2, "rejected": [{"micrograph_id": ids[1], "reason": reason}]}
+        "count": 2,
+        "rejected": [{"micrograph_id": ids[1], "reason": reason}],
+    }
     assert "ctfs" in project.run(run.id).outputs
     ctfs = project.open_set(run.id, "ctfs").read_columns()
     assert [int(i) for i in ctfs["micrograph_id"]] == [ids[0], ids[2]]
     for u, v, truth in zip(ctfs["defocus_u"], ctfs["defocus_v"], (truths[0], truths[2])):
-        assert 0.5 * (u + v) == pytest.approx(0.5 * (truth["defocus_u"] + truth["defocus_v"]),
-                                              rel=0.03)
+        assert 0.5 * (u + v) == pytest.approx(
+            0.5 * (truth["defocus_u"] + truth["defocus_v"]), rel=0.03
+        )
 
 
-def test_run_fails_with_the_first_reason_when_every_micrograph_is_rejected(project, tmp_path,
-                                                                         wait_for_run):
+def test_run_fails_with_the_first_reason_when_every_micrograph_is_rejected(
+    project, tmp_path, wait_for_run
+):
     raw = tmp_path / "raw"
     raw.mkdir()
     for i in range(3):
         _mrc(raw, f"blank_{i}.mrc", np.zeros((64, 64)))
     imp, ids = _import(project, raw, wait_for_run)
-    run = lifecycle.create_run(project, "ctf.estimate", {},
-                               {"micrographs": [f"{imp.id}:micrographs"]})
+    run = lifecycle.create_run(
+        project, "ctf.estimate", {}, {"micrographs": [f"{imp.id}:micrographs"]}
+    )
     lifecycle.launch(project, run.id, workers=2)
     done = wait_for_run(project, run.id, timeout_s=120)
     assert done.state == "failed"

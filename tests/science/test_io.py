@@ -202,8 +202,9 @@ def test_tiff_page_pointing_past_the_end_is_refused(tmp_path):
 def test_compressed_tiff_larger_than_its_file_is_accepted(tmp_path):
     """Compressed data legitimately decompresses to more than the file length."""
     path = tmp_path / "zlib.tif"
-    tifffile.imwrite(path, np.zeros((4, 256, 256), dtype=np.uint16),
-                     photometric="minisblack", compression="zlib")
+    tifffile.imwrite(
+        path, np.zeros((4, 256, 256), dtype=np.uint16), photometric="minisblack", compression="zlib"
+    )
     assert path.stat().st_size < 4 * 256 * 256 * 2
     assert read_header(path).shape == (4, 256, 256)
 

@@ -1,4 +1,5 @@
-"""Simulated micrographs and movies: deterministic and what they claim (speed: scripts/bench_sim.py)."""
+"""Simulated micrographs and movies: deterministic and what they claim (speed:
+scripts/bench_sim.py)."""
 
 import numpy as np
 import pytest

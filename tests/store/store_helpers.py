@@ -30,7 +30,8 @@ def random_columns(item: ItemType, n: int, rng: np.random.Generator) -> dict:
             cols[fd.name] = choices[rng.integers(0, len(choices), n)]
         elif fd.kind == "ragged":
             cols[fd.name] = Ragged.from_list(
-                [rng.normal(size=rng.integers(0, 6)) * 100 for _ in range(n)], fd.dtype)
+                [rng.normal(size=rng.integers(0, 6)) * 100 for _ in range(n)], fd.dtype
+            )
         else:
             dt = np.dtype(fd.dtype)
             if dt.kind == "f":

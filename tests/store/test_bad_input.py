@@ -39,8 +39,12 @@ def _one_line(exc) -> str:
 
 def _particles(project, run_id, n=100):
     with project.create_set(run_id, "p", "hpcem.SetOfParticles") as w:
-        w.append_columns({"defocus_u": np.arange(n, dtype=np.float32),
-                          "image": [f"Extract/s{i % 4}.mrcs" for i in range(n)]})
+        w.append_columns(
+            {
+                "defocus_u": np.arange(n, dtype=np.float32),
+                "image": [f"Extract/s{i % 4}.mrcs" for i in range(n)],
+            }
+        )
     return project.open_set(run_id, "p")
 
 
@@ -201,8 +205,7 @@ def _create(path, barrier, results):
 
 def test_two_processes_creating_one_project(tmp_path):
     barrier, results = MP.Barrier(2), MP.Queue()
-    procs = [MP.Process(target=_create, args=(tmp_path / "p", barrier, results))
-             for _ in range(2)]
+    procs = [MP.Process(target=_create, args=(tmp_path / "p", barrier, results)) for _ in range(2)]
     for p in procs:
         p.start()
     got = sorted(results.get(timeout=20) for _ in procs)

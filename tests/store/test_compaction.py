@@ -78,8 +78,9 @@ def test_only_the_newest_parts_are_merged_so_old_rows_stay_put():
 def test_a_streaming_set_rewrites_each_row_a_logarithmic_number_of_times():
     n_appends, rows = 1000, 300
     total = n_appends * rows
-    parts, rewritten, _ = simulate([rows] * n_appends, manifest.COMPACT_FANOUT,
-                                       manifest.COMPACT_THRESHOLD)
+    parts, rewritten, _ = simulate(
+        [rows] * n_appends, manifest.COMPACT_FANOUT, manifest.COMPACT_THRESHOLD
+    )
     levels = math.log(n_appends, manifest.COMPACT_FANOUT) + 1
     assert rewritten <= levels * total  # each row: about once per class it climbs
     assert len(parts) <= manifest.COMPACT_THRESHOLD

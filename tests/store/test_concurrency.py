@@ -27,9 +27,14 @@ def _writer(path, run_id, done):
     for _ in range(BATCHES):
         k = int(rng.integers(1, 400))
         ids = np.arange(n, n + k)
-        w.append_columns({"id": ids, "defocus_u": checksum(ids),
-                          "image": [f"Extract/mic{i // 100}.mrcs" for i in ids],
-                          "image_index": ids % 100})
+        w.append_columns(
+            {
+                "id": ids,
+                "defocus_u": checksum(ids),
+                "image": [f"Extract/mic{i // 100}.mrcs" for i in ids],
+                "image_index": ids % 100,
+            }
+        )
         n += k
         time.sleep(0.005)
     w.close()
@@ -57,7 +62,9 @@ def _reader(path, run_id, done, results):
                 errors.append(f"checksum mismatch at n={n}")
             elif not np.array_equal(s.columns["image_index"], ids % 100):
                 errors.append(f"image_index mismatch at n={n}")
-            elif n and s.columns["image"][-1] != str(project.path / f"Extract/mic{(n - 1) // 100}.mrcs"):
+            elif n and s.columns["image"][-1] != str(
+                project.path / f"Extract/mic{(n - 1) // 100}.mrcs"
+            ):
                 errors.append(f"path mismatch at n={n}")
             sizes.append(n)
         except (HpcemError, OSError, KeyError, ValueError) as exc:

@@ -32,14 +32,25 @@ def _worker(path, run_id, started):
     while True:
         n = w.n_rows
         ids = np.arange(n, n + BATCH)
-        w.append_columns({"id": ids, "defocus_u": checksum(ids),
-                          "image": [f"Extract/mic{i // 1000}.mrcs" for i in ids],
-                          "image_index": ids % 1000})
+        w.append_columns(
+            {
+                "id": ids,
+                "defocus_u": checksum(ids),
+                "image": [f"Extract/mic{i // 1000}.mrcs" for i in ids],
+                "image_index": ids % 1000,
+            }
+        )
         k = w.n_rows
         project.controller_commit(run_id, 1, steps_done=k, heartbeat=time.time())
-        project.write_steps(run_id, StepTable.from_records(
-            [{"id": f"s{i}", "state": "finished", "args": {"k": k}}
-             for i in range(k // BATCH % 7)]))
+        project.write_steps(
+            run_id,
+            StepTable.from_records(
+                [
+                    {"id": f"s{i}", "state": "finished", "args": {"k": k}}
+                    for i in range(k // BATCH % 7)
+                ]
+            ),
+        )
 
 
 def _check(path, run_id, prev):

@@ -199,8 +199,7 @@ def small_fs(tmp_path):
     mnt = tmp_path / "fs"
     mnt.mkdir()
     try:
-        r = run_command(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                        check=False)
+        r = run_command(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=False)
     except CommandError as exc:
         pytest.skip(f"cannot mount a tmpfs: {exc}")
     if r.returncode != 0:
@@ -248,8 +247,9 @@ def one_line(exc: BaseException) -> str:
 
 
 def full(folder: Path) -> str:
-    return (f"no space left on the project's filesystem ({folder}): free space and run "
-            "`hpcem continue`")
+    return (
+        f"no space left on the project's filesystem ({folder}): free space and run `hpcem continue`"
+    )
 
 
 def small_project(mnt: Path) -> tuple[Project, int]:
@@ -284,10 +284,16 @@ def test_full_disk_gives_one_line_and_keeps_the_project(small_fs, capfd, leave):
     big_line = "x" * 9000  # more than is free: a log line that cannot fit
     tries = [
         (lambda: w.append_columns(batch), set_dir),
-        (lambda: project.create_set(run_id, "more", "hpcem.SetOfMicrographs"),
-         run_dir / "sets" / "more"),
-        (lambda: project.write_steps(run_id, StepTable.from_records(
-            [{"id": "s1", "state": "finished"}, {"id": "s2"}])), run_dir),
+        (
+            lambda: project.create_set(run_id, "more", "hpcem.SetOfMicrographs"),
+            run_dir / "sets" / "more",
+        ),
+        (
+            lambda: project.write_steps(
+                run_id, StepTable.from_records([{"id": "s1", "state": "finished"}, {"id": "s2"}])
+            ),
+            run_dir,
+        ),
         (lambda: project.set_label(run_id, "x"), project.path),
         (lambda: RunLog(run_dir).event("run", "going on", detail=big_line), run_dir),
     ]
@@ -313,7 +319,9 @@ def test_full_disk_gives_one_line_and_keeps_the_project(small_fs, capfd, leave):
     assert big_line in (run_dir / "run.log").read_text()
     assert len(project.read_steps(run_id)) == 2
     assert Project.open(project.path).run(run_id).output_types == {
-        "mics": "hpcem.SetOfMicrographs", "more": "hpcem.SetOfMicrographs"}
+        "mics": "hpcem.SetOfMicrographs",
+        "more": "hpcem.SetOfMicrographs",
+    }
 
 
 def test_log_line_that_fits_is_still_written(small_fs):
@@ -362,9 +370,13 @@ def test_hdf5_write_errors_are_recognised():
         "Disable slist on flush dest failure failed (file write failed: time = Tue Dec  1 "
         "22:43:14 2026\n, filename = '/tmp/mt/x.h5', file descriptor = 3, errno = 28, "
         "error message = 'No space left on device', buf = 0x5574e22c1b68, total write "
-        "size = 872, bytes this sub-write = 872, offset = 8192)")
-    data = OSError(28, "Can't synchronously write data (file write failed: ..., errno = 28, "
-                       "error message = 'No space left on device', ...)")
+        "size = 872, bytes this sub-write = 872, offset = 8192)"
+    )
+    data = OSError(
+        28,
+        "Can't synchronously write data (file write failed: ..., errno = 28, "
+        "error message = 'No space left on device', ...)",
+    )
     assert storage_errno(flush) == errno.ENOSPC
     assert storage_errno(data) == errno.ENOSPC
     assert storage_errno(OSError(errno.EDQUOT, "Disk quota exceeded")) == errno.EDQUOT
@@ -391,8 +403,9 @@ def _state(pid: int) -> str:
 
 def test_stopped_lock_holder_is_named(tmp_path):
     path = tmp_path / ".hpcem" / "locks" / "x.lock"
-    child = subprocess.Popen([sys.executable, "-I", "-c", HOLDER, str(path)],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline().strip() == "locked"
         deadline = time.monotonic() + 10
@@ -405,7 +418,8 @@ def test_stopped_lock_holder_is_named(tmp_path):
         n = child.pid
         assert str(ei.value) == (
             f"test lock is held by pid {n} on {host}, which is stopped (SIGSTOP?): resume "
-            f"it with `kill -CONT {n}` or end it; lock file {path}")
+            f"it with `kill -CONT {n}` or end it; lock file {path}"
+        )
         os.kill(n, signal.SIGCONT)  # running again: the ordinary message
         deadline = time.monotonic() + 10
         while _state(n) == "T":
@@ -413,8 +427,9 @@ def test_stopped_lock_holder_is_named(tmp_path):
             time.sleep(0.01)
         with pytest.raises(LockedError) as ei:
             FileLock(path, "test lock").acquire(0)
-        assert str(ei.value) == (f"test lock is being modified by pid {n} on host {host}; "
-                                 f"lock file {path}")
+        assert str(ei.value) == (
+            f"test lock is being modified by pid {n} on host {host}; lock file {path}"
+        )
     finally:
         child.kill()
         child.wait()

@@ -13,10 +13,18 @@ from hpcem.model import ITEM_CLASSES, ITEM_TYPES, PARTICLE, SET_TYPES
 
 def test_set_type_names_are_stable_strings():
     assert set(SET_TYPES) == {
-        "hpcem.SetOfParticles", "hpcem.SetOfMicrographs", "hpcem.SetOfCoordinates",
-        "hpcem.SetOfCTFs", "hpcem.SetOfMovies", "hpcem.SetOfVolumes", "hpcem.SetOfMasks",
-        "hpcem.SetOfClasses2D", "hpcem.SetOfClasses3D", "hpcem.SetOfFSCs",
-        "hpcem.SetOfMovieAlignments"}
+        "hpcem.SetOfParticles",
+        "hpcem.SetOfMicrographs",
+        "hpcem.SetOfCoordinates",
+        "hpcem.SetOfCTFs",
+        "hpcem.SetOfMovies",
+        "hpcem.SetOfVolumes",
+        "hpcem.SetOfMasks",
+        "hpcem.SetOfClasses2D",
+        "hpcem.SetOfClasses3D",
+        "hpcem.SetOfFSCs",
+        "hpcem.SetOfMovieAlignments",
+    }
     assert ITEM_TYPES["hpcem.Particle"] is PARTICLE
     assert "hpcem.Acquisition" in ITEM_TYPES
 

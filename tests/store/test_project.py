@@ -28,15 +28,17 @@ def test_create_and_open_empty_project(tmp_path):
 
 def test_runs_create_update_and_reread(project):
     r1 = project.create_run("hpcem.import_movies", label="import", params={"pattern": "*.tif"})
-    r2 = project.create_run("hpcem.align", params={"bin": 2, "patches": [5, 5]},
-                            inputs={"movies": f"{r1.id}:movies"})
+    r2 = project.create_run(
+        "hpcem.align", params={"bin": 2, "patches": [5, 5]}, inputs={"movies": f"{r1.id}:movies"}
+    )
     assert (r1.id, r2.id) == (1, 2)
     assert r2.state == "saved" and r2.inputs == {"movies": ["1:movies"]}
     assert math.isnan(r2.started) and r2.pid == 0 and r2.created <= time.time()
     project.begin_attempt(2, ("saved",), site="local-slurm")
     now = time.time()
-    r2b = project.transition(2, ("launched",), "running", attempt=1, started=now, pid=4321,
-                             host="node7")
+    r2b = project.transition(
+        2, ("launched",), "running", attempt=1, started=now, pid=4321, host="node7"
+    )
     assert r2b.state == "running" and r2b.started == now
     project.controller_commit(2, 1, steps_total=10, steps_done=3)
     runs = Project.open(project.path).runs
@@ -44,7 +46,12 @@ def test_runs_create_update_and_reread(project):
     assert isinstance(runs[1], RunRecord)
     got = runs[1]
     assert (got.state, got.pid, got.host, got.steps_done, got.steps_total) == (
-        "running", 4321, "node7", 3, 10)
+        "running",
+        4321,
+        "node7",
+        3,
+        10,
+    )
     assert got.params == {"bin": 2, "patches": [5, 5]} and got.attempt.site == "local-slurm"
     assert got == project.run(2)
     assert runs[0].label == "import" and runs[0].state == "saved"
@@ -77,9 +84,21 @@ def test_update_and_listing_with_500_runs(project):
 def test_step_table_round_trip(project, run_id):
     assert len(project.read_steps(run_id)) == 0
     recs = [
-        {"id": "a1b2", "name": "estimate", "func": "hpcem.ctf:estimate", "state": "finished",
-         "deps": [], "args": {"mic": "m1.mrc", "box": 512}, "started": 10.0, "ended": 12.5,
-         "host": "n1", "exit_code": 0, "job_id": "123", "attempts": 1, "result": {"ok": 1}},
+        {
+            "id": "a1b2",
+            "name": "estimate",
+            "func": "hpcem.ctf:estimate",
+            "state": "finished",
+            "deps": [],
+            "args": {"mic": "m1.mrc", "box": 512},
+            "started": 10.0,
+            "ended": 12.5,
+            "host": "n1",
+            "exit_code": 0,
+            "job_id": "123",
+            "attempts": 1,
+            "result": {"ok": 1},
+        },
         {"id": "c3d4", "name": "merge", "func": "hpcem.ctf:merge", "deps": ["a1b2"]},
     ]
     table = StepTable.from_records(recs)
@@ -105,16 +124,21 @@ def test_moved_project_opens_and_resolves_paths(tmp_path):
     outside.parent.mkdir()
     outside.write_bytes(b"y")
     with p.create_set(run.id, "particles", "hpcem.SetOfParticles") as w:
-        w.append_columns({"image": [str(p.path / "Extract" / f"s{i}.mrcs") for i in range(3)],
-                          "defocus_u": [1.0, 2.0, 3.0]})
+        w.append_columns(
+            {
+                "image": [str(p.path / "Extract" / f"s{i}.mrcs") for i in range(3)],
+                "defocus_u": [1.0, 2.0, 3.0],
+            }
+        )
     with p.create_set(run.id, "movies", "hpcem.SetOfMovies") as w:
         w.append_columns({"image": [str(outside)]})
     assert p.open_set(run.id, "particles").files == [f"Extract/s{i}.mrcs" for i in range(3)]
     shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
     moved = Project.open(tmp_path / "b" / "proj")
     s = moved.runs[0].outputs["particles"]
-    assert list(s.columns["image"]) == [str(tmp_path / "b" / "proj" / "Extract" / f"s{i}.mrcs")
-                                        for i in range(3)]
+    assert list(s.columns["image"]) == [
+        str(tmp_path / "b" / "proj" / "Extract" / f"s{i}.mrcs") for i in range(3)
+    ]
     s.check_files()  # all present at the new place
     np.testing.assert_array_equal(s.columns["defocus_u"], [1, 2, 3])
     m = moved.open_set(run.id, "movies")

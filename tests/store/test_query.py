@@ -24,23 +24,34 @@ def particles(tmp_path_factory):
     cols["class_id"] = rng.integers(0, 6, N).astype(np.int32)
     with project.create_set(run.id, "p", "hpcem.SetOfParticles") as w:
         for lo in range(0, N, 1500):  # several segments
-            w.append_columns({k: v[lo:lo + 1500] for k, v in cols.items()})
+            w.append_columns({k: v[lo : lo + 1500] for k, v in cols.items()})
     return project.open_set(run.id, "p"), cols
 
 
 CASES = [
-    ("defocus_u between 15000 and 25000 and ctf_fit_resolution < 5",
-     lambda c: (c["defocus_u"] >= 15000) & (c["defocus_u"] <= 25000)
-     & (c["ctf_fit_resolution"] < 5)),
-    ("class_id in (1, 3, 5) or not (rot >= 1000)",
-     lambda c: np.isin(c["class_id"], [1, 3, 5]) | ~(c["rot"] >= 1000)),
-    ("(defocus_u > 30000 or defocus_u <= 6000) and class_id != 0",
-     lambda c: ((c["defocus_u"] > 30000) | (c["defocus_u"] <= 6000)) & (c["class_id"] != 0)),
+    (
+        "defocus_u between 15000 and 25000 and ctf_fit_resolution < 5",
+        lambda c: (
+            (c["defocus_u"] >= 15000) & (c["defocus_u"] <= 25000) & (c["ctf_fit_resolution"] < 5)
+        ),
+    ),
+    (
+        "class_id in (1, 3, 5) or not (rot >= 1000)",
+        lambda c: np.isin(c["class_id"], [1, 3, 5]) | ~(c["rot"] >= 1000),
+    ),
+    (
+        "(defocus_u > 30000 or defocus_u <= 6000) and class_id != 0",
+        lambda c: ((c["defocus_u"] > 30000) | (c["defocus_u"] <= 6000)) & (c["class_id"] != 0),
+    ),
     ("id == 23", lambda c: c["id"] == 23),
-    ("defocus_u not between 1e4 and 2.5E4", lambda c: ~((c["defocus_u"] >= 1e4)
-                                                        & (c["defocus_u"] <= 2.5e4))),
-    ("class_id not in (0,1) AND psi>=-10.5", lambda c: ~np.isin(c["class_id"], [0, 1])
-     & (c["psi"] >= -10.5)),
+    (
+        "defocus_u not between 1e4 and 2.5E4",
+        lambda c: ~((c["defocus_u"] >= 1e4) & (c["defocus_u"] <= 2.5e4)),
+    ),
+    (
+        "class_id not in (0,1) AND psi>=-10.5",
+        lambda c: ~np.isin(c["class_id"], [0, 1]) & (c["psi"] >= -10.5),
+    ),
     ("image == 'Extract/a.mrcs'", lambda c: c["image"] == "Extract/a.mrcs"),
 ]
 
@@ -58,11 +69,16 @@ def test_query_matches_numpy(particles, query, expect):
 def test_keyword_form(particles):
     s, cols = particles
     mask = s.where(defocus_u=(15000, 25000), class_id=[2, 4])
-    want = (cols["defocus_u"] >= 15000) & (cols["defocus_u"] <= 25000) & np.isin(
-        cols["class_id"], [2, 4])
+    want = (
+        (cols["defocus_u"] >= 15000)
+        & (cols["defocus_u"] <= 25000)
+        & np.isin(cols["class_id"], [2, 4])
+    )
     np.testing.assert_array_equal(mask, want)
-    np.testing.assert_array_equal(s.where("ctf_fit_resolution < 4", class_id=3),
-                                  (cols["ctf_fit_resolution"] < 4) & (cols["class_id"] == 3))
+    np.testing.assert_array_equal(
+        s.where("ctf_fit_resolution < 4", class_id=3),
+        (cols["ctf_fit_resolution"] < 4) & (cols["class_id"] == 3),
+    )
 
 
 def test_subset_by_mask_and_ids_and_order(particles):
@@ -87,8 +103,9 @@ def test_subset_written_as_new_set_keeps_values_and_paths(particles):
     s, cols = particles
     project = Project.open(s.project_path)
     mask = s.where("class_id == 2")
-    with project.create_set(s.run_id, "class2", "hpcem.SetOfParticles",
-                            inputs=[f"{s.run_id}:p"], step="subset") as w:
+    with project.create_set(
+        s.run_id, "class2", "hpcem.SetOfParticles", inputs=[f"{s.run_id}:p"], step="subset"
+    ) as w:
         w.set_optics(s.optics)
         w.append_columns(s.subset(mask))
     t = project.open_set(s.run_id, "class2")
@@ -99,18 +116,21 @@ def test_subset_written_as_new_set_keeps_values_and_paths(particles):
     assert t.lineage["inputs"] == [f"{s.run_id}:p"]
 
 
-@pytest.mark.parametrize(("query", "message"), [
-    ("defocus < 3", "unknown column 'defocus'; did you mean defocus_"),
-    ("defocus_u between 1 or 2", "expected 'and'"),
-    ("defocus_u < ", "expected value"),
-    ("(class_id == 1", "expected ')'"),
-    ("class_id == 1 2", "unexpected 2"),
-    ("class_id == 'a'", "numeric"),
-    ("image < 3", "text"),
-    ("class_id ; 1", "cannot read"),
-    ("", "empty query"),
-    ("__import__('os')", "unknown column '__import__'"),
-])
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("defocus < 3", "unknown column 'defocus'; did you mean defocus_"),
+        ("defocus_u between 1 or 2", "expected 'and'"),
+        ("defocus_u < ", "expected value"),
+        ("(class_id == 1", "expected ')'"),
+        ("class_id == 1 2", "unexpected 2"),
+        ("class_id == 'a'", "numeric"),
+        ("image < 3", "text"),
+        ("class_id ; 1", "cannot read"),
+        ("", "empty query"),
+        ("__import__('os')", "unknown column '__import__'"),
+    ],
+)
 def test_bad_queries_raise_query_error(particles, query, message):
     s, _ = particles
     with pytest.raises(QueryError, match=message.replace("(", r"\(").replace(")", r"\)")):

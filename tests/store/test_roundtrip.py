@@ -34,10 +34,18 @@ def test_columns_round_trip_every_type(project, run_id, set_type):
     rng = np.random.default_rng(len(set_type))
     cols = random_columns(item, 57, rng)
     with project.create_set(run_id, "out", set_type, inputs=["1:in"], step="s1") as w:
-        w.append_columns({k: (v[:20] if not isinstance(v, Ragged) else v.take(np.arange(20)))
-                          for k, v in cols.items()})
-        w.append_columns({k: (v[20:] if not isinstance(v, Ragged) else v.take(np.arange(20, 57)))
-                          for k, v in cols.items()})
+        w.append_columns(
+            {
+                k: (v[:20] if not isinstance(v, Ragged) else v.take(np.arange(20)))
+                for k, v in cols.items()
+            }
+        )
+        w.append_columns(
+            {
+                k: (v[20:] if not isinstance(v, Ragged) else v.take(np.arange(20, 57)))
+                for k, v in cols.items()
+            }
+        )
     s = Project.open(project.path).open_set(run_id, "out")
     assert s.type_name == set_type and len(s) == 57 and not s.is_open
     assert s.lineage == {"run_id": run_id, "step": "s1", "inputs": ["1:in"]}
@@ -50,8 +58,9 @@ def _assert_same(fd, va, vb):
     elif fd.kind in ("path", "str"):
         assert vb == va, fd.name
     else:
-        np.testing.assert_array_equal(np.asarray(vb, dtype=fd.dtype),
-                                      np.asarray(va, dtype=fd.dtype), err_msg=fd.name)
+        np.testing.assert_array_equal(
+            np.asarray(vb, dtype=fd.dtype), np.asarray(va, dtype=fd.dtype), err_msg=fd.name
+        )
 
 
 @pytest.mark.parametrize("set_type", sorted(SET_TYPES))
@@ -89,10 +98,19 @@ def test_items_round_trip_every_type(project, run_id, set_type):
 
 
 def test_optics_table_round_trip(project, run_id):
-    og = [Acquisition(optics_group=1, name="og1", voltage_kV=300, spherical_aberration_mm=2.7,
-                      amplitude_contrast=0.1, pixel_size_A=1.06, dose_per_frame_e_A2=1.2,
-                      magnification=105000),
-          Acquisition(optics_group=2, name="og2 ∆", voltage_kV=200, pixel_size_A=0.83)]
+    og = [
+        Acquisition(
+            optics_group=1,
+            name="og1",
+            voltage_kV=300,
+            spherical_aberration_mm=2.7,
+            amplitude_contrast=0.1,
+            pixel_size_A=1.06,
+            dose_per_frame_e_A2=1.2,
+            magnification=105000,
+        ),
+        Acquisition(optics_group=2, name="og2 ∆", voltage_kV=200, pixel_size_A=0.83),
+    ]
     with project.create_set(run_id, "p", "hpcem.SetOfParticles") as w:
         w.set_optics(og)
         w.append([Particle(optics_group=2, defocus_u=1.0)])
@@ -134,8 +152,9 @@ def test_compaction_keeps_rows_and_removes_old_segments(project, run_id):
     w = project.create_set(run_id, "p", "hpcem.SetOfParticles")
     w.compact_threshold = 3
     for k in range(10):
-        w.append_columns({"defocus_u": np.full(5, k, dtype=np.float32),
-                          "image": [f"s{k}.mrcs"] * 5})
+        w.append_columns(
+            {"defocus_u": np.full(5, k, dtype=np.float32), "image": [f"s{k}.mrcs"] * 5}
+        )
     w.close()
     s = project.open_set(run_id, "p")
     segments = sorted(p.name for p in s.path.glob("seg-*.h5"))

@@ -28,7 +28,11 @@ def test_every_edge_of_the_state_machine_and_only_those(project):
     project.begin_attempt(run.id, ("failed",))
     project.transition(run.id, ("launched",), "aborted", "stopped by user", attempt=3)
     rec = project.run(run.id)
-    assert (rec.state, rec.error, [a.number for a in rec.attempts]) == ("aborted", "stopped by user", [1, 2, 3])
+    assert (rec.state, rec.error, [a.number for a in rec.attempts]) == (
+        "aborted",
+        "stopped by user",
+        [1, 2, 3],
+    )
     for state, allowed in TRANSITIONS.items():
         for target in TRANSITIONS:
             if target in allowed:
@@ -59,9 +63,15 @@ def test_a_fenced_controller_cannot_write_steps_or_progress(project):
     run = project.create_run("test.trivial")
     project.begin_attempt(run.id, ("saved",))
     project.transition(run.id, ("launched",), "running", attempt=1)
-    project.controller_commit(run.id, 1, steps=StepTable.from_records([{"id": "a", "state": "finished"}]),
-                              steps_done=1, steps_total=2)
+    project.controller_commit(
+        run.id,
+        1,
+        steps=StepTable.from_records([{"id": "a", "state": "finished"}]),
+        steps_done=1,
+        steps_total=2,
+    )
     project.transition(run.id, ("running",), "aborted", "stopped by user", attempt=1)
+
     def files():
         steps = {p.name: p.read_bytes() for p in project.run_dir(run.id).glob("steps*.h5")}
         return steps, project.index_path.read_bytes()
@@ -96,8 +106,9 @@ def _racer(path, run_id, who, n_ops, seed, log_path):
                 project.controller_commit(run_id, n, steps_done=i, heartbeat=float(i))
                 log.append(["commit", n])
             elif op == "finish":
-                project.controller_commit(run_id, n, state="finished", reason="",
-                                          attempt_fields={"outcome": "finished"})
+                project.controller_commit(
+                    run_id, n, state="finished", reason="", attempt_fields={"outcome": "finished"}
+                )
                 log.append(["finish", n])
             elif op == "stop":
                 project.transition(run_id, ACTIVE_STATES, "aborted", "stopped by user", attempt=n)
@@ -120,8 +131,10 @@ def test_racing_processes_lose_no_update_and_make_no_illegal_transition(project,
     run = project.create_run("test.trivial")
     n_procs, n_ops = 4, 60  # 240 operations interleaved across 4 processes
     logs = [tmp_path / f"log{i}.json" for i in range(n_procs)]
-    procs = [MP.Process(target=_racer, args=(project.path, run.id, i + 1, n_ops, 100 + i, str(logs[i])))
-             for i in range(n_procs)]
+    procs = [
+        MP.Process(target=_racer, args=(project.path, run.id, i + 1, n_ops, 100 + i, str(logs[i])))
+        for i in range(n_procs)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -31,17 +31,28 @@ def changes(k: int) -> list[dict]:
     recs = []
     for _ in range(m):
         i = rng.randrange(N_IDS)
-        recs.append({"id": f"s{i:04d}", "name": f"step{i}", "func": "m:f",
-                     "state": rng.choice(["running", "finished", "failed"]),
-                     "args": {"k": k, "i": i}, "attempts": k, "started": float(k),
-                     "exit_code": None if k % 3 else k, "result": [k, i]})
+        recs.append(
+            {
+                "id": f"s{i:04d}",
+                "name": f"step{i}",
+                "func": "m:f",
+                "state": rng.choice(["running", "finished", "failed"]),
+                "args": {"k": k, "i": i},
+                "attempts": k,
+                "started": float(k),
+                "exit_code": None if k % 3 else k,
+                "result": [k, i],
+            }
+        )
     recs.append({"id": "counter", "attempts": k})
     return recs
 
 
 def initial() -> list[dict]:
-    return [{"id": f"s{i:04d}", "name": f"step{i}", "func": "m:f", "args": {"i": i}}
-            for i in range(0, N_IDS, 2)]
+    return [
+        {"id": f"s{i:04d}", "name": f"step{i}", "func": "m:f", "args": {"i": i}}
+        for i in range(0, N_IDS, 2)
+    ]
 
 
 class Replay:
@@ -99,8 +110,9 @@ def test_a_commit_writes_only_the_records_that_changed(run_id, steps_path, monke
     monkeypatch.setattr(st, "_write_table", counting)
     n_commits = 1000
     for k in range(n_commits):
-        st.append_steps(steps_path, run_id, [{"id": f"b{k * 7 % 3000}", "state": "finished",
-                                               "attempts": k}])
+        st.append_steps(
+            steps_path, run_id, [{"id": f"b{k * 7 % 3000}", "state": "finished", "attempts": k}]
+        )
     first = written[0]
     assert first == ("steps-000001.h5", 1)  # the delta holds the one changed record
     total = sum(n for _, n in written)
@@ -146,16 +158,16 @@ def test_write_steps_file_replaces_everything_and_numbers_go_on(run_id, steps_pa
     assert st.read_steps_file(steps_path, run_id)["id"].tolist() == ["only", "next"]
 
 
-def test_leftovers_of_a_crashed_compaction_are_ignored_then_cleaned(run_id, steps_path,
-                                                                    monkeypatch):
+def test_leftovers_of_a_crashed_compaction_are_ignored_then_cleaned(
+    run_id, steps_path, monkeypatch
+):
     monkeypatch.setattr(st, "DELTA_FANOUT", 2)
     st.append_steps(steps_path, run_id, [{"id": "a", "state": "running"}])
     # a merge killed after its new file, before deleting its inputs: keep them all
     monkeypatch.setattr(st._Log, "_remove", lambda self, names: list(names))
     st.append_steps(steps_path, run_id, [{"id": "a", "state": "finished"}])
     monkeypatch.undo()
-    assert deltas(steps_path) == ["steps-000001-000002.h5", "steps-000001.h5",
-                                  "steps-000002.h5"]
+    assert deltas(steps_path) == ["steps-000001-000002.h5", "steps-000001.h5", "steps-000002.h5"]
     (steps_path.parent / "steps-000003.h5.tmp-1-abcd1234").write_bytes(b"half")
     (steps_path.parent / "steps.h5.tmp-1-0123abcd").write_bytes(b"half")
     table = st.read_steps_file(steps_path, run_id)
@@ -206,8 +218,9 @@ def _appender(path, run_id, started, restart_every):
         k = counter(current) + 1
         if restart_every and k % restart_every == 0:
             # a restart: the whole table replaced, same content as the commit would give
-            st.write_steps_file(path, run_id, st.merge_tables(
-                [current, StepTable.from_records(changes(k))]))
+            st.write_steps_file(
+                path, run_id, st.merge_tables([current, StepTable.from_records(changes(k))])
+            )
         else:
             st.append_steps(path, run_id, changes(k))
 
@@ -237,8 +250,9 @@ def test_sigkill_at_random_moments_leaves_each_commit_whole_or_absent(run_id, st
     assert not [n for n in names if ".tmp-" in n]
     with h5py.File(steps_path, "r") as f:
         base_seq = int(f.attrs["log_seq"])
-    ranges = sorted((int(m[1]), int(m[2] or m[1]))
-                    for m in map(st.DELTA_RE.match, deltas(steps_path)))
+    ranges = sorted(
+        (int(m[1]), int(m[2] or m[1])) for m in map(st.DELTA_RE.match, deltas(steps_path))
+    )
     assert all(first > base_seq for first, _ in ranges)  # nothing folded is left
     expected = base_seq + 1
     for first, last in ranges:  # one chain, no merged inputs left over

@@ -38,8 +38,9 @@ def _plugins() -> dict[str, str]:
     """Scheduler name -> module path of the plugins' entry points."""
     from importlib.metadata import entry_points
 
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)
-            if ep.name not in BUILTIN}
+    return {
+        ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTIN
+    }
 
 
 def scheduler_names() -> tuple[str, ...]:
@@ -57,7 +58,9 @@ def get_scheduler(name: str) -> ModuleType:
     try:
         return importlib.import_module(plugins[name].partition(":")[0])
     except ImportError as exc:
-        raise ConfigError(f"scheduler plugin {name!r} ({plugins[name]}) cannot be loaded: {exc}") from None
+        raise ConfigError(
+            f"scheduler plugin {name!r} ({plugins[name]}) cannot be loaded: {exc}"
+        ) from None
 
 
 def job_environment(environ=None) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from hpcem.cluster.schedulers import lookup_state
 from hpcem.errors import SchedulerError
 
 NAME = "pbs"
-JOB_ID_ENV = 'PBS_JOBID'  # what a job script of this scheduler sees
+JOB_ID_ENV = "PBS_JOBID"  # what a job script of this scheduler sees
 NODE_ENV = None
 PROGRAMS = ("qsub", "qstat", "qdel")
 

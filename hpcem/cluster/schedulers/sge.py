@@ -10,7 +10,7 @@ from hpcem.cluster.schedulers import lookup_state
 from hpcem.errors import SchedulerError
 
 NAME = "sge"
-JOB_ID_ENV = 'JOB_ID'  # what a job script of this scheduler sees
+JOB_ID_ENV = "JOB_ID"  # what a job script of this scheduler sees
 NODE_ENV = None
 PROGRAMS = ("qsub", "qstat", "qdel", "qacct")
 
@@ -79,7 +79,8 @@ def test_submit_argv(script_path: str) -> list[str]:
 
 
 def parse_submit_output(stdout: str) -> str:
-    """The id from ``qsub -terse`` ("123") or plain qsub ('Your job 123 ("x") has been submitted')."""
+    """The id from ``qsub -terse`` ("123") or plain qsub
+    ('Your job 123 ("x") has been submitted')."""
     lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip()]
     if len(lines) == 1:
         m = re.fullmatch(r"(\d+)", lines[0]) or re.fullmatch(

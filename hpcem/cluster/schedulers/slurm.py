@@ -9,8 +9,8 @@ from hpcem.cluster.schedulers import lookup_state
 from hpcem.errors import SchedulerError
 
 NAME = "slurm"
-JOB_ID_ENV = 'SLURM_JOB_ID'  # what a job script of this scheduler sees
-NODE_ENV = 'SLURMD_NODENAME'
+JOB_ID_ENV = "SLURM_JOB_ID"  # what a job script of this scheduler sees
+NODE_ENV = "SLURMD_NODENAME"
 PROGRAMS = ("sbatch", "squeue", "scancel", "sacct")
 
 STATE_MAP: dict[str, JobState] = {

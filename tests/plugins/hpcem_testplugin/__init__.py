@@ -1,1 +1,2 @@
-"""A test plugin package: protocols found through an entry point, as a third party would ship them."""
+"""A test plugin package: protocols found through an entry point, as a third party would
+ship them."""

@@ -9,8 +9,11 @@ from pathlib import Path
 
 from hpcem.protocol import Citation, Input, Output, Param, Protocol, Step, when
 
-CITE = Citation("test2026", "@misc{test2026, author = {Tester, Ada and Other, Bob and Third, C}, "
-                "title = {Testing}, year = {2026}}")
+CITE = Citation(
+    "test2026",
+    "@misc{test2026, author = {Tester, Ada and Other, Bob and Third, C}, "
+    "title = {Testing}, year = {2026}}",
+)
 
 
 def record(out_dir: str, name: str, sleep_s: float = 0.0, fail: bool = False) -> dict:
@@ -45,9 +48,21 @@ class Dag(Protocol):
     def steps(self, ctx):
         p = ctx.params
         a = Step("a", f"{__name__}:record", {"out_dir": p["out_dir"], "name": "a"})
-        b1 = Step("b1", f"{__name__}:record", {"out_dir": p["out_dir"], "name": "b1", "sleep_s": p["sleep_s"]}, deps=("a",))
-        b2 = Step("b2", f"{__name__}:record", {"out_dir": p["out_dir"], "name": "b2", "sleep_s": p["sleep_s"]}, deps=("a",))
-        c = Step("c", f"{__name__}:record", {"out_dir": p["out_dir"], "name": "c"}, deps=("b1", "b2"))
+        b1 = Step(
+            "b1",
+            f"{__name__}:record",
+            {"out_dir": p["out_dir"], "name": "b1", "sleep_s": p["sleep_s"]},
+            deps=("a",),
+        )
+        b2 = Step(
+            "b2",
+            f"{__name__}:record",
+            {"out_dir": p["out_dir"], "name": "b2", "sleep_s": p["sleep_s"]},
+            deps=("a",),
+        )
+        c = Step(
+            "c", f"{__name__}:record", {"out_dir": p["out_dir"], "name": "c"}, deps=("b1", "b2")
+        )
         return [c, b2, a, b1]  # any order: the graph orders them
 
 
@@ -63,9 +78,19 @@ class Sleepy(Protocol):
 
     def steps(self, ctx):
         p = ctx.params
-        return [Step(f"s/{i:04d}", f"{__name__}:record",
-                     {"out_dir": p["out_dir"], "name": f"s{i:04d}", "sleep_s": p["sleep_s"],
-                      "fail": i == p["fail_index"]}) for i in range(p["n"])]
+        return [
+            Step(
+                f"s/{i:04d}",
+                f"{__name__}:record",
+                {
+                    "out_dir": p["out_dir"],
+                    "name": f"s{i:04d}",
+                    "sleep_s": p["sleep_s"],
+                    "fail": i == p["fail_index"],
+                },
+            )
+            for i in range(p["n"])
+        ]
 
 
 class Trivial(Protocol):
@@ -74,7 +99,9 @@ class Trivial(Protocol):
     params = (Param.int("n", 1000, min=1, max=1000000),)
 
     def steps(self, ctx):
-        steps = [Step(f"t/{i:06d}", f"{__name__}:trivial", {"i": i}) for i in range(ctx.params["n"])]
+        steps = [
+            Step(f"t/{i:06d}", f"{__name__}:trivial", {"i": i}) for i in range(ctx.params["n"])
+        ]
         return steps
 
 
@@ -150,11 +177,25 @@ class Faults(Protocol):
         if p["mode"] == "plan" and Path(p["out_dir"], "break-plan").exists():
             raise KeyError("defocus_u")  # bad data found while planning: not an HpcemError
         if p["mode"] == "leak":
-            return [Step("leak", f"{__name__}:leak", {"out_dir": p["out_dir"], "sleep_s": p["sleep_s"]})]
+            return [
+                Step("leak", f"{__name__}:leak", {"out_dir": p["out_dir"], "sleep_s": p["sleep_s"]})
+            ]
         if p["mode"] == "not_storable":
-            return [Step(f"n/{i}", f"{__name__}:not_storable" if i == 0 else f"{__name__}:trivial",
-                         {"i": i}) for i in range(p["n"])]
+            return [
+                Step(
+                    f"n/{i}",
+                    f"{__name__}:not_storable" if i == 0 else f"{__name__}:trivial",
+                    {"i": i},
+                )
+                for i in range(p["n"])
+            ]
         if p["mode"] == "write":
-            return [Step("write", f"{__name__}:write_then_maybe_fail",
-                         {"rows": p["n"], "fail_after": p["fail_after"]}, controller=True)]
+            return [
+                Step(
+                    "write",
+                    f"{__name__}:write_then_maybe_fail",
+                    {"rows": p["n"], "fail_after": p["fail_after"]},
+                    controller=True,
+                )
+            ]
         return [Step("only", f"{__name__}:trivial", {"i": 1})]
