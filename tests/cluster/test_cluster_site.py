@@ -155,9 +155,8 @@ PARSL = GOOD + textwrap.dedent("""
     [parsl]
     address = "ib0"
     port_range = [50100, 50200]
-    worker_command = ["/opt/venv/bin/python", "-P", "-m",
-                      "parsl.executors.high_throughput.process_worker_pool"]
-""")
+    worker_command = ["/opt/venv/bin/python", "-P", "-m", "parsl.executors.high_throughput.process_worker_pool"]
+""")  # noqa: E501 - one TOML line, which a test below replaces whole
 
 
 def test_parsl_table_is_read(tmp_path):
