@@ -666,8 +666,10 @@ def status_rows(project) -> tuple[dict[int, RunSummary], list, list[str]]:
     for i in range(len(cols["id"])):
         run_id = int(cols["id"][i])
         state = str(cols["state"][i])
-        text = cols["record_json"][i] or "{}"
-        if not (text.startswith("{") and text.endswith("}")):  # cheap; decoded if suspect
+        text = cols["record_json"][i] or b"{}"
+        if isinstance(text, str):
+            text = text.encode()
+        if not (text.startswith(b"{") and text.endswith(b"}")):  # cheap; decoded if suspect
             try:
                 json.loads(text)
             except ValueError as exc:

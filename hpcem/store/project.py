@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,17 +26,14 @@ from hpcem.errors import CorruptStoreError, FencedError, NotAProjectError, RunEr
 from hpcem.store import files as sf
 from hpcem.store import record, safeopen
 from hpcem.store.locks import FileLock
-from hpcem.store.manifest import MANIFEST, new_manifest, read_manifest, write_manifest
 from hpcem.store.record import Attempt, Placement, RunRecord
-from hpcem.store.sets import Set
-from hpcem.store.steps import (
-    StepTable,
-    append_steps,
-    compact_steps,
-    read_steps_file,
-    write_steps_file,
-)
-from hpcem.store.writer import SetWriter
+
+if TYPE_CHECKING:  # imported where used: `hpcem status` needs none of them
+    from hpcem.store.sets import Set
+    from hpcem.store.steps import StepTable
+    from hpcem.store.writer import SetWriter
+
+MANIFEST = "manifest.h5"  # hpcem.store.manifest.MANIFEST
 
 INDEX = "project.h5"
 PROJECT_TYPE = "hpcem.Project"
@@ -218,7 +215,10 @@ class Project:
                 cols = {}
                 for name, dtype in RUN_COLUMNS:
                     ds = g[name]
-                    cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
+                    if name == "record_json":  # UTF-8 bytes, decoded per record when used
+                        cols[name] = ds[()] if ds.shape != (0,) else np.empty(0, dtype=object)
+                    else:
+                        cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
                 missing = [name for name, _ in SUMMARY_COLUMNS if name not in g]
                 for name, dtype in SUMMARY_COLUMNS:
                     if name not in missing:
@@ -265,7 +265,7 @@ class Project:
         """Row ``i`` as a typed record; CorruptStoreError naming the file and the run."""
         run_id = int(cols["id"][i])
         try:
-            parts = record.parts_from_json(json.loads(cols["record_json"][i] or "{}"))
+            parts = record.parts_from_json(json.loads(_text(cols["record_json"][i]) or "{}"))
         except (ValueError, TypeError, KeyError, StoreError) as exc:
             raise self.damaged(run_id, exc) from None
         values = {name: _py(cols[name][i]) for name in _SCALARS}
@@ -541,8 +541,12 @@ class Project:
             if steps is not None:
                 self._write_steps_unlocked(run_id, steps)
             if changed_steps:
+                from hpcem.store.steps import append_steps
+
                 append_steps(self.run_dir(run_id) / "steps.h5", int(run_id), list(changed_steps))
             if state is not None:  # the run ends (or starts): fold its step log
+                from hpcem.store.steps import compact_steps
+
                 compact_steps(self.run_dir(run_id) / "steps.h5", int(run_id))
             if state is None and reason is None and not attempt_fields:
                 # progress only: the run's own file, never the project lock
@@ -627,6 +631,8 @@ class Project:
     # --- steps ---
     def read_steps(self, run_id: int) -> StepTable:
         """The run's step table (empty if none was written)."""
+        from hpcem.store.steps import read_steps_file
+
         return read_steps_file(self.path / "runs" / f"{int(run_id):06d}" / "steps.h5", int(run_id))
 
     def _steps_lock(self, run_id: int) -> FileLock:
@@ -637,6 +643,8 @@ class Project:
     def _write_steps_unlocked(self, run_id: int, table: StepTable) -> None:
         d = self.run_dir(run_id)
         sf.clean_tmp_files(d, r"steps\.h5")
+        from hpcem.store.steps import write_steps_file
+
         write_steps_file(d / "steps.h5", int(run_id), table)
 
     def write_steps(self, run_id: int, table: StepTable) -> None:
@@ -661,6 +669,9 @@ class Project:
         if not _NAME_RE.match(name):
             raise StoreError(f"bad set name {name!r}: use letters, digits, '_', '.', '-'")
         self.run(run_id)  # RunError for an unknown run
+        from hpcem.store.manifest import new_manifest, write_manifest
+        from hpcem.store.writer import SetWriter
+
         manifest = new_manifest(set_type, name, int(run_id), step, inputs)
         d = self._set_dir(run_id, name)
         lock = self._set_lock(run_id, name).acquire(0)
@@ -693,6 +704,9 @@ class Project:
         d = self._set_dir(run_id, name)
         lock = self._set_lock(run_id, name).acquire(0)
         try:
+            from hpcem.store.manifest import read_manifest, write_manifest
+            from hpcem.store.writer import SetWriter
+
             manifest = read_manifest(d)
             manifest.state = "open"
             writer = SetWriter(self.path, d, lock, manifest)
@@ -733,6 +747,8 @@ class Project:
             raise StoreError(
                 f"run {run_id} of project {self.path} has no set {name!r} (no {d / MANIFEST})"
             )
+        from hpcem.store.sets import Set
+
         return Set.open(self.path, d)
 
 
@@ -770,6 +786,11 @@ def _fence(rec: RunRecord, attempt: int) -> None:
             f"run {rec.id} is {rec.state} ({rec.error or 'no reason'}); the "
             f"controller of attempt {attempt} stops without writing"
         )
+
+
+def _text(v: Any) -> str:
+    """A string column's value (bytes as read without decoding, or str)."""
+    return v.decode("utf-8") if isinstance(v, bytes) else v
 
 
 def _py(v: Any) -> Any:
