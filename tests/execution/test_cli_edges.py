@@ -81,3 +81,27 @@ def test_status_table_shows_the_batch_job(project, dag, capsys):
     assert "JOB" in table[1]
     assert "slurm 53 PENDING" in next(line for line in table if line.startswith(f"{dag.id} "))
     assert next(line for line in table if line.startswith(f"{other.id} ")).split()[-2] == "-"
+
+
+def test_an_inline_controller_leaves_the_callers_process_as_it_was(project, dag):
+    import os
+    import signal
+
+    from hpcem.execution.runs import RUN_ENV
+
+    def mine(*_):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine), signal.getsignal(signal.SIGINT)
+    try:
+        lifecycle.launch(project, dag.id, foreground=True)
+        assert project.run(dag.id).state == "finished"
+        assert signal.getsignal(signal.SIGTERM) is mine  # restored, not the controller's
+        assert signal.getsignal(signal.SIGINT) is before[1]
+        assert RUN_ENV not in os.environ
+        # stop on it ends what the run left, never the caller (whose pid it recorded)
+        assert project.run(dag.id).pid == os.getpid()
+        with pytest.raises(Exception, match="not active"):
+            lifecycle.stop_run(project, dag.id)
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
