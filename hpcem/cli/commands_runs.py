@@ -174,6 +174,8 @@ def safe(text) -> str:
     """Text from a project (labels, reasons, step names) made safe for a terminal:
     control characters (newlines, escape codes) are shown escaped, never obeyed."""
     text = str(text)
+    if text.isprintable():  # the common case, without a loop over characters
+        return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 

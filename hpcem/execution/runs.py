@@ -15,7 +15,6 @@ import dataclasses
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -189,6 +188,8 @@ def _start_controller(project, run_id: int, attempt: int, workers: int | None):
         os.close(out)
         raise
     try:
+        import subprocess  # here: `hpcem status` imports this module and must start fast
+
         return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -599,7 +600,7 @@ def copy_label(label: str, taken: Sequence[str]) -> str:
 
 
 # --- one row of `hpcem status` ---------------------------------------------------------------
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class RunSummary:
     """One row of ``hpcem status``."""
 
