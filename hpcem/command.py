@@ -32,6 +32,21 @@ class CommandResult:
     stderr: str
 
 
+def checked_argv(
+    argv: Sequence[str | os.PathLike], env: Mapping[str, str] | None = None
+) -> list[str]:
+    """``argv`` as strings, or CommandError (empty) / CommandNotFoundError (its program is
+    not on the ``PATH`` of ``env``, else of this process)."""
+    argv = [os.fspath(a) for a in argv]
+    if not argv:
+        raise CommandError("empty command", argv)
+    if shutil.which(argv[0], path=(env or os.environ).get("PATH")) is None:
+        raise CommandNotFoundError(
+            f"command not found: {argv[0]!r} (is it installed and on PATH?)", argv
+        )
+    return argv
+
+
 def run_command(
     argv: Sequence[str],
     *,
@@ -52,13 +67,7 @@ def run_command(
     Raises :class:`CommandNotFoundError` when the program is not on PATH and
     :class:`CommandError` on a timeout or, with ``check``, on a non-zero exit.
     """
-    argv = [os.fspath(a) for a in argv]
-    if not argv:
-        raise CommandError("empty command", argv)
-    if shutil.which(argv[0], path=(env or os.environ).get("PATH")) is None:
-        raise CommandNotFoundError(
-            f"command not found: {argv[0]!r} (is it installed and on PATH?)", argv
-        )
+    argv = checked_argv(argv, env)
     try:
         proc = subprocess.run(
             argv,

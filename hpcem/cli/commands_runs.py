@@ -273,22 +273,17 @@ def status_cmd(project, run, as_json, log_lines):
     for problem in problems:
         click.echo(f"hpcem: warning: {safe(problem)}", err=True)
     if run is None:
-        rows = sorted([*quiet.values(), *(summarize(r) for r in live)], key=lambda r: r.id)
-        if as_json:
-            for r in rows:
-                if "text" in r.outputs:  # quiet rows: give scripts the same shape
-                    r.outputs = {
-                        n: {"type": t, "size": proj_sizes.get(n)}
-                        for rec in [proj.run(r.id)]
-                        for proj_sizes in [rec.output_sizes]
-                        for n, t in rec.output_types.items()
-                    }
+        if as_json:  # scripts get every output with its type: summaries of the records
+            records = {r.id: r for r in proj.runs}
+            records.update({r.id: r for r in live})
+            rows = [summarize(records[i]) for i in sorted(quiet.keys() | {r.id for r in live})]
             click.echo(
                 json.dumps(
                     {"project": str(proj.path), "runs": [r.to_json() for r in rows]}, indent=1
                 )
             )
             return
+        rows = sorted([*quiet.values(), *(summarize(r) for r in live)], key=lambda r: r.id)
         _print_table(proj, rows)
         return
     _print_run(proj, _run_ref(proj, run), as_json, log_lines)

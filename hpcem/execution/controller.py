@@ -528,7 +528,9 @@ def _run_locked(project, run_id: int, attempt: int, workers, signals) -> str:
     try:
         lock.acquire(timeout_s=0)
     except HpcemError as exc:
-        _fail_start(project, run_id, attempt, f"another controller still holds the run: {exc}")
+        from hpcem.execution.runs import fail_launch
+
+        fail_launch(project, run_id, attempt, f"another controller still holds the run: {exc}")
         raise
     try:
         attempt = take_over(project, run_id, attempt)
@@ -564,24 +566,6 @@ def _run_locked(project, run_id: int, attempt: int, workers, signals) -> str:
             raise HpcemError(reason) from exc
     finally:
         lock.release()
-
-
-def _fail_start(project, run_id: int, attempt: int, reason: str) -> None:
-    from hpcem.store.project import StateConflict
-
-    try:
-        project.transition(
-            run_id,
-            ("launched",),
-            "failed",
-            reason,
-            attempt=attempt,
-            outcome="failed",
-            outcome_reason=reason,
-            ended=time.time(),
-        )
-    except (StateConflict, HpcemError):
-        pass
 
 
 def _fail_running(project, run_id: int, attempt: int, reason: str) -> None:

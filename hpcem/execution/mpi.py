@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,8 +25,8 @@ from pathlib import Path
 
 from hpcem.cluster.job import JobSpec
 from hpcem.cluster.site import Site
-from hpcem.command import CommandResult, _death_signal_preexec
-from hpcem.errors import CommandError, CommandNotFoundError, ConfigError, StepError, ValidationError
+from hpcem.command import CommandResult, _death_signal_preexec, checked_argv
+from hpcem.errors import CommandError, ConfigError, StepError, ValidationError
 
 #: Between SIGTERM and SIGKILL of a launcher's process group: srun passes SIGTERM on to
 #: the step's tasks and ends the step cleanly when given the time.
@@ -151,13 +150,7 @@ def run_launcher(
     Raises :class:`CommandNotFoundError` when the launcher is not on PATH and
     :class:`CommandError` on a timeout or a non-zero exit.
     """
-    argv = [os.fspath(a) for a in argv]
-    if not argv:
-        raise CommandError("empty command", argv)
-    if shutil.which(argv[0], path=(env or os.environ).get("PATH")) is None:
-        raise CommandNotFoundError(
-            f"command not found: {argv[0]!r} (is it installed and on PATH?)", argv
-        )
+    argv = checked_argv(argv, env)
     try:
         proc = subprocess.Popen(
             argv,

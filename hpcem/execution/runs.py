@@ -125,7 +125,7 @@ def launch(
         if not foreground:
             proc = _start_controller(project, run_id, attempt, workers)
     except BaseException as exc:
-        _fail_launch(project, run_id, attempt, f"launch failed: {exc}")
+        fail_launch(project, run_id, attempt, f"launch failed: {exc}")
         raise
     if foreground:
         from hpcem.execution.controller import run_controller
@@ -226,7 +226,7 @@ def _wait_takeover(project, run_id: int, attempt: int, proc):
             if project.run(run_id).state != "launched":
                 continue
             why = last_line(project.run_dir(run_id) / "stderr.log") or f"exit code {code}"
-            _fail_launch(project, run_id, attempt, f"controller exited before starting: {why}")
+            fail_launch(project, run_id, attempt, f"controller exited before starting: {why}")
             raise RunError(f"run {run_id} could not start: controller exited ({why})")
         if time.monotonic() > deadline:
             raise RunError(
@@ -236,8 +236,11 @@ def _wait_takeover(project, run_id: int, attempt: int, proc):
         time.sleep(0.05)
 
 
-def _fail_launch(project, run_id: int, attempt: int, reason: str) -> None:
-    from hpcem.store.project import StateConflict
+def fail_launch(project, run_id: int, attempt: int, reason: str) -> None:
+    """Record that a launched attempt never got going (a launch error, a controller that
+    exited or could not take the lock). Best effort: failing to record it (another state
+    already, a full disk) must not hide the error the caller is about to raise."""
+    from hpcem.errors import HpcemError
 
     try:
         project.transition(
@@ -250,7 +253,7 @@ def _fail_launch(project, run_id: int, attempt: int, reason: str) -> None:
             outcome_reason=reason,
             ended=time.time(),
         )
-    except StateConflict:
+    except HpcemError:  # StateConflict included
         pass
 
 

@@ -79,7 +79,7 @@ def toy_plugin(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCEM_SITE_PATH", str(sites))
     from hpcem.cluster import schedulers
 
-    monkeypatch.setattr(schedulers, "_ENV_SCHEDULERS", None)
+    monkeypatch.setattr(schedulers, "_ENV_VARS", None)
     return root
 
 

@@ -69,24 +69,27 @@ def job_environment(environ=None) -> tuple[str, str]:
     import os
 
     env = os.environ if environ is None else environ
-    for name in _known_for_env():
-        module = get_scheduler(name)
-        job_var = getattr(module, "JOB_ID_ENV", None)
-        if job_var and env.get(job_var):
-            node_var = getattr(module, "NODE_ENV", None)
+    for job_var, node_var in _env_variables():
+        if env.get(job_var):
             return env[job_var], (env.get(node_var, "") if node_var else "")
     return "", ""
 
 
-def _known_for_env() -> tuple[str, ...]:
-    # cached per process: workers ask for every step
-    global _ENV_SCHEDULERS
-    if _ENV_SCHEDULERS is None:
-        _ENV_SCHEDULERS = scheduler_names()
-    return _ENV_SCHEDULERS
+def _env_variables() -> list[tuple[str, str | None]]:
+    """(JOB_ID_ENV, NODE_ENV) of every scheduler that declares one; looked up once per
+    process (workers ask for every step, and plugins are found through entry points)."""
+    global _ENV_VARS
+    if _ENV_VARS is None:
+        pairs = []
+        for name in scheduler_names():
+            module = get_scheduler(name)
+            if getattr(module, "JOB_ID_ENV", None):
+                pairs.append((module.JOB_ID_ENV, getattr(module, "NODE_ENV", None)))
+        _ENV_VARS = pairs
+    return _ENV_VARS
 
 
-_ENV_SCHEDULERS: tuple[str, ...] | None = None
+_ENV_VARS: list[tuple[str, str | None]] | None = None
 
 
 def node_name() -> str:
