@@ -632,10 +632,7 @@ def summarize(run) -> RunSummary:
         name: {"type": t, "size": run.output_sizes.get(name)}
         for name, t in run.output_types.items()
     }
-    a = run.attempt
-    job = ""
-    if a is not None and a.job_id:
-        job = " ".join(x for x in (a.scheduler or a.site, a.job_id, a.scheduler_state) if x)
+    job = run.job_text
     return RunSummary(
         run.id,
         run.label,

@@ -816,9 +816,7 @@ def _summary_row(rec: RunRecord | None) -> dict[str, Any]:
             "n_blocks": 0,
         }
     a = rec.attempt
-    job = ""
-    if a is not None and a.job_id:
-        job = " ".join(x for x in (a.scheduler or a.site, a.job_id, a.scheduler_state) if x)
+    job = rec.job_text
     outputs = ", ".join(
         f"{n}({rec.output_sizes[n]})" if n in rec.output_sizes else n for n in rec.output_types
     )

@@ -202,6 +202,15 @@ class RunRecord:
         return a.ended if a else math.nan
 
     @property
+    def job_text(self) -> str:
+        """The latest attempt's batch job as ``hpcem status`` shows it (``slurm 53
+        PENDING``); '' when it is not a batch job."""
+        a = self.attempt
+        if a is None or not a.job_id:
+            return ""
+        return " ".join(x for x in (a.scheduler or a.site, a.job_id, a.scheduler_state) if x)
+
+    @property
     def jobs(self) -> list[Attempt]:
         """Attempts that were batch jobs (oldest first)."""
         return [a for a in self.attempts if a.job_id]
