@@ -65,6 +65,8 @@ MICROGRAPH = ItemType(
         Field(
             "movie_id", "int64", "", "id of the movie it was aligned from (-1 = none)", default=-1
         ),
+        _path("image_nodw", "sum of the aligned frames without dose weighting (optional)"),
+        _path("thumbnail", "diagnostic picture (PNG) of the step that made it (optional)"),
         _optics_group(),
     ),
     "A micrograph (aligned, dose-weighted sum of a movie, or an image).",
@@ -83,6 +85,14 @@ CTF_MODEL = ItemType(
         Field("fit_resolution", "float32", "Å", "resolution up to which the fit holds"),
         Field("fit_score", "float32", "", "fit score (e.g. cross-correlation)"),
         _path("psd", "power spectrum image (optional)"),
+        _path("thumbnail", "diagnostic picture (PNG): spectrum with the fitted model (optional)"),
+        Field("estimator", "str", "", "method that made it (e.g. ctf.estimate)", kind="str"),
+        Field(
+            "consensus_resolution",
+            "float32",
+            "Å",
+            "resolution at which it and the other estimate differ by 90° in phase (ctf.consensus)",
+        ),
     ),
     "A contrast transfer function model fitted on one micrograph.",
 )
@@ -213,8 +223,19 @@ MOVIE_ALIGNMENT = ItemType(
         Field("last_frame", "int32", "", "last frame used (0-based, inclusive)"),
         Field("shifts_x", "float32", "Å", "x shift of each frame", kind="ragged"),
         Field("shifts_y", "float32", "Å", "y shift of each frame", kind="ragged"),
+        Field("total_drift", "float32", "Å", "path length of the frame trajectory"),
+        Field("early_drift", "float32", "Å", "path length over the first frames (early motion)"),
+        Field("local", "int8", "", "1 = local (patch) model refined on top of the global one"),
+        Field(
+            "local_coefficients",
+            "float32",
+            "px",
+            "coefficients of the local motion model (layout in docs/protocols)",
+            kind="ragged",
+        ),
+        _path("plot", "shift-trajectory picture (PNG)"),
     ),
-    "Global whole-frame alignment of one movie (per-frame shifts).",
+    "Alignment of one movie: per-frame whole-frame shifts, drift and an optional local model.",
 )
 
 ALL_TYPES = (
