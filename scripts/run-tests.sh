@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: install hpcem from this checkout into the test virtual
 # environment .venv-tests/ (inside the checkout, never the user's own Python), start the
-# real local SLURM and Grid Engine (loopback only), then run pytest from that environment.
+# real local SLURM and Grid Engine (loopback only), install RELION 3.1 from Debian, then run
+# pytest from that environment.
 #
 # .venv-tests/ is made with --system-site-packages, so the packages this Python already
 # has (numpy, scipy, h5py, parsl, mpi4py, mpich ...) are reused and only what is missing
@@ -87,6 +88,13 @@ export PATH="$VENV/bin:$PATH"
 hash -r
 
 if [ "$(id -u)" -eq 0 ]; then
+    # RELION 3.1 (Debian) for the integration tests and outside-reference checks.
+    if bash scripts/install-relion.sh >/tmp/hpcem-install-relion.log 2>&1; then
+        say "$(tail -n 1 /tmp/hpcem-install-relion.log)"
+    else
+        echo "[run-tests] WARNING: could not install RELION (see /tmp/hpcem-install-relion.log);" \
+            "its tests will skip" >&2
+    fi
     for svc in slurm sge; do
         log=/tmp/hpcem-start-$svc.log
         if bash "scripts/start-$svc.sh" >"$log" 2>&1; then
@@ -97,7 +105,8 @@ if [ "$(id -u)" -eq 0 ]; then
         fi
     done
 else
-    echo "[run-tests] not root: SLURM and Grid Engine are not started; their tests will skip" >&2
+    echo "[run-tests] not root: SLURM and Grid Engine are not started and RELION is not" \
+        "installed; their tests will skip" >&2
 fi
 
 # Lint and format are part of the suite: the same ruff version as in the [test] extra.
