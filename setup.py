@@ -50,7 +50,9 @@ setup(
         "mrcfile>=1.4",
         "tifffile>=2023.1",
         "starfile>=0.5",
+        # Diagnostic pictures written by the steps themselves (CTF fits, drift plots).
+        "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7", "ruff==0.17.6"], "docs": ["matplotlib"]},
+    extras_require={"test": ["pytest>=7", "ruff==0.17.6"]},
     entry_points={"console_scripts": ["hpcem = hpcem.cli.main:main"]},
 )

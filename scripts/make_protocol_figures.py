@@ -16,7 +16,7 @@ Fixed seeds: the same code gives the same numbers. ``--tables`` prints instead t
 Markdown tables (inputs, parameters, outputs, citations) of each declaration, from
 ``Protocol.to_json()``, as pasted into the pages.
 
-Needs matplotlib (``pip install -e '.[docs]'``).
+Uses matplotlib (a dependency of hpcem: steps draw their own diagnostic pictures).
 """
 
 from __future__ import annotations
