@@ -1,0 +1,226 @@
+"""Global (whole-frame) movie alignment and the aligned, dose-weighted sum.
+
+Method (in the spirit of Unblur and RELION's own motion correction):
+
+1. every frame is Fourier transformed once, at full size (``scipy.fft.rfft2``, float32);
+2. alignment works on Fourier-cropped copies (``binning``: crop to 1/binning of the
+   frequencies, i.e. a binned image without real-space aliasing), with a B-factor
+   low-pass ``exp(−B k²/4)`` (``B`` in px², ``k`` in cycles per full-size pixel, as
+   RELION's and MotionCor2's ``--bfactor``) on the cross-correlation;
+3. iteration: the shifted frames are summed; each frame is cross-correlated with the
+   sum of the *others* (leave-one-out, so its own noise does not correlate with
+   itself); the peak (3-point parabola per axis, sub-pixel) is the frame's residual
+   displacement; all frames are updated together, until the largest update is below
+   ``tolerance_px`` (full-size pixels) or ``max_iterations`` are done. Because the
+   residual goes to zero, the symmetric peak fit is unbiased at convergence whatever
+   the peak shape;
+4. the sum: every full-size spectrum times its phase ramp (and dose weight, see
+   :mod:`hpcem.motion.dose`), accumulated in Fourier space, one inverse FFT.
+
+Shift convention: ``shifts_px[i] = (dx, dy)`` is the *measured displacement* of frame i
+relative to the first frame used: a feature at ``(x, y)`` in the first frame is at
+``(x + dx, y + dy)`` in frame i (``hpcem.sim.simulate_movie``'s ``shifts_px``). To align,
+frame i is translated by ``−shifts_px[i]``; the sum is in the first frame's coordinates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import scipy.fft
+
+from hpcem.errors import ValidationError
+from hpcem.motion import fourier
+
+#: Default B-factor (px²) of the cross-correlation low-pass (RELION/MotionCor2 default).
+B_FACTOR_PX2 = 150.0
+#: Default largest alignment grid (px, longer side) when binning is automatic.
+AUTO_ALIGN_SIZE_PX = 1024
+
+
+@dataclasses.dataclass
+class GlobalAlignment:
+    """Result of :func:`align_spectra`: per-frame displacements (full-size px)."""
+
+    shifts_px: np.ndarray
+    iterations: int
+    converged: bool
+    binning: float
+    #: Largest update of the last iteration (px).
+    last_update_px: float
+
+
+def fft_frames(frames, shape: tuple[int, int], workers: int = 1) -> np.ndarray:
+    """Stack the rfft2 (complex64) of an iterable of 2D float32 frames of ``shape``."""
+    spectra = []
+    for frame in frames:
+        if frame.shape != tuple(shape):
+            raise ValidationError(f"frame of shape {frame.shape}, expected {shape}")
+        spectra.append(scipy.fft.rfft2(np.asarray(frame, dtype=np.float32), workers=workers))
+    return np.stack(spectra).astype(np.complex64, copy=False)
+
+
+def alignment_shape(shape: tuple[int, int], binning: float) -> tuple[int, int]:
+    """Even grid size after Fourier cropping by ``binning`` (>= 1; 0 = automatic: the
+    longer side at most AUTO_ALIGN_SIZE_PX)."""
+    ny, nx = shape
+    if binning == 0:
+        binning = max(1.0, max(ny, nx) / AUTO_ALIGN_SIZE_PX)
+    if binning < 1:
+        raise ValidationError(f"binning must be >= 1 (or 0 = automatic), got {binning}")
+    my = min(ny, 2 * max(8, round(ny / binning / 2)))
+    mx = min(nx, 2 * max(8, round(nx / binning / 2)))
+    return my, mx
+
+
+def fourier_crop(spectra: np.ndarray, full_shape: tuple[int, int], shape: tuple[int, int]):
+    """Crop rfft half planes of ``full_shape`` to the half planes of ``shape`` (a copy)."""
+    ny, nx = full_shape
+    my, mx = shape
+    if (my, mx) == (ny, nx):
+        return np.ascontiguousarray(spectra)
+    h = my // 2
+    rows = np.r_[0:h, ny - h : ny]
+    return np.ascontiguousarray(spectra[..., rows, : mx // 2 + 1])
+
+
+def bfactor_filter(
+    shape: tuple[int, int], full_shape: tuple[int, int], b_factor_px2: float
+) -> np.ndarray:
+    """``exp(−B k²/4)`` (float32) on a cropped half plane, k in cycles per full-size
+    pixel; 0 at k = 0 (the mean does not correlate)."""
+    my, mx = shape
+    ny, nx = full_shape
+    fy = fourier.signed_frequencies(my) / ny
+    fx = np.arange(mx // 2 + 1) / nx
+    k2 = fy[:, None] ** 2 + fx[None, :] ** 2
+    filt = np.exp(-0.25 * b_factor_px2 * k2).astype(np.float32)
+    filt[0, 0] = 0.0
+    return filt
+
+
+def find_peak(cc: np.ndarray, max_shift: float | None = None) -> tuple[float, float]:
+    """Sub-pixel position ``(dx, dy)`` of the maximum of a periodic cross-correlation
+    (origin at pixel 0), within ``max_shift`` px of the origin if given.
+
+    The integer maximum is refined by a 3-point parabola along each axis.
+    """
+    my, mx = cc.shape
+    if max_shift is not None:
+        r_y = min(my // 2 - 1, math.ceil(max_shift) + 1)
+        r_x = min(mx // 2 - 1, math.ceil(max_shift) + 1)
+        rows = np.arange(-r_y, r_y + 1) % my
+        cols = np.arange(-r_x, r_x + 1) % mx
+        window = cc[np.ix_(rows, cols)]
+        iy, ix = np.unravel_index(int(np.argmax(window)), window.shape)
+        py, px = iy - r_y, ix - r_x
+    else:
+        iy, ix = np.unravel_index(int(np.argmax(cc)), cc.shape)
+        py = iy if 2 * iy < my else iy - my
+        px = ix if 2 * ix < mx else ix - mx
+
+    def refine(m1: float, c0: float, p1: float) -> float:
+        denom = m1 - 2.0 * c0 + p1
+        if denom >= 0:  # not a maximum (flat or noisy): keep the integer position
+            return 0.0
+        return float(np.clip(0.5 * (m1 - p1) / denom, -0.5, 0.5))
+
+    c0 = float(cc[py % my, px % mx])
+    dy = refine(float(cc[(py - 1) % my, px % mx]), c0, float(cc[(py + 1) % my, px % mx]))
+    dx = refine(float(cc[py % my, (px - 1) % mx]), c0, float(cc[py % my, (px + 1) % mx]))
+    return px + dx, py + dy
+
+
+def shifted_sum(
+    spectra: np.ndarray,
+    full_shape: tuple[int, int],
+    shifts_px: np.ndarray,
+    weight_table: np.ndarray | None = None,
+    bins: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sum (half plane, complex64) of spectra translated by ``−shifts_px`` (aligned),
+    each weighted by ``weight_table[i][bins]`` when given."""
+    ny, nx = full_shape
+    total = np.zeros(spectra.shape[1:], dtype=np.complex64)
+    for i, (dx, dy) in enumerate(np.asarray(shifts_px, dtype=np.float64)):
+        row = None if weight_table is None else weight_table[i]
+        fourier.accumulate_shifted(total, spectra[i], -dx / nx, -dy / ny, row, bins)
+    return total
+
+
+def align_spectra(
+    spectra: np.ndarray,
+    full_shape: tuple[int, int],
+    b_factor_px2: float = B_FACTOR_PX2,
+    max_iterations: int = 10,
+    tolerance_px: float = 0.01,
+    initial_shifts_px: np.ndarray | None = None,
+    max_shift_px: float | None = None,
+    workers: int = 1,
+) -> GlobalAlignment:
+    """Align frames given their (possibly Fourier-cropped) spectra; see the module docs.
+
+    Parameters
+    ----------
+    spectra : (n, my, mx//2+1) complex64 half planes (cropped from ``full_shape``).
+    full_shape : (ny, nx) of the frames; shifts are in its pixels.
+    initial_shifts_px : starting displacements (n, 2), e.g. the global solution when
+        aligning patches; default zeros.
+    max_shift_px : largest residual displacement searched per iteration (full-size px);
+        default: anywhere in the grid.
+    """
+    n = spectra.shape[0]
+    if n < 2:
+        raise ValidationError(f"need at least 2 frames to align, got {n}")
+    my = spectra.shape[1]
+    mx = 2 * (spectra.shape[2] - 1)
+    ny, nx = full_shape
+    scale_y, scale_x = ny / my, nx / mx
+    filt = bfactor_filter((my, mx), full_shape, b_factor_px2)
+    shifts = np.zeros((n, 2)) if initial_shifts_px is None else np.array(initial_shifts_px, float)
+    max_shift = None if max_shift_px is None else max_shift_px / min(scale_x, scale_y)
+    update = math.inf
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        total = shifted_sum(spectra, full_shape, shifts)
+        updates = np.zeros((n, 2))
+        for i in range(n):
+            dx, dy = shifts[i]
+            power = fourier.cross_power(total, spectra[i], -dx / nx, -dy / ny, filt)
+            cc = scipy.fft.irfft2(power, s=(my, mx), workers=workers)
+            px, py = find_peak(cc, max_shift)
+            # The peak is where the frame (shifted back) still sits relative to the
+            # others: add it to the frame's displacement.
+            updates[i] = (px * scale_x, py * scale_y)
+        updates -= updates.mean(axis=0)  # the common translation is arbitrary
+        shifts += updates
+        update = float(np.max(np.hypot(updates[:, 0], updates[:, 1])))
+        if update < tolerance_px:
+            break
+    shifts -= shifts[0]
+    return GlobalAlignment(
+        shifts_px=shifts,
+        iterations=iterations,
+        converged=update < tolerance_px,
+        binning=float(nx / mx),
+        last_update_px=update,
+    )
+
+
+def to_image(total_ft: np.ndarray, full_shape: tuple[int, int], workers: int = 1) -> np.ndarray:
+    """Inverse FFT of a summed half plane: the float32 image."""
+    return scipy.fft.irfft2(total_ft, s=full_shape, workers=workers).astype(np.float32)
+
+
+def drift_stats(
+    shifts_px: np.ndarray, exposures_e_A2: np.ndarray, early_exposure_e_A2: float = 4.0
+) -> tuple[float, float]:
+    """``(total, early)`` path length (px) of the trajectory; *early* sums the steps
+    between frames whose end exposure is at most ``early_exposure_e_A2`` (RELION's
+    ``--dose_motionstats_cutoff``, 4 e⁻/Å²)."""
+    steps = np.hypot(*np.diff(np.asarray(shifts_px, float), axis=0).T)
+    total = float(steps.sum())
+    early = float(steps[np.asarray(exposures_e_A2)[1:] <= early_exposure_e_A2].sum())
+    return total, early
