@@ -15,7 +15,7 @@ The pure-numpy reference is hpcem.ctf.radial_numpy.radial_average_numpy.
 import numpy as np
 
 from cython cimport floating
-from libc.math cimport cos, floor, sin, sqrt
+from libc.math cimport M_PI, atan2, cos, floor, sin, sqrt
 
 
 def radial_average(
@@ -63,4 +63,58 @@ def radial_average(
     average = np.zeros(n_bins, dtype=np.float64)
     weight = weights_arr[:n_bins]
     np.divide(sums_arr[:n_bins], weight, out=average, where=weight > 0)
+    return average, weight.copy()
+
+
+def sector_average(
+    const floating[:, ::1] spectrum,
+    Py_ssize_t n_bins,
+    Py_ssize_t n_sectors,
+    double center_y,
+    double center_x,
+):
+    """Radial averages in ``n_sectors`` azimuthal sectors of [0, 180) degrees.
+
+    A pixel at offset (dy, dx) belongs to sector floor(n_sectors * a / pi) with
+    a = atan2(dy, dx) mod pi (a power spectrum is point-symmetric, so azimuths a and
+    a + pi are the same), sector s centred on (s + 0.5) * pi / n_sectors; along the radius
+    it is shared between bins as in radial_average. Returns (average, weight), float64
+    arrays of shape (n_sectors, n_bins).
+    """
+    if n_bins < 1 or n_sectors < 1:
+        raise ValueError("n_bins and n_sectors must be >= 1")
+    sums_arr = np.zeros((n_sectors, n_bins + 1), dtype=np.float64)
+    weights_arr = np.zeros((n_sectors, n_bins + 1), dtype=np.float64)
+    cdef double[:, ::1] sums = sums_arr
+    cdef double[:, ::1] weights = weights_arr
+    cdef Py_ssize_t ny = spectrum.shape[0]
+    cdef Py_ssize_t nx = spectrum.shape[1]
+    cdef Py_ssize_t iy, ix, i0, s
+    cdef double dy, dx, r, f, value, a
+    cdef double r_max = <double>n_bins
+    cdef double per_rad = n_sectors / M_PI
+    with nogil:
+        for iy in range(ny):
+            dy = iy - center_y
+            for ix in range(nx):
+                dx = ix - center_x
+                r = sqrt(dx * dx + dy * dy)
+                if r >= r_max:
+                    continue
+                a = atan2(dy, dx)
+                if a < 0:
+                    a = a + M_PI
+                s = <Py_ssize_t>(a * per_rad)
+                if s >= n_sectors:
+                    s = s - n_sectors
+                i0 = <Py_ssize_t>floor(r)
+                f = r - i0
+                value = spectrum[iy, ix]
+                sums[s, i0] += (1.0 - f) * value
+                weights[s, i0] += 1.0 - f
+                sums[s, i0 + 1] += f * value
+                weights[s, i0 + 1] += f
+    average = np.zeros((n_sectors, n_bins), dtype=np.float64)
+    weight = weights_arr[:, :n_bins]
+    np.divide(sums_arr[:, :n_bins], weight, out=average, where=weight > 0)
     return average, weight.copy()

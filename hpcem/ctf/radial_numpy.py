@@ -40,3 +40,41 @@ def radial_average_numpy(
     weight = weights[:n_bins]
     np.divide(sums[:n_bins], weight, out=average, where=weight > 0)
     return average, weight.copy()
+
+
+def sector_average_numpy(
+    spectrum: np.ndarray,
+    n_bins: int,
+    n_sectors: int,
+    center_y: float,
+    center_x: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Radial averages in ``n_sectors`` sectors of azimuth mod 180°, shape (n_sectors, n_bins).
+
+    Same definition as ``sector_average`` in ``cython_kernels/radial.pyx``.
+    """
+    if n_bins < 1 or n_sectors < 1:
+        raise ValueError("n_bins and n_sectors must be >= 1")
+    ny, nx = spectrum.shape
+    dy = (np.arange(ny, dtype=np.float64) - center_y)[:, None]
+    dx = (np.arange(nx, dtype=np.float64) - center_x)[None, :]
+    r = np.sqrt(dx * dx + dy * dy).ravel()
+    a = np.arctan2(dy, dx) * np.ones_like(dx)
+    a = np.where(a < 0, a + np.pi, a).ravel()
+    sector = (a * (n_sectors / np.pi)).astype(np.intp)
+    sector[sector >= n_sectors] -= n_sectors
+    values = np.asarray(spectrum, dtype=np.float64).ravel()
+    keep = r < n_bins
+    r, values, sector = r[keep], values[keep], sector[keep]
+    i0 = np.floor(r).astype(np.intp)
+    f = r - i0
+    width = n_bins + 1
+    flat0 = sector * width + i0
+    size = n_sectors * width
+    sums = np.bincount(flat0, (1 - f) * values, size) + np.bincount(flat0 + 1, f * values, size)
+    weights = np.bincount(flat0, 1 - f, size) + np.bincount(flat0 + 1, f, size)
+    sums = sums.reshape(n_sectors, width)[:, :n_bins]
+    weight = weights.reshape(n_sectors, width)[:, :n_bins].copy()
+    average = np.zeros((n_sectors, n_bins))
+    np.divide(sums, weight, out=average, where=weight > 0)
+    return average, weight
