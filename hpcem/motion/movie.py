@@ -1,0 +1,174 @@
+"""Align one movie file end to end: read, correct, align, sum, write, plot.
+
+This is what one step of ``motion.align`` does (the protocol adds the movie id to the
+rejection reasons). Any problem with the input raises an :mod:`hpcem.errors` exception
+naming the file; nothing is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hpcem.motion import align, dose, fourier, frames, local
+from hpcem.motion.plot import trajectory_png
+
+#: Accumulated exposure (e⁻/Å²) up to which drift counts as early (RELION's default).
+EARLY_EXPOSURE_E_A2 = 4.0
+
+
+def align_movie_file(
+    path: str | os.PathLike,
+    *,
+    pixel_size_A: float,
+    dose_per_frame_e_A2: float,
+    voltage_kV: float = 300.0,
+    n_frames_expected: int | None = None,
+    first_frame: int = 0,
+    last_frame: int = -1,
+    binning: float = 0.0,
+    patches: int = 0,
+    b_factor_px2: float = align.B_FACTOR_PX2,
+    max_iterations: int = 10,
+    tolerance_px: float = 0.01,
+    dose_weighting: bool = True,
+    save_nodw: bool = False,
+    gain_path: str | None = None,
+    defects_path: str | None = None,
+    pre_exposure_e_A2: float = 0.0,
+    out_image: str | os.PathLike | None = None,
+    out_nodw: str | os.PathLike | None = None,
+    out_plot: str | os.PathLike | None = None,
+    workers: int = 1,
+) -> dict:
+    """Align a movie and write its sums and trajectory picture; return the numbers.
+
+    Returns a JSON-ready dict: ``first_frame``, ``last_frame``, ``shifts_px`` (list of
+    (dx, dy), displacement of each used frame relative to the first used one, see
+    :mod:`hpcem.motion.align`), ``total_drift_px``, ``early_drift_px``, ``local``
+    (bool), ``local_coefficients`` (36 numbers or []), ``local_f``, ``iterations``,
+    ``converged``, ``binning``, ``shape``, ``backend`` and ``seconds`` per stage.
+    """
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with frames.open_movie(path, n_frames_expected) as (shape3, get):
+        n_movie, ny, nx = shape3
+        first, last = frames.frame_range(n_movie, first_frame, last_frame)
+        gain = frames.read_gain(gain_path, (ny, nx)) if gain_path else None
+        defects = frames.read_defects(defects_path, (ny, nx)) if defects_path else None
+        keep_frames = patches > 0
+        kept = []
+
+        def stream():
+            for _, frame in frames.corrected_frames(get, path, first, last, gain, defects):
+                if keep_frames:
+                    kept.append(frame)
+                yield frame
+
+        spectra = align.fft_frames(stream(), (ny, nx), workers=workers)
+    seconds["read_fft"] = time.perf_counter() - t0
+    shape = (ny, nx)
+    n = last - first + 1
+    # An unknown dose (0) is fine without dose weighting; early drift is then 0.
+    dose_known = dose_weighting or dose_per_frame_e_A2 > 0
+    exposures_all = dose.frame_exposures(
+        np.arange(first, last + 1), dose_per_frame_e_A2 if dose_known else 1.0, pre_exposure_e_A2
+    )
+
+    t = time.perf_counter()
+    crop_shape = align.alignment_shape(shape, binning)
+    cropped = align.fourier_crop(spectra, shape, crop_shape)
+    result = align.align_spectra(
+        cropped,
+        shape,
+        b_factor_px2=b_factor_px2,
+        max_iterations=max_iterations,
+        tolerance_px=tolerance_px,
+        workers=workers,
+    )
+    del cropped
+    shifts = result.shifts_px
+    seconds["align"] = time.perf_counter() - t
+
+    model = None
+    if patches > 0:
+        t = time.perf_counter()
+        stack = np.stack(kept)
+        kept.clear()
+        centres, measured = local.measure_patches(
+            stack,
+            shifts,
+            patches,
+            result.binning,
+            b_factor_px2=b_factor_px2,
+            max_iterations=max_iterations,
+            tolerance_px=tolerance_px,
+            workers=workers,
+        )
+        del stack
+        model = local.fit_model(centres, measured, shifts, shape)
+        seconds["local"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    table = bins = None
+    if dose_weighting:
+        table, bins = dose.dose_weights(shape, pixel_size_A, exposures_all, voltage_kV)
+    written = {}
+    targets = [("image", out_image, table)]
+    if save_nodw and dose_weighting:
+        targets.append(("image_nodw", out_nodw, None))
+    for key, target, weights in targets:
+        if model is not None and model.accepted:
+            image = local.local_sum(spectra, shape, shifts, model, weights, bins, workers)
+        else:
+            total = align.shifted_sum(spectra, shape, shifts, weights, bins)
+            image = align.to_image(total, shape, workers)
+        if target is not None:
+            from hpcem.io.images import write_mrc
+
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            write_mrc(target, image, pixel_size_A, overwrite=True)
+            written[key] = str(target)
+        else:
+            written[key] = image
+    seconds["sum_write"] = time.perf_counter() - t
+
+    total_px, early_px = align.drift_stats(shifts, exposures_all, EARLY_EXPOSURE_E_A2)
+    if not dose_known:
+        early_px = 0.0
+    use_local = bool(model is not None and model.accepted)
+    if out_plot is not None:
+        arrows = None
+        if use_local:
+            lx, ly = model.displacement(model.centres_px[:, 0], model.centres_px[:, 1], n - 1)
+            arrows = (model.centres_px * pixel_size_A, np.stack([lx, ly], 1) * pixel_size_A)
+        Path(out_plot).parent.mkdir(parents=True, exist_ok=True)
+        trajectory_png(
+            out_plot,
+            shifts * pixel_size_A,
+            f"{Path(path).name}: {total_px * pixel_size_A:.1f} Å total drift",
+            arrows,
+            (ny * pixel_size_A, nx * pixel_size_A),
+        )
+    seconds["total"] = time.perf_counter() - t0
+    return {
+        "first_frame": first,
+        "last_frame": last,
+        "shifts_px": [[float(x), float(y)] for x, y in shifts],
+        "total_drift_px": total_px,
+        "early_drift_px": early_px,
+        "local": use_local,
+        "local_coefficients": model.flat_coefficients() if use_local else [],
+        "local_f": None if model is None else model.f_statistic,
+        "iterations": result.iterations,
+        "converged": result.converged,
+        "binning": result.binning,
+        "shape": [ny, nx],
+        "backend": fourier.backend(),
+        "seconds": seconds,
+        "outputs": {k: v for k, v in written.items() if isinstance(v, str)},
+        "images": {k: v for k, v in written.items() if not isinstance(v, str)},
+    }
