@@ -36,6 +36,7 @@ setup(
     package_data={
         "hpcem.queue_templates": ["*.j2"],
         "hpcem.site_configs": ["*.toml"],
+        "hpcem.sim": ["data/*.bz2", "data/README.md"],
     },
     ext_modules=cythonize(extensions, language_level=3, quiet=True),
     install_requires=[
@@ -52,6 +53,8 @@ setup(
         "starfile>=0.5",
         # Diagnostic pictures written by the steps themselves (CTF fits, drift plots).
         "matplotlib>=3.7",
+        # PDB/mmCIF models and their electron scattering factors for the simulator.
+        "gemmi>=0.6",
     ],
     extras_require={"test": ["pytest>=7", "ruff==0.17.6"]},
     entry_points={"console_scripts": ["hpcem = hpcem.cli.main:main"]},
