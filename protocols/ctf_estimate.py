@@ -1,12 +1,14 @@
 """CTF estimation with hpcem's own estimator: one step per micrograph.
 
 Tile-averaged power spectrum, rotational average (Cython kernel), 1D defocus search and
-2D astigmatism refinement; see :mod:`hpcem.ctf.estimate`.
+astigmatism from sector averages; see :mod:`hpcem.ctf.estimate`. The step and register
+code here is shared with ``ctf.fit2d`` (:mod:`hpcem.protocols.ctf_fit2d`).
 
-A micrograph that cannot be fitted (NaN/Inf or constant pixels, a non-finite fit, a fit
-score below ``min_fit_score``) is *rejected*: its step raises
-:class:`~hpcem.errors.ItemRejected` with the reason, the other micrographs go on, and
-``register`` writes only the accepted CTFs and lists the rejected micrographs.
+A micrograph that cannot be fitted (NaN/Inf or constant pixels, too small for the tile,
+a non-finite fit, a fit at an edge of the search range, a fit score below
+``min_fit_score``) is *rejected*: its step raises :class:`~hpcem.errors.ItemRejected`
+with the reason, the other micrographs go on, and ``register`` writes only the accepted
+CTFs (with a diagnostic PNG each, ``thumbnail``) and lists the rejected micrographs.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from hpcem.errors import HpcemError, ItemRejected
 from hpcem.protocol import Citation, Input, Output, Param, Protocol, Step
 
 #: Default of ``min_fit_score``, from measurements (see the parameter's help and
-#: docs/protocols/ctf_estimate.md): pure noise scores up to 0.53 with 512-px tiles,
-#: simulated micrographs of 1024 px or more 0.65–0.95, a real Krios micrograph 0.76.
-MIN_FIT_SCORE = 0.6
+#: docs/protocols/ctf_estimate.md): pure noise of 1024 px or more scores up to 0.39,
+#: simulated micrographs 0.8–0.95, a real Krios micrograph 0.65.
+MIN_FIT_SCORE = 0.5
 _STEP_PREFIX = "estimate/"
 
 ROHOU_GRIGORIEFF_2015 = Citation(
@@ -40,6 +42,94 @@ def _row_of(step_name: str) -> int:
     return int(step_name[len(_STEP_PREFIX) :])
 
 
+def fit_micrograph(
+    strategy: str,
+    path: str,
+    micrograph_id: int,
+    pixel_size_A: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    options: dict,
+    min_fit_score: float,
+    diagnostic: str | None,
+) -> dict:
+    """Fit one micrograph file with ``strategy`` (``"estimate"`` or ``"fit2d"``).
+
+    Raises ItemRejected, naming the micrograph, for NaN/Inf pixels, a constant image, a
+    micrograph smaller than the tile, a fit with a non-finite number, a fit at an edge of
+    the search range or a fit score below ``min_fit_score``; the result is always finite
+    (and so valid JSON). Writes the diagnostic PNG to ``diagnostic`` (a path relative to
+    the project folder, where workers run) when given.
+    """
+    from hpcem.ctf.estimate import estimate_ctf, load_micrograph, micrograph_defect
+    from hpcem.ctf.spectrum import auto_tile_size
+
+    image, pixel_size_A = load_micrograph(path, pixel_size_A)
+    defect = micrograph_defect(image)
+    if defect is not None:
+        raise ItemRejected(f"micrograph {micrograph_id}: {defect}")
+    tile = options.get("tile_size_px") or auto_tile_size(image.shape, pixel_size_A)
+    if min(image.shape) < tile or tile < 64:
+        raise ItemRejected(
+            f"micrograph {micrograph_id}: {image.shape[1]}x{image.shape[0]} px is smaller "
+            f"than the {max(tile, 64)}-px tile of the power spectrum"
+        )
+    if strategy == "fit2d":
+        from hpcem.ctf.fit2d import fit_ctf_2d as fit_function
+    else:
+        fit_function = estimate_ctf
+    fit = fit_function(
+        image,
+        pixel_size_A,
+        voltage_kV=voltage_kV,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast,
+        return_spectrum=True,
+        **{**options, "tile_size_px": tile},
+    )
+    spectrum = fit.pop("spectrum")
+    row = {
+        "fit_resolution": float(fit["fit_resolution_A"]),
+        "phase_shift": float(fit.get("phase_shift", 0.0)),
+        **{k: float(fit[k]) for k in ("defocus_u", "defocus_v", "defocus_angle", "fit_score")},
+    }
+    for key, value in row.items():
+        if not math.isfinite(value):
+            raise ItemRejected(f"micrograph {micrograph_id}: CTF fit gave non-finite {key}")
+    if fit["rejection"]:
+        raise ItemRejected(f"micrograph {micrograph_id}: {fit['rejection']}")
+    if row["fit_score"] < min_fit_score:
+        raise ItemRejected(
+            f"micrograph {micrograph_id}: CTF fit score {row['fit_score']:.3f} "
+            f"below min_fit_score {min_fit_score}"
+        )
+    if diagnostic:
+        from hpcem.ctf.diagnostic import diagnostic_image, write_diagnostic_png
+
+        rgb = diagnostic_image(
+            spectrum,
+            pixel_size_A,
+            fit["tile_size_px"],
+            row,
+            voltage_kV,
+            cs_mm,
+            amplitude_contrast,
+            options.get("res_low_A", 30.0),
+            fit["res_high_A"],
+        )
+        write_diagnostic_png(diagnostic, rgb)
+    return {
+        "micrograph_id": micrograph_id,
+        **row,
+        "thumbnail": diagnostic or "",
+        "refinement": fit["refinement"],
+        "tile_size_px": int(fit["tile_size_px"]),
+        "band_high_A": float(fit["band_high_A"]),
+        "backends": fit["backends"],
+    }
+
+
 def estimate_one(
     path: str,
     micrograph_id: int,
@@ -49,44 +139,26 @@ def estimate_one(
     amplitude_contrast: float,
     options: dict,
     min_fit_score: float = MIN_FIT_SCORE,
+    diagnostic: str | None = None,
 ) -> dict:
-    """Step: estimate the CTF of one micrograph file.
-
-    Raises ItemRejected, naming the micrograph, for NaN/Inf pixels, a constant image, a
-    fit with a non-finite number or a fit score below ``min_fit_score``; the result is
-    always finite (and so valid JSON).
-    """
-    from hpcem.ctf.estimate import estimate_ctf, load_micrograph, micrograph_defect
-
-    image, pixel_size_A = load_micrograph(path, pixel_size_A)
-    defect = micrograph_defect(image)
-    if defect is not None:
-        raise ItemRejected(f"micrograph {micrograph_id}: {defect}")
-    fit = estimate_ctf(
-        image,
+    """Step of ``ctf.estimate``: :func:`fit_micrograph` with :func:`hpcem.ctf.estimate_ctf`."""
+    return fit_micrograph(
+        "estimate",
+        path,
+        micrograph_id,
         pixel_size_A,
-        voltage_kV=voltage_kV,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        **options,
+        voltage_kV,
+        cs_mm,
+        amplitude_contrast,
+        options,
+        min_fit_score,
+        diagnostic,
     )
-    row = {
-        "fit_resolution": float(fit["fit_resolution_A"]),
-        **{k: float(fit[k]) for k in ("defocus_u", "defocus_v", "defocus_angle", "fit_score")},
-    }
-    for key, value in row.items():
-        if not math.isfinite(value):
-            raise ItemRejected(f"micrograph {micrograph_id}: CTF fit gave non-finite {key}")
-    if row["fit_score"] < min_fit_score:
-        raise ItemRejected(
-            f"micrograph {micrograph_id}: CTF fit score {row['fit_score']:.3f} "
-            f"below min_fit_score {min_fit_score}"
-        )
-    return {"micrograph_id": micrograph_id, **row}
 
 
-def register_ctfs(ctx) -> dict:
-    """Controller step: write the accepted CTFs as a set, in micrograph order.
+def register_ctfs(ctx, estimator: str = "ctf.estimate") -> dict:
+    """Controller step: write the accepted CTFs as a set, in micrograph order, with
+    ``estimator`` (the protocol name) in every row.
 
     Returns ``{"count": n_accepted, "rejected": [{"micrograph_id", "reason"}, ...]}``.
     Raises HpcemError when every micrograph was rejected, so the run fails with the
@@ -114,8 +186,11 @@ def register_ctfs(ctx) -> dict:
             "defocus_angle",
             "fit_resolution",
             "fit_score",
+            "phase_shift",
+            "thumbnail",
         )
     }
+    columns["estimator"] = [estimator] * len(rows)
     with ctx.create_set("ctfs", "hpcem.SetOfCTFs") as writer:
         writer.set_optics(micrographs.optics)
         writer.append_columns(columns)
@@ -125,6 +200,7 @@ def register_ctfs(ctx) -> dict:
 class EstimateCTF(Protocol):
     name = "ctf.estimate"
     label = "Estimate CTF"
+    version = "2"
     help = (
         "Estimate defocus and astigmatism of each micrograph (one step per micrograph, "
         "run in parallel). Acquisition parameters come from the input's optics table."
@@ -164,7 +240,13 @@ class EstimateCTF(Protocol):
             help="High-resolution end of the fit band (0 = max(4 Å, 2.5 pixels)).",
         ),
         Param.int(
-            "tile_size_px", 512, min=64, max=4096, expert=1, help="Periodogram tile size (even)."
+            "tile_size_px",
+            0,
+            min=0,
+            max=4096,
+            expert=1,
+            help="Periodogram tile size (even; 0 = from the pixel size: a power of two "
+            "spanning >= 700 Å, 256-2048 px).",
         ),
         Param.bool(
             "astigmatism", True, help="Refine astigmatism (U, V, angle) on the 2D spectrum."
@@ -176,12 +258,10 @@ class EstimateCTF(Protocol):
             max=1.0,
             help="Reject a micrograph whose fit score (correlation of spectrum and "
             "model in the band, -1..1) is below this (-1 keeps every fit). "
-            "Measured with 512-px tiles and the default band: pure noise scores "
-            "0.31-0.53 (132 images, 1.0-1.5 Å/px; 0.56 at 0.85 Å/px), a constant "
-            "image 0; simulated micrographs 0.65-0.95 (1024-2048 px, SNR 0.1), "
-            "0.59-0.81 at 512 px (one tile), a real Krios micrograph 0.76. "
-            "Smaller tiles or pixels raise the noise scores (256-px tiles: up to "
-            "0.65); raise this with them. See docs/protocols/ctf_estimate.md.",
+            "Measured with the defaults: pure noise of 1024-2048 px scores 0.20-0.39 "
+            "(0.85-1.5 Å/px), of 512 px (one tile) up to 0.77 at 0.85 Å/px; simulated "
+            "micrographs (2048 px, SNR 0.1) 0.80-0.94, a real Krios micrograph 0.65. "
+            "See docs/protocols/ctf_estimate.md.",
         ),
     )
     outputs = (Output("ctfs", "hpcem.SetOfCTFs", help="One CTF model per micrograph."),)
@@ -192,53 +272,64 @@ class EstimateCTF(Protocol):
         problems = []
         if p["defocus_min_A"] >= p["defocus_max_A"]:
             problems.append("defocus_min_A must be below defocus_max_A")
-        if p["tile_size_px"] % 2:
-            problems.append(f"tile_size_px must be even, got {p['tile_size_px']}")
+        if p["tile_size_px"] % 2 or 0 < p["tile_size_px"] < 64:
+            problems.append(f"tile_size_px must be 0 or even and >= 64, got {p['tile_size_px']}")
         if p["res_high_A"] and p["res_high_A"] >= p["res_low_A"]:
             problems.append("res_high_A must be below res_low_A (Å: smaller is higher resolution)")
         return problems
 
     def steps(self, ctx) -> list[Step]:
         p = ctx.params
-        micrographs = ctx.input("micrographs")
-        optics = micrographs.optics
-        by_group = {int(g): i for i, g in enumerate(optics["optics_group"])}
-        paths = micrographs.column("image")
-        ids = micrographs.column("id")
-        groups = micrographs.column("optics_group")
         options = {
             "defocus_min_A": p["defocus_min_A"],
             "defocus_max_A": p["defocus_max_A"],
             "res_low_A": p["res_low_A"],
             "res_high_A": p["res_high_A"] or None,
-            "tile_size_px": p["tile_size_px"],
+            "tile_size_px": p["tile_size_px"] or None,
             "astigmatism": p["astigmatism"],
         }
-        steps = []
-        for i, (path, mic_id, group) in enumerate(zip(paths, ids, groups)):
-            row = by_group[int(group)]
-            steps.append(
-                Step(
-                    _step_name(i),
-                    "hpcem.protocols.ctf_estimate:estimate_one",
-                    {
-                        "path": ctx.relpath(str(path)),
-                        "micrograph_id": int(mic_id),
-                        "pixel_size_A": float(optics["pixel_size_A"][row]),
-                        "voltage_kV": float(optics["voltage_kV"][row]),
-                        "cs_mm": float(optics["spherical_aberration_mm"][row]),
-                        "amplitude_contrast": float(optics["amplitude_contrast"][row]),
-                        "options": options,
-                        "min_fit_score": p["min_fit_score"],
-                    },
-                )
-            )
+        return micrograph_steps(
+            ctx,
+            "hpcem.protocols.ctf_estimate:estimate_one",
+            "hpcem.protocols.ctf_estimate:register_ctfs",
+            options,
+            p["min_fit_score"],
+        )
+
+
+def micrograph_steps(
+    ctx, step_func: str, register_func: str, options: dict, min_fit_score: float
+) -> list[Step]:
+    """One ``step_func`` step per micrograph of input ``micrographs`` (its PNG under the
+    run's ``diagnostics/``), then the controller step ``register_func``."""
+    micrographs = ctx.input("micrographs")
+    optics = micrographs.optics
+    by_group = {int(g): i for i, g in enumerate(optics["optics_group"])}
+    paths = micrographs.column("image")
+    ids = micrographs.column("id")
+    groups = micrographs.column("optics_group")
+    steps = []
+    for i, (path, mic_id, group) in enumerate(zip(paths, ids, groups)):
+        row = by_group[int(group)]
+        png = ctx.run_dir / "diagnostics" / f"micrograph_{int(mic_id):06d}.png"
         steps.append(
             Step(
-                "register",
-                "hpcem.protocols.ctf_estimate:register_ctfs",
-                deps=tuple(s.name for s in steps),
-                controller=True,
+                _step_name(i),
+                step_func,
+                {
+                    "path": ctx.relpath(str(path)),
+                    "micrograph_id": int(mic_id),
+                    "pixel_size_A": float(optics["pixel_size_A"][row]),
+                    "voltage_kV": float(optics["voltage_kV"][row]),
+                    "cs_mm": float(optics["spherical_aberration_mm"][row]),
+                    "amplitude_contrast": float(optics["amplitude_contrast"][row]),
+                    "options": options,
+                    "min_fit_score": min_fit_score,
+                    "diagnostic": ctx.relpath(str(png)),
+                },
             )
         )
-        return steps
+    steps.append(
+        Step("register", register_func, deps=tuple(s.name for s in steps), controller=True)
+    )
+    return steps

@@ -235,7 +235,7 @@ def fit_resolution_from_cc(
     i = 0
     while i < n:
         if below[i]:
-            run = max(3, int(math.ceil(period_bins[i])))
+            run = max(3, math.ceil(period_bins[i]))
             j = min(n, i + run)
             if below[i:j].all():
                 return float(k[max(i - 1, 0)])
@@ -300,7 +300,7 @@ def prepare_spectrum(
     bin_k = 1.0 / (tile * pixel_size_A)
     k_high = 1.0 / res_high_A
     # Room for the smoother's margin beyond the band's high end.
-    radius = int(math.ceil(1.2 * k_high / bin_k)) + 8
+    radius = math.ceil(1.2 * k_high / bin_k) + 8
     return {
         "spectrum": crop_half_spectrum(spectrum, radius),
         "tile": tile,
@@ -330,6 +330,7 @@ def estimate_ctf(
     res_high_A: float | None = None,
     tile_size_px: int | None = None,
     astigmatism: bool = True,
+    return_spectrum: bool = False,
 ) -> dict:
     """Estimate defocus (and astigmatism) of a micrograph.
 
@@ -355,7 +356,9 @@ def estimate_ctf(
     fit), ``refinement`` (how the astigmatic result was accepted, or why the 1D fit was
     kept), ``rejection`` (None, or why the fit must not be trusted: it lies at an edge
     of the search range), ``tile_size_px``, ``band_high_A`` and ``backends`` (the kernel
-    behind each stage: ``"cython"`` or ``"numpy"``).
+    behind each stage: ``"cython"`` or ``"numpy"``); with ``return_spectrum`` also
+    ``spectrum``, the cropped half-plane power spectrum that was fitted (for
+    :mod:`hpcem.ctf.diagnostic`).
 
     Raises ValidationError for NaN or Inf pixels (they would make every number NaN), a
     micrograph smaller than the tile, or an impossible band or range.
@@ -401,7 +404,7 @@ def estimate_ctf(
         spectrum, math.sqrt(u / mean), math.sqrt(v / mean), math.radians(angle)
     )
     full = Fitter1D(n_bins, bin_k, *optics, prep["k_low"], prep["k_high"])
-    return {
+    result = {
         "defocus_u": u,
         "defocus_v": v,
         "defocus_angle": angle,
@@ -412,10 +415,14 @@ def estimate_ctf(
         "refinement": refinement,
         "rejection": rejection,
         "tile_size_px": tile,
+        "res_high_A": prep["res_high_A"],
         "band_high_A": 1.0 / k_fit,
         "radial_backend": RADIAL_BACKEND,
         "backends": {"radial": RADIAL_BACKEND, "ctf_periodogram": periodogram_backend()},
     }
+    if return_spectrum:
+        result["spectrum"] = spectrum
+    return result
 
 
 def _sector_scores(

@@ -138,6 +138,7 @@ def fit_ctf_2d(
     res_high_A: float | None = None,
     tile_size_px: int | None = None,
     phase_shift: bool = False,
+    return_spectrum: bool = False,
 ) -> dict:
     """Fit defocus U, V, astigmatism angle (and optionally a phase shift) in 2D.
 
@@ -151,7 +152,8 @@ def fit_ctf_2d(
     background-subtracted spectrum and the model over every pixel of the band, −1..1;
     lower than ``ctf.estimate``'s, which averages pixels first), ``fit_resolution_A``,
     ``refinement``, ``rejection`` (None, or why not to trust the fit), ``tile_size_px``,
-    ``band_high_A``, ``backends`` and ``n_evaluations`` (model evaluations).
+    ``band_high_A``, ``backends`` and ``n_evaluations`` (model evaluations); with
+    ``return_spectrum`` also ``spectrum`` (see :func:`hpcem.ctf.estimate.estimate_ctf`).
     """
     prep = prepare_spectrum(
         image, pixel_size_A, defocus_min_A, defocus_max_A, res_low_A, res_high_A, tile_size_px
@@ -240,7 +242,7 @@ def fit_ctf_2d(
         )
     full = Pixels(data, bin_k, k_low, k_high)
     fit_res = _fit_resolution_2d(full, score, (mean, c, s, phase), bin_k)
-    return {
+    result = {
         "defocus_u": u,
         "defocus_v": v,
         "defocus_angle": angle,
@@ -250,11 +252,15 @@ def fit_ctf_2d(
         "refinement": refinement,
         "rejection": rejection,
         "tile_size_px": tile,
+        "res_high_A": prep["res_high_A"],
         "band_high_A": 1.0 / k_fit,
         "n_evaluations": score.calls,
         "coarse_score": coarse_score,
         "backends": {"ctf_score2d": SCORE_BACKEND, "ctf_periodogram": periodogram_backend()},
     }
+    if return_spectrum:
+        result["spectrum"] = spectrum
+    return result
 
 
 def _fit_resolution_2d(px: Pixels, score: Scorer, params: tuple, bin_k: float) -> float:
