@@ -38,6 +38,8 @@ from hpcem.motion import fourier
 B_FACTOR_PX2 = 150.0
 #: Default largest alignment grid (px, longer side) when binning is automatic.
 AUTO_ALIGN_SIZE_PX = 1024
+#: Automatic binning keeps the frequencies where the B-factor filter is above this.
+AUTO_FILTER_FLOOR = 0.01
 
 
 @dataclasses.dataclass
@@ -62,17 +64,38 @@ def fft_frames(frames, shape: tuple[int, int], workers: int = 1) -> np.ndarray:
     return np.stack(spectra).astype(np.complex64, copy=False)
 
 
-def alignment_shape(shape: tuple[int, int], binning: float) -> tuple[int, int]:
-    """Even grid size after Fourier cropping by ``binning`` (>= 1; 0 = automatic: the
-    longer side at most AUTO_ALIGN_SIZE_PX)."""
+def alignment_shape(
+    shape: tuple[int, int], binning: float, b_factor_px2: float = B_FACTOR_PX2
+) -> tuple[int, int]:
+    """Even grid size after Fourier cropping by ``binning`` (>= 1), rounded up to a
+    fast FFT length (so the actual binning can be a little smaller).
+
+    ``binning = 0`` is automatic: the largest of ``max(ny, nx)/AUTO_ALIGN_SIZE_PX`` and
+    the cropping that keeps every frequency where the B-factor filter exceeds
+    ``AUTO_FILTER_FLOOR`` (nothing above it could change the correlation by more than
+    that fraction), and at least 1.
+    """
     ny, nx = shape
     if binning == 0:
         binning = max(1.0, max(ny, nx) / AUTO_ALIGN_SIZE_PX)
+        if b_factor_px2 > 0:
+            k_cut = math.sqrt(-4.0 * math.log(AUTO_FILTER_FLOOR) / b_factor_px2)
+            binning = max(binning, 0.5 / k_cut)
     if binning < 1:
         raise ValidationError(f"binning must be >= 1 (or 0 = automatic), got {binning}")
-    my = min(ny, 2 * max(8, round(ny / binning / 2)))
-    mx = min(nx, 2 * max(8, round(nx / binning / 2)))
-    return my, mx
+    return _fast_even(ny, binning), _fast_even(nx, binning)
+
+
+def _fast_even(n: int, binning: float) -> int:
+    """The smallest even length >= n/binning with small prime factors (fast FFTs; a
+    crop to e.g. 718 = 2·359 px would make every inverse FFT slow), at most n."""
+    m = max(16, math.ceil(n / binning))
+    while True:
+        m = scipy.fft.next_fast_len(m, real=True)
+        if m % 2 == 0:
+            break
+        m += 1
+    return min(n, m)
 
 
 def fourier_crop(spectra: np.ndarray, full_shape: tuple[int, int], shape: tuple[int, int]):
@@ -174,9 +197,10 @@ def align_spectra(
     n = spectra.shape[0]
     if n < 2:
         raise ValidationError(f"need at least 2 frames to align, got {n}")
-    my = spectra.shape[1]
-    mx = 2 * (spectra.shape[2] - 1)
     ny, nx = full_shape
+    my = spectra.shape[1]
+    # uncropped spectra of an odd-width frame: the half plane does not tell the width
+    mx = nx if spectra.shape[1:] == (ny, nx // 2 + 1) else 2 * (spectra.shape[2] - 1)
     scale_y, scale_x = ny / my, nx / mx
     filt = bfactor_filter((my, mx), full_shape, b_factor_px2)
     shifts = np.zeros((n, 2)) if initial_shifts_px is None else np.array(initial_shifts_px, float)

@@ -73,7 +73,9 @@ def accumulate_shifted(
     if mod is None:
         accumulate_shifted_numpy(out, frame, ax, ay, weight_row, bins)
     else:
-        mod.accumulate_shifted(out, frame, float(ax), float(ay), weight_row, bins)
+        mod.accumulate_shifted(
+            out.view(np.float32), frame.view(np.float32), float(ax), float(ay), weight_row, bins
+        )
 
 
 def cross_power(
@@ -83,4 +85,6 @@ def cross_power(
     mod = kernels.load(KERNEL)
     if mod is None:
         return cross_power_numpy(total, frame, ax, ay, filt)
-    return mod.cross_power(total, frame, float(ax), float(ay), filt)
+    return mod.cross_power(
+        total.view(np.float32), frame.view(np.float32), float(ax), float(ay), filt
+    )

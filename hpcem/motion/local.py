@@ -145,7 +145,7 @@ def measure_patches(
     n, ny, nx = frames.shape
     side, corners = patch_layout((ny, nx), patches)
     taper = _taper(side)
-    crop = align.alignment_shape((side, side), binning)
+    crop = align.alignment_shape((side, side), binning, b_factor_px2)
     offsets = np.rint(global_shifts_px).astype(int)
     centres = corners + side / 2.0
     measured = np.zeros((len(corners), n, 2))

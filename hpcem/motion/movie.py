@@ -79,7 +79,7 @@ def align_movie_file(
     )
 
     t = time.perf_counter()
-    crop_shape = align.alignment_shape(shape, binning)
+    crop_shape = align.alignment_shape(shape, binning, b_factor_px2)
     cropped = align.fourier_crop(spectra, shape, crop_shape)
     result = align.align_spectra(
         cropped,

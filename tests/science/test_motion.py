@@ -126,10 +126,13 @@ def test_kernels_equal_their_numpy_references():
         ref = b.copy()
         fourier.accumulate_shifted_numpy(ref, a, ax, ay, row, idx)
         out = b.copy()
-        mod.accumulate_shifted(out, a, ax, ay, row, idx)
+        mod.accumulate_shifted(out.view(np.float32), a.view(np.float32), ax, ay, row, idx)
         assert np.allclose(out, ref, rtol=1e-5, atol=1e-5)
     ref = fourier.cross_power_numpy(b, a, ax, ay, filt)
-    assert np.allclose(mod.cross_power(b, a, ax, ay, filt), ref, rtol=1e-5, atol=1e-5)
+    out = mod.cross_power(b.view(np.float32), a.view(np.float32), ax, ay, filt)
+    assert out.dtype == np.complex64 and np.allclose(out, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError, match="outside the weight table"):
+        mod.accumulate_shifted(b.view(np.float32), a.view(np.float32), ax, ay, table[0], bins + 1)
 
 
 def test_numpy_fallback_aligns_the_same(monkeypatch):
