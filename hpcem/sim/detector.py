@@ -12,6 +12,7 @@ RELION (``--gainref``) and MotionCor2 (``-Gain``).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,49 @@ import numpy as np
 from hpcem.errors import ValidationError
 
 MOVIE_FORMATS = ("mrc", "tiff")
+#: The one header label of files written here (mrcfile's default label holds the time
+#: of writing, which would make two runs of the same simulation differ).
+MRC_LABEL = "hpcem.sim: simulated data"
+
+
+def write_mrc_file(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    pixel_size_A: float,
+    kind: str = "image",
+    overwrite: bool = False,
+) -> Path:
+    """Write MRC like :func:`hpcem.io.mrc.write_mrc` (atomic; int8, uint16 or float32)
+    but byte-for-byte reproducible: the header label is :data:`MRC_LABEL`, no date.
+
+    ``kind``: ``"image"`` (2D), ``"movie"``/``"stack"`` (space group 0) or ``"volume"``.
+    """
+    import mrcfile
+
+    path = Path(path)
+    array = np.asarray(array)
+    if array.dtype not in (np.int8, np.uint16, np.float32):
+        array = array.astype(np.float32)
+    if path.exists() and not overwrite:
+        raise ValidationError(f"{path}: exists; pass overwrite=True to replace it")
+    if not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
+        raise ValidationError(f"{path}: pixel size must be > 0 Å, got {pixel_size_A}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with mrcfile.new(tmp_name, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(array))
+            if array.ndim == 3:
+                mrc.set_volume() if kind == "volume" else mrc.set_image_stack()
+            mrc.voxel_size = pixel_size_A
+            mrc.header.label[:] = b""
+            mrc.header.label[0] = MRC_LABEL.encode()
+            mrc.header.nlabl = 1
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path
 
 
 def _integer_counts(path: Path, frames: np.ndarray, signed_8bit: bool) -> np.ndarray:
@@ -45,7 +89,6 @@ def write_movie(
     ``dtype="counts"`` stores integers (8 or 16 bits, see the module doc);
     ``"float32"`` stores floats (MRC only: TIFF movies are integer counts here).
     """
-    from hpcem.io.mrc import write_mrc
     from hpcem.io.tiff import write_tiff_movie
 
     path = Path(path)
@@ -67,16 +110,14 @@ def write_movie(
         data = frames.astype(np.float32)
     else:
         raise ValidationError(f"{path}: dtype must be 'counts' or 'float32', got {dtype!r}")
-    return write_mrc(path, data, pixel_size_A, kind="movie", overwrite=overwrite)
+    return write_mrc_file(path, data, pixel_size_A, kind="movie", overwrite=overwrite)
 
 
 def write_gain_reference(
     path: str | os.PathLike, gain: np.ndarray, pixel_size_A: float, overwrite: bool = False
 ) -> Path:
     """Write a gain reference (ny, nx) as float32 MRC: multiply raw frames by it."""
-    from hpcem.io.mrc import write_mrc
-
     gain = np.asarray(gain, dtype=np.float32)
     if gain.ndim != 2 or not np.all(np.isfinite(gain)) or np.any(gain <= 0):
         raise ValidationError(f"{path}: a gain reference is a 2D array of positive numbers")
-    return write_mrc(path, gain, pixel_size_A, overwrite=overwrite)
+    return write_mrc_file(path, gain, pixel_size_A, overwrite=overwrite)

@@ -178,6 +178,18 @@ def _phase_ramp(ky: np.ndarray, kx: np.ndarray, dx: float, dy: float) -> np.ndar
     return np.exp(-2j * math.pi * dy * ky) * np.exp(-2j * math.pi * dx * kx)
 
 
+def _sensitivity(rng: np.random.Generator, shape: tuple[int, int], gain_sd: float) -> np.ndarray:
+    return np.clip(1.0 + gain_sd * rng.standard_normal(shape), 0.2, 1.8)
+
+
+def make_gain_reference(shape: tuple[int, int], gain_sd: float, seed: int) -> np.ndarray:
+    """A detector's gain reference (float32, raw × gain = corrected): the inverse of a
+    per-pixel sensitivity ``1 + gain_sd · N(0, 1)`` (clipped to 0.2–1.8)."""
+    shape = check_shape(shape)
+    rng = np.random.default_rng(seed)
+    return (1.0 / _sensitivity(rng, shape, gain_sd)).astype(np.float32)
+
+
 def _check_movie_args(
     n_frames: int, dose_per_frame_e_per_A2: float, pixel_size_A: float, **kw: float
 ) -> None:
@@ -226,6 +238,7 @@ def simulate_movie(
     contrast: float = 0.1,
     phase_shift_deg: float = 0.0,
     volume=None,
+    gain_reference: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Simulate a dose-fractionated movie whose frames move by known shifts.
 
@@ -244,6 +257,8 @@ def simulate_movie(
         2015), starting after ``pre_exposure_e_per_A2``.
     gain_sd : relative standard deviation of the per-pixel detector sensitivity
         (0 = a perfect detector); its inverse is ``truth["gain_reference"]``.
+    gain_reference : a given gain reference (ny, nx) instead of a random one (the same
+        detector for every movie of a dataset: :func:`make_gain_reference`).
     contrast : relative standard deviation of the clean, undamaged frame image.
     volume : as in :func:`hpcem.sim.simulate_micrograph` (particles from a real map).
 
@@ -302,8 +317,15 @@ def simulate_movie(
         else None
     )
     sensitivity = None
-    if gain_sd > 0:
-        sensitivity = np.clip(1.0 + gain_sd * rng.standard_normal(shape), 0.2, 1.8)
+    if gain_reference is not None:
+        gain_reference = np.asarray(gain_reference, dtype=np.float64)
+        if gain_reference.shape != shape or not np.all(gain_reference > 0):
+            raise ValidationError(
+                f"gain reference must be positive and {shape}, got {gain_reference.shape}"
+            )
+        sensitivity = 1.0 / gain_reference
+    elif gain_sd > 0:
+        sensitivity = _sensitivity(rng, shape, gain_sd)
 
     # Frequencies in cycles per pixel for the phase ramps.
     ky, kx = frequency_grid(shape, 1.0, half=True)
