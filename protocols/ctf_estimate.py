@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from hpcem.errors import HpcemError, ItemRejected
+from hpcem.errors import HpcemError, ItemRejected, ValidationError
 from hpcem.protocol import Citation, Input, Output, Param, Protocol, Step
 
 #: Default of ``min_fit_score``, from measurements (see the parameter's help and
@@ -70,24 +70,27 @@ def fit_micrograph(
     if defect is not None:
         raise ItemRejected(f"micrograph {micrograph_id}: {defect}")
     tile = options.get("tile_size_px") or auto_tile_size(image.shape, pixel_size_A)
-    if min(image.shape) < tile or tile < 64:
+    if min(image.shape) < tile:
         raise ItemRejected(
             f"micrograph {micrograph_id}: {image.shape[1]}x{image.shape[0]} px is smaller "
-            f"than the {max(tile, 64)}-px tile of the power spectrum"
+            f"than the {tile}-px tile of the power spectrum"
         )
     if strategy == "fit2d":
         from hpcem.ctf.fit2d import fit_ctf_2d as fit_function
     else:
         fit_function = estimate_ctf
-    fit = fit_function(
-        image,
-        pixel_size_A,
-        voltage_kV=voltage_kV,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        return_spectrum=True,
-        **{**options, "tile_size_px": tile},
-    )
+    try:
+        fit = fit_function(
+            image,
+            pixel_size_A,
+            voltage_kV=voltage_kV,
+            cs_mm=cs_mm,
+            amplitude_contrast=amplitude_contrast,
+            return_spectrum=True,
+            **{**options, "tile_size_px": tile},
+        )
+    except ValidationError as exc:  # e.g. a band too narrow for this micrograph's tile
+        raise ItemRejected(f"micrograph {micrograph_id}: {exc}") from None
     spectrum = fit.pop("spectrum")
     row = {
         "fit_resolution": float(fit["fit_resolution_A"]),

@@ -57,13 +57,13 @@ def micrograph_defect(image: np.ndarray) -> str | None:
 def auto_tile_size(shape: tuple[int, ...], pixel_size_A: float) -> int:
     """Tile edge (px) for a micrograph of ``shape``: a power of two spanning at least
     :data:`TILE_TARGET_A` Å, within [256, 2048] px and no larger than the micrograph
-    (which must be at least 256 px, or its own even size if smaller than that)."""
+    unless that is smaller than 256 px (too small to fit: the caller refuses it)."""
     if not pixel_size_A > 0:
         raise ValidationError(f"pixel size must be > 0 Å, got {pixel_size_A}")
     want = 2 ** math.ceil(math.log2(max(TILE_TARGET_A / pixel_size_A, 1.0)))
     tile = int(min(max(want, MIN_TILE_PX), MAX_TILE_PX))
     smallest = int(min(shape[-2:]))
-    while tile > smallest and tile > 32:
+    while tile > smallest and tile > MIN_TILE_PX:
         tile //= 2
     return tile
 
@@ -143,8 +143,11 @@ def prepare_tiles_numpy(
 
 
 def accumulate_power_numpy(ft: np.ndarray, total: np.ndarray) -> None:
-    """Reference of ``ctf_periodogram.accumulate_power``: ``total += Σ_i |ft[i]|²``."""
-    total += (ft.real**2 + ft.imag**2).sum(axis=0, dtype=np.float64)
+    """Reference of ``ctf_periodogram.accumulate_power``: ``total += Σ_i |ft[i]|²``, squared
+    in float64 (float32 squares overflow for pixels of ~1e20 and more)."""
+    total += (
+        np.square(ft.real, dtype=np.float64) + np.square(ft.imag, dtype=np.float64)
+    ).sum(axis=0)
 
 
 def periodogram_backend() -> str:

@@ -15,9 +15,11 @@ from hpcem.protocols.ctf_estimate import (
     EstimateCTF,
     estimate_one,
 )
+from hpcem.protocols.ctf_fit2d import MIN_FIT_SCORE_2D, fit_one
 from hpcem.protocols.import_images import inspect_image
 
 from hpcem.ctf.estimate import estimate_ctf
+from hpcem.ctf.fit2d import fit_ctf_2d
 from hpcem.errors import DataFormatError, ItemRejected
 from hpcem.execution import runs as lifecycle
 from hpcem.io import read_header, write_mrc
@@ -37,9 +39,10 @@ OPTIONS = {
     "defocus_max_A": 50000.0,
     "res_low_A": 30.0,
     "res_high_A": None,
-    "tile_size_px": 512,
+    "tile_size_px": None,
     "astigmatism": True,
 }
+OPTIONS_2D = {k: v for k, v in OPTIONS.items() if k != "astigmatism"} | {"phase_shift": False}
 
 
 def _mrc(tmp_path, name, image):
@@ -50,6 +53,13 @@ def _mrc(tmp_path, name, image):
 
 def _estimate(path, micrograph_id=3, **kw):
     return estimate_one(str(path), micrograph_id, **ACQUISITION, options=OPTIONS, **kw)
+
+
+def _fit2d(path, micrograph_id=3, **kw):
+    return fit_one(str(path), micrograph_id, **ACQUISITION, options=OPTIONS_2D, **kw)
+
+
+STEPS = {"ctf.estimate": _estimate, "ctf.fit2d": _fit2d}
 
 
 def _good_micrograph(seed=2):
@@ -88,7 +98,8 @@ def test_huge_header_mrc_is_refused_at_read_header_with_the_file_length(tmp_path
         (5, 2, "micrograph 3: 5 NaN and 2 Inf pixels"),
     ],
 )
-def test_non_finite_micrograph_is_rejected_with_the_counts(tmp_path, nan, inf, reason):
+@pytest.mark.parametrize("strategy", sorted(STEPS))
+def test_non_finite_micrograph_is_rejected_with_the_counts(tmp_path, nan, inf, reason, strategy):
     image, _ = _good_micrograph()
     flat = image.reshape(-1)
     flat[:nan] = np.nan
@@ -97,39 +108,70 @@ def test_non_finite_micrograph_is_rejected_with_the_counts(tmp_path, nan, inf, r
         flat[nan] = -np.inf  # -Inf counts as Inf too
     path = _mrc(tmp_path, "nonfinite.mrc", image)
     with pytest.raises(ItemRejected) as info:
-        _estimate(path)
+        STEPS[strategy](path)
     assert str(info.value) == reason
 
 
-def test_constant_micrograph_is_rejected_before_fitting(tmp_path):
+@pytest.mark.parametrize("strategy", sorted(STEPS))
+def test_constant_micrograph_is_rejected_before_fitting(tmp_path, strategy):
     path = _mrc(tmp_path, "blank.mrc", np.ones((SIZE, SIZE)))
     with pytest.raises(ItemRejected) as info:
-        _estimate(path)
+        STEPS[strategy](path)
     assert str(info.value) == "micrograph 3: constant image (all pixels 1.0)"
 
 
-def test_pure_noise_micrograph_is_rejected_by_min_fit_score(tmp_path):
-    noise = np.random.default_rng(5).normal(size=(SIZE, SIZE)).astype(np.float32)
-    score = estimate_ctf(noise, PIXEL_SIZE_A, **OPTIONS)["fit_score"]
-    assert 0.0 < score < MIN_FIT_SCORE  # a real, if meaningless, fit
-    path = _mrc(tmp_path, "noise.mrc", noise)
+@pytest.mark.parametrize("strategy", sorted(STEPS))
+def test_micrograph_smaller_than_the_tile_is_rejected(tmp_path, strategy):
+    image, _ = simulate_micrograph((200, 300), PIXEL_SIZE_A, 15000.0, seed=4)
     with pytest.raises(ItemRejected) as info:
-        _estimate(path)
+        STEPS[strategy](_mrc(tmp_path, "small.mrc", image))
     assert str(info.value) == (
-        f"micrograph 3: CTF fit score {score:.3f} below min_fit_score {MIN_FIT_SCORE}"
+        "micrograph 3: 300x200 px is smaller than the 256-px tile of the power spectrum"
     )
 
 
-def test_fit_with_non_finite_number_is_rejected_naming_the_field(tmp_path):
-    """Finite pixels of ~1e30 (a file read with the wrong mode looks like this) overflow
-    the float32 power spectrum; the step must reject, not return NaN (invalid JSON)."""
+@pytest.mark.parametrize("strategy", sorted(STEPS))
+def test_fit_at_the_edge_of_the_search_range_is_rejected(tmp_path, strategy):
+    """The true defocus (15,000 Å) lies above the searched 3,000–13,500 Å: the fit ends
+    at the range's edge, which is a failed fit, not a result."""
     image, _ = _good_micrograph()
-    path = _mrc(tmp_path, "overflow.mrc", image * np.float32(1e30))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        with pytest.raises(ItemRejected) as info:
-            _estimate(path)
-    assert str(info.value) == "micrograph 3: CTF fit gave non-finite fit_score"
+    path = _mrc(tmp_path, "edge.mrc", image)
+    options = (OPTIONS if strategy == "ctf.estimate" else OPTIONS_2D) | {"defocus_max_A": 13500.0}
+    step = estimate_one if strategy == "ctf.estimate" else fit_one
+    with pytest.raises(
+        ItemRejected,
+        match=r"^micrograph 3: defocus .* at the edge of the "
+        r"search range 3000–13500 Å$",
+    ):
+        step(str(path), 3, **ACQUISITION, options=options, min_fit_score=-1.0)
+
+
+@pytest.mark.parametrize("strategy", sorted(STEPS))
+def test_pure_noise_micrograph_is_rejected_by_min_fit_score(tmp_path, strategy):
+    noise = np.random.default_rng(5).normal(size=(SIZE, SIZE)).astype(np.float32)
+    if strategy == "ctf.estimate":
+        score, threshold = estimate_ctf(noise, PIXEL_SIZE_A, **OPTIONS)["fit_score"], MIN_FIT_SCORE
+    else:
+        score = fit_ctf_2d(noise, PIXEL_SIZE_A, **OPTIONS_2D)["fit_score"]
+        threshold = MIN_FIT_SCORE_2D
+    assert 0.0 < score < threshold  # a real, if meaningless, fit
+    path = _mrc(tmp_path, "noise.mrc", noise)
+    with pytest.raises(ItemRejected) as info:
+        STEPS[strategy](path)
+    assert str(info.value) == (
+        f"micrograph 3: CTF fit score {score:.3f} below min_fit_score {threshold}"
+    )
+
+
+def test_huge_finite_pixels_fit_like_the_original(tmp_path):
+    """Finite pixels of ~1e30 (a file read with the wrong mode looks like this) used to
+    overflow the float32 power spectrum into a NaN fit; |F|² is now summed in float64,
+    and the fit is scale-free, so the same defocus comes out."""
+    image, _ = _good_micrograph()
+    plain = _estimate(_mrc(tmp_path, "plain.mrc", image))
+    huge = _estimate(_mrc(tmp_path, "overflow.mrc", image * np.float32(1e30)))
+    for key in ("defocus_u", "defocus_v", "fit_score"):
+        assert huge[key] == pytest.approx(plain[key], rel=1e-4)
 
 
 def test_good_simulated_micrograph_passes_above_the_default_threshold(tmp_path):
