@@ -180,7 +180,8 @@ class AlignMovies(Protocol):
             min=0.0,
             max=16.0,
             help="Fourier-crop factor for the alignment only (the sums are full size): "
-            "1 = no cropping, 0 = automatic (alignment grid at most 1024 px).",
+            "1 = no cropping, 0 = automatic (alignment grid at most 1024 px, and no "
+            "frequencies kept where the B-factor filter is below 1%).",
         ),
         Param.int(
             "patches",

@@ -54,14 +54,32 @@ class GlobalAlignment:
     last_update_px: float
 
 
-def fft_frames(frames, shape: tuple[int, int], workers: int = 1) -> np.ndarray:
-    """Stack the rfft2 (complex64) of an iterable of 2D float32 frames of ``shape``."""
+def fft_frames(
+    frames, shape: tuple[int, int], n_frames: int | None = None, workers: int = 1
+) -> np.ndarray:
+    """Stack the rfft2 (complex64) of an iterable of 2D float32 frames of ``shape``.
+
+    With ``n_frames`` the stack is allocated once and filled frame by frame (no second
+    copy of a movie's spectra: 1.6 GB for 24 frames of 4096²).
+    """
+    ny, nx = shape
+    out = None if n_frames is None else np.empty((n_frames, ny, nx // 2 + 1), np.complex64)
     spectra = []
+    count = 0
     for frame in frames:
         if frame.shape != tuple(shape):
             raise ValidationError(f"frame of shape {frame.shape}, expected {shape}")
-        spectra.append(scipy.fft.rfft2(np.asarray(frame, dtype=np.float32), workers=workers))
-    return np.stack(spectra).astype(np.complex64, copy=False)
+        ft = scipy.fft.rfft2(np.asarray(frame, dtype=np.float32), workers=workers)
+        if out is None:
+            spectra.append(ft)
+        elif count < n_frames:
+            out[count] = ft
+        count += 1
+    if out is None:
+        return np.stack(spectra).astype(np.complex64, copy=False)
+    if count != n_frames:
+        raise ValidationError(f"got {count} frames, expected {n_frames}")
+    return out
 
 
 def alignment_shape(

@@ -68,7 +68,7 @@ def align_movie_file(
                     kept.append(frame)
                 yield frame
 
-        spectra = align.fft_frames(stream(), (ny, nx), workers=workers)
+        spectra = align.fft_frames(stream(), (ny, nx), last - first + 1, workers=workers)
     seconds["read_fft"] = time.perf_counter() - t0
     shape = (ny, nx)
     n = last - first + 1
