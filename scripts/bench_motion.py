@@ -1,7 +1,7 @@
 """Time hpcem's movie alignment against RELION 3.1's own implementation; print JSON.
 
     python scripts/bench_motion.py [--size 4096] [--frames 24] [--dose 1.0] [--no-relion]
-                                   [--profile] [--workdir DIR]
+                                   [--repeats 2] [--profile] [--workdir DIR]
 
 One simulated movie (``hpcem.sim.simulate_movie``, fixed seed, known shifts) is written
 once as an MRC stack (int8 counts) and aligned, in separate processes pinned to one
@@ -12,12 +12,14 @@ thread (``OMP_NUM_THREADS=1``, scipy.fft ``workers=1``), by
 * RELION: ``relion_run_motioncorr --use_own --j 1`` (global, dose weighting on, same
   B-factor 150 px²) on the same file, when installed.
 
-Printed: wall time of each, their ratio, and each one's RMS shift error against the
-truth (px, after removing the mean error; RELION's ``_rlnMicrographShiftX/Y`` are the
-shifts *applied*, so their negatives are compared). Also the 2-core figure: two hpcem
-processes aligning a movie each at the same time (movies per second on 2 cores), the
-kernels against their numpy references at this size, and with ``--profile`` the
-functions with the most cumulative time in one hpcem alignment.
+Each program runs ``--repeats`` times, alternating, and its fastest run is kept (the
+machine may be shared); all times are printed. Printed: wall time of each, their
+ratio, and each one's RMS shift error against the truth (px, after removing the mean
+error; RELION's ``_rlnMicrographShiftX/Y`` are the shifts *applied*, so their negatives
+are compared). Also the 2-core figure: two hpcem processes aligning a movie each at
+the same time (movies per hour on 2 cores), the kernels against their numpy references
+at this size, and with ``--profile`` the functions with the most cumulative time in
+one hpcem alignment.
 """
 
 from __future__ import annotations
@@ -235,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--dose", type=float, default=1.0, help="e/Å² per frame")
     parser.add_argument("--no-relion", action="store_true")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs of each program (fastest kept)"
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -263,12 +268,25 @@ def main(argv: list[str] | None = None) -> int:
                 "python": platform.python_version(),
             },
         }
-        report["hpcem_1_thread"] = run_hpcem(movie, workdir, args.dose, truth, args.profile)
-        if not args.no_relion:
-            report["relion_own_1_thread"] = run_relion(movie, workdir, args.dose, truth)
-            relion_s = report["relion_own_1_thread"].get("wall_s")
-            if relion_s:
-                report["relion_over_hpcem_time"] = relion_s / report["hpcem_1_thread"]["step_s"]
+        # Alternate the two programs and keep each one's fastest run: on a shared
+        # machine the load changes from minute to minute.
+        ours, theirs = [], []
+        for _ in range(args.repeats):
+            ours.append(run_hpcem(movie, workdir, args.dose, truth, args.profile))
+            if not args.no_relion:
+                shutil.rmtree(workdir / "MC", ignore_errors=True)
+                theirs.append(run_relion(movie, workdir, args.dose, truth))
+        best = min(ours, key=lambda r: r["step_s"])
+        report["hpcem_1_thread"] = {**best, "all_step_s": [r["step_s"] for r in ours]}
+        if theirs and all("wall_s" in r for r in theirs):
+            fastest = min(theirs, key=lambda r: r["wall_s"])
+            report["relion_own_1_thread"] = {
+                **fastest,
+                "all_wall_s": [r["wall_s"] for r in theirs],
+            }
+            report["relion_over_hpcem_time"] = fastest["wall_s"] / best["step_s"]
+        elif theirs:
+            report["relion_own_1_thread"] = theirs[-1]
         report["hpcem_2_processes"] = run_hpcem_two(movie, workdir, args.dose)
         report["kernels"] = bench_kernels(args.size)
         report["machine"]["load_average_after"] = os.getloadavg()
