@@ -120,7 +120,8 @@ def _add_noise(
 ) -> np.ndarray:
     if dose_e_per_A2 is None:
         noise_sd = math.sqrt(float(np.var(clean)) / snr)
-        return clean + noise_sd * rng.standard_normal(clean.shape)
+        dtype = np.float32 if clean.dtype == np.float32 else np.float64
+        return clean + np.asarray(noise_sd, dtype) * rng.standard_normal(clean.shape, dtype)
     if not dose_e_per_A2 > 0:
         raise ValidationError(f"dose must be > 0 e/Å², got {dose_e_per_A2}")
     mean_counts = dose_e_per_A2 * pixel_size_A**2

@@ -173,9 +173,12 @@ def _warp_local(image: np.ndarray, truth: dict, frame: int) -> np.ndarray:
     return scipy.ndimage.map_coordinates(image, [py, px], order=3, mode="grid-wrap")
 
 
-def _phase_ramp(ky: np.ndarray, kx: np.ndarray, dx: float, dy: float) -> np.ndarray:
+def _phase_ramp(
+    ky: np.ndarray, kx: np.ndarray, dx: float, dy: float, dtype=np.complex128
+) -> np.ndarray:
     """``exp(−2πi (kx dx + ky dy))`` (k in cycles/px) as an outer product (separable)."""
-    return np.exp(-2j * math.pi * dy * ky) * np.exp(-2j * math.pi * dx * kx)
+    ramp_y = np.exp(-2j * math.pi * dy * ky).astype(dtype)
+    return ramp_y * np.exp(-2j * math.pi * dx * kx).astype(dtype)
 
 
 def _sensitivity(rng: np.random.Generator, shape: tuple[int, int], gain_sd: float) -> np.ndarray:
@@ -329,6 +332,10 @@ def simulate_movie(
 
     # Frequencies in cycles per pixel for the phase ramps.
     ky, kx = frequency_grid(shape, 1.0, half=True)
+    real_dtype = np.float32 if image_ft.dtype == np.complex64 else np.float64
+    if dose_decay:  # exp(−N / (2 N_e(k))) = exp(−N · half_inverse_ne), see dose_attenuation
+        k_A = np.sqrt(ky * ky + kx * kx) / pixel_size_A
+        half_inverse_ne = 0.5 / critical_exposure_e_A2(k_A, voltage_kV)
     contrast_scale = (float(np.std(irfft2(image_ft, s=shape))) or 1.0) / contrast
     mean_counts = dose_per_frame_e_per_A2 * pixel_size_A**2
     frames = np.empty((n_frames, *shape), dtype=np.float32)
@@ -336,12 +343,12 @@ def simulate_movie(
         frame_ft = image_ft
         if dose_decay:
             exposure = pre_exposure_e_per_A2 + dose_per_frame_e_per_A2 * (i + 0.5)
-            frame_ft = frame_ft * dose_attenuation(shape, pixel_size_A, exposure, voltage_kV)
+            frame_ft = frame_ft * np.exp(-exposure * half_inverse_ne).astype(real_dtype)
         if truth["local_motion"] is not None and i > 0:
             clean = _warp_local(irfft2(frame_ft, s=shape), truth, i)
-            clean = irfft2(rfft2(clean) * _phase_ramp(ky, kx, dx, dy), s=shape)
+            clean = irfft2(rfft2(clean) * _phase_ramp(ky, kx, dx, dy, image_ft.dtype), s=shape)
         else:
-            clean = irfft2(frame_ft * _phase_ramp(ky, kx, dx, dy), s=shape)
+            clean = irfft2(frame_ft * _phase_ramp(ky, kx, dx, dy, image_ft.dtype), s=shape)
         expected = np.clip(mean_counts * (1.0 + clean / contrast_scale), 0.0, None)
         if sensitivity is not None:
             expected *= sensitivity

@@ -59,6 +59,42 @@ def euler_matrices(angles_deg: np.ndarray) -> np.ndarray:
     return m
 
 
+def wrap_padded(ft: np.ndarray) -> np.ndarray:
+    """The half-volume (m, m, h) with one more plane on each axis, (m+1, m+1, h+1): the
+    first z and y planes repeated at the end (periodic), zeros beyond x = h − 1, so the
+    eight neighbours of a point are fixed offsets from its first one."""
+    m0, m1, m2 = ft.shape
+    out = np.zeros((m0 + 1, m1 + 1, m2 + 1), dtype=ft.dtype)
+    out[:m0, :m1, :m2] = ft
+    out[m0, :m1, :m2] = ft[0]
+    out[:m0, m1, :m2] = ft[:, 0]
+    out[m0, m1, :m2] = ft[0, 0]
+    return out
+
+
+def trilinear(padded: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of a :func:`wrap_padded` half-volume at frequency
+    coordinates in grid units (z and y periodic with period m, 0 <= x <= h − 1)."""
+    p0, p1, p2 = padded.shape
+    flat = padded.ravel()
+    zf, yf, xf = np.floor(z), np.floor(y), np.floor(x)
+    f0, f1, f2 = ((c - cf).astype(np.float32) for c, cf in ((z, zf), (y, yf), (x, xf)))
+    g0, g1, g2 = 1 - f0, 1 - f1, 1 - f2
+    base = (zf.astype(np.intp) % (p0 - 1)) * (p1 * p2)
+    base += (yf.astype(np.intp) % (p1 - 1)) * p2
+    base += xf.astype(np.intp)
+    out = flat[base] * (g0 * g1 * g2)
+    out += flat[base + 1] * (g0 * g1 * f2)
+    out += flat[base + p2] * (g0 * f1 * g2)
+    out += flat[base + p2 + 1] * (g0 * f1 * f2)
+    base += p1 * p2
+    out += flat[base] * (f0 * g1 * g2)
+    out += flat[base + 1] * (f0 * g1 * f2)
+    out += flat[base + p2] * (f0 * f1 * g2)
+    out += flat[base + p2 + 1] * (f0 * f1 * f2)
+    return out
+
+
 def random_orientations(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` orientations (rot, tilt, psi) in degrees, uniform over all rotations:
     rot and psi uniform in [0, 360), cos(tilt) uniform in [−1, 1]."""
@@ -82,12 +118,10 @@ class Projector:
         padded = np.zeros((m, m, m), dtype=np.float32)
         lo = m // 2 - n // 2
         padded[lo : lo + n, lo : lo + n, lo : lo + n] = corrected
-        ft = scipy.fft.rfftn(np.fft.ifftshift(padded), workers=-1).astype(np.complex64)
+        ft = scipy.fft.rfftn(np.fft.ifftshift(padded), workers=-1)
         self.box_px = n
         self.padded_px = m
-        # Real and imaginary parts apart: scipy.ndimage interpolates real arrays.
-        self._re = np.ascontiguousarray(ft.real)
-        self._im = np.ascontiguousarray(ft.imag)
+        self._ft = wrap_padded(np.asarray(ft, dtype=np.complex64))
         ky = np.fft.fftfreq(n)[:, None]
         kx = np.fft.rfftfreq(n)[None, :]
         inside = ky * ky + kx * kx <= 0.25
@@ -127,13 +161,8 @@ class Projector:
         flip = f[:, 0] < 0
         f = np.where(flip[:, None, :], -f, f)
         m = self.padded_px
-        coords = np.stack([f[:, 2] * m, f[:, 1] * m, f[:, 0] * m]).reshape(3, -1)
-        coords[0] %= m
-        coords[1] %= m
-        re = scipy.ndimage.map_coordinates(self._re, coords, order=1, mode="grid-wrap")
-        im = scipy.ndimage.map_coordinates(self._im, coords, order=1, mode="grid-wrap")
-        im = np.where(flip.reshape(-1), -im, im)
-        return (re + 1j * im).reshape(len(angles), -1)
+        values = trilinear(self._ft, f[:, 2] * m, f[:, 1] * m, f[:, 0] * m)
+        return np.where(flip, np.conj(values), values)
 
     def project(self, angles_deg: np.ndarray, shifts_px: np.ndarray | None = None) -> np.ndarray:
         """Real-space projections (n, N, N), float32."""
@@ -154,7 +183,7 @@ def place_projections(
     """An image of ``shape`` with the projection at ``angles_deg[i]`` centred (to
     sub-pixel precision) at ``centres_yx[i]``; boxes are clipped at the image edge."""
     centres = np.asarray(centres_yx, dtype=np.float64).reshape(-1, 2)
-    image = np.zeros(shape, dtype=np.float64)
+    image = np.zeros(shape, dtype=np.float32)
     if len(centres) == 0:
         return image
     if len(centres) != len(angles_deg):
