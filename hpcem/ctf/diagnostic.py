@@ -58,10 +58,12 @@ def diagnostic_image(
     res_low_A: float,
     res_high_A: float,
     min_size_px: int = 384,
+    max_size_px: int = 420,
 ) -> np.ndarray:
-    """The picture as an (n, n, 3) uint8 array (see the module docstring).
+    """The picture as an (n, n, 3) uint8 array (see the module docstring), between
+    ``min_size_px`` (small spectra are enlarged) and ``max_size_px`` (large ones binned).
 
-    ``spectrum_half`` is a cropped centred half plane (:func:`hpcem.ctf.estimate.prepare_spectrum`),
+    ``spectrum_half`` is a cropped centred half plane (as fitted by either strategy);
     ``fit`` has ``defocus_u``, ``defocus_v``, ``defocus_angle`` (and ``phase_shift``).
     """
     from hpcem.ctf.fit2d import background_subtracted, full_plane
@@ -96,6 +98,15 @@ def diagnostic_image(
     data = gaussian_filter(data, 1.0)
     data = data / (3.0 * data.std() + 1e-30)
     picture = np.where(np.arange(n)[None, :] < r, np.clip(data, -1, 1), model)
+    # Large spectra are shown binned (box mean, keeping zero frequency on a pixel): a
+    # noisy 600-px RGB picture would cost ~0.5 MB per micrograph.
+    f = max(1, math.ceil(n / max_size_px))
+    if f > 1:
+        from scipy.ndimage import uniform_filter
+
+        start = r % f
+        picture = uniform_filter(picture, f, mode="nearest")[start::f, start::f]
+        r, n, bin_k = r // f, picture.shape[0], bin_k * f
     picture[:, r] = 1.0  # the dividing line
     gray = np.round(127.5 * (picture + 1.0)).astype(np.uint8)
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
