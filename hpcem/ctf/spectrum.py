@@ -145,9 +145,9 @@ def prepare_tiles_numpy(
 def accumulate_power_numpy(ft: np.ndarray, total: np.ndarray) -> None:
     """Reference of ``ctf_periodogram.accumulate_power``: ``total += Σ_i |ft[i]|²``, squared
     in float64 (float32 squares overflow for pixels of ~1e20 and more)."""
-    total += (
-        np.square(ft.real, dtype=np.float64) + np.square(ft.imag, dtype=np.float64)
-    ).sum(axis=0)
+    total += (np.square(ft.real, dtype=np.float64) + np.square(ft.imag, dtype=np.float64)).sum(
+        axis=0
+    )
 
 
 def periodogram_backend() -> str:
