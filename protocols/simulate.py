@@ -178,8 +178,22 @@ class SimulateDataset(Protocol):
             when=(_MICROGRAPHS,),
             help="Variance of the clean image over that of the added gaussian noise.",
         ),
-        Param.float("defocus_min_A", 8000.0, min=100.0, max=100000.0, units="Å"),
-        Param.float("defocus_max_A", 35000.0, min=100.0, max=100000.0, units="Å"),
+        Param.float(
+            "defocus_min_A",
+            8000.0,
+            min=100.0,
+            max=100000.0,
+            units="Å",
+            help="Defocus U is uniform in [defocus_min_A, defocus_max_A] (underfocus > 0).",
+        ),
+        Param.float(
+            "defocus_max_A",
+            35000.0,
+            min=100.0,
+            max=100000.0,
+            units="Å",
+            help="Highest defocus U.",
+        ),
         Param.float(
             "astigmatism_max_A",
             1000.0,
@@ -191,9 +205,20 @@ class SimulateDataset(Protocol):
         Param.float(
             "phase_shift_deg", 0.0, min=0.0, max=180.0, units="deg", help="Phase-plate shift."
         ),
-        Param.float("voltage_kV", 300.0, min=20.0, max=3000.0, units="kV"),
-        Param.float("spherical_aberration_mm", 2.7, min=0.0, max=20.0, units="mm"),
-        Param.float("amplitude_contrast", 0.1, min=0.0, max=0.5),
+        Param.float(
+            "voltage_kV", 300.0, min=20.0, max=3000.0, units="kV", help="Acceleration voltage."
+        ),
+        Param.float(
+            "spherical_aberration_mm",
+            2.7,
+            min=0.0,
+            max=20.0,
+            units="mm",
+            help="Spherical aberration Cs.",
+        ),
+        Param.float(
+            "amplitude_contrast", 0.1, min=0.0, max=0.5, help="Amplitude contrast (0.07-0.1 ice)."
+        ),
         Param.float(
             "b_factor_A2",
             60.0,
