@@ -11,11 +11,30 @@ with a_mean = pi lambda (U + V) / 2, (a_c, a_s) = pi lambda (U - V) / 2 (cos 2t,
 a_cs = pi Cs lambda^3 / 2 and offset = arcsin(amplitude contrast) + phase shift, and the
 oscillating part of CTF^2 = (1 - cos 2 phase) / 2 is m(p) = -cos(2 phase(p)). One call
 returns sum(d m), sum(m) and sum(m m) over the pixels, from which the correlation of
-data and model follows; nothing of size n_pixels is allocated. The numpy reference is
-hpcem.ctf.fit2d.correlate_numpy.
+data and model follows; nothing of size n_pixels is allocated. The cosine is a degree-12
+polynomial after reduction to [0, pi/2] (error < 1e-8, several times faster than libm's
+cos, which made this loop no faster than numpy's vectorised one). The numpy reference
+is hpcem.ctf.fit2d.correlate_numpy.
 """
 
-from libc.math cimport cos
+from libc.math cimport fabs, floor
+
+cdef double TWO_PI = 6.283185307179586
+cdef double INV_TWO_PI = 0.15915494309189535
+cdef double PI = 3.141592653589793
+cdef double HALF_PI = 1.5707963267948966
+
+
+cdef inline double fast_cos(double x) noexcept nogil:
+    """cos(x) to < 1e-8: x reduced to [-pi, pi], folded to [0, pi/2], Taylor to y^12."""
+    cdef double y, y2, sign = 1.0
+    y = fabs(x - TWO_PI * floor(x * INV_TWO_PI + 0.5))
+    if y > HALF_PI:
+        y = PI - y
+        sign = -1.0
+    y2 = y * y
+    return sign * (1.0 + y2 * (-0.5 + y2 * (1.0 / 24.0 + y2 * (-1.0 / 720.0 + y2 * (
+        1.0 / 40320.0 + y2 * (-1.0 / 3628800.0 + y2 * (1.0 / 479001600.0)))))))
 
 
 def correlate(
@@ -39,7 +58,7 @@ def correlate(
     with nogil:
         for i in range(n):
             phase = a_mean * k2[i] + a_c * k2c[i] + a_s * k2s[i] - a_cs * k4[i] + offset
-            m = -cos(2.0 * phase)
+            m = -fast_cos(2.0 * phase)
             sdm = sdm + data[i] * m
             sm = sm + m
             smm = smm + m * m

@@ -13,7 +13,8 @@ the band rules are shared):
 3. **Exhaustive coarse search** of the mean defocus over the whole range (and of the
    phase shift, with ``phase_shift=True``) with a round model, in a band where rings of
    ``defocus_max_A`` span three spectrum samples; then of U − V (3 amplitudes) and the
-   angle (every 15°) around the three best means, in the band for that defocus.
+   angle (every 15°) around the three best means, in the band for that defocus. The
+   coarse grids score every third pixel of the band (hundreds per ring remain).
 4. **Local refinement** (Nelder–Mead) of (mean, two astigmatism components[, phase]) in
    the band for the defocus found. A refinement that lowers the score or leaves the
    search range is not kept (the coarse result is); a result at an edge of the search
@@ -38,6 +39,8 @@ SCORE_BACKEND = backend("ctf_score2d")
 # Astigmatism amplitudes (U − V)/(U + V) and angles of the coarse grid.
 _COARSE_RATIOS = (0.015, 0.04, 0.08)
 _COARSE_ANGLES_DEG = tuple(range(0, 180, 15))
+# The coarse grids use every 3rd pixel of the band.
+COARSE_STRIDE = 3
 # Phase shifts of the coarse grid (degrees) when the phase shift is fitted.
 _COARSE_PHASES_DEG = tuple(range(0, 180, 15))
 
@@ -86,11 +89,22 @@ class Pixels:
         self.k2s = np.ascontiguousarray(self.k2 * np.sin(2 * az)[keep])
         self.k4 = self.k2 * self.k2
         self.radius_bin = np.sqrt(self.k2) / bin_k
-        d = data_half[keep].astype(np.float64)
-        d -= d.mean()
+        self._set_data(data_half[keep].astype(np.float64))
+        self.k_high = k_high
+
+    def _set_data(self, d: np.ndarray) -> None:
+        d = d - d.mean()
         self.data = np.ascontiguousarray(d / (np.linalg.norm(d) + 1e-30))
         self.n = len(self.data)
-        self.k_high = k_high
+
+    def every(self, step: int) -> Pixels:
+        """Every ``step``-th pixel (the coarse search's cheaper score), renormalised."""
+        sub = object.__new__(Pixels)
+        for name in ("k2", "k2c", "k2s", "k4", "radius_bin"):
+            setattr(sub, name, np.ascontiguousarray(getattr(self, name)[::step]))
+        sub._set_data(self.data[::step])
+        sub.k_high = self.k_high
+        return sub
 
     def model(self, coeffs: tuple) -> np.ndarray:
         phase = (
@@ -167,7 +181,8 @@ def fit_ctf_2d(
 
     # 1. Round model over the whole range in a band that samples defocus_max_A's rings.
     k_search = search_band_k(k_low, k_high, defocus_max_A, voltage_kV, tile_A)
-    px_search = Pixels(data, bin_k, k_low, k_search)
+    # The coarse grids score every COARSE_STRIDE-th pixel (a ring still holds hundreds).
+    px_search = Pixels(data, bin_k, k_low, k_search).every(COARSE_STRIDE)
     step = min(250.0, 0.25 / (score.lam * k_search**2))
     means = np.arange(defocus_min_A, defocus_max_A + 0.5 * step, step)
     phases = np.radians(_COARSE_PHASES_DEG) if phase_shift else np.zeros(1)
@@ -186,7 +201,7 @@ def fit_ctf_2d(
     for i in peaks:
         mean0, phase0 = float(means[i]), float(phases[int(np.argmax(table[i]))])
         k_fit = search_band_k(k_low, k_high, 1.1 * mean0, voltage_kV, tile_A)
-        px = Pixels(data, bin_k, k_low, k_fit)
+        px = Pixels(data, bin_k, k_low, k_fit).every(COARSE_STRIDE)
         local_step = min(step, 0.25 / (score.lam * k_fit**2))
         for mean in mean0 + local_step * np.arange(-2, 3):
             candidates = [(mean, 0.0, 0.0)]
