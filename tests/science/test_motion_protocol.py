@@ -215,3 +215,61 @@ def test_run_aligns_good_movies_and_lists_the_rejected_one(project, tmp_path, wa
         assert _rms(shifts, truth["shifts_px"]) <= 0.3
         assert alignments["last_frame"][k] == N_FRAMES - 1
     assert list(alignments["local"]) == [0, 0]
+
+
+def test_defect_map_image_marks_bad_pixels(tmp_path):
+    """A defect *image* (non-zero = bad, as RELION accepts) works like the text list."""
+    frames, truth = _movie(seed=5)
+    frames[:, :, 30] = 400.0  # a hot column
+    movie = _mrc(tmp_path / "hot.mrcs", frames)
+    mask = np.zeros((SIZE, SIZE), dtype=np.float32)
+    mask[:, 30] = 1.0
+    defects = write_mrc(tmp_path / "defects.mrc", mask, PIXEL_A)
+    row = _align(movie, tmp_path, defects_path=str(defects))
+    assert _rms(np.stack([row["shifts_x"], row["shifts_y"]], 1), truth["shifts_px"]) <= 0.3
+
+
+def test_defect_file_outside_the_frame_is_rejected(tmp_path):
+    movie = _mrc(tmp_path / "m.mrcs", _movie()[0])
+    defects = tmp_path / "defects.txt"
+    defects.write_text("# x y w h\n10 10 2 2\n300 10 5 5\n")
+    with pytest.raises(ItemRejected, match="line 3: rectangle 300 10 5 5 is empty or outside"):
+        _align(movie, tmp_path, defects_path=str(defects))
+
+
+def _import_one(project, raw, wait_for_run, dose):
+    frames, _ = _movie()
+    _mrc(raw / "movie.mrcs", frames)
+    imp = lifecycle.create_run(
+        project,
+        "import.movies",
+        {"files": str(raw / "*.mrcs"), "pixel_size_A": PIXEL_A, "dose_per_frame_e_A2": dose},
+    )
+    lifecycle.launch(project, imp.id, workers=1)
+    assert wait_for_run(project, imp.id).state == "finished"
+    return imp
+
+
+def test_validation_refuses_dose_weighting_without_dose_and_missing_files(
+    project, tmp_path, wait_for_run
+):
+    from hpcem.errors import ValidationError
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    imp = _import_one(project, raw, wait_for_run, dose=0.0)
+    movies = {"movies": [f"{imp.id}:movies"]}
+    with pytest.raises(ValidationError) as info:
+        lifecycle.create_run(
+            project,
+            "motion.align",
+            {"gain_reference": str(tmp_path / "nogain.mrc"), "last_frame": 0},
+            movies,
+        )
+    text = str(info.value)
+    assert "dose_weighting needs the dose per frame" in text
+    assert "nogain.mrc' is not a file" in text
+    assert "last_frame 0 must be after first_frame 0" in text
+    # Without dose weighting an unknown dose is fine.
+    run = lifecycle.create_run(project, "motion.align", {"dose_weighting": False}, movies)
+    assert run.params["dose_weighting"] is False
