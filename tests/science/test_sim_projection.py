@@ -166,3 +166,21 @@ def test_particles_are_projections_at_the_true_positions_and_angles(volume):
         wrong = project(volume, (angles + [0.0, 40.0, 0.0])[None])[0]
         wrong = np.fft.irfft2(np.fft.rfft2(wrong) * ctf, s=(n, n))
         assert np.corrcoef(box.ravel(), wrong.ravel())[0, 1] < 0.8
+
+
+def test_particles_fill_the_area_without_overlap(volume):
+    from hpcem.sim.specimen import n_particles_for_fill
+
+    shape = (512, 512)
+    n = n_particles_for_fill(shape, volume.diameter_A / PIXEL_A, 0.3)
+    image, truth = simulate_micrograph(shape, PIXEL_A, n_particles=n, volume=volume, seed=8)
+    xy = truth["coordinates_px"]
+    covered = len(xy) * np.pi * (0.5 * volume.diameter_A / PIXEL_A) ** 2 / (512 * 512)
+    assert len(xy) == n and covered == pytest.approx(0.3, abs=0.02)
+    distances = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+    assert distances[~np.eye(len(xy), dtype=bool)].min() >= volume.diameter_A / PIXEL_A
+    radius = 0.5 * volume.diameter_A / PIXEL_A
+    assert xy.min() >= radius and xy.max() <= 512 - radius
+    assert truth["angles_deg"].shape == (n, 3) and image.dtype == np.float32
+    again, _ = simulate_micrograph(shape, PIXEL_A, n_particles=n, volume=volume, seed=8)
+    np.testing.assert_array_equal(image, again)
