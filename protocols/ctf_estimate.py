@@ -19,8 +19,8 @@ from hpcem.errors import HpcemError, ItemRejected, ValidationError
 from hpcem.protocol import Citation, Input, Output, Param, Protocol, Step
 
 #: Default of ``min_fit_score``, from measurements (see the parameter's help and
-#: docs/protocols/ctf_estimate.md): pure noise of 1024 px or more scores up to 0.39,
-#: simulated micrographs 0.8–0.95, a real Krios micrograph 0.65.
+#: docs/protocols/ctf_estimate.md): pure noise of 1024 px or more scores up to 0.43,
+#: simulated micrographs 0.77–0.94, a real Krios micrograph 0.65.
 MIN_FIT_SCORE = 0.5
 _STEP_PREFIX = "estimate/"
 
@@ -252,7 +252,10 @@ class EstimateCTF(Protocol):
             "spanning >= 700 Å, 256-2048 px).",
         ),
         Param.bool(
-            "astigmatism", True, help="Refine astigmatism (U, V, angle) on the 2D spectrum."
+            "astigmatism",
+            True,
+            help="Fit astigmatism (U, V, angle) from sector averages of the spectrum; the "
+            "1D fit is kept when the astigmatic one scores worse or leaves the range.",
         ),
         Param.float(
             "min_fit_score",
@@ -261,10 +264,10 @@ class EstimateCTF(Protocol):
             max=1.0,
             help="Reject a micrograph whose fit score (correlation of spectrum and "
             "model in the band, -1..1) is below this (-1 keeps every fit). "
-            "Measured with the defaults: pure noise of 1024-2048 px scores 0.20-0.39 "
-            "(0.85-1.5 Å/px), of 512 px (one tile) up to 0.77 at 0.85 Å/px; simulated "
-            "micrographs (2048 px, SNR 0.1) 0.80-0.94, a real Krios micrograph 0.65. "
-            "See docs/protocols/ctf_estimate.md.",
+            "Measured with the defaults: pure noise of 1024-2048 px scores up to 0.43 "
+            "(0.85-1.5 Å/px), of 512 px (one tile) up to 0.77; simulated micrographs "
+            "(SNR 0.1) 0.77-0.94 at 1024-2048 px, 0.68-0.83 at 512 px; a real Krios "
+            "micrograph 0.65. See docs/protocols/ctf_estimate.md.",
         ),
     )
     outputs = (Output("ctfs", "hpcem.SetOfCTFs", help="One CTF model per micrograph."),)

@@ -19,9 +19,9 @@ from hpcem.protocols.ctf_estimate import register_ctfs as _register
 
 from hpcem.protocol import Input, Output, Param, Protocol
 
-#: Default of ``min_fit_score``: pure noise of 1024-2048 px scores <= 0.025, of 512 px
-#: (one tile) up to 0.06; simulated micrographs 0.15-0.26 (2048 px, SNR 0.1), 0.07 at
-#: 512 px; a real Krios micrograph 0.082 (per-pixel correlation, see the docs page).
+#: Default of ``min_fit_score``: pure noise of 1024-2048 px scores <= 0.028, of 512 px
+#: (one tile) up to 0.083; simulated micrographs 0.07-0.26 (512-2048 px, SNR 0.1); a
+#: real Krios micrograph 0.082 (per-pixel correlation, see docs/protocols/ctf_fit2d.md).
 MIN_FIT_SCORE_2D = 0.05
 
 
@@ -101,9 +101,9 @@ class FitCTF2D(Protocol):
             max=1.0,
             help="Reject a micrograph whose fit score (correlation of the spectrum's "
             "pixels with the model in the band, -1..1; lower than ctf.estimate's, which "
-            "averages pixels first) is below this. Measured: pure noise <= 0.025 at "
-            "1024-2048 px, up to 0.06 at 512 px; simulated micrographs 0.15-0.26, a real "
-            "Krios micrograph 0.082.",
+            "averages pixels first) is below this. Measured: pure noise <= 0.028 at "
+            "1024-2048 px, up to 0.083 at 512 px; simulated micrographs 0.07-0.26 "
+            "(512-2048 px, SNR 0.1), a real Krios micrograph 0.082.",
         ),
     )
     outputs = (Output("ctfs", "hpcem.SetOfCTFs", help="One CTF model per micrograph."),)
