@@ -103,6 +103,19 @@ def _local_basis(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> np.nda
     return np.stack(np.broadcast_arrays(u, v, u * u, u * v, v * v))
 
 
+def _local_field(coefficients: np.ndarray, x, y, shape: tuple[int, int]) -> np.ndarray:
+    """``Σ_k c[:, k] · term_k(u, v)``, shape (2, ...), without stacking the terms."""
+    u = 2.0 * np.asarray(x, dtype=np.float64) / shape[1] - 1.0
+    v = 2.0 * np.asarray(y, dtype=np.float64) / shape[0] - 1.0
+    u, v = np.broadcast_arrays(u, v)
+    out = np.empty((2, *u.shape))
+    for d in range(2):
+        c = coefficients[d]
+        # c0 u + c1 v + c2 u² + c3 uv + c4 v² = u (c0 + c2 u + c3 v) + v (c1 + c4 v)
+        out[d] = u * (c[0] + c[2] * u + c[3] * v) + v * (c[1] + c[4] * v)
+    return out
+
+
 def _local_model(
     rng: np.random.Generator,
     shape: tuple[int, int],
@@ -142,8 +155,7 @@ def local_displacement_px(
         return np.zeros((2, *x.shape))
     shape = tuple(model["shape"])
     coefficients = np.asarray(model["coefficients_px"], dtype=np.float64)
-    field = np.tensordot(coefficients, _local_basis(x, y, shape), axes=1)
-    return model["time_scale"][frame] * field
+    return model["time_scale"][frame] * _local_field(coefficients, x, y, shape)
 
 
 def displacement_px(
@@ -163,14 +175,16 @@ def _warp_local(image: np.ndarray, truth: dict, frame: int) -> np.ndarray:
     it converges in a few steps); values by cubic splines, periodic boundary.
     """
     ny, nx = image.shape
-    qy, qx = np.meshgrid(
-        np.arange(ny, dtype=np.float64), np.arange(nx, dtype=np.float64), indexing="ij"
-    )
-    px, py = qx, qy
+    qy = np.arange(ny, dtype=np.float64)[:, None]
+    qx = np.arange(nx, dtype=np.float64)[None, :]
+    px, py = np.broadcast_arrays(qx, qy)
     for _ in range(_LOCAL_FIXED_POINT_ITERATIONS):
         d = local_displacement_px(truth, px, py, frame)
         px, py = qx - d[0], qy - d[1]
-    return scipy.ndimage.map_coordinates(image, [py, px], order=3, mode="grid-wrap")
+    coefficients = scipy.ndimage.spline_filter(image, order=3, mode="grid-wrap")
+    return scipy.ndimage.map_coordinates(
+        coefficients, [py, px], order=3, mode="grid-wrap", prefilter=False
+    )
 
 
 def _phase_ramp(
