@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -78,6 +79,7 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
+@functools.lru_cache(maxsize=8)
 def _taper(tile: int) -> np.ndarray:
     """Separable cosine edge taper (tile/16 px each side), float32 (tile, tile)."""
     edge = max(2, tile // 16)
@@ -85,7 +87,9 @@ def _taper(tile: int) -> np.ndarray:
     taper_1d = np.ones(tile)
     taper_1d[:edge] = ramp
     taper_1d[-edge:] = ramp[::-1]
-    return (taper_1d[:, None] * taper_1d[None, :]).astype(np.float32)
+    taper = (taper_1d[:, None] * taper_1d[None, :]).astype(np.float32)
+    taper.flags.writeable = False  # cached: shared by every call
+    return taper
 
 
 def tiled_power_spectrum(
