@@ -286,11 +286,17 @@ class SimulateDataset(Protocol):
         import os
 
         from hpcem.errors import HpcemError
+        from hpcem.sim.volume import is_atomic_model
 
         problems = []
         model = ctx.params.get("model") or ""
         if model and not os.path.isfile(ctx.path(model)):
             problems.append(f"model: {ctx.path(model)!r} is not a file")
+        elif model:
+            try:
+                is_atomic_model(ctx.path(model))
+            except HpcemError as exc:
+                problems.append(f"model: {exc}")
         try:
             _config(ctx.params, self._model(ctx) if not problems else None)
         except HpcemError as exc:

@@ -170,3 +170,17 @@ def test_ctf_estimator_recovers_the_simulated_defocus():
         fit = estimate_ctf(image, 1.0)
         errors.append([abs(fit[k] / truth[k] - 1.0) for k in ("defocus_u", "defocus_v")])
     assert np.median(np.array(errors), axis=0).max() <= 0.01
+
+
+def test_protocol_refuses_a_model_it_cannot_read(project, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    for model, message in (
+        (str(tmp_path / "missing.pdb"), "is not a file"),
+        (str(tmp_path / "notes.txt"), "not a known volume format"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            lifecycle.create_run(project, "sim.dataset", {"model": model})
+    with pytest.raises(ValidationError, match="defocus"):
+        lifecycle.create_run(
+            project, "sim.dataset", {"defocus_min_A": 30000.0, "defocus_max_A": 20000.0}
+        )
