@@ -102,6 +102,7 @@ def align_one(
         "local": int(result["local"]),
         "local_coefficients": result["local_coefficients"],
         "local_f": result["local_f"],
+        "local_cv_gain": result["local_cv_gain"],
         "iterations": result["iterations"],
         "converged": result["converged"],
         "binning": result["binning"],
@@ -190,7 +191,8 @@ class AlignMovies(Protocol):
             max=12,
             help="Local motion on patches x patches overlapping patches (e.g. 5); "
             "0 = global alignment only. The local model is kept only when it explains the "
-            "patch shifts (F test), otherwise the global alignment is used.",
+            "patch shifts (F test) and predicts each patch from the others better than the "
+            "global shifts (cross-validation); otherwise the global alignment is used.",
         ),
         Param.float(
             "b_factor_px2",

@@ -150,6 +150,7 @@ def make(work: Path, out_dir: Path, workers: int) -> dict:
                 "rms_error_px": rms(est - truths[i]),
                 "local_kept": bool(ali["local"][i]),
                 "local_f": results[i]["local_f"],
+                "local_cv_gain": results[i]["local_cv_gain"],
                 "total_drift_A": float(ali["total_drift"][i]),
                 "seconds": results[i]["seconds"]["total"],
             }
@@ -182,10 +183,11 @@ def make(work: Path, out_dir: Path, workers: int) -> dict:
         n_frames=N_FRAMES,
         accepted=bool(ali["local"][3]),
         f_statistic=results[3]["local_f"] or 0.0,
+        cv_gain=0.0,
         fit_rms_px=0.0,
         n_outliers=0,
         centres_px=np.zeros((0, 2)),
-        patch_shifts_px=np.zeros((0, N_FRAMES, 2)),
+        patch_residuals_px=np.zeros((0, N_FRAMES, 2)),
     )
     grid = np.linspace(0.1 * SIZE, 0.9 * SIZE, 6)
     gx, gy = np.meshgrid(grid, grid)
@@ -213,6 +215,7 @@ def make(work: Path, out_dir: Path, workers: int) -> dict:
         "with_local_model_rms_px": rms(np.concatenate(errs_l)),
         "local_kept": bool(ali["local"][3]),
         "local_f": results[3]["local_f"],
+        "local_cv_gain": results[3]["local_cv_gain"],
         "seconds": results[3]["seconds"],
     }
 

@@ -49,7 +49,8 @@ def align_movie_file(
     Returns a JSON-ready dict: ``first_frame``, ``last_frame``, ``shifts_px`` (list of
     (dx, dy), displacement of each used frame relative to the first used one, see
     :mod:`hpcem.motion.align`), ``total_drift_px``, ``early_drift_px``, ``local``
-    (bool), ``local_coefficients`` (36 numbers or []), ``local_f``, ``iterations``,
+    (bool), ``local_coefficients`` (36 numbers or []), ``local_f`` and ``local_cv_gain``
+    (the two tests of the local model, None without patches), ``iterations``,
     ``converged``, ``binning``, ``shape``, ``backend`` and ``seconds`` per stage.
     """
     seconds: dict[str, float] = {}
@@ -59,16 +60,10 @@ def align_movie_file(
         first, last = frames.frame_range(n_movie, first_frame, last_frame)
         gain = frames.read_gain(gain_path, (ny, nx)) if gain_path else None
         defects = frames.read_defects(defects_path, (ny, nx)) if defects_path else None
-        keep_frames = patches > 0
-        kept = []
-
-        def stream():
-            for _, frame in frames.corrected_frames(get, path, first, last, gain, defects):
-                if keep_frames:
-                    kept.append(frame)
-                yield frame
-
-        spectra = align.fft_frames(stream(), (ny, nx), last - first + 1, workers=workers)
+        stream = (
+            frame for _, frame in frames.corrected_frames(get, path, first, last, gain, defects)
+        )
+        spectra = align.fft_frames(stream, (ny, nx), last - first + 1, workers=workers)
     seconds["read_fft"] = time.perf_counter() - t0
     shape = (ny, nx)
     n = last - first + 1
@@ -96,10 +91,9 @@ def align_movie_file(
     model = None
     if patches > 0:
         t = time.perf_counter()
-        stack = np.stack(kept)
-        kept.clear()
         centres, measured = local.measure_patches(
-            stack,
+            spectra,
+            shape,
             shifts,
             patches,
             result.binning,
@@ -108,8 +102,7 @@ def align_movie_file(
             tolerance_px=tolerance_px,
             workers=workers,
         )
-        del stack
-        model = local.fit_model(centres, measured, shifts, shape)
+        model = local.fit_model(centres, measured, shape)
         seconds["local"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -163,6 +156,7 @@ def align_movie_file(
         "local": use_local,
         "local_coefficients": model.flat_coefficients() if use_local else [],
         "local_f": None if model is None else model.f_statistic,
+        "local_cv_gain": None if model is None else model.cv_gain,
         "iterations": result.iterations,
         "converged": result.converged,
         "binning": result.binning,

@@ -248,11 +248,15 @@ def _grid_errors(size, n_frames, truth, global_px, model=None):
     return float(np.sqrt(np.mean(np.sum(err**2, axis=1))))
 
 
-def _local(frames):
-    result = align_in_memory(frames)
-    centres, measured = local.measure_patches(frames, result.shifts_px, 4, result.binning)
-    model = local.fit_model(centres, measured, result.shifts_px, frames.shape[1:])
-    return result, model
+def _local(frames, patches=4):
+    shape = frames.shape[1:]
+    spectra = align.fft_frames(frames, shape)
+    cropped = align.fourier_crop(spectra, shape, align.alignment_shape(shape, 0))
+    result = align.align_spectra(cropped, shape)
+    centres, measured = local.measure_patches(
+        spectra, shape, result.shifts_px, patches, result.binning
+    )
+    return result, local.fit_model(centres, measured, shape)
 
 
 def test_local_model_recovers_a_smooth_deformation():
@@ -266,10 +270,19 @@ def test_local_model_recovers_a_smooth_deformation():
     assert local_rms <= 0.3
 
 
-@pytest.mark.parametrize("seed", [2, 3])
-def test_local_never_worse_than_global_without_local_motion(seed):
+@pytest.mark.parametrize(
+    "amplitude_px, seed",
+    [
+        (0.0, 2),
+        (0.0, 3),
+        # A deformation too small to beat the global shifts at this size and dose: its
+        # model passes the F test (F = 3.07 > 3) but not the cross-validation.
+        (0.3, 2),
+    ],
+)
+def test_local_never_worse_than_global(amplitude_px, seed):
     size, n = 512, 24
-    frames, truth = _deformed_movie(size, n, 1.5, amplitude_px=0.0, seed=seed)
+    frames, truth = _deformed_movie(size, n, 1.5, amplitude_px=amplitude_px, seed=seed)
     result, model = _local(frames)
     global_rms = _grid_errors(size, n, truth, result.shifts_px)
     # What the sum uses: the model if kept, else the global shifts alone.
@@ -277,7 +290,8 @@ def test_local_never_worse_than_global_without_local_motion(seed):
     local_rms = _grid_errors(size, n, truth, result.shifts_px, used)
     assert global_rms <= 0.3
     assert local_rms <= global_rms + 0.05
-    assert not model.accepted, f"F = {model.f_statistic:.2f} on a movie without local motion"
+    if amplitude_px == 0:
+        assert not model.accepted, (model.f_statistic, model.cv_gain)
 
 
 def test_local_sum_is_sharper_than_the_global_sum():
@@ -285,9 +299,7 @@ def test_local_sum_is_sharper_than_the_global_sum():
     the global sum of a deformed movie blurs."""
     size, n = 512, 16
     frames, truth = _deformed_movie(size, n, 2.0, amplitude_px=4.0, seed=4)
-    result = align_in_memory(frames)
-    centres, measured = local.measure_patches(frames, result.shifts_px, 3, result.binning)
-    model = local.fit_model(centres, measured, result.shifts_px, (size, size))
+    result, model = _local(frames, patches=3)
     assert model.accepted
     spectra = align.fft_frames(frames, (size, size))
     plain = align.to_image(align.shifted_sum(spectra, (size, size), result.shifts_px), (size, size))
