@@ -1,7 +1,8 @@
 """Movie alignment with hpcem's own implementation: one step per movie.
 
 Global alignment (leave-one-out cross-correlation on Fourier-cropped frames), an optional
-local (patch) model that is kept only when it explains the patch measurements, dose
+local (patch) model that is kept only when it predicts the patches better than the global
+shifts (F test and cross-validation), dose
 weighting with the Grant & Grigorieff (2015) critical-exposure curve, gain reference,
 detector defects and frame range; see :mod:`hpcem.motion` and docs/motion.md.
 

@@ -2,14 +2,14 @@
 
 Method:
 
-1. the frame is cut into ``patches × patches`` overlapping square patches (side
-   ``2·min(ny, nx)/(patches+1)``, centres evenly spaced); in each frame a patch window
-   follows the global trajectory (offset by the rounded global shift), its mean is
-   removed and its edges are tapered (raised cosine over 1/8 of the side) so that the
-   window border does not correlate;
+1. the frames are translated by their global displacement (Fourier shift) and cut into
+   ``patches × patches`` overlapping square patches (side ``2·min(ny, nx)/(patches+1)``,
+   centres evenly spaced), the same window in every frame; each patch's mean is removed
+   and its edges are tapered (raised cosine over 1/8 of the side);
 2. each patch stack is aligned like a whole movie (:func:`hpcem.motion.align.align_spectra`,
-   same binning and B-factor), starting from the global solution, searching at most
-   ``MAX_LOCAL_SHIFT_PX`` away from it per iteration;
+   same binning and B-factor), from zero residual, searching at most
+   ``MAX_LOCAL_SHIFT_PX`` per iteration: what the window does to the correlation pulls
+   towards the global solution, never towards a motion of its own;
 3. the residuals ``δ(p, i)`` = patch displacement − global displacement are fitted by a
    smooth model (like MotionCor2's, with a per-patch constant as nuisance, since a
    patch's alignment fixes its trajectory only up to a translation)::
