@@ -165,3 +165,30 @@ def test_consensus_refuses_sets_of_different_voltages(project, tmp_path, wait_fo
     inputs = {"ctfs": [f"{runs[0].id}:ctfs"], "other_ctfs": [f"{runs[1].id}:ctfs"]}
     with pytest.raises(ValidationError, match="different optics: voltage 300 kV"):
         lifecycle.create_run(project, "ctf.consensus", {}, inputs)
+
+
+def test_filters_give_their_reasons():
+    from hpcem.protocols.ctf_consensus import _filter_reasons
+
+    p = {
+        "resolution_A": 15.0,
+        "defocus_min_A": 10000.0,
+        "defocus_max_A": 30000.0,
+        "max_astigmatism_A": 500.0,
+        "max_fit_resolution_A": 6.0,
+    }
+    good = {"defocus_u": 15300.0, "defocus_v": 14900.0, "fit_resolution": 4.2}
+    assert _filter_reasons(p, good, 3.0) == []
+    assert _filter_reasons(p, good, 15.0) == []  # at the threshold: accepted
+    bad = {"defocus_u": 31000.0, "defocus_v": 9000.0, "fit_resolution": 8.0}
+    assert _filter_reasons(p, bad, 27.34) == [
+        "CTFs differ by 90° in phase at 27.3 Å, coarser than resolution_A 15 Å",
+        "defocus 9000 Å below defocus_min_A 10000",
+        "defocus 31000 Å above defocus_max_A 30000",
+        "astigmatism 22000 Å above max_astigmatism_A 500",
+        "fit resolution 8.0 Å coarser than max_fit_resolution_A 6",
+    ]
+    off = dict.fromkeys(p, 0.0) | {"resolution_A": 15.0}
+    assert _filter_reasons(off, bad, float("inf")) == [
+        "CTFs differ by 90° in phase at inf Å, coarser than resolution_A 15 Å"
+    ]
