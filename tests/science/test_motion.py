@@ -79,16 +79,14 @@ def test_frame_range_shifts_relative_to_first_used_frame(tmp_path):
     assert result["early_drift_px"] == 0.0  # frame 3 ends at 8 e/Å² already
 
 
-@pytest.mark.skipif(
+RELION = pytest.mark.skipif(
     shutil.which("relion_run_motioncorr") is None,
     reason="RELION's relion_run_motioncorr is not installed (Debian package relion)",
 )
-def test_shift_sign_against_relion_own_motioncorr(tmp_path):
-    """RELION 3.1 ``--use_own`` reports ``_rlnMicrographShiftX/Y`` = the shift *applied*
-    to align (px, first frame 0): the negative of our displacements."""
-    import starfile
 
-    frames, truth = simulate_movie((512, 512), 16, 1.0, 2.0, (0.8, -0.5), 0.2, seed=5)
+
+def _relion_own_motioncorr(tmp_path, frames, dose_e_A2, extra=()):
+    """Run ``relion_run_motioncorr --use_own`` on ``frames``; its output folder."""
     write_mrc(tmp_path / "movie.mrcs", frames, 1.0, kind="movie")
     (tmp_path / "movies.star").write_text(
         "data_optics\nloop_\n_rlnOpticsGroupName\n_rlnOpticsGroup\n"
@@ -98,15 +96,57 @@ def test_shift_sign_against_relion_own_motioncorr(tmp_path):
     )
     argv = ["relion_run_motioncorr", "--i", "movies.star", "--o", "MC/", "--use_own"]
     argv += ["--j", "1", "--bfactor", "150", "--angpix", "1", "--voltage", "300"]
-    argv += ["--dose_per_frame", "2", "--patch_x", "1", "--patch_y", "1"]
+    argv += ["--dose_per_frame", str(dose_e_A2), "--patch_x", "1", "--patch_y", "1", *extra]
     subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=120, check=False)
     star = tmp_path / "MC" / "movie.star"
     assert star.is_file(), "relion_run_motioncorr wrote no per-movie STAR file"
-    table = starfile.read(star)["global_shift"]
+    return tmp_path / "MC"
+
+
+@RELION
+def test_shift_sign_against_relion_own_motioncorr(tmp_path):
+    """RELION 3.1 ``--use_own`` reports ``_rlnMicrographShiftX/Y`` = the shift *applied*
+    to align (px, first frame 0): the negative of our displacements."""
+    import starfile
+
+    frames, truth = simulate_movie((512, 512), 16, 1.0, 2.0, (0.8, -0.5), 0.2, seed=5)
+    out = _relion_own_motioncorr(tmp_path, frames, 2.0)
+    table = starfile.read(out / "movie.star")["global_shift"]
     relion = np.stack([table["rlnMicrographShiftX"], table["rlnMicrographShiftY"]], axis=1)
     ours = align_in_memory(frames).shifts_px
     assert rms_error(-relion, truth["shifts_px"]) <= 0.3
     assert np.abs(ours - (-relion)).max() < 0.5
+
+
+def _radial_amplitude(image, n_shells=12):
+    power = np.abs(np.fft.rfft2(image - image.mean())) ** 2
+    k = np.hypot(np.fft.fftfreq(image.shape[0])[:, None], np.fft.rfftfreq(image.shape[1]))
+    shell = np.minimum((k / 0.5 * n_shells).astype(int), n_shells)
+    total = np.bincount(shell.ravel(), power.ravel(), n_shells + 1)[:n_shells]
+    return np.sqrt(total / np.bincount(shell.ravel(), None, n_shells + 1)[:n_shells])
+
+
+@RELION
+def test_dose_weighting_matches_relion_own_motioncorr(tmp_path):
+    """The dose-weighted sum over the plain sum, shell by shell, is RELION's curve: the
+    critical-exposure weights and the exposure of each frame agree; only the overall
+    scale differs (RELION divides by sqrt(Σw²), we keep the plain sum's scale: a factor
+    sqrt(n_frames))."""
+    import mrcfile
+
+    n = 16
+    frames, _ = simulate_movie((512, 512), n, 1.0, 2.0, (0.8, -0.5), 0.2, seed=7)
+    out = _relion_own_motioncorr(tmp_path, frames, 2.0, ("--dose_weighting", "--save_noDW"))
+    relion_dw = mrcfile.read(out / "movie.mrc").astype(np.float64)
+    relion_plain = mrcfile.read(out / "movie_noDW.mrc").astype(np.float64)
+    path = tmp_path / "movie.mrcs"
+    result = align_movie_file(path, pixel_size_A=1.0, dose_per_frame_e_A2=2.0, save_nodw=True)
+    ours_dw, ours_plain = result["images"]["image"], result["images"]["image_nodw"]
+    relion_curve = _radial_amplitude(relion_dw) / _radial_amplitude(relion_plain)
+    ours_curve = _radial_amplitude(ours_dw) / _radial_amplitude(ours_plain)
+    assert np.allclose(relion_curve / ours_curve, 1 / math.sqrt(n), rtol=0.01)
+    assert ours_curve.min() < 0.97  # the weights do act at this exposure (32 e/Å²)
+    assert ours_dw.mean() == pytest.approx(math.sqrt(n) * relion_dw.mean(), rel=1e-3)
 
 
 # --- kernels --------------------------------------------------------------------------------
