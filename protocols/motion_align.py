@@ -240,7 +240,9 @@ class AlignMovies(Protocol):
             min=0.0,
             max=1000.0,
             units="e⁻/Å²",
-            help="Exposure before the first frame (for dose weighting).",
+            help="Exposure before the first frame, added to every frame's exposure. The "
+            "dose weights are normalised per frequency, so it does not change the sum; it "
+            "decides which frames count as early (up to 4 e⁻/Å²) for early_drift.",
         ),
     )
     outputs = (
