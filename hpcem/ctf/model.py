@@ -11,7 +11,12 @@ Conventions
   fraction (0.07–0.1 for ice), additional phase shift in degrees (phase plates).
 * ``χ(k) = π λ Δf k² − ½ π Cs λ³ k⁴ + φ``, and
   ``CTF = −[√(1−A²) sin χ + A cos χ] = −sin(χ + arcsin A)`` (negative at low frequency
-  for underfocus, as in RELION and CTFFIND).
+  for underfocus, as in CTFFIND). RELION 3.1's CTF has the opposite overall sign:
+  ``relion_ctf_toolbox --simulate`` gives exactly ``−ctf_2d(..., centered=True)`` (+A at
+  zero frequency; same U, V and angle geometry), because RELION's internal defocus is
+  negative for underfocus and it returns ``−sin(−(χ + arcsin A))`` — checked in
+  ``tests/science/test_ctf_relion.py``. Fits of CTF² do not see the sign; images made
+  with this model have the contrast of CTFFIND's convention.
 """
 
 from __future__ import annotations
