@@ -13,8 +13,7 @@ Conventions
   ``CTF = −[√(1−A²) sin χ + A cos χ] = −sin(χ + arcsin A)`` (negative at low frequency
   for underfocus, as in CTFFIND). RELION 3.1's CTF has the opposite overall sign:
   ``relion_ctf_toolbox --simulate`` gives exactly ``−ctf_2d(..., centered=True)`` (+A at
-  zero frequency; same U, V and angle geometry), because RELION's internal defocus is
-  negative for underfocus and it returns ``−sin(−(χ + arcsin A))`` — checked in
+  zero frequency; same U, V and angle geometry), measured in
   ``tests/science/test_ctf_relion.py``. Fits of CTF² do not see the sign; images made
   with this model have the contrast of CTFFIND's convention.
 """
