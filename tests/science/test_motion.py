@@ -356,3 +356,14 @@ def test_local_sum_is_sharper_than_the_global_sum():
         assert _shell_correlation(warped, ideal, low, high) > _shell_correlation(
             plain, ideal, low, high
         )
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (63, 50), (90, 90)])
+def test_peak_window_equals_the_inverse_fft_near_the_origin(shape):
+    rng = np.random.default_rng(1)
+    power = np.fft.rfft2(rng.standard_normal(shape)).astype(np.complex64)
+    cc = np.fft.irfft2(power, s=shape)
+    window = align.PeakWindow(shape, 3)
+    offsets = range(-3, 4)
+    expected = np.array([[cc[y % shape[0], x % shape[1]] for x in offsets] for y in offsets])
+    assert np.allclose(window.values(power) / (shape[0] * shape[1]), expected, atol=1e-5)
