@@ -7,10 +7,16 @@
    every controller commit is timed (target at 30,000 steps: overhead <= 1 ms per step,
    progress-commit time independent of the number of steps).
 2. Projects of ``--runs`` and of 5,000 finished runs; ``hpcem status PROJECT`` is timed
-   in fresh processes (the median of 5), against a bare ``python -c 'import h5py'``
-   (target at 5,000 runs: at most 1.3 times that).
+   in fresh processes against a bare ``python -c 'import h5py'`` (target at 5,000 runs:
+   at most 1.3 times that). The two alternate in one loop (``--repeats`` each, medians),
+   so that the load of a shared machine falls on both alike. Both run with their
+   bytecode cached, as an installed hpcem and h5py do (an editable checkout under
+   PYTHONDONTWRITEBYTECODE=1 would compile hpcem's sources in every process: that
+   figure is printed too, ``*_compiling``). ``hpcem status`` runs numpy with one
+   OpenBLAS thread; the bare import with the same setting is printed as well.
 
 Prints one JSON object: {"steps", "wall_s", "overhead_ms_per_step", "status_s", ...}.
+``--only status`` runs the second part alone.
 """
 
 from __future__ import annotations
@@ -142,29 +148,53 @@ def _finished_project(path: Path, n_runs: int):
     return project
 
 
-def _median_run(argv, n=5, check_rows=None) -> tuple[float, float]:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        out = subprocess.run(argv, capture_output=True, text=True, check=True)
-        times.append(time.perf_counter() - t0)
-    if check_rows is not None:
-        rows = [line for line in out.stdout.splitlines() if "finished" in line]
-        if len(rows) != check_rows:
-            raise SystemExit(f"status listed {len(rows)} finished runs, expected {check_rows}")
-    return statistics.median(times), min(times)
+def _timed_runs(commands: dict, repeats: int, env: dict) -> dict[str, list[float]]:
+    """Wall seconds of each command (name -> argv), run in turns ``repeats`` times."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, argv in commands.items():
+            t0 = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, env=env.get(name))
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
-def bench_status(tmp: Path, n_runs: int) -> dict:
-    project = _finished_project(tmp / f"status-{n_runs}", n_runs)
+def _check_rows(argv: list[str], n_rows: int, env: dict) -> None:
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
+    rows = [line for line in out.stdout.splitlines() if "finished" in line]
+    if len(rows) != n_rows:
+        raise SystemExit(f"status listed {len(rows)} finished runs, expected {n_rows}")
+
+
+def bench_status(tmp: Path, sizes: list[int], repeats: int) -> dict:
+    """``hpcem status`` on projects of ``sizes`` finished runs against a bare h5py import,
+    alternating; with cached bytecode and, for comparison, compiling every time."""
     hpcem = [sys.executable, "-c", "import sys; from hpcem.cli.main import main; sys.exit(main())"]
-    med, low = _median_run(hpcem + ["status", str(project.path)], check_rows=n_runs)
-    return {f"status_{n_runs}_s": round(med, 3), f"status_{n_runs}_min_s": round(low, 3)}
-
-
-def bench_bare_h5py() -> dict:
-    med, low = _median_run([sys.executable, "-c", "import h5py"])
-    return {"bare_import_h5py_s": round(med, 3), "bare_import_h5py_min_s": round(low, 3)}
+    bare = [sys.executable, "-c", "import h5py"]
+    commands = {"bare_import_h5py": bare, "bare_import_h5py_1thread": bare}
+    for n in sizes:
+        project = _finished_project(tmp / f"status-{n}", n)
+        commands[f"status_{n}"] = [*hpcem, "status", str(project.path)]
+    cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cached["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")  # not in the checkout
+    compiling = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    compiling.pop("PYTHONPYCACHEPREFIX", None)
+    result: dict = {"status_repeats": repeats}
+    for mode, env in (("", cached), ("_compiling", compiling)):
+        envs = {name: env for name in commands}
+        envs["bare_import_h5py_1thread"] = {**env, "OPENBLAS_NUM_THREADS": "1"}
+        for n in sizes:  # the check run also writes the bytecode (cached mode)
+            _check_rows(commands[f"status_{n}"], n, env)
+        _timed_runs(commands, 1, envs)  # warm-up: bytecode written, files in the page cache
+        times = _timed_runs(commands, repeats, envs)
+        for name, ts in times.items():
+            result[f"{name}{mode}_s"] = round(statistics.median(ts), 3)
+            result[f"{name}{mode}_min_s"] = round(min(ts), 3)
+        for ref in ("bare_import_h5py", "bare_import_h5py_1thread"):
+            result[f"status_5000_over_{ref}{mode}"] = round(
+                result[f"status_5000{mode}_s"] / result[f"{ref}{mode}_s"], 2
+            )
+    return result
 
 
 def main() -> None:
@@ -172,17 +202,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--repeats", type=int, default=11, help="runs of each status timing")
+    parser.add_argument("--only", choices=["dispatch", "status"], default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hpcem-bench-") as tmp:
         result = {}
-        for n in sorted({args.steps, 30000}):
-            result.update(bench_steps(Path(tmp), n, args.workers))
-        result.update(bench_bare_h5py())
-        for n in sorted({args.runs, 5000}):
-            result.update(bench_status(Path(tmp), n))
-        result["status_5000_over_bare_h5py"] = round(
-            result["status_5000_s"] / result["bare_import_h5py_s"], 2
-        )
+        if args.only != "status":
+            for n in sorted({args.steps, 30000}):
+                result.update(bench_steps(Path(tmp), n, args.workers))
+        if args.only != "dispatch":
+            result.update(bench_status(Path(tmp), sorted({args.runs, 5000}), args.repeats))
     print(json.dumps(result))
 
 

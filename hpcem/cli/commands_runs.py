@@ -13,6 +13,14 @@ import time
 
 import click
 
+from hpcem.cli.status_table import fmt_elapsed as _fmt_elapsed
+from hpcem.cli.status_table import (
+    live_records,
+    print_status,
+    print_table,
+    refresh_batch_jobs,
+    safe,
+)
 from hpcem.errors import HpcemError, RunError, ValidationError
 
 EXECUTION_OPTIONS = ("site", "queue", "walltime", "cores", "nodes", "dispatch", "max_blocks")
@@ -170,15 +178,6 @@ def _do_run(project_path, protocol_name, params, inputs, label, wait, workers, s
         _wait(project, run.id)
 
 
-def safe(text) -> str:
-    """Text from a project (labels, reasons, step names) made safe for a terminal:
-    control characters (newlines, escape codes) are shown escaped, never obeyed."""
-    text = str(text)
-    if text.isprintable():  # the common case, without a loop over characters
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _wait(project, run_id: int) -> None:
     """Show progress until the run ends. Ctrl-C stops a local run (and says so); for a
     batch-job run it only stops waiting and says how to stop the job."""
@@ -210,7 +209,7 @@ def _wait_loop(project, run_id: int) -> None:
     last_refresh = time.monotonic()
     while True:
         if time.monotonic() - last_refresh > 2.0:
-            _refresh_batch_jobs(project)
+            refresh_batch_jobs(project)
             last_refresh = time.monotonic()
         run = project.run(run_id)
         state, reason = diagnose(run)
@@ -265,121 +264,33 @@ def run_cmd(project):
 @click.option("--log-lines", default=10, show_default=True, help="Log lines shown for one run.")
 def status_cmd(project, run, as_json, log_lines):
     """Where is my project at? One row per run, or the details of RUN (id or label)."""
-    from hpcem.execution.runs import status_rows, summarize
+    if run is None and not as_json:
+        print_status(project)  # the table (hpcem.cli.main also calls it without click)
+        return
+    from hpcem.execution.runs import summarize
+    from hpcem.execution.status import classify_rows
 
     proj = _open(project)
-    quiet, live, problems = status_rows(proj)  # only live runs are decoded and checked
-    live = _reap_blocks(proj, _refresh_batch_jobs(proj, live))
+    cols = proj.summary_columns()
+    quiet, live_at, problems = classify_rows(proj.index_path, cols)
+    live = live_records(proj, cols, live_at, problems)  # jobs asked about, blocks reaped
+    if run is None:  # scripts get every output with its type: summaries of the records
+        records = {r.id: r for r in live_records(proj, cols, quiet, problems, refresh=False)}
+        records.update({r.id: r for r in live})
     for problem in problems:
         click.echo(f"hpcem: warning: {safe(problem)}", err=True)
-    if run is None:
-        if as_json:  # scripts get every output with its type: summaries of the records
-            records = {r.id: r for r in proj.runs}
-            records.update({r.id: r for r in live})
-            rows = [summarize(records[i]) for i in sorted(quiet.keys() | {r.id for r in live})]
-            click.echo(
-                json.dumps(
-                    {"project": str(proj.path), "runs": [r.to_json() for r in rows]}, indent=1
-                )
-            )
-            return
-        rows = sorted([*quiet.values(), *(summarize(r) for r in live)], key=lambda r: r.id)
-        _print_table(proj, rows)
+    if run is not None:
+        _print_run(proj, _run_ref(proj, run), as_json, log_lines)
         return
-    _print_run(proj, _run_ref(proj, run), as_json, log_lines)
-
-
-def _refresh_batch_jobs(project, runs=None) -> list:
-    """Ask each site once about the project's active batch jobs (only if there are any);
-    return the runs, read again only when that changed them."""
-    all_runs = runs is None
-    runs = project.runs if all_runs else runs
-    from hpcem.execution.batch import needs_refresh
-
-    if not any(needs_refresh(r) for r in runs):
-        return runs
-    from hpcem.execution.batch import refresh_jobs
-
-    try:
-        refresh_jobs(project, runs)
-    except HpcemError as exc:
-        click.echo(f"hpcem: warning: cannot query the batch system: {exc}", err=True)
-    return project.runs if all_runs else [project.run(r.id) for r in runs]
-
-
-def _reap_blocks(project, runs) -> list:
-    """Cancel Parsl blocks left by dead controllers (only runs that list blocks)."""
-    leftover = [r for r in runs if r.blocks]
-    if not leftover:
-        return runs
-    from hpcem.execution.runs import reap_blocks
-
-    for r in leftover:
-        try:
-            done = reap_blocks(project, r)
-        except HpcemError as exc:
-            click.echo(
-                f"hpcem: warning: run {r.id}: cannot cancel its Parsl blocks: {exc}", err=True
-            )
-            continue
-        if done:
-            click.echo(
-                f"hpcem: run {r.id}: cancelled Parsl blocks left by its dead controller: "
-                f"{', '.join(done)}",
-                err=True,
-            )
-    return [project.run(r.id) for r in runs]
-
-
-def _fmt_elapsed(seconds: float) -> str:
-    if not seconds:
-        return "-"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _fmt_outputs(outputs: dict) -> str:
-    if "text" in outputs:  # a quiet row: the index's summary column
-        return outputs["text"] or "-"
-    parts = []
-    for name, o in outputs.items():
-        size = o.get("size")
-        parts.append(f"{name}({size})" if size is not None else name)
-    return ", ".join(parts) or "-"
+    rows = [summarize(records[i]) for i in sorted(records)]
+    click.echo(
+        json.dumps({"project": str(proj.path), "runs": [r.to_json() for r in rows]}, indent=1)
+    )
 
 
 def _print_table(project, rows) -> None:
-    click.echo(f"project {project.path}: {len(rows)} run{'s' if len(rows) != 1 else ''}")
-    if not rows:
-        return
-    jobs = any(r.job for r in rows)  # a JOB column only where some run is a batch job
-    header = (
-        ("ID", "LABEL", "PROTOCOL", "STATE", "STEPS", "ELAPSED")
-        + (("JOB",) if jobs else ())
-        + ("OUTPUTS",)
-    )
-    table = [header] + [
-        (
-            str(r.id),
-            safe(r.label)[:30],
-            r.protocol,
-            r.state,
-            f"{r.steps_done}/{r.steps_total}",
-            _fmt_elapsed(r.elapsed_s),
-        )
-        + ((r.job or "-",) if jobs else ())
-        + (_fmt_outputs(r.outputs),)
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    click.echo(
-        "\n".join(
-            "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1]
-            for row in table
-        )
-    )
+    """The status table of these summaries (also used by ``hpcem demo``)."""
+    print_table(project.path, rows)
 
 
 def _print_run(project, run, as_json, log_lines) -> None:

@@ -1,77 +1,110 @@
 """The ``hpcem`` command: a thin click layer over the library.
 
 Library code raises :class:`hpcem.errors.HpcemError`; here each error becomes one line on
-stderr and a non-zero exit code (a traceback only with ``--debug``).
+stderr and a non-zero exit code (a traceback only with ``--debug``). The plain
+``hpcem status PROJECT``, which people run in a loop on projects of thousands of runs,
+goes straight to its table without loading click or the other commands.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-import click
-
-from hpcem import __version__
 from hpcem.errors import HpcemError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="hpcem")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """hpcem: reproducible cryo-EM single-particle processing on HPC batch systems."""
-    ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
+def _cli():
+    """The click command group with every command (built on first use)."""
+    import click
 
-
-def _register() -> None:
-    # Each command module defines its click commands; this is the only list of them.
+    from hpcem import __version__
     from hpcem.cli import commands_demo, commands_project, commands_runs, commands_site
 
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="hpcem")
+    @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+    @click.pass_context
+    def cli(ctx: click.Context, debug: bool) -> None:
+        """hpcem: reproducible cryo-EM single-particle processing on HPC batch systems."""
+        ctx.ensure_object(dict)
+        ctx.obj["debug"] = debug
+
+    # Each command module defines its click commands; this is the only list of them.
     for module in (commands_project, commands_runs, commands_site, commands_demo):
         for command in module.COMMANDS:
             cli.add_command(command)
+    return cli
+
+
+def _is_plain_status(args: list[str]) -> bool:
+    """``hpcem status PROJECT`` and nothing else (no option, no run, no help)."""
+    return len(args) == 2 and args[0] == "status" and not args[1].startswith("-")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
-    _register()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
     try:
-        cli.main(args=argv, prog_name="hpcem", standalone_mode=False)
+        if _is_plain_status(args):
+            # No linear algebra here: without this, loading numpy starts one OpenBLAS
+            # thread per core (and exit joins them), which on a busy or many-core login
+            # node costs more than reading the whole index. Child processes (squeue,
+            # scancel for live runs) do not use it; a user's own setting is kept.
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+            from hpcem.cli.status_table import print_status
+
+            print_status(args[1])
+        else:
+            _cli().main(args=args, prog_name="hpcem", standalone_mode=False)
     except HpcemError as exc:
         if debug:
             raise
-        click.echo(f"hpcem: error: {exc}", err=True)
+        _say(f"hpcem: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("hpcem: interrupted", err=True)
+        _say("hpcem: interrupted")
         return 130
-    except click.exceptions.Abort:
-        click.echo("hpcem: aborted", err=True)
-        return 130
-    except click.UsageError as exc:
-        hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        click.echo(f"hpcem: error: {exc.format_message()}{hint}", err=True)
-        return exc.exit_code
-    except click.ClickException as exc:
-        click.echo(f"hpcem: error: {exc.format_message()}", err=True)
-        return exc.exit_code
     except OSError as exc:
         if debug:
             raise
-        click.echo(f"hpcem: error: {_os_error(exc)}", err=True)
+        _say(f"hpcem: error: {_os_error(exc)}")
         return 74
     except Exception as exc:
+        code = _click_error(exc)
+        if code is not None:
+            return code
         if debug:
             raise
-        click.echo(
+        _say(
             f"hpcem: internal error: {type(exc).__name__}: {exc} "
-            "(rerun with --debug for the traceback and please report it)",
-            err=True,
+            "(rerun with --debug for the traceback and please report it)"
         )
         return 70
     return 0
+
+
+def _click_error(exc: Exception) -> int | None:
+    """Say a click error (usage, abort) and return its exit code; None for other errors."""
+    click = sys.modules.get("click")
+    if click is None:  # click was never loaded: not one of its errors
+        return None
+    if isinstance(exc, click.exceptions.Abort):
+        _say("hpcem: aborted")
+        return 130
+    if isinstance(exc, click.UsageError):
+        hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        _say(f"hpcem: error: {exc.format_message()}{hint}")
+        return exc.exit_code
+    if isinstance(exc, click.ClickException):
+        _say(f"hpcem: error: {exc.format_message()}")
+        return exc.exit_code
+    return None
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _os_error(exc: OSError) -> str:

@@ -1,12 +1,16 @@
 """The project store: a project folder with an HDF5 index, runs, step tables and
 columnar sets of items (see docs/store.md for the layout and the guarantees)."""
 
-from hpcem.store.files import SCHEMA_VERSION
-from hpcem.store.project import OutputSets, Project
-from hpcem.store.record import RUN_STATES, Attempt, Placement, RunRecord
-
-# Sets, their writer and the step table load on first use (`hpcem status` needs none).
+# Every name loads its module on first use: `hpcem status` reads the index through
+# hpcem.store.index and needs none of the others (the project, records, sets, locks).
 _LAZY = {
+    "SCHEMA_VERSION": "hpcem.store.files",
+    "OutputSets": "hpcem.store.project",
+    "Project": "hpcem.store.project",
+    "RUN_STATES": "hpcem.store.states",
+    "Attempt": "hpcem.store.record",
+    "Placement": "hpcem.store.record",
+    "RunRecord": "hpcem.store.record",
     "Ragged": "hpcem.store.ragged",
     "Set": "hpcem.store.sets",
     "SetWriter": "hpcem.store.writer",
@@ -20,6 +24,10 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'hpcem.store' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 __all__ = [

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,13 +28,9 @@ import h5py
 import numpy as np
 
 from hpcem.errors import CorruptStoreError, SchemaVersionError
-from hpcem.store.safeopen import (
-    check_free_space,
-    open_append_nofollow,  # noqa: F401  (for run folders: stdout.log, stderr.log)
-    open_dir,
-    open_in,
-    storage_errors,
-)
+
+# hpcem.store.safeopen (creating files without following links, full-disk errors) is
+# imported by the functions that write: readers such as `hpcem status` never load it.
 
 #: Version of the on-disk layout written by this code (see docs/store.md).
 SCHEMA_VERSION = 1
@@ -54,6 +49,8 @@ IN_MEMORY_MAX_BYTES = 64 << 20
 
 def tmp_name(path: Path) -> Path:
     """A fresh temporary name next to ``path`` (same folder, so rename is atomic)."""
+    import secrets  # here: it loads OpenSSL, and readers (`hpcem status`) never need it
+
     return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
@@ -78,6 +75,8 @@ def atomic_h5(path: Path, *, size_hint: int | None = None, levels: int = 0) -> I
     ``MIN_FREE_BYTES + size_hint`` free, or on a full, over-quota or read-only disk, it
     raises StorageFullError naming the folder.
     """
+    from hpcem.store.safeopen import check_free_space, open_dir, storage_errors
+
     path = Path(path)
     folder = path.parent
     dfd = open_dir(folder, levels)
@@ -102,6 +101,8 @@ def atomic_h5(path: Path, *, size_hint: int | None = None, levels: int = 0) -> I
 
 def _commit(dfd: int, folder: Path, tmp: str, name: str, image: bytes) -> None:
     """Write ``image`` to a new temp file and rename it over ``name`` (all in ``dfd``)."""
+    from hpcem.store.safeopen import check_free_space, open_in, storage_errors
+
     try:
         with storage_errors(folder):
             check_free_space(folder, len(image), fd=dfd)
@@ -129,6 +130,8 @@ def _write_by_hdf5(dfd: int, folder: Path, tmp: str, name: str) -> Iterator[h5py
     Mode "x" creates it with O_EXCL, which never follows a link planted at the name, and
     /proc/self/fd pins the folder we checked (no race with a link swapped in later).
     """
+    from hpcem.store.safeopen import open_in, storage_errors
+
     pinned = Path(f"/proc/self/fd/{dfd}")
     where = pinned / tmp if pinned.is_dir() else folder / tmp
     try:
@@ -211,7 +214,17 @@ def read_str_array(ds: h5py.Dataset) -> np.ndarray:
     """Read a vlen string dataset as an object array of ``str``."""
     if ds.shape == (0,):
         return np.empty(0, dtype=object)
-    return ds.asstr()[()]
+    if ds.ndim != 1:
+        return ds.asstr()[()]
+    # The bytes in one read, then one decode of them all joined by NUL (which a vlen
+    # string cannot hold): much faster than h5py's asstr() or one decode per string.
+    raw = ds[()].tolist()
+    texts = b"\0".join(raw).decode("utf-8").split("\0")
+    if len(texts) != len(raw):  # a NUL after all (a fixed-length column): one by one
+        texts = [b.decode("utf-8") for b in raw]
+    out = np.empty(len(texts), dtype=object)
+    out[:] = texts
+    return out
 
 
 def write_column(group: h5py.Group, name: str, data: np.ndarray) -> None:
@@ -239,3 +252,11 @@ def clean_tmp_files(folder: Path, pattern: str) -> None:
             if tmp_re.match(entry.name) and entry.is_file():
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+
+
+def __getattr__(name: str):
+    if name == "open_append_nofollow":  # for run folders: stdout.log, stderr.log
+        from hpcem.store.safeopen import open_append_nofollow
+
+        return open_append_nofollow
+    raise AttributeError(f"module 'hpcem.store.files' has no attribute {name!r}")

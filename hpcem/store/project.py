@@ -12,8 +12,6 @@ import json
 import math
 import os
 import re
-import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,9 +20,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpcem import __version__
-from hpcem.errors import CorruptStoreError, FencedError, NotAProjectError, RunError, StoreError
+from hpcem.errors import CorruptStoreError, FencedError, RunError, StoreError
 from hpcem.store import files as sf
 from hpcem.store import record, safeopen
+from hpcem.store.index import (
+    INDEX,
+    PROJECT_TYPE,
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    SUMMARY_TEXT,
+    TEXT_SUMMARIES,
+    check_project,
+    encode_summary_text,
+    file_key,
+)
+from hpcem.store.index import damaged as _damaged
+from hpcem.store.index import read_index_file as _read_index_file
+from hpcem.store.index import unknown_state as _unknown_state
 from hpcem.store.locks import FileLock
 from hpcem.store.record import Attempt, Placement, RunRecord
 
@@ -35,39 +47,14 @@ if TYPE_CHECKING:  # imported where used: `hpcem status` needs none of them
 
 MANIFEST = "manifest.h5"  # hpcem.store.manifest.MANIFEST
 
-INDEX = "project.h5"
-PROJECT_TYPE = "hpcem.Project"
 PROGRESS = "progress.h5"
 PROGRESS_TYPE = "hpcem.RunProgress"
 LOCK_TIMEOUT_S = 10.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-# Columns of the /runs group: (name, dtype). "str" = vlen UTF-8. record_json holds the
-# typed parts of each run (request, attempts, blocks, outputs; see hpcem.store.record).
-RUN_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", "int64"),
-    ("protocol", "str"),
-    ("label", "str"),
-    ("state", "str"),
-    ("created", "float64"),
-    ("heartbeat", "float64"),
-    ("steps_done", "int64"),
-    ("steps_total", "int64"),
-    ("error", "str"),
-    ("record_json", "str"),
-)
+# The index's columns (RUN_COLUMNS, SUMMARY_COLUMNS) are declared in hpcem.store.index.
 _SCALARS = tuple(name for name, _ in RUN_COLUMNS if name != "record_json")
-# Derived from each record in the same commit (never written on their own), so that
-# `hpcem status` can list thousands of runs without decoding their records.
-SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("started", "float64"),
-    ("ended", "float64"),
-    ("job", "str"),
-    ("job_open", "int64"),
-    ("outputs_text", "str"),
-    ("n_blocks", "int64"),
-)
 
 
 class OutputSets(Mapping):
@@ -176,10 +163,7 @@ class Project:
         NotAProjectError, CorruptStoreError or SchemaVersionError when it cannot be.
         """
         p = cls(path, **kwargs)
-        if not p.path.is_dir():
-            raise NotAProjectError(f"{p.path} is not an hpcem project (no such folder)")
-        if not p.index_path.is_file():
-            raise NotAProjectError(f"{p.path} is not an hpcem project (no {INDEX})")
+        check_project(p.path)
         p._read_index()
         return p
 
@@ -189,11 +173,7 @@ class Project:
         file (same inode, size and mtime: every commit is a new file) is reused; callers
         that change the columns in place must ask for a fresh copy."""
         path = self.index_path
-        try:
-            st = os.stat(path)
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        except OSError:
-            key = None
+        key = file_key(path)
         if not fresh and key is not None and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         attrs, cols = self._read_index_file(path)
@@ -202,32 +182,7 @@ class Project:
         return attrs, cols
 
     def _read_index_file(self, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        try:
-            f = sf.open_h5(path, "project index")
-        except FileNotFoundError:
-            raise NotAProjectError(f"{self.path} is not an hpcem project (no {INDEX})") from None
-        with f:
-            sf.check_header(f, PROJECT_TYPE, "project index")
-            try:
-                attrs = {k: f.attrs[k] for k in f.attrs}
-                attrs["next_run_id"] = int(attrs["next_run_id"])
-                g = f["runs"]
-                cols = {}
-                for name, dtype in RUN_COLUMNS:
-                    ds = g[name]
-                    if name == "record_json":  # UTF-8 bytes, decoded per record when used
-                        cols[name] = ds[()] if ds.shape != (0,) else np.empty(0, dtype=object)
-                    else:
-                        cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
-                missing = [name for name, _ in SUMMARY_COLUMNS if name not in g]
-                for name, dtype in SUMMARY_COLUMNS:
-                    if name not in missing:
-                        ds = g[name]
-                        cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
-            except (KeyError, OSError, ValueError) as exc:
-                raise CorruptStoreError(
-                    f"{path}: project index is incomplete or damaged ({exc}); it was not modified"
-                ) from exc
+        attrs, cols, missing = _read_index_file(self.path, path)
         if missing:  # an index written before the summary columns: derive them once
             self._derive_summaries(cols)
         return attrs, cols
@@ -257,9 +212,12 @@ class Project:
             f.attrs["schema_version"] = sf.SCHEMA_VERSION
             g = f.create_group("runs")
             for name, dtype in (*RUN_COLUMNS, *SUMMARY_COLUMNS):
+                if name in TEXT_SUMMARIES:  # all of them in one dataset, below
+                    continue
                 sf.write_column(
                     g, name, np.asarray(cols[name], dtype=object if dtype == "str" else dtype)
                 )
+            g.create_dataset(SUMMARY_TEXT, data=encode_summary_text(cols))
 
     def _record(self, cols: Mapping[str, Any], i: int) -> RunRecord:
         """Row ``i`` as a typed record; CorruptStoreError naming the file and the run."""
@@ -281,16 +239,10 @@ class Project:
         return RunRecord(**values, **parts, project_path=self.path)
 
     def damaged(self, run_id: int, exc: Exception) -> CorruptStoreError:
-        return CorruptStoreError(
-            f"{self.index_path}: the record of run {run_id} is damaged "
-            f"({type(exc).__name__}: {exc}); other runs are readable"
-        )
+        return _damaged(self.index_path, run_id, exc)
 
     def unknown_state(self, run_id: int, state: str) -> CorruptStoreError:
-        return CorruptStoreError(
-            f"{self.index_path}: run {run_id} has the unknown state "
-            f"{state!r} (states: {', '.join(record.RUN_STATES)})"
-        )
+        return _unknown_state(self.index_path, run_id, state)
 
     # --- the progress of an active run (runs/NNNNNN/progress.h5) ---
     def _progress_path(self, run_id: int) -> Path:
@@ -726,6 +678,8 @@ class Project:
                 # rename first so no reader ever opens a half-deleted set
                 gone = d.with_name(f".deleted-{name}{sf.TMP_MARK}{os.getpid()}")
                 os.replace(d, gone)
+                import shutil
+
                 shutil.rmtree(gone, ignore_errors=True)
             self._mutate(
                 run_id,
@@ -880,4 +834,6 @@ def find_run(runs: Sequence[RunRecord], ref: str) -> RunRecord:
 
 def this_host() -> str:
     """The host name recorded in runs and locks."""
+    import socket
+
     return socket.gethostname()

@@ -27,10 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcem.errors import RunError, StoreError
-
-RUN_STATES = ("saved", "launched", "running", "finished", "failed", "aborted")
-ACTIVE_STATES = ("launched", "running")
-FINAL_STATES = ("finished", "failed", "aborted")
+from hpcem.store.states import ACTIVE_STATES, FINAL_STATES, RUN_STATES  # noqa: F401 (re-exported)
 
 #: The state machine: state -> the states it may move to. Written down once.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
