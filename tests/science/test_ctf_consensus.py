@@ -192,3 +192,39 @@ def test_filters_give_their_reasons():
     assert _filter_reasons(off, bad, float("inf")) == [
         "CTFs differ by 90° in phase at inf Å, coarser than resolution_A 15 Å"
     ]
+
+
+@pytest.mark.slow
+def test_real_krios_micrograph_through_both_protocols_and_consensus(
+    project, tmp_path, wait_for_run, shared_file
+):
+    """The real Krios micrograph (MRC mode 6, 3710x3838 px) through import, both CTF
+    protocols and the consensus: both fits agree (to better than 2 Å), each with its
+    diagnostic PNG and its estimator's name."""
+    import shutil as sh
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    sh.copyfile(shared_file("mrcfile-1.5.4/fei-extended.mrc"), raw / "krios.mrc")
+    run = lifecycle.create_run(
+        project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 0.8538}
+    )
+    lifecycle.launch(project, run.id, workers=1)
+    assert wait_for_run(project, run.id).state == "finished"
+    mics = {"micrographs": [f"{run.id}:micrographs"]}
+    fits = {}
+    for name in ("ctf.estimate", "ctf.fit2d"):
+        fit, done = _run(project, name, {}, mics, wait_for_run)
+        assert done.state == "finished", done.error
+        cols = project.open_set(fit.id, "ctfs").read_columns()
+        assert list(cols["estimator"]) == [name]
+        with open(cols["thumbnail"][0], "rb") as png:
+            assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+        fits[name] = fit
+    inputs = {"ctfs": [f"{fits['ctf.estimate'].id}:ctfs"]}
+    inputs["other_ctfs"] = [f"{fits['ctf.fit2d'].id}:ctfs"]
+    con, done = _run(project, "ctf.consensus", {}, inputs, wait_for_run)
+    assert done.state == "finished", done.error
+    accepted = project.open_set(con.id, "accepted").read_columns()
+    assert len(accepted["id"]) == 1
+    assert 0.0 < float(accepted["consensus_resolution"][0]) < 2.0
