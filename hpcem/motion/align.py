@@ -63,7 +63,13 @@ def fft_frames(
     copy of a movie's spectra: 1.6 GB for 24 frames of 4096²).
     """
     ny, nx = shape
-    out = None if n_frames is None else np.empty((n_frames, ny, nx // 2 + 1), np.complex64)
+    out = None
+    if n_frames is not None:
+        out = np.empty((n_frames, ny, nx // 2 + 1), np.complex64)
+        # Touch every page once, in one pass: faulting the pages in one by one while
+        # FFTs allocate and free their own buffers made reading + FFT of a 4096² 24-frame
+        # movie take 5-9 s instead of 3 s (+0.3 s for this fill), measured on one core.
+        out.fill(0)
     spectra = []
     count = 0
     for frame in frames:

@@ -236,20 +236,29 @@ def corrected_frames(
     defects: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, frame)`` for frames ``first..last`` as float32: gain multiplied,
-    defects filled. Raises DataFormatError naming the frame on NaN/Inf pixels."""
+    defects filled. Raises DataFormatError naming the frame on NaN/Inf pixels.
+
+    The same float32 buffer is yielded every time (one allocation per movie, not per
+    frame): use or copy each frame before asking for the next.
+    """
     mask = None if defects is None else np.asarray(defects, dtype=bool)
     if gain is not None:
         dead = gain_defects(gain)
         if dead.any():
             mask = dead if mask is None else (mask | dead)
     filler = DefectFiller(mask) if mask is not None and mask.any() else None
+    buffer = None
     for i in range(first, last + 1):
-        frame = np.array(get(i), dtype=np.float32)
-        if not np.isfinite(frame).all():
-            bad = int(np.count_nonzero(~np.isfinite(frame)))
+        raw = np.asarray(get(i))
+        if buffer is None:
+            buffer = np.empty(raw.shape, dtype=np.float32)
+        np.copyto(buffer, raw, casting="unsafe")
+        # Integer counts cannot be NaN/Inf; float data (and its conversion) can.
+        if raw.dtype.kind not in "iub" and not np.isfinite(buffer).all():
+            bad = int(np.count_nonzero(~np.isfinite(buffer)))
             raise DataFormatError(f"{path}: frame {i} has {bad} NaN/Inf pixels")
         if gain is not None:
-            frame *= gain
+            buffer *= gain
         if filler is not None:
-            filler(frame)
-        yield i, frame
+            filler(buffer)
+        yield i, buffer
