@@ -104,6 +104,7 @@ def align_one(
         "local_coefficients": result["local_coefficients"],
         "local_f": result["local_f"],
         "local_cv_gain": result["local_cv_gain"],
+        "output_pixel_size_A": result["output_pixel_size_A"],
         "iterations": result["iterations"],
         "converged": result["converged"],
         "binning": result["binning"],
@@ -136,7 +137,9 @@ def register_alignments(ctx) -> dict:
     names = sorted(found)
     rows = [found[k] for k in names]
     with ctx.create_set("micrographs", "hpcem.SetOfMicrographs") as writer:
-        writer.set_optics(movies.optics)
+        writer.set_optics(
+            _binned_optics(movies.optics, rows, [int(groups[_row_of(k)]) for k in names])
+        )
         writer.append_columns(
             {
                 "image": [r["image"] for r in rows],
@@ -162,6 +165,16 @@ def register_alignments(ctx) -> dict:
         writer.append_columns({k: [r[k] for r in rows] for k in fields})
     backends = sorted({r["backend"] for r in rows})
     return {"count": len(rows), "rejected": rejected, "backend": ",".join(backends)}
+
+
+def _binned_optics(optics, rows: list[dict], groups: list[int]) -> dict:
+    """The movies' optics table with the pixel size of the sums (``output_binning``)."""
+    table = {k: list(v) for k, v in dict(optics).items()}
+    by_group = {int(g): i for i, g in enumerate(table["optics_group"])}
+    for row, group in zip(rows, groups):
+        # Movies of one group share their size, so their sums share the pixel size.
+        table["pixel_size_A"][by_group[group]] = row["output_pixel_size_A"]
+    return table
 
 
 class AlignMovies(Protocol):
@@ -222,6 +235,15 @@ class AlignMovies(Protocol):
             "save_nodw",
             False,
             help="Also write the sum without dose weighting (micrographs' image_nodw).",
+        ),
+        Param.float(
+            "output_binning",
+            1.0,
+            min=1.0,
+            max=16.0,
+            help="Fourier-crop the sums by this factor (e.g. 2 for super-resolution "
+            "movies); the micrographs' pixel size grows by the same factor and each pixel "
+            "holds the counts of the movie pixels it covers.",
         ),
         Param.path(
             "gain_reference",
@@ -303,6 +325,7 @@ class AlignMovies(Protocol):
             else None,
             "defects_path": ctx.relpath(ctx.path(p["defect_file"])) if p["defect_file"] else None,
             "pre_exposure_e_A2": p["pre_exposure_e_A2"],
+            "output_binning": p["output_binning"],
         }
         out_dir = ctx.relpath(str(ctx.run_dir / "aligned"))
         steps = []

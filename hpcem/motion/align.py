@@ -313,9 +313,30 @@ def align_spectra(
     )
 
 
-def to_image(total_ft: np.ndarray, full_shape: tuple[int, int], workers: int = 1) -> np.ndarray:
-    """Inverse FFT of a summed half plane: the float32 image."""
-    return scipy.fft.irfft2(total_ft, s=full_shape, workers=workers).astype(np.float32)
+def binned_shape(shape: tuple[int, int], binning: float) -> tuple[int, int]:
+    """Even output size of a sum Fourier-cropped by ``binning`` (>= 1; 1 = unchanged)."""
+    if not binning >= 1:
+        raise ValidationError(f"output binning must be >= 1, got {binning}")
+    if binning == 1:
+        return tuple(shape)
+    return tuple(max(2, 2 * round(n / binning / 2)) for n in shape)
+
+
+def to_image(
+    total_ft: np.ndarray,
+    full_shape: tuple[int, int],
+    workers: int = 1,
+    out_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Inverse FFT of a summed half plane: the float32 image, Fourier-cropped to
+    ``out_shape`` when given (each output pixel then holds the counts of the input
+    pixels it covers, as a real-space sum of blocks would)."""
+    if out_shape is None or tuple(out_shape) == tuple(full_shape):
+        return scipy.fft.irfft2(total_ft, s=full_shape, workers=workers).astype(np.float32)
+    # irfft2 divides by the *output* size, so the DC term (the total count) is spread
+    # over fewer, larger pixels: no rescaling needed for counts per output pixel.
+    cropped = fourier_crop(total_ft, full_shape, out_shape)
+    return scipy.fft.irfft2(cropped, s=out_shape, workers=workers).astype(np.float32)
 
 
 def drift_stats(

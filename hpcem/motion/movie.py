@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 
 from hpcem.motion import align, dose, fourier, frames, local
 from hpcem.motion.plot import trajectory_png
@@ -39,6 +40,7 @@ def align_movie_file(
     gain_path: str | None = None,
     defects_path: str | None = None,
     pre_exposure_e_A2: float = 0.0,
+    output_binning: float = 1.0,
     out_image: str | os.PathLike | None = None,
     out_nodw: str | os.PathLike | None = None,
     out_plot: str | os.PathLike | None = None,
@@ -51,7 +53,12 @@ def align_movie_file(
     :mod:`hpcem.motion.align`), ``total_drift_px``, ``early_drift_px``, ``local``
     (bool), ``local_coefficients`` (36 numbers or []), ``local_f`` and ``local_cv_gain``
     (the two tests of the local model, None without patches), ``iterations``,
-    ``converged``, ``binning``, ``shape``, ``backend`` and ``seconds`` per stage.
+    ``converged``, ``binning``, ``shape``, ``output_shape`` and ``output_pixel_size_A``
+    (of the sums, after ``output_binning``), ``backend`` and ``seconds`` per stage.
+
+    ``output_binning`` > 1 Fourier-crops the sums (e.g. 2 for super-resolution movies):
+    the output pixel is ``nx / output_nx`` times larger and holds the counts of the input
+    pixels it covers (like a detector with larger pixels).
     """
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -113,17 +120,23 @@ def align_movie_file(
     targets = [("image", out_image, table)]
     if save_nodw and dose_weighting:
         targets.append(("image_nodw", out_nodw, None))
+    out_shape = align.binned_shape(shape, output_binning)
+    out_pixel_A = pixel_size_A * nx / out_shape[1]
     for key, target, weights in targets:
         if model is not None and model.accepted:
             image = local.local_sum(spectra, shape, shifts, model, weights, bins, workers)
+            if out_shape != shape:
+                image = align.to_image(
+                    scipy.fft.rfft2(image, workers=workers), shape, workers, out_shape
+                )
         else:
             total = align.shifted_sum(spectra, shape, shifts, weights, bins)
-            image = align.to_image(total, shape, workers)
+            image = align.to_image(total, shape, workers, out_shape)
         if target is not None:
             from hpcem.io.images import write_mrc
 
             Path(target).parent.mkdir(parents=True, exist_ok=True)
-            write_mrc(target, image, pixel_size_A, overwrite=True)
+            write_mrc(target, image, out_pixel_A, overwrite=True)
             written[key] = str(target)
         else:
             written[key] = image
@@ -161,6 +174,8 @@ def align_movie_file(
         "converged": result.converged,
         "binning": result.binning,
         "shape": [ny, nx],
+        "output_shape": list(out_shape),
+        "output_pixel_size_A": out_pixel_A,
         "backend": fourier.backend(),
         "seconds": seconds,
         "outputs": {k: v for k, v in written.items() if isinstance(v, str)},

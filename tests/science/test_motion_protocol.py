@@ -17,7 +17,7 @@ from hpcem.protocols.motion_align import align_one
 
 from hpcem.errors import ItemRejected
 from hpcem.execution import runs as lifecycle
-from hpcem.io import read_image, write_mrc
+from hpcem.io import read_header, read_image, write_mrc
 from hpcem.sim import simulate_movie
 
 SIZE = 256
@@ -189,7 +189,10 @@ def test_run_aligns_good_movies_and_lists_the_rejected_one(project, tmp_path, wa
     assert wait_for_run(project, imp.id).state == "finished"
     ids = [int(i) for i in project.open_set(imp.id, "movies").column("id")]
     run = lifecycle.create_run(
-        project, "motion.align", {"save_nodw": True}, {"movies": [f"{imp.id}:movies"]}
+        project,
+        "motion.align",
+        {"save_nodw": True, "output_binning": 2.0},
+        {"movies": [f"{imp.id}:movies"]},
     )
     lifecycle.launch(project, run.id, workers=2)
     done = wait_for_run(project, run.id, timeout_s=120)
@@ -203,11 +206,14 @@ def test_run_aligns_good_movies_and_lists_the_rejected_one(project, tmp_path, wa
     mics = project.open_set(run.id, "micrographs")
     assert [int(i) for i in mics.column("movie_id")] == [ids[0], ids[2]]
     assert float(mics.optics["dose_per_frame_e_A2"][0]) == DOSE
+    # output_binning 2: half the pixels, twice the pixel size, in the set and the files
+    assert float(mics.optics["pixel_size_A"][0]) == 2 * PIXEL_A
     for image, nodw, thumb in zip(
         mics.column("image"), mics.column("image_nodw"), mics.column("thumbnail")
     ):
-        assert read_image(image).shape == (SIZE, SIZE)
-        assert read_image(nodw).shape == (SIZE, SIZE)
+        assert read_image(image).shape == (SIZE // 2, SIZE // 2)
+        assert read_image(nodw).shape == (SIZE // 2, SIZE // 2)
+        assert read_header(image).pixel_size_A == pytest.approx(2 * PIXEL_A)
         assert str(thumb).endswith(".png")
     alignments = project.open_set(run.id, "alignments").read_columns()
     for k, truth in enumerate((truths[0], truths[2])):
