@@ -54,7 +54,10 @@ def align_movie_file(
     (bool), ``local_coefficients`` (36 numbers or []), ``local_f`` and ``local_cv_gain``
     (the two tests of the local model, None without patches), ``iterations``,
     ``converged``, ``binning``, ``shape``, ``output_shape`` and ``output_pixel_size_A``
-    (of the sums, after ``output_binning``), ``backend`` and ``seconds`` per stage.
+    (of the sums, after ``output_binning``), ``backend``, ``seconds`` per stage,
+    ``outputs`` (``{"image": path, "image_nodw": path}`` of the files written) and
+    ``images`` (the sums as float32 arrays for those not written, for library use: not
+    JSON, a step drops it).
 
     ``output_binning`` > 1 Fourier-crops the sums (e.g. 2 for super-resolution movies):
     the output pixel is ``nx / output_nx`` times larger and holds the counts of the input
