@@ -57,8 +57,9 @@ def fit_micrograph(
     """Fit one micrograph file with ``strategy`` (``"estimate"`` or ``"fit2d"``).
 
     Raises ItemRejected, naming the micrograph, for NaN/Inf pixels, a constant image, a
-    micrograph smaller than the tile, a fit with a non-finite number, a fit at an edge of
-    the search range or a fit score below ``min_fit_score``; the result is always finite
+    micrograph smaller than the tile, a fit with a non-finite number, a fit score below
+    ``min_fit_score``, or the estimator's own ``rejection`` (a fit at an edge of the search
+    range; ``ctf.estimate``'s sectors disagreeing); the result is always finite
     (and so valid JSON). Writes the diagnostic PNG to ``diagnostic`` (a path relative to
     the project folder, where workers run) when given.
     """
@@ -100,13 +101,13 @@ def fit_micrograph(
     for key, value in row.items():
         if not math.isfinite(value):
             raise ItemRejected(f"micrograph {micrograph_id}: CTF fit gave non-finite {key}")
-    if fit["rejection"]:
-        raise ItemRejected(f"micrograph {micrograph_id}: {fit['rejection']}")
     if row["fit_score"] < min_fit_score:
         raise ItemRejected(
             f"micrograph {micrograph_id}: CTF fit score {row['fit_score']:.3f} "
             f"below min_fit_score {min_fit_score}"
         )
+    if fit["rejection"]:
+        raise ItemRejected(f"micrograph {micrograph_id}: {fit['rejection']}")
     if diagnostic:
         from hpcem.ctf.diagnostic import diagnostic_image, write_diagnostic_png
 

@@ -5,7 +5,8 @@
 
 One project in a temporary folder: seven simulated 2048-px micrographs at 1.2 Å/px
 (300 kV, Cs 2.7 mm, amplitude contrast 0.1, SNR 0.1, known defocus 0.9–3.3 µm and
-astigmatism; the seventh at SNR 0.0001, practically noise) go through
+astigmatism; the seventh at SNR 0.006 with a B-factor of 150 Å², too noisy for a
+trustworthy fit) go through
 ``import.micrographs``, ``ctf.estimate`` and ``ctf.fit2d`` (each with
 ``min_fit_score = -1`` so that every fit is kept) and ``ctf.consensus`` of the two. It
 writes
@@ -16,8 +17,9 @@ writes
 * ``protocols/img/ctf_estimate_diagnostic.png``: the diagnostic PNG of ``ctf.estimate``
   on the same micrograph (the step's own file);
 * ``protocols/img/ctf_consensus.png``: the consensus resolution of each micrograph with
-  the threshold, and the largest phase difference over the azimuth against frequency for
-  the best- and worst-agreeing pairs;
+  the threshold (``ctf.consensus`` of ``ctf.fit2d`` against ``ctf.estimate``), and the
+  largest phase difference over the azimuth against frequency for the best- and
+  worst-agreeing pairs;
 * ``img/ctf_krios_diagnostic.png``: the diagnostic PNG of ``ctf.estimate`` on the real
   Krios micrograph ``../shared/data/mrcfile-1.5.4/fei-extended.mrc`` (skipped if absent).
 
@@ -38,15 +40,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 KRIOS = REPO.parent / "shared" / "data" / "mrcfile-1.5.4" / "fei-extended.mrc"
 PIXEL_A = 1.2
-# (mean defocus Å, U − V Å, angle deg, SNR)
+# (mean defocus Å, U − V Å, angle deg, SNR, B-factor Å²)
 CASES = [
-    (9000.0, 400.0, 20.0, 0.1),
-    (13000.0, 800.0, 110.0, 0.1),
-    (17000.0, 300.0, 160.0, 0.1),
-    (21000.0, 1200.0, 75.0, 0.1),
-    (26000.0, 600.0, 45.0, 0.1),
-    (33000.0, 900.0, 135.0, 0.1),
-    (15000.0, 500.0, 60.0, 1e-4),
+    (9000.0, 400.0, 20.0, 0.1, 60.0),
+    (13000.0, 800.0, 110.0, 0.1, 60.0),
+    (17000.0, 300.0, 160.0, 0.1, 60.0),
+    (21000.0, 1200.0, 75.0, 0.1, 60.0),
+    (26000.0, 600.0, 45.0, 0.1, 60.0),
+    (33000.0, 900.0, 135.0, 0.1, 60.0),
+    (15000.0, 500.0, 60.0, 0.006, 150.0),  # too noisy for a trustworthy fit
 ]
 
 
@@ -65,9 +67,11 @@ def simulate(raw: Path) -> dict:
     from hpcem.sim import simulate_micrograph
 
     truth = {}
-    for i, (mean, astig, angle, snr) in enumerate(CASES):
+    for i, (mean, astig, angle, snr, b_factor) in enumerate(CASES):
         u, v = mean + 0.5 * astig, mean - 0.5 * astig
-        image, _ = simulate_micrograph((2048, 2048), PIXEL_A, u, v, angle, snr=snr, seed=300 + i)
+        image, _ = simulate_micrograph(
+            (2048, 2048), PIXEL_A, u, v, angle, snr=snr, b_factor_A2=b_factor, seed=300 + i
+        )
         name = f"mic_{i}.mrc"
         write_mrc(raw / name, image, PIXEL_A)
         truth[name] = {"u": u, "v": v, "angle": angle, "snr": snr}
@@ -131,7 +135,7 @@ def figure_fit2d(est, fit, names, truth, out: Path) -> None:
         rows = np.array(rows)
         marker, colour = markers[key]
         x = np.arange(len(rows)) + (0.15 if key == "fit2d" else -0.15)
-        ax.scatter(x, rows[:, 0], marker=marker, color=colour, label=f"ctf.{key} U error (%)")
+        ax.scatter(x, rows[:, 1], marker=marker, color=colour, label=f"ctf.{key} V error (%)")
         ax.scatter(
             x,
             rows[:, 2] / 10,
@@ -141,9 +145,9 @@ def figure_fit2d(est, fit, names, truth, out: Path) -> None:
             label=f"ctf.{key} angle error (°/10)",
         )
     ax.axhline(0, color="gray", lw=0.8)
-    ax.set_ylim(-1.5, 1.5)
-    ax.set_xlabel("micrograph (the last one at SNR 0.0001: off the scale)")
-    ax.set_title("defocus U error (%) and angle error (tenths of a degree)", fontsize=9)
+    ax.set_ylim(-7, 7)
+    ax.set_xlabel("micrograph (the last one at SNR 0.006: ctf.fit2d only)")
+    ax.set_title("defocus V error (%) and angle error (tenths of a degree)", fontsize=9)
     ax.legend(fontsize=7)
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -163,30 +167,37 @@ def figure_consensus(con, est, fit, names, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
     ax = axes[0]
     for cols, colour, label in ((acc, "tab:green", "accepted"), (rej, "tab:red", "rejected")):
-        if len(cols["id"]):
-            ax.scatter(
-                [int(m) for m in cols["micrograph_id"]],
-                cols["consensus_resolution"],
-                color=colour,
-                label=label,
-                s=40,
+        values = np.asarray(cols["consensus_resolution"], dtype=float)
+        ids = np.array([int(m) for m in cols["micrograph_id"]])
+        finite = np.isfinite(values)
+        if finite.any():
+            ax.scatter(ids[finite], values[finite], color=colour, label=label, s=40)
+        for mid in ids[~finite]:  # no partner: no consensus resolution
+            ax.scatter([mid], [2 * threshold], color=colour, marker="x", s=60)
+            ax.annotate(
+                "no partner\n(ctf.estimate\nrejected it)",
+                (mid, 2 * threshold),
+                textcoords="offset points",
+                xytext=(-60, -38),
+                fontsize=8,
             )
     ax.axhline(threshold, color="gray", ls="--", lw=1, label="resolution_A = 15 Å")
     ax.set_yscale("log")
     ax.set_xlabel("micrograph id")
     ax.set_ylabel("consensus resolution (Å, 90° phase difference)")
-    ax.set_title(f"ctf.consensus (run {con.id}) of ctf.estimate vs ctf.fit2d", fontsize=9)
+    ax.set_title(f"ctf.consensus (run {con.id}) of ctf.fit2d vs ctf.estimate", fontsize=9)
     ax.legend(fontsize=8)
 
     ax = axes[1]
-    a = est.outputs["ctfs"].read_columns()
-    b = fit.outputs["ctfs"].read_columns()
+    a = fit.outputs["ctfs"].read_columns()
+    b = est.outputs["ctfs"].read_columns()
     row_b = {int(m): i for i, m in enumerate(b["micrograph_id"])}
     lam = electron_wavelength_A(300.0)
     k = np.linspace(0.0, 1 / 3.0, 400)
     alpha = np.linspace(0, np.pi, 361)[:, None]
     cons = {int(m): r for m, r in zip(acc["micrograph_id"], acc["consensus_resolution"])}
     cons |= {int(m): r for m, r in zip(rej["micrograph_id"], rej["consensus_resolution"])}
+    cons = {m: float(r) for m, r in cons.items() if np.isfinite(r)}
     order = sorted(cons, key=lambda m: cons[m])
     for mid, style in ((order[0], "-"), (order[-1], "--")):
         i, j = list(a["micrograph_id"]).index(mid), row_b[mid]
@@ -198,11 +209,13 @@ def figure_consensus(con, est, fit, names, out: Path) -> None:
 
         diff = np.abs(math.pi * lam * (dfoc(a, i) - dfoc(b, j)) * k[None, :] ** 2).max(axis=0)
         ax.plot(k, np.degrees(diff), style, label=f"{names[mid]}: {cons[mid]:.2f} Å")
-    ax.axhline(90, color="gray", lw=1)
-    ax.set_ylim(0, 180)
+    ax.set_ylim(0, 10)
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("max over azimuth |Δγ| (degrees)")
-    ax.set_title("phase difference of the two estimates: best and worst pair", fontsize=9)
+    ax.set_title(
+        "phase difference of the two estimates to 3 Å: best and worst pair (90° is far beyond)",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -258,11 +271,13 @@ def main() -> None:
         inputs = {"micrographs": [f"{imp.id}:micrographs"]}
         est = run(project, "ctf.estimate", {"min_fit_score": -1.0}, inputs, args.workers)
         fit = run(project, "ctf.fit2d", {"min_fit_score": -1.0}, inputs, args.workers)
+        # ctf.fit2d keeps the noisy micrograph (min_fit_score -1); ctf.estimate rejects it
+        # (its sectors disagree), so it has no partner in the consensus.
         con = run(
             project,
             "ctf.consensus",
             {},
-            {"ctfs": [f"{est.id}:ctfs"], "other_ctfs": [f"{fit.id}:ctfs"]},
+            {"ctfs": [f"{fit.id}:ctfs"], "other_ctfs": [f"{est.id}:ctfs"]},
             args.workers,
         )
         figure_fit2d(est, fit, names, truth, img / "ctf_fit2d.png")
@@ -289,11 +304,13 @@ def main() -> None:
             }
             for key, run_ in (("ctf.estimate", est), ("ctf.fit2d", fit))
         }
-        summary["consensus"] = con.outputs["accepted"].read_columns(
-            ["micrograph_id", "consensus_resolution"]
-        )
         summary["consensus"] = {
-            names[int(m)]: round(float(r), 2) for m, r in zip(*summary["consensus"].values())
+            names[int(m)]: round(float(r), 2)
+            for out in ("accepted", "rejected")
+            for m, r in zip(
+                con.outputs[out].column("micrograph_id"),
+                con.outputs[out].column("consensus_resolution"),
+            )
         }
     summary["krios"] = krios_diagnostic(args.out_dir / "img" / "ctf_krios_diagnostic.png")
     summary["truth"] = truth

@@ -192,6 +192,20 @@ def test_good_simulated_micrograph_passes_above_the_default_threshold(tmp_path):
         _estimate(tmp_path / "good.mrc", min_fit_score=0.99)
 
 
+def test_noise_whose_sectors_disagree_is_rejected_whatever_its_score(tmp_path):
+    """ctf.estimate: 512-px noise at 0.85 Å/px scored up to 0.77 with an astigmatic fit;
+    its 18 sector fits scatter far from that astigmatism, which rejects it."""
+    noise = np.random.default_rng(1).normal(size=(SIZE, SIZE)).astype(np.float32)
+    path = write_mrc(tmp_path / "noise.mrc", noise, 0.85)
+    acquisition = ACQUISITION | {"pixel_size_A": 0.85}
+    with pytest.raises(
+        ItemRejected,
+        match=r"^micrograph 3: the 18 sector fits disagree \(median \d+\.\d defocus steps "
+        r"from the fitted astigmatism, > 2\): no consistent Thon rings$",
+    ):
+        estimate_one(str(path), 3, **acquisition, options=OPTIONS, min_fit_score=-1.0)
+
+
 # --- register_ctfs: accepted CTFs only, rejections listed -------------------------------
 def _import(project, raw, wait_for_run):
     imp = lifecycle.create_run(
