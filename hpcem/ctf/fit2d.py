@@ -12,8 +12,9 @@ the band rules are shared):
    correlation of data and model (numpy reference :func:`correlate_numpy`).
 3. **Exhaustive coarse search** of the mean defocus over the whole range (and of the
    phase shift, with ``phase_shift=True``) with a round model, in a band where rings of
-   ``defocus_max_A`` span three spectrum samples; then of U − V (3 amplitudes) and the
-   angle (every 15°) around the three best means, in the band for that defocus. The
+   ``defocus_max_A`` span three spectrum samples; then of U − V (3–40 % of the mean, 5
+   amplitudes) and the angle (every 15°) around the three best means, in the band for
+   that defocus. The
    coarse grids score every third pixel of the band (hundreds per ring remain).
 4. **Local refinement** (Nelder–Mead) of (mean, two astigmatism components[, phase]) in
    the band for the defocus found. A refinement that lowers the score or leaves the
@@ -37,7 +38,7 @@ from hpcem.kernels import backend, load
 _kernel = load("ctf_score2d")
 SCORE_BACKEND = backend("ctf_score2d")
 # Astigmatism amplitudes (U − V)/(U + V) and angles of the coarse grid.
-_COARSE_RATIOS = (0.015, 0.04, 0.08)
+_COARSE_RATIOS = (0.015, 0.04, 0.08, 0.13, 0.2)
 _COARSE_ANGLES_DEG = tuple(range(0, 180, 15))
 # The coarse grids use every 3rd pixel of the band.
 COARSE_STRIDE = 3

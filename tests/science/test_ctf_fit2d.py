@@ -104,6 +104,19 @@ def test_accuracy_over_the_defocus_range_at_snr_0_1(strategy):
     assert np.median(errors_v) <= 0.01
 
 
+def test_strong_astigmatism_fitted_in_2d_and_refused_by_sectors():
+    """U − V = 6,000 Å on 15,000 Å (40 % of the mean): within ctf.fit2d's coarse grid,
+    beyond ctf.estimate's sector search (30 %), which rejects the micrograph rather than
+    return a wrong fit."""
+    image, _ = simulate_micrograph(SHAPE, 1.2, 18000.0, 12000.0, 60.0, snr=0.1, seed=306)
+    two_d = fit_ctf_2d(image, 1.2)
+    assert two_d["defocus_u"] == pytest.approx(18000.0, rel=0.005)
+    assert two_d["defocus_v"] == pytest.approx(12000.0, rel=0.005)
+    assert angle_error_deg(two_d["defocus_angle"], 60.0) < 1.0
+    sectors = estimate_ctf(image, 1.2)
+    assert sectors["rejection"].startswith("the 18 sector fits disagree")
+
+
 def test_real_krios_micrograph_both_strategies_agree(shared_file):
     """Krios, 300 kV, 0.8538 Å/px, header defocus ~0.9 µm: no ground truth, but the two
     independent strategies must agree within 2 % and both report a fit resolution."""
