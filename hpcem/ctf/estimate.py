@@ -302,6 +302,11 @@ def prepare_spectrum(
         )
     tile = int(tile_size_px) if tile_size_px else auto_tile_size(image.shape, pixel_size_A)
     spectrum = tiled_power_spectrum(image, tile)
+    if not np.isfinite(spectrum).all():  # float32 FFTs of pixels near 1e38 overflow
+        raise ValidationError(
+            f"the power spectrum overflows (pixel values up to {np.abs(image).max():.3g}); "
+            "rescale the micrograph"
+        )
     bin_k = 1.0 / (tile * pixel_size_A)
     k_high = 1.0 / res_high_A
     # Room for the smoother's margin beyond the band's high end.
@@ -366,8 +371,9 @@ def estimate_ctf(
     ``spectrum``, the cropped half-plane power spectrum that was fitted (for
     :mod:`hpcem.ctf.diagnostic`).
 
-    Raises ValidationError for NaN or Inf pixels (they would make every number NaN), a
-    micrograph smaller than the tile, or an impossible band or range.
+    Raises ValidationError for NaN or Inf pixels (they would make every number NaN),
+    pixels so large that the spectrum overflows, a micrograph smaller than the tile, or
+    an impossible band or range.
     """
     prep = prepare_spectrum(
         image, pixel_size_A, defocus_min_A, defocus_max_A, res_low_A, res_high_A, tile_size_px

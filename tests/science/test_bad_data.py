@@ -174,6 +174,23 @@ def test_huge_finite_pixels_fit_like_the_original(tmp_path):
         assert huge[key] == pytest.approx(plain[key], rel=1e-4)
 
 
+@pytest.mark.parametrize("strategy", sorted(STEPS))
+def test_pixels_that_overflow_the_spectrum_are_rejected(tmp_path, strategy):
+    """Finite pixels near the float32 maximum overflow the tiles' FFTs: a rejection
+    naming the cause, not a NaN fit (ctf.estimate) or a crash (ctf.fit2d)."""
+    image, _ = _good_micrograph()
+    image = (image / np.abs(image).max() * np.float32(3e38)).astype(np.float32)
+    path = _mrc(tmp_path, "huge.mrc", image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ItemRejected) as info:
+            STEPS[strategy](path)
+    assert str(info.value) == (
+        "micrograph 3: the power spectrum overflows (pixel values up to 3e+38); "
+        "rescale the micrograph"
+    )
+
+
 def test_good_simulated_micrograph_passes_above_the_default_threshold(tmp_path):
     default = next(p.default for p in EstimateCTF.params if p.name == "min_fit_score")
     assert default == MIN_FIT_SCORE
