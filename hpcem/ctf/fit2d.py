@@ -33,6 +33,7 @@ from scipy.ndimage import gaussian_filter
 from hpcem.ctf.estimate import fit_resolution_from_cc, prepare_spectrum, search_band_k
 from hpcem.ctf.model import electron_wavelength_A
 from hpcem.ctf.spectrum import periodogram_backend, ring_period_k
+from hpcem.errors import ValidationError
 from hpcem.kernels import backend, load
 
 _kernel = load("ctf_score2d")
@@ -215,6 +216,8 @@ def fit_ctf_2d(
                 if value > best[0]:
                     best = (value, (m, c, s, phase0), k_fit)
     coarse_score, start, _ = best
+    if start is None:  # every score NaN: nothing to refine
+        raise ValidationError("the 2D fit found no finite score in the search range")
 
     # 3. Local refinement in the band for the defocus found.
     k_fit = search_band_k(k_low, k_high, 1.1 * start[0], voltage_kV, tile_A)
