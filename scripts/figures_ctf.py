@@ -84,6 +84,21 @@ def read_png(path: str) -> np.ndarray:
     return plt.imread(path)
 
 
+def save(fig, path: Path) -> None:
+    """Save as a 256-colour palette PNG (a third of the RGB size for grey pictures)."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+    buf.seek(0)
+    image = Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    image.save(path, optimize=True)
+
+
 def figure_fit2d(est, fit, names, truth, out: Path) -> None:
     import matplotlib
 
@@ -149,8 +164,7 @@ def figure_fit2d(est, fit, names, truth, out: Path) -> None:
     ax.set_xlabel("micrograph (the last one at SNR 0.006: ctf.fit2d only)")
     ax.set_title("defocus V error (%) and angle error (tenths of a degree)", fontsize=9)
     ax.legend(fontsize=7)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    save(fig, out)
 
 
 def figure_consensus(con, est, fit, names, out: Path) -> None:
@@ -217,8 +231,7 @@ def figure_consensus(con, est, fit, names, out: Path) -> None:
         fontsize=9,
     )
     ax.legend(fontsize=8)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    save(fig, out)
 
 
 def krios_diagnostic(out: Path) -> dict | None:

@@ -23,12 +23,15 @@ from hpcem.errors import ValidationError
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    """Encode an (h, w, 3) uint8 array as a PNG file's bytes."""
+    """Encode an (h, w, 3) uint8 array as a PNG file's bytes: an indexed (palette) PNG
+    when it has at most 256 colours (a third of the size), RGB otherwise."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValidationError(f"expected an (h, w, 3) image, got shape {rgb.shape}")
     h, w, _ = rgb.shape
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, 3 * w)], axis=1)
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8)
+    packed |= rgb[..., 2]
+    colours, index = np.unique(packed, return_inverse=True)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (
@@ -38,10 +41,20 @@ def png_bytes(rgb: np.ndarray) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    if len(colours) <= 256:
+        palette = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1)
+        rows = index.reshape(h, w).astype(np.uint8)
+        header = struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0)
+        extra = chunk(b"PLTE", palette.astype(np.uint8).tobytes())
+    else:
+        rows = rgb.reshape(h, 3 * w)
+        header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+        extra = b""
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1)
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
+        + extra
         + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
         + chunk(b"IEND", b"")
     )
@@ -108,7 +121,8 @@ def diagnostic_image(
         picture = uniform_filter(picture, f, mode="nearest")[start::f, start::f]
         r, n, bin_k = r // f, picture.shape[0], bin_k * f
     picture[:, r] = 1.0  # the dividing line
-    gray = np.round(127.5 * (picture + 1.0)).astype(np.uint8)
+    # 64 grey levels are plenty for a noisy spectrum and keep the PNG small (palette).
+    gray = (np.round(31.5 * (picture + 1.0)) * (255.0 / 63.0)).astype(np.uint8)
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
 
     # Zeros of the fitted CTF on a wedge of the data half (azimuths 150°..210°, the rest

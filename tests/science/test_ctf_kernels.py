@@ -67,18 +67,30 @@ def test_rings_in_the_fitted_band_span_three_samples():
     assert result["defocus_u"] == pytest.approx(30000.0, rel=0.01)
 
 
-def test_png_bytes_is_a_valid_png():
-    rgb = np.zeros((3, 2, 3), np.uint8)
-    rgb[1, 1] = (255, 10, 20)
+@pytest.mark.parametrize("n_colours", [2, 300])
+def test_png_bytes_is_a_valid_png(n_colours):
+    """Few colours: an indexed PNG (palette); more than 256: RGB. Decoded here from the
+    PNG specification and by Pillow (matplotlib's image reader)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, size=(n_colours, 3), dtype=np.uint8)
+    rgb = colours[rng.integers(0, n_colours, size=(30, 20))]
+    rgb[0, :n_colours] = colours[: min(n_colours, 20)]
     data = png_bytes(rgb)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (2, 3)
-    # IDAT decompresses to one filter byte + 2 RGB pixels per row.
+    width, height, depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    assert (width, height, depth) == (20, 30, 8)
+    assert colour_type == (3 if n_colours <= 256 else 2)
     start = data.index(b"IDAT") + 4
     (length,) = struct.unpack(">I", data[start - 8 : start - 4])
-    raw = zlib.decompress(data[start : start + length])
-    assert raw == b"".join(b"\x00" + row.tobytes() for row in rgb)
+    raw = np.frombuffer(zlib.decompress(data[start : start + length]), np.uint8)
+    rows = raw.reshape(30, -1)
+    assert np.all(rows[:, 0] == 0)  # filter byte "none" on every row
+    import io
+
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(decoded, rgb)
 
 
 def test_diagnostic_marks_the_fitted_zeros_on_the_dark_rings():
