@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from hpcem.errors import HpcemError, ItemRejected, ValidationError
+from hpcem.errors import DataFormatError, HpcemError, ItemRejected, ValidationError
 from hpcem.protocol import Citation, Input, Output, Param, Protocol, Step
 
 #: Default of ``min_fit_score``, from measurements (see the parameter's help and
@@ -56,8 +56,10 @@ def fit_micrograph(
 ) -> dict:
     """Fit one micrograph file with ``strategy`` (``"estimate"`` or ``"fit2d"``).
 
-    Raises ItemRejected, naming the micrograph, for NaN/Inf pixels, a constant image, a
-    micrograph smaller than the tile, a fit with a non-finite number, a fit score below
+    Raises ItemRejected, naming the micrograph, for a file that cannot be read (truncated
+    since the import, a header that disagrees with the optics), NaN/Inf pixels, a
+    constant image, a micrograph smaller than the tile, a fit with a non-finite number, a
+    fit score below
     ``min_fit_score``, or the estimator's own ``rejection`` (a fit at an edge of the search
     range; ``ctf.estimate``'s sectors disagreeing); the result is always finite
     (and so valid JSON). Writes the diagnostic PNG to ``diagnostic`` (a path relative to
@@ -66,7 +68,10 @@ def fit_micrograph(
     from hpcem.ctf.estimate import estimate_ctf, load_micrograph, micrograph_defect
     from hpcem.ctf.spectrum import auto_tile_size
 
-    image, pixel_size_A = load_micrograph(path, pixel_size_A)
+    try:
+        image, pixel_size_A = load_micrograph(path, pixel_size_A)
+    except (DataFormatError, ValidationError) as exc:  # truncated file, wrong header
+        raise ItemRejected(f"micrograph {micrograph_id}: {exc}") from None
     defect = micrograph_defect(image)
     if defect is not None:
         raise ItemRejected(f"micrograph {micrograph_id}: {defect}")

@@ -121,6 +121,15 @@ def test_constant_micrograph_is_rejected_before_fitting(tmp_path, strategy):
 
 
 @pytest.mark.parametrize("strategy", sorted(STEPS))
+def test_micrograph_truncated_after_import_is_rejected(tmp_path, strategy):
+    image, _ = _good_micrograph()
+    path = _mrc(tmp_path, "cut.mrc", image)
+    path.write_bytes(path.read_bytes()[: 1024 + 4 * SIZE * 10])  # header + 10 rows
+    with pytest.raises(ItemRejected, match=rf"^micrograph 3: {path}: not an MRC file or corrupt"):
+        STEPS[strategy](path)
+
+
+@pytest.mark.parametrize("strategy", sorted(STEPS))
 def test_micrograph_smaller_than_the_tile_is_rejected(tmp_path, strategy):
     image, _ = simulate_micrograph((200, 300), PIXEL_SIZE_A, 15000.0, seed=4)
     with pytest.raises(ItemRejected) as info:
