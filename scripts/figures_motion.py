@@ -184,6 +184,7 @@ def make(work: Path, out_dir: Path, workers: int) -> dict:
         accepted=bool(ali["local"][3]),
         f_statistic=results[3]["local_f"] or 0.0,
         cv_gain=0.0,
+        ridge=0.0,
         fit_rms_px=0.0,
         n_outliers=0,
         centres_px=np.zeros((0, 2)),

@@ -20,9 +20,11 @@ Method:
 
    (pixels of the full frame; ``L = 0`` on the first frame used), by least squares after
    dropping outlier measurements (more than 4 robust standard deviations off);
-4. the model is *kept only if it predicts the motion better than the global shifts
-   alone*: its F statistic (variance explained per coefficient over the residual variance
-   per degree of freedom) must exceed ``F_ACCEPT`` and, predicting each patch from a
+4. the coefficients are shrunk towards 0 (ridge) by the amount that best predicts
+   held-out patches, and the model is *kept only if it predicts the motion better than
+   the global shifts alone*: its F statistic (variance explained per coefficient over
+   the residual variance per degree of freedom) must exceed ``F_ACCEPT`` and, predicting
+   each patch from a
    model fitted on the other patches, it must remove at least ``CV_MIN_GAIN`` of the
    squared residuals that predicting 0 (the global solution) leaves (leave-one-patch-out
    cross-validation; the held-out patch's measurement noise is in both). Otherwise the
@@ -53,10 +55,12 @@ MAX_LOCAL_SHIFT_PX = 8.0
 #: F statistic above which the local model is kept (noise gives about 1).
 F_ACCEPT = 3.0
 #: Leave-one-patch-out gain above which the local model is kept (see fit_model). Measured
-#: on 512² movies, 24 frames of 1.5 e/Å², 4x4 patches: no local motion 0.00-0.02; a
+#: on 512² movies, 24 frames of 1.5 e/Å², 4x4 patches: no local motion 0.01-0.02; a
 #: 0.3-0.5 px deformation 0.06-0.17 (where the model does not beat the global shifts);
-#: 1 px 0.25-0.26 and 3 px 0.69 (where it does, 0.19 vs 0.31 px and 0.21 vs 0.91 px).
+#: 1 px 0.26-0.27 and 3 px 0.70 (where it does, 0.14 vs 0.31 px and 0.17 vs 0.91 px).
 CV_MIN_GAIN = 0.2
+#: Ridge strengths tried (penalty per row on unit-RMS columns; 0 = plain least squares).
+RIDGE_GRID = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 #: Measurements further than this many robust SDs from the fit are left out of it.
 OUTLIER_SD = 4.0
 N_SPATIAL = 6
@@ -76,6 +80,8 @@ class LocalModel:
     #: Leave-one-patch-out gain: 1 − (error predicting each patch from the others) /
     #: (error of the global solution alone, i.e. predicting 0) over the same measurements.
     cv_gain: float
+    #: Ridge strength of the coefficients (chosen by the same cross-validation).
+    ridge: float
     #: Residual RMS of the fit (px) and measurements left out as outliers.
     fit_rms_px: float
     n_outliers: int
@@ -246,7 +252,10 @@ def fit_model(
         f_stat = 0.0
     else:
         f_stat = ((rss0 - rss1) / (2 * n_coef)) / (rss1 / dof_resid)
-    cv_gain = _cross_validated_gain(design, data, keep, n_patches, n)
+    # The coefficients are shrunk towards 0 (ridge) by the amount that predicts held-out
+    # patches best; the gain of that choice over predicting 0 decides.
+    ridge, cv_gain = _choose_ridge(design, data, keep, n_patches, n)
+    coef = _ridge_fit(design[keep], data[keep], ridge)
     coefficients = coef.T.reshape(2, N_SPATIAL, len(POWERS))
     return LocalModel(
         coefficients=coefficients,
@@ -255,6 +264,7 @@ def fit_model(
         accepted=bool(f_stat > F_ACCEPT and cv_gain > CV_MIN_GAIN),
         f_statistic=float(f_stat),
         cv_gain=float(cv_gain),
+        ridge=float(ridge),
         fit_rms_px=math.sqrt(rss1 / max(err.size, 1)),
         n_outliers=n_out,
         centres_px=centres_px,
@@ -262,25 +272,47 @@ def fit_model(
     )
 
 
-def _cross_validated_gain(
+def _ridge_fit(design: np.ndarray, data: np.ndarray, ridge: float) -> np.ndarray:
+    """Least squares with the penalty ``ridge · rows · |c|²`` on coefficients of columns
+    scaled to unit RMS (so the penalty does not depend on each term's units)."""
+    scale = np.sqrt(np.mean(design**2, axis=0))
+    scale[scale == 0] = 1.0
+    scaled = design / scale
+    normal = scaled.T @ scaled + ridge * len(design) * np.eye(design.shape[1])
+    return np.linalg.solve(normal, scaled.T @ data) / scale[:, None]
+
+
+def _choose_ridge(
     design: np.ndarray, data: np.ndarray, keep: np.ndarray, n_patches: int, n: int
-) -> float:
-    """1 − CV₁/CV₀: CV₁ sums the squared errors of predicting each patch's (kept)
-    residuals with the model fitted on the other patches, CV₀ those of predicting 0 (the
-    global solution). A held-out patch's own measurement noise is in both, so the gain is
-    positive only when the model predicts motion at unseen positions better than its own
-    fitting noise spoils them."""
-    cv0 = cv1 = 0.0
+) -> tuple[float, float]:
+    """The ridge strength of RIDGE_GRID that predicts held-out patches best, and its
+    gain ``1 − CV(ridge)/CV₀``.
+
+    Leave-one-patch-out: CV(ridge) sums the squared errors of predicting each patch's
+    (kept) residuals with the model fitted on the other patches, CV₀ those of predicting 0
+    (the global solution). A held-out patch's own measurement noise is in both, so the
+    gain is positive only when the model predicts motion at unseen positions better than
+    its own fitting noise spoils them.
+    """
     patch = np.repeat(np.arange(n_patches), n)
+    folds = []
     for p in range(n_patches):
         test = keep & (patch == p)
         train = keep & (patch != p)
-        if not test.any() or train.sum() <= design.shape[1]:
-            continue
-        coef, *_ = np.linalg.lstsq(design[train], data[train], rcond=None)
-        cv1 += float(np.sum((data[test] - design[test] @ coef) ** 2))
-        cv0 += float(np.sum(data[test] ** 2))
-    return 1.0 - cv1 / cv0 if cv0 > 0 else 0.0
+        if test.any() and train.sum() > design.shape[1]:
+            folds.append((train, test))
+    cv0 = sum(float(np.sum(data[test] ** 2)) for _, test in folds)
+    if not folds or cv0 <= 0:
+        return RIDGE_GRID[0], 0.0
+    errors = []
+    for ridge in RIDGE_GRID:
+        total = 0.0
+        for train, test in folds:
+            coef = _ridge_fit(design[train], data[train], ridge)
+            total += float(np.sum((data[test] - design[test] @ coef) ** 2))
+        errors.append(total)
+    best = int(np.argmin(errors))
+    return RIDGE_GRID[best], 1.0 - errors[best] / cv0
 
 
 def local_sum(
