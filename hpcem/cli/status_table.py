@@ -10,18 +10,21 @@ live (see :mod:`hpcem.execution.status`).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
+_ASCII_CONTROL = re.compile("[\x00-\x1f\x7f]")
 HEADER = ("ID", "LABEL", "PROTOCOL", "STATE", "STEPS", "ELAPSED", "JOB", "OUTPUTS")
 #: The index columns the table of quiet runs is made of (records only for the check).
 TABLE_COLUMNS = frozenset(
-    ("id", "label", "protocol", "state", "steps_done", "steps_total", "record_json")
-    + ("started", "ended", "job", "job_open", "outputs_text", "n_blocks")
+    ("id", "label", "state", "steps_done", "steps_total", "record_json")
+    + ("started", "ended", "job", "job_open", "outputs_text", "n_blocks", "protocol_text")
 )
 LABEL_WIDTH = 30
 
@@ -46,9 +49,10 @@ def _say(line: str) -> None:
 
 def fmt_elapsed(seconds: float) -> str:
     """``"1:02:03"``, ``"2:03"``, or ``"-"`` for no time at all."""
-    if not seconds:
-        return "-"
-    seconds = int(seconds)
+    return _clock(int(seconds)) if seconds else "-"
+
+
+def _clock(seconds: int) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
@@ -124,16 +128,25 @@ def format_table(project_path: Path, table: dict[str, list]) -> str:
     if not n:
         return title
     names = [h.lower() for h in HEADER]
-    cells = {**table, "id": [str(i) for i in table["id"]]}
+    cells = {**table, "id": list(map(str, table["id"]))}
     if any(table["job"]):
         cells["job"] = [j or "-" for j in table["job"]]
     else:
         names.remove("job")
-    columns = [cells[k] for k in names]
-    columns = [[h.upper(), *c] for h, c in zip(names, columns)]
-    widths = [max(map(len, c)) for c in columns[:-1]]
-    line = "  ".join(f"%-{w}s" for w in widths) + "  %s"
-    return title + "\n" + "\n".join(line % row for row in zip(*columns))
+    header, padded = [], []
+    for name in names[:-1]:  # every column but the last is padded to its width
+        column = cells[name]
+        if name in ("id", "label"):  # (nearly) every value differs
+            width = max(len(name), *map(len, column))
+            padded.append(list(map(str.ljust, column, repeat(width))))
+        else:  # a few values, many times: each padded once
+            distinct = set(column)
+            width = max(len(name), *map(len, distinct))
+            padded.append(list(map({v: v.ljust(width) for v in distinct}.__getitem__, column)))
+        header.append(name.upper().ljust(width))
+    header.append(names[-1].upper())
+    rows = map("  ".join, zip(*padded, cells[names[-1]]))
+    return "\n".join((title, "  ".join(header), *rows))
 
 
 # --- the cells of each column ------------------------------------------------------------------
@@ -147,16 +160,10 @@ def _quiet_cells(cols: dict, at: list[int], now: float) -> dict[str, list]:
     elapsed = np.where(np.isnan(elapsed), 0.0, np.maximum(elapsed, 0.0))
     return {
         "id": cols["id"][pick].tolist(),
-        "label": [_label(s) for s in cols["label"][pick].tolist()],
-        "protocol": cols["protocol"][pick].tolist(),
+        "label": _labels(cols["label"][pick].tolist()),
+        "protocol": cols["protocol_text"][pick].tolist(),
         "state": cols["state"][pick].tolist(),
-        "steps": list(
-            map(
-                "{}/{}".format,
-                cols["steps_done"][pick].tolist(),
-                cols["steps_total"][pick].tolist(),
-            )
-        ),
+        "steps": _step_cells(cols["steps_done"][pick], cols["steps_total"][pick]),
         "elapsed": _elapsed_cells(elapsed),
         "job": cols["job"][pick].tolist(),
         "outputs": [t or "-" for t in cols["outputs_text"][pick].tolist()],
@@ -167,7 +174,7 @@ def _summary_cells(summaries: Sequence) -> dict[str, list]:
     """The cells of runs given as summaries (live runs, or any list of summaries)."""
     return {
         "id": [r.id for r in summaries],
-        "label": [_label(r.label) for r in summaries],
+        "label": _labels([r.label for r in summaries]),
         "protocol": [r.protocol for r in summaries],
         "state": [r.state for r in summaries],
         "steps": [f"{r.steps_done}/{r.steps_total}" for r in summaries],
@@ -177,24 +184,32 @@ def _summary_cells(summaries: Sequence) -> dict[str, list]:
     }
 
 
-def _label(text: str) -> str:
-    return (text if text.isprintable() else safe(text))[:LABEL_WIDTH]
+def _labels(labels: list[str]) -> list[str]:
+    """Each label made safe and cut to :data:`LABEL_WIDTH` characters."""
+    text = "".join(labels)  # ASCII without control characters is printable: one check
+    if not (text.isascii() and not _ASCII_CONTROL.search(text)):
+        labels = list(map(safe, labels))
+    if labels and max(map(len, labels)) > LABEL_WIDTH:
+        labels = [s[:LABEL_WIDTH] for s in labels]
+    return labels
+
+
+def _step_cells(done: np.ndarray, total: np.ndarray) -> list[str]:
+    """``"done/total"`` of each run; each distinct pair is formatted once."""
+    dones, done_at = np.unique(done, return_inverse=True)
+    totals, total_at = np.unique(total, return_inverse=True)
+    pairs, inverse = np.unique(done_at * len(totals) + total_at, return_inverse=True)
+    texts = [f"{dones[k // len(totals)]}/{totals[k % len(totals)]}" for k in pairs.tolist()]
+    return np.array(texts, dtype=object)[inverse.reshape(-1)].tolist()
 
 
 def _elapsed_cells(elapsed: np.ndarray) -> list[str]:
-    """:func:`fmt_elapsed` of each value; whole seconds are formatted once each."""
-    whole = elapsed.astype(np.int64).tolist()
-    memo = {0: "0:00"}
-    cells = []
-    for s, none in zip(whole, (elapsed == 0.0).tolist()):
-        if none:
-            cells.append("-")
-            continue
-        text = memo.get(s)
-        if text is None:
-            text = memo[s] = fmt_elapsed(s)
-        cells.append(text)
-    return cells
+    """:func:`fmt_elapsed` of each value (seconds); each distinct whole second is
+    formatted once. No time at all shows as "-", 0.4 s as "0:00"."""
+    seconds = np.where(elapsed == 0.0, -1, elapsed.astype(np.int64))
+    values, inverse = np.unique(seconds, return_inverse=True)
+    texts = np.array([_clock(s) if s >= 0 else "-" for s in values.tolist()], dtype=object)
+    return texts[inverse.reshape(-1)].tolist()
 
 
 def _joined(a: dict[str, list], b: dict[str, list]) -> dict[str, list]:

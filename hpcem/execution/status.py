@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hpcem.store.states import ACTIVE_STATES, RUN_STATES
+
+QUIET_STATES = frozenset(RUN_STATES) - frozenset(ACTIVE_STATES)
 
 
 def classify_rows(
@@ -24,18 +28,17 @@ def classify_rows(
     summary columns; live runs are decoded and checked (their jobs asked about, their
     blocks cancelled). ``problems`` names each damaged row (left out of both).
     """
+    states = cols["state"].tolist()
+    texts = cols["record_json"].tolist()
+    open_rows = cols["job_open"].astype(bool) | cols["n_blocks"].astype(bool)
+    # The common case, checked a column at a time: every record looks like a JSON
+    # object, every state is a final one and no run has a job or blocks to reconcile.
+    if _all_objects(texts) and set(states) <= QUIET_STATES and not open_rows.any():
+        return list(range(len(states))), [], []
     quiet: list[int] = []
     live: list[int] = []
     problems: list[str] = []
-    active = set(ACTIVE_STATES)
-    known = set(RUN_STATES)
-    rows = zip(
-        cols["state"].tolist(),
-        cols["record_json"].tolist(),
-        cols["job_open"].tolist(),
-        cols["n_blocks"].tolist(),
-    )
-    for i, (state, text, job_open, n_blocks) in enumerate(rows):
+    for i, (state, text, is_open) in enumerate(zip(states, texts, open_rows.tolist())):
         if isinstance(text, str):
             text = text.encode()
         if text and not (text[:1] == b"{" and text[-1:] == b"}"):  # cheap; decoded if suspect
@@ -43,15 +46,31 @@ def classify_rows(
             if problem:
                 problems.append(problem)
                 continue
-        if state not in known:
+        if state not in RUN_STATES:
             from hpcem.store.index import unknown_state
 
             problems.append(str(unknown_state(index_path, int(cols["id"][i]), state)))
-        elif state in active or job_open or n_blocks:
+        elif state in ACTIVE_STATES or is_open:
             live.append(i)
         else:
             quiet.append(i)
     return quiet, live, problems
+
+
+def _all_objects(texts: list) -> bool:
+    """True when every record text (bytes; empty ones pass) starts with ``{`` and ends
+    with ``}``: the first and last byte of each, picked from the texts joined in one."""
+    try:
+        joined = np.frombuffer(b"".join(texts), dtype=np.uint8)
+    except TypeError:  # texts as str: checked row by row
+        return False
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    ends = np.cumsum(lengths)
+    full = lengths > 0
+    return bool(
+        np.all(joined[(ends - lengths)[full]] == ord("{"))
+        and np.all(joined[ends[full] - 1] == ord("}"))
+    )
 
 
 def _undecodable(index_path: Path, run_id: int, text: bytes) -> str:

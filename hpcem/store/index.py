@@ -44,13 +44,17 @@ SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("job_open", "int64"),
     ("outputs_text", "str"),
     ("n_blocks", "int64"),
+    ("protocol_text", "str"),  # the protocol again, for the table (see SUMMARY_TEXT)
 )
 #: The string summaries are stored together in one uint8 dataset: the UTF-8 of each
-#: row's texts, all joined by NUL (which no vlen string can hold). A vlen column costs
-#: HDF5 one heap lookup per row, the slow part of listing thousands of runs; this is one
-#: read. Indexes written before it have one vlen dataset per string summary instead.
+#: row's texts, all joined by NUL (which no vlen string can hold), with the names of the
+#: texts in its attribute ``columns``. A vlen column costs HDF5 one heap lookup per row,
+#: the slow part of listing thousands of runs; this is one read. Indexes written before
+#: it have one vlen dataset per string summary instead.
 SUMMARY_TEXT = "summary_text"
 TEXT_SUMMARIES = tuple(name for name, dtype in SUMMARY_COLUMNS if dtype == "str")
+#: A summary that copies a run column is that column in an index written before it.
+COPIES = {"protocol_text": "protocol"}
 
 
 def file_key(path: Path) -> tuple | None:
@@ -102,21 +106,23 @@ def read_index_file(
                     cols[name] = ds[()] if ds.shape != (0,) else np.empty(0, dtype=object)
                 else:
                     cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
-            joined = SUMMARY_TEXT in g
-            missing = [
-                name
-                for name, _ in SUMMARY_COLUMNS
-                if name not in g and not (joined and name in TEXT_SUMMARIES)
-            ]
+            joined = _joined_names(g)
+            missing = []
             for name, dtype in SUMMARY_COLUMNS:
-                if name in missing or (names is not None and name not in names):
+                if name not in g and name not in joined and name not in COPIES:
+                    missing.append(name)
                     continue
-                if joined and name in TEXT_SUMMARIES:
-                    if name not in cols:
-                        cols.update(decode_summary_text(g[SUMMARY_TEXT][()], len(g["id"])))
+                if (names is not None and name not in names) or name in cols:
                     continue
-                ds = g[name]
-                cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
+                if name in joined:
+                    cols.update(decode_summary_text(g[SUMMARY_TEXT], len(g["id"])))
+                elif name in g:
+                    ds = g[name]
+                    cols[name] = sf.read_str_array(ds) if dtype == "str" else ds[()]
+                else:  # a copy of a run column, in an index written before the copy was
+                    source = COPIES[name]
+                    copy = cols[source] if source in cols else sf.read_str_array(g[source])
+                    cols[name] = copy.copy()
         except (KeyError, OSError, ValueError) as exc:
             raise CorruptStoreError(
                 f"{path}: project index is incomplete or damaged ({exc}); it was not modified"
@@ -124,25 +130,34 @@ def read_index_file(
     return attrs, cols, missing
 
 
-def encode_summary_text(cols: Mapping[str, Sequence[str]]) -> np.ndarray:
-    """The :data:`SUMMARY_TEXT` dataset of the string summary columns in ``cols``."""
+def _joined_names(g) -> tuple[str, ...]:
+    """The names of the texts in the group's :data:`SUMMARY_TEXT` (none without it)."""
+    if SUMMARY_TEXT not in g:
+        return ()
+    names = g[SUMMARY_TEXT].attrs.get("columns", "job,outputs_text")
+    return tuple((names.decode() if isinstance(names, bytes) else str(names)).split(","))
+
+
+def write_summary_text(group, cols: Mapping[str, Sequence[str]]) -> None:
+    """Write the :data:`SUMMARY_TEXT` dataset of the string summary columns in ``cols``."""
     texts = [str(t) for row in zip(*(cols[n] for n in TEXT_SUMMARIES)) for t in row]
     data = "\0".join(texts)
     if data.count("\0") != max(len(texts) - 1, 0):  # a NUL in a text: shown as U+FFFD
         data = "\0".join(t.replace("\0", "\ufffd") for t in texts)
-    return np.frombuffer(data.encode("utf-8"), dtype=np.uint8)
+    ds = group.create_dataset(SUMMARY_TEXT, data=np.frombuffer(data.encode(), dtype=np.uint8))
+    ds.attrs["columns"] = ",".join(TEXT_SUMMARIES)
 
 
-def decode_summary_text(data: np.ndarray, n_rows: int) -> dict[str, np.ndarray]:
+def decode_summary_text(ds, n_rows: int) -> dict[str, np.ndarray]:
     """The string summary columns of ``n_rows`` runs from their :data:`SUMMARY_TEXT`."""
-    k = len(TEXT_SUMMARIES)
-    texts = data.tobytes().decode("utf-8").split("\0") if n_rows else []
-    if len(texts) != k * n_rows:
+    names = _joined_names(ds.parent)
+    texts = ds[()].tobytes().decode("utf-8").split("\0") if n_rows else []
+    if len(texts) != len(names) * n_rows:
         raise ValueError(f"{SUMMARY_TEXT} holds {len(texts)} texts for {n_rows} runs")
     out = {}
-    for j, name in enumerate(TEXT_SUMMARIES):
+    for j, name in enumerate(names):
         out[name] = np.empty(n_rows, dtype=object)
-        out[name][:] = texts[j::k]
+        out[name][:] = texts[j :: len(names)]
     return out
 
 

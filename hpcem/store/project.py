@@ -28,11 +28,10 @@ from hpcem.store.index import (
     PROJECT_TYPE,
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
-    SUMMARY_TEXT,
     TEXT_SUMMARIES,
     check_project,
-    encode_summary_text,
     file_key,
+    write_summary_text,
 )
 from hpcem.store.index import damaged as _damaged
 from hpcem.store.index import read_index_file as _read_index_file
@@ -217,7 +216,7 @@ class Project:
                 sf.write_column(
                     g, name, np.asarray(cols[name], dtype=object if dtype == "str" else dtype)
                 )
-            g.create_dataset(SUMMARY_TEXT, data=encode_summary_text(cols))
+            write_summary_text(g, cols)
 
     def _record(self, cols: Mapping[str, Any], i: int) -> RunRecord:
         """Row ``i`` as a typed record; CorruptStoreError naming the file and the run."""
@@ -768,6 +767,7 @@ def _summary_row(rec: RunRecord | None) -> dict[str, Any]:
             "job_open": 0,
             "outputs_text": "",
             "n_blocks": 0,
+            "protocol_text": "",
         }
     a = rec.attempt
     job = rec.job_text
@@ -783,6 +783,7 @@ def _summary_row(rec: RunRecord | None) -> dict[str, Any]:
         ),
         "outputs_text": outputs,
         "n_blocks": len(rec.blocks),
+        "protocol_text": rec.protocol,
     }
 
 
