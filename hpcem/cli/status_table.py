@@ -23,7 +23,7 @@ _ASCII_CONTROL = re.compile("[\x00-\x1f\x7f]")
 HEADER = ("ID", "LABEL", "PROTOCOL", "STATE", "STEPS", "ELAPSED", "JOB", "OUTPUTS")
 #: The index columns the table of quiet runs is made of (records only for the check).
 TABLE_COLUMNS = frozenset(
-    ("id", "label", "state", "steps_done", "steps_total", "record_json")
+    ("id", "label", "state", "steps_done", "steps_total", "record_suspects")
     + ("started", "ended", "job", "job_open", "outputs_text", "n_blocks", "protocol_text")
 )
 LABEL_WIDTH = 30

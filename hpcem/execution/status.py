@@ -11,8 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hpcem.store.states import ACTIVE_STATES, RUN_STATES
 
 QUIET_STATES = frozenset(RUN_STATES) - frozenset(ACTIVE_STATES)
@@ -28,21 +26,24 @@ def classify_rows(
     summary columns; live runs are decoded and checked (their jobs asked about, their
     blocks cancelled). ``problems`` names each damaged row (left out of both).
     """
+    from hpcem.store.index import RECORD_SUSPECTS, suspect_records
+
     states = cols["state"].tolist()
-    texts = cols["record_json"].tolist()
+    if RECORD_SUSPECTS in cols:  # read without the records themselves
+        suspects = cols[RECORD_SUSPECTS]
+    else:
+        suspects = suspect_records([_bytes(t) for t in cols["record_json"].tolist()])
     open_rows = cols["job_open"].astype(bool) | cols["n_blocks"].astype(bool)
     # The common case, checked a column at a time: every record looks like a JSON
     # object, every state is a final one and no run has a job or blocks to reconcile.
-    if _all_objects(texts) and set(states) <= QUIET_STATES and not open_rows.any():
+    if not suspects and set(states) <= QUIET_STATES and not open_rows.any():
         return list(range(len(states))), [], []
     quiet: list[int] = []
     live: list[int] = []
     problems: list[str] = []
-    for i, (state, text, is_open) in enumerate(zip(states, texts, open_rows.tolist())):
-        if isinstance(text, str):
-            text = text.encode()
-        if text and not (text[:1] == b"{" and text[-1:] == b"}"):  # cheap; decoded if suspect
-            problem = _undecodable(index_path, int(cols["id"][i]), text)
+    for i, (state, is_open) in enumerate(zip(states, open_rows.tolist())):
+        if i in suspects:  # decoded to say what is wrong (if anything)
+            problem = _undecodable(index_path, int(cols["id"][i]), suspects[i])
             if problem:
                 problems.append(problem)
                 continue
@@ -57,20 +58,8 @@ def classify_rows(
     return quiet, live, problems
 
 
-def _all_objects(texts: list) -> bool:
-    """True when every record text (bytes; empty ones pass) starts with ``{`` and ends
-    with ``}``: the first and last byte of each, picked from the texts joined in one."""
-    try:
-        joined = np.frombuffer(b"".join(texts), dtype=np.uint8)
-    except TypeError:  # texts as str: checked row by row
-        return False
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    ends = np.cumsum(lengths)
-    full = lengths > 0
-    return bool(
-        np.all(joined[(ends - lengths)[full]] == ord("{"))
-        and np.all(joined[ends[full] - 1] == ord("}"))
-    )
+def _bytes(text) -> bytes:
+    return text.encode() if isinstance(text, str) else text
 
 
 def _undecodable(index_path: Path, run_id: int, text: bytes) -> str:

@@ -55,6 +55,12 @@ SUMMARY_TEXT = "summary_text"
 TEXT_SUMMARIES = tuple(name for name, dtype in SUMMARY_COLUMNS if dtype == "str")
 #: A summary that copies a run column is that column in an index written before it.
 COPIES = {"protocol_text": "protocol"}
+#: Not a stored column: the record texts that do not look like a JSON object, by row
+#: (see :func:`suspect_records`), for a reader that lists runs without their records.
+RECORD_SUSPECTS = "record_suspects"
+#: Rows of records read at once for :data:`RECORD_SUSPECTS`: a few hundred kB, never
+#: all records of a big project in memory (fresh memory is a page fault per 4 kB).
+RECORD_BLOCK = 1024
 
 
 def file_key(path: Path) -> tuple | None:
@@ -91,6 +97,7 @@ def read_index_file(
         f = sf.open_h5(path, "project index")
     except FileNotFoundError:
         raise NotAProjectError(f"{project_path} is not an hpcem project (no {INDEX})") from None
+    _small_metadata_cache(f)
     with f:
         sf.check_header(f, PROJECT_TYPE, "project index")
         try:
@@ -98,6 +105,12 @@ def read_index_file(
             attrs["next_run_id"] = int(attrs["next_run_id"])
             g = f["runs"]
             cols = {}
+            if names is not None and RECORD_SUSPECTS in names:
+                ds = g["record_json"]
+                cols[RECORD_SUSPECTS] = {}
+                for start in range(0, len(ds), RECORD_BLOCK):
+                    texts = ds[start : start + RECORD_BLOCK].tolist()
+                    cols[RECORD_SUSPECTS].update(suspect_records(texts, start))
             for name, dtype in RUN_COLUMNS:
                 if names is not None and name not in names:
                     continue
@@ -128,6 +141,35 @@ def read_index_file(
                 f"{path}: project index is incomplete or damaged ({exc}); it was not modified"
             ) from exc
     return attrs, cols, missing
+
+
+def suspect_records(texts: Sequence[bytes], first_row: int = 0) -> dict[int, bytes]:
+    """The texts (record_json, bytes) that are not empty and do not start with ``{`` and
+    end with ``}``, by row (``first_row`` is the row of ``texts[0]``): the cheap look at
+    each record that needs no decoding; a suspect one is decoded to say what is wrong."""
+    if {t[:1] for t in texts} <= {b"{", b""} and {t[-1:] for t in texts} <= {b"}", b""}:
+        return {}  # the common case, two passes in C
+    return {
+        first_row + i: t
+        for i, t in enumerate(texts)
+        if t and not (t[:1] == b"{" and t[-1:] == b"}")
+    }
+
+
+def _small_metadata_cache(f) -> None:
+    """Keep HDF5's metadata cache at 512 kB. Each vlen string is read from a heap
+    collection that the cache would otherwise keep (megabytes for a big index, each new
+    page of them a page fault); the index is read front to back once, so nothing is
+    read twice for it. Left as it is where h5py cannot set it."""
+    try:
+        config = f.id.get_mdc_config()
+        config.set_initial_size = True
+        config.initial_size = 256 << 10
+        config.min_size = 128 << 10
+        config.max_size = 512 << 10
+        f.id.set_mdc_config(config)
+    except (AttributeError, ValueError, RuntimeError):
+        pass
 
 
 def _joined_names(g) -> tuple[str, ...]:

@@ -194,3 +194,15 @@ def test_the_plain_table_loads_neither_click_nor_the_records(varied):
     )
     assert out.stderr.strip().splitlines()[-1] == "[]"
     assert out.stdout == _reference(varied)
+
+
+def test_records_are_checked_a_block_at_a_time(varied, capsys, monkeypatch):
+    monkeypatch.setattr(index, "RECORD_BLOCK", 2)  # six runs: three blocks
+    with h5py.File(varied.index_path, "r+", locking=False) as f:
+        f["runs/record_json"][4] = '{"params": {}, "inputs": '  # run 5, the third block
+        f["runs/record_json"][1] = "not even json"  # run 2, the first block
+    capsys.readouterr()
+    assert main(["status", str(varied.path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == _reference(varied) and [r.id for r in varied.runs] == [1, 3, 4, 6]
+    assert "the record of run 2 is damaged" in err and "the record of run 5 is damaged" in err
