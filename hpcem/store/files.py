@@ -210,20 +210,25 @@ def _as_str(value) -> str:
     return str(value)
 
 
-def read_str_array(ds: h5py.Dataset) -> np.ndarray:
-    """Read a vlen string dataset as an object array of ``str``."""
+def read_str_array(ds: h5py.Dataset, block: int = 1024) -> np.ndarray:
+    """Read a vlen string dataset as an object array of ``str``.
+
+    A 1-D one is read ``block`` rows at a time, so that HDF5's and h5py's buffers are
+    reused (fresh memory costs a page fault per 4 kB), each block's bytes decoded at
+    once, joined by NUL (which a vlen string cannot hold): much faster than h5py's
+    ``asstr()`` or one decode per string.
+    """
     if ds.shape == (0,):
         return np.empty(0, dtype=object)
     if ds.ndim != 1:
         return ds.asstr()[()]
-    # The bytes in one read, then one decode of them all joined by NUL (which a vlen
-    # string cannot hold): much faster than h5py's asstr() or one decode per string.
-    raw = ds[()].tolist()
-    texts = b"\0".join(raw).decode("utf-8").split("\0")
-    if len(texts) != len(raw):  # a NUL after all (a fixed-length column): one by one
-        texts = [b.decode("utf-8") for b in raw]
-    out = np.empty(len(texts), dtype=object)
-    out[:] = texts
+    out = np.empty(len(ds), dtype=object)
+    for start in range(0, len(ds), block):
+        raw = ds[start : start + block].tolist()
+        texts = b"\0".join(raw).decode("utf-8").split("\0")
+        if len(texts) != len(raw):  # a NUL after all (a fixed-length column): one by one
+            texts = [b.decode("utf-8") for b in raw]
+        out[start : start + len(texts)] = texts
     return out
 
 
