@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--repeats", type=int, default=11, help="runs of each status timing")
+    parser.add_argument("--repeats", type=int, default=21, help="runs of each status timing")
     parser.add_argument("--only", choices=["dispatch", "status"], default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hpcem-bench-") as tmp:
