@@ -4,6 +4,7 @@ loading click or the record classes."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -206,3 +207,20 @@ def test_records_are_checked_a_block_at_a_time(varied, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert out == _reference(varied) and [r.id for r in varied.runs] == [1, 3, 4, 6]
     assert "the record of run 2 is damaged" in err and "the record of run 5 is damaged" in err
+
+
+def test_json_lists_every_run_from_its_record(varied, capsys):
+    live = varied.create_run("test.trivial", label="launched")
+    varied.begin_attempt(live.id, ("saved",))
+    with h5py.File(varied.index_path, "r+", locking=False) as f:
+        f["runs/record_json"][2] = "{damaged"  # run 3
+    capsys.readouterr()
+    assert main(["status", str(varied.path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    runs = {r["id"]: r for r in json.loads(out)["runs"]}
+    assert sorted(runs) == [1, 2, 4, 5, 6, live.id] and "run 3 is damaged" in err
+    assert runs[2]["outputs"] == {
+        "particles": {"type": "hpcem.SetOfParticles", "size": 12},
+        "coords": {"type": "hpcem.SetOfParticles", "size": 0},
+    }
+    assert runs[6]["job"] == "slurm 53 COMPLETED" and runs[5]["state"] == "saved"
