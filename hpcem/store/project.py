@@ -191,8 +191,8 @@ class Project:
         for i in range(len(cols["id"])):
             try:
                 rows.append(_summary_row(self._record(cols, i)))
-            except CorruptStoreError:
-                rows.append(_summary_row(None))
+            except CorruptStoreError:  # placeholders, and the protocol of its column
+                rows.append({**_summary_row(None), "protocol_text": str(cols["protocol"][i])})
         for name, dtype in SUMMARY_COLUMNS:
             cols[name] = np.array(
                 [r[name] for r in rows], dtype=object if dtype == "str" else dtype
