@@ -1,32 +1,43 @@
-"""``hpcem demo``: a whole small workflow on simulated data, on this machine.
+"""``hpcem demo``: the pre-processing workflow on simulated movies, on this machine.
 
-Creates a project, simulates micrographs with known defocus, imports them, estimates
-their CTF on the local executor (one step per micrograph, in parallel, with a progress
-display), compares the estimates with the ground truth and prints ``hpcem status``.
+Creates a project, simulates movies of a real particle (the PDB model shipped with
+hpcem) with known drift and CTF, then runs, one after the other on the local executor
+(one step per item, in parallel): ``import.movies`` → ``motion.align`` (global) →
+``ctf.estimate`` and ``ctf.fit2d`` → ``ctf.consensus``. It prints, per micrograph, the
+alignment error and both strategies' defocus U and V errors (separately) and astigmatism
+angle errors against the ground truth, and ends with ``hpcem status``.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import click
 
 DEMO_MARKER = ".hpcem-demo"
+#: Below this astigmatism (Å) the angle is not defined well enough to be compared.
+MIN_ASTIGMATISM_FOR_ANGLE_A = 300.0
+
+
+def _angle_error(a: float, b: float) -> float:
+    """Difference of two astigmatism angles (deg), modulo 180, in [-90, 90)."""
+    return (a - b + 90.0) % 180.0 - 90.0
 
 
 @click.command("demo")
 @click.argument("path", default="hpcem-demo", required=False)
-@click.option("--micrographs", "n", default=6, show_default=True, help="Micrographs to simulate.")
-@click.option("--size", default=1024, show_default=True, help="Micrograph edge in pixels.")
+@click.option("--movies", "n", default=6, show_default=True, help="Movies to simulate.")
+@click.option("--frames", default=24, show_default=True, help="Frames per movie.")
+@click.option("--size", default=1024, show_default=True, help="Movie edge in pixels.")
 @click.option(
-    "--pixel-size-A", "pixel_size_A", default=1.2, show_default=True, help="Pixel size in Å."
+    "--pixel-size-A", "pixel_size_A", default=1.0, show_default=True, help="Pixel size in Å."
 )
 @click.option("--workers", type=int, default=None, help="Local worker processes (default: cores).")
 @click.option("--seed", default=2026, show_default=True, help="Random seed of the simulation.")
-def demo_cmd(path, n, size, pixel_size_A, workers, seed):
-    """Run the demo workflow in PATH (default ./hpcem-demo): simulate, import, estimate CTF.
+def demo_cmd(path, n, frames, size, pixel_size_A, workers, seed):
+    """Run the demo workflow in PATH (default ./hpcem-demo): simulate movies, import,
+    align, estimate the CTF two ways, put them to a consensus, compare with the truth.
 
     A folder left by an earlier demo is replaced; any other existing folder is refused.
     """
@@ -36,8 +47,7 @@ def demo_cmd(path, n, size, pixel_size_A, workers, seed):
     from hpcem.errors import HpcemError
     from hpcem.execution import runs as lifecycle
     from hpcem.execution.runs import summarize
-    from hpcem.io.mrc import write_mrc
-    from hpcem.sim.micrograph import simulate_micrograph
+    from hpcem.sim.dataset import DatasetConfig, simulate_dataset
     from hpcem.store import Project
 
     root = Path(path).resolve()
@@ -47,68 +57,111 @@ def demo_cmd(path, n, size, pixel_size_A, workers, seed):
         shutil.rmtree(root)
     project = Project.create(root)
     (root / DEMO_MARKER).write_text("made by 'hpcem demo'; safe to delete\n")
-    raw = root / "raw"
-    raw.mkdir()
-    rng = np.random.default_rng(seed)
-    truth = {}
-    click.echo(f"simulating {n} micrographs of {size}x{size} px at {pixel_size_A} Å/px ...")
-    for i in range(n):
-        defocus_u = float(rng.uniform(9000, 30000))
-        defocus_v = defocus_u - float(rng.uniform(0, 1500))
-        angle = float(rng.uniform(0, 180))
-        image, _truth = simulate_micrograph(
-            (size, size),
-            pixel_size_A=pixel_size_A,
-            defocus_u_A=defocus_u,
-            defocus_v_A=defocus_v,
-            angle_deg=angle,
-            seed=seed + i,
-        )
-        name = f"mic_{i:03d}.mrc"
-        write_mrc(raw / name, image, pixel_size_A)
-        truth[name] = {"defocus_u": defocus_u, "defocus_v": defocus_v, "defocus_angle": angle}
-    (raw / "ground_truth.json").write_text(json.dumps(truth, indent=1))
-
-    imp = lifecycle.create_run(
-        project,
-        "import.micrographs",
-        {"files": str(raw / "*.mrc"), "pixel_size_A": pixel_size_A},
-        label="import simulated micrographs",
+    config = DatasetConfig(
+        kind="movies",
+        n_items=n,
+        size_px=size,
+        pixel_size_A=pixel_size_A,
+        n_frames=frames,
+        seed=seed,
     )
-    lifecycle.launch(project, imp.id, workers)
-    click.echo(f"run {imp.id}: import.micrographs")
-    _wait(project, imp.id)
-    ctf = lifecycle.create_run(
-        project,
-        "ctf.estimate",
-        {},
-        {"micrographs": [f"{imp.id}:micrographs"]},
-        label="estimate CTF",
-    )
-    lifecycle.launch(project, ctf.id, workers)
-    click.echo(f"run {ctf.id}: ctf.estimate (one step per micrograph)")
-    _wait(project, ctf.id)
-
-    mics = project.open_set(imp.id, "micrographs")
-    names = {int(i): Path(p).name for i, p in zip(mics.column("id"), mics.column("image"))}
-    ctfs = project.open_set(ctf.id, "ctfs").read_columns()
-    click.echo("\nestimated vs true defocus (Å):")
     click.echo(
-        f"  {'micrograph':14s} {'true U':>8s} {'est. U':>8s} {'true V':>8s} {'est. V':>8s}"
-        f" {'error':>6s}"
+        f"simulating {n} movies of {frames} frames, {size}x{size} px at {pixel_size_A} Å/px, "
+        "of PDB 7DDO (ground truth in raw/ground_truth.json and .star) ..."
     )
-    errors = []
-    for mid, u, v in zip(ctfs["micrograph_id"], ctfs["defocus_u"], ctfs["defocus_v"]):
-        t = truth[names[int(mid)]]
-        err = abs((u + v) / 2 - (t["defocus_u"] + t["defocus_v"]) / 2) / (
-            (t["defocus_u"] + t["defocus_v"]) / 2
-        )
-        errors.append(err)
+    truth = simulate_dataset(root / "raw", config)
+    by_name = {item["name"]: item for item in truth["items"]}
+
+    def run(protocol, params, inputs=None, label=""):
+        rec = lifecycle.create_run(project, protocol, params, inputs or {}, label=label)
+        lifecycle.launch(project, rec.id, workers)
+        click.echo(f"run {rec.id}: {protocol}")
+        _wait(project, rec.id)
+        if project.run(rec.id).state != "finished":
+            raise HpcemError(f"demo run {rec.id} ({protocol}) did not finish; see hpcem status")
+        return rec
+
+    imp = run(
+        "import.movies",
+        {
+            "files": str(root / "raw" / "movie_*.mrc"),
+            "pixel_size_A": pixel_size_A,
+            "dose_per_frame_e_A2": config.dose_per_frame_e_A2,
+        },
+        label="import simulated movies",
+    )
+    ali = run("motion.align", {}, {"movies": [f"{imp.id}:movies"]}, label="align movies")
+    mics = {"micrographs": [f"{ali.id}:micrographs"]}
+    est = run("ctf.estimate", {}, mics, label="CTF, 1D + astigmatism")
+    fit = run("ctf.fit2d", {}, mics, label="CTF, 2D fit")
+    con = run(
+        "ctf.consensus",
+        {},
+        {"ctfs": [f"{est.id}:ctfs"], "other_ctfs": [f"{fit.id}:ctfs"]},
+        label="CTF consensus",
+    )
+
+    movies = project.open_set(imp.id, "movies")
+    movie_name = {int(i): Path(p).name for i, p in zip(movies.column("id"), movies.column("image"))}
+    micrographs = project.open_set(ali.id, "micrographs")
+    mic_name = {
+        int(i): movie_name[int(m)]
+        for i, m in zip(micrographs.column("id"), micrographs.column("movie_id"))
+    }
+    alignments = project.open_set(ali.id, "alignments").read_columns()
+    click.echo("\nalignment: RMS error of the per-frame shifts against the truth (px)")
+    for mid, sx, sy in zip(alignments["movie_id"], alignments["shifts_x"], alignments["shifts_y"]):
+        t = np.asarray(by_name[movie_name[int(mid)]]["shifts_px"], dtype=np.float64)
+        est_px = np.stack([np.asarray(sx), np.asarray(sy)], axis=1) / pixel_size_A
+        first = int(config.n_frames) - len(est_px)
+        err = (est_px - est_px[0]) - (t[first:] - t[first])
+        click.echo(f"  {movie_name[int(mid)]:14s} {float(np.sqrt((err**2).sum(1).mean())):.3f}")
+
+    accepted = project.open_set(con.id, "accepted").read_columns()
+    consensus = dict(zip(accepted["micrograph_id"].tolist(), accepted["consensus_resolution"]))
+    click.echo(
+        "\nCTF against the truth (errors of U and V in %, of the astigmatism angle in degrees"
+        f" where U - V >= {MIN_ASTIGMATISM_FOR_ANGLE_A:.0f} Å):"
+    )
+    click.echo(
+        f"  {'micrograph':14s} {'strategy':13s} {'true U':>7s} {'est U':>7s} {'U err':>6s}"
+        f" {'true V':>7s} {'est V':>7s} {'V err':>6s} {'angle':>6s} {'consensus':>9s}"
+    )
+    errors: dict[str, list] = {}
+    for rec, label in ((est, "ctf.estimate"), (fit, "ctf.fit2d")):
+        c = project.open_set(rec.id, "ctfs").read_columns()
+        for mid, u, v, a in zip(
+            c["micrograph_id"], c["defocus_u"], c["defocus_v"], c["defocus_angle"]
+        ):
+            t = by_name[mic_name[int(mid)]]
+            du = 100 * (float(u) - t["defocus_u"]) / t["defocus_u"]
+            dv = 100 * (float(v) - t["defocus_v"]) / t["defocus_v"]
+            astig = t["defocus_u"] - t["defocus_v"]
+            da = (
+                _angle_error(float(a), t["defocus_angle"])
+                if astig >= MIN_ASTIGMATISM_FOR_ANGLE_A
+                else None
+            )
+            errors.setdefault(label, []).append((abs(du), abs(dv), da))
+            res = consensus.get(int(mid))
+            click.echo(
+                f"  {mic_name[int(mid)]:14s} {label:13s} {t['defocus_u']:7.0f} {float(u):7.0f}"
+                f" {du:+5.2f}% {t['defocus_v']:7.0f} {float(v):7.0f} {dv:+5.2f}%"
+                f" {'   -  ' if da is None else f'{da:+5.1f}°'}"
+                f" {'rejected' if res is None else f'{res:6.1f} Å':>9s}"
+            )
+    for label, rows in errors.items():
+        arr = np.array([(r[0], r[1]) for r in rows])
+        angles = [abs(r[2]) for r in rows if r[2] is not None]
         click.echo(
-            f"  {names[int(mid)]:14s} {t['defocus_u']:8.0f} {u:8.0f} {t['defocus_v']:8.0f}"
-            f" {v:8.0f} {100 * err:5.1f}%"
+            f"  {label}: median |U error| {np.median(arr[:, 0]):.2f}%, median |V error|"
+            f" {np.median(arr[:, 1]):.2f}%, largest angle error "
+            + (f"{max(angles):.1f}°" if angles else "n/a")
         )
-    click.echo(f"  mean defocus error {100 * float(np.mean(errors)):.2f}%\n")
+    click.echo(
+        f"  consensus: {len(consensus)} of {len(micrographs)} micrographs accepted (the column:"
+        " resolution at which the two CTFs' phases differ by 90°)\n"
+    )
     _print_table(project, [summarize(r) for r in project.runs])
 
 

@@ -19,7 +19,13 @@ def _cli():
     import click
 
     from hpcem import __version__
-    from hpcem.cli import commands_demo, commands_project, commands_runs, commands_site
+    from hpcem.cli import (
+        commands_demo,
+        commands_project,
+        commands_runs,
+        commands_sim,
+        commands_site,
+    )
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="hpcem")
@@ -31,7 +37,7 @@ def _cli():
         ctx.obj["debug"] = debug
 
     # Each command module defines its click commands; this is the only list of them.
-    for module in (commands_project, commands_runs, commands_site, commands_demo):
+    for module in (commands_project, commands_runs, commands_site, commands_demo, commands_sim):
         for command in module.COMMANDS:
             cli.add_command(command)
     return cli
