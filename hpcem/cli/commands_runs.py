@@ -314,6 +314,7 @@ def _print_run(project, run, as_json, log_lines) -> None:
                         {k: _jsonable(v) for k, v in s.items() if k not in ("args", "result")}
                         for s in steps
                     ],
+                    "rejected_items": _rejected_in_results(steps),
                     "log_tail": tail,
                 },
                 indent=1,
@@ -365,9 +366,31 @@ def _print_run(project, run, as_json, log_lines) -> None:
         click.echo(f"    {safe(s['name']):32s} {state:11s} {s['host']:10s} {took_s}{err}")
     if len(steps) > 50:
         click.echo(f"    ... {len(steps) - 50} more")
+    rejected = _rejected_in_results(steps)
+    if rejected:
+        click.echo(f"  rejected items ({len(rejected)}, reported by a step of the run)")
+        for reason in rejected[:20]:
+            click.echo(f"    {safe(reason)}")
+        if len(rejected) > 20:
+            click.echo(f"    ... {len(rejected) - 20} more")
     click.echo("  log")
     for line in tail:
         click.echo(f"    {safe(line)}")
+
+
+def _rejected_in_results(steps: list[dict]) -> list[str]:
+    """Reasons of items a step rejected inside its own work (e.g. a consensus step's
+    ``result["rejected"]``), other than those already shown as a rejected step."""
+    shown = {s["error"] for s in steps if s["error"]}
+    reasons = []
+    for s in steps:
+        result = s.get("result")
+        items = result.get("rejected") if isinstance(result, dict) else None
+        for item in items if isinstance(items, list) else ():
+            reason = item.get("reason") if isinstance(item, dict) else item
+            if isinstance(reason, str) and reason not in shown:
+                reasons.append(reason)
+    return reasons
 
 
 def _jsonable(v):

@@ -109,7 +109,7 @@ def _run(project, name, params, inputs, wait_for_run):
 
 
 @pytest.mark.slow
-def test_consensus_protocol_end_to_end(project, tmp_path, wait_for_run):
+def test_consensus_protocol_end_to_end(project, tmp_path, wait_for_run, capsys):
     """ctf.estimate and ctf.fit2d on three micrographs (one only fitted by ctf.estimate,
     because ctf.fit2d's search range excludes it), then ctf.consensus."""
     raw = tmp_path / "raw"
@@ -138,6 +138,14 @@ def test_consensus_protocol_end_to_end(project, tmp_path, wait_for_run):
     assert np.all(accepted["consensus_resolution"] < 15.0)
     assert list(accepted["estimator"]) == ["ctf.estimate"] * 2
     assert ids is None or mid == ids[2]
+    # `hpcem status PROJECT RUN` shows the reason (it is in a step's result, not a step).
+    from hpcem.cli.main import main
+
+    capsys.readouterr()
+    assert main(["status", str(project.path), str(con.id)]) == 0
+    shown = capsys.readouterr().out
+    assert "rejected items (1, reported by a step of the run)" in shown
+    assert f"micrograph {mid} has no CTF in other_ctfs" in shown
 
     # A strict threshold rejects the pairs too, saying at which resolution they differ.
     con2, done = _run(project, "ctf.consensus", {"resolution_A": 0.5}, inputs, wait_for_run)
