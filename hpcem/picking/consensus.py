@@ -52,13 +52,41 @@ def normalised_scores(scores: np.ndarray) -> np.ndarray:
     return out
 
 
+_MAX_ROUNDS = 16
+
+
+def _sequential_greedy(c: np.ndarray, j: np.ndarray, d2: np.ndarray):
+    """The greedy matching as a plain pass over edges sorted by (d2, c, j): O(E log E)."""
+    order = np.lexsort((j, c, d2))
+    used_c, used_j = set(), set()
+    out_c, out_j = [], []
+    for ci, ji in zip(c[order].tolist(), j[order].tolist()):
+        if ci in used_c or ji in used_j:
+            continue
+        used_c.add(ci)
+        used_j.add(ji)
+        out_c.append(ci)
+        out_j.append(ji)
+    return np.array(out_c, dtype=np.int64), np.array(out_j, dtype=np.int64)
+
+
 def _greedy_match(c: np.ndarray, j: np.ndarray, d2: np.ndarray, n_c: int, n_j: int):
     """Greedy one-to-one matching of edges (c, j) by ascending (d2, c, j).
 
-    Returns the accepted (c, j) pairs. Done in rounds of mutual best edges.
+    Returns the accepted (c, j) pairs. Done in rounds of mutual best edges; after
+    ``_MAX_ROUNDS`` rounds (rare: chains of ever-longer edges) the rest is matched by a
+    sequential pass, so the cost stays O(E log E).
     """
     acc_c, acc_j = [], []
+    rounds = 0
     while c.size:
+        rounds += 1
+        if rounds > _MAX_ROUNDS:
+            # chains of ever-longer edges need one round per edge; finish them in order
+            fc, fj = _sequential_greedy(c, j, d2)
+            acc_c.append(fc)
+            acc_j.append(fj)
+            break
         best_j = np.full(n_c, -1, dtype=np.int64)
         order = np.lexsort((j, d2, c))
         first = np.ones(order.size, dtype=bool)

@@ -177,3 +177,18 @@ def test_bad_input_is_validation_error():
         consensus([a, a], [np.ones(3), np.ones(2)], 5.0, 1)
     with pytest.raises(ValidationError):
         consensus([a, a], None, -1.0, 1)
+
+
+def test_chain_of_growing_gaps_matches_reference():
+    # A0 B0 A1 B1 ... on a line with ever-larger gaps: greedy must settle the edges one by
+    # one (each accepted edge frees the next), which exercises the sequential fallback.
+    n = 60
+    gaps = 1.0 + 0.01 * np.arange(2 * n)
+    x = np.concatenate([[0.0], np.cumsum(gaps)])[: 2 * n]
+    a = np.stack([x[0::2], np.zeros(n)], axis=1)
+    b = np.stack([x[1::2], np.zeros(n)], axis=1)
+    for sets in ([a, b], [b, a], [a, b, a + [0.0, 0.5]]):
+        got = consensus(sets, None, 3.0, 1, return_unique=True)
+        _compare(got, reference(sets, None, 3.0, 1))
+    got = consensus([a, b], None, 3.0, 2)
+    np.testing.assert_array_equal(got["members"], np.stack([np.arange(n)] * 2, axis=1))
