@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from hpcem.picking import consensus
+from hpcem.picking.consensus import consensus
 
 
 def make_micrograph(rng, pickers: int, picks: int, box: float) -> tuple[list, list]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hpcem.errors import ValidationError
-from hpcem.picking import consensus
+from hpcem.picking.consensus import consensus
 
 
 def _rank01(s):
