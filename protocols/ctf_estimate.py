@@ -280,26 +280,11 @@ class EstimateCTF(Protocol):
     citations = (ROHOU_GRIGORIEFF_2015,)
 
     def validate(self, ctx) -> list[str]:
-        p = ctx.params
-        problems = []
-        if p["defocus_min_A"] >= p["defocus_max_A"]:
-            problems.append("defocus_min_A must be below defocus_max_A")
-        if p["tile_size_px"] % 2 or 0 < p["tile_size_px"] < 64:
-            problems.append(f"tile_size_px must be 0 or even and >= 64, got {p['tile_size_px']}")
-        if p["res_high_A"] and p["res_high_A"] >= p["res_low_A"]:
-            problems.append("res_high_A must be below res_low_A (Å: smaller is higher resolution)")
-        return problems
+        return validate_search(ctx.params)
 
     def steps(self, ctx) -> list[Step]:
         p = ctx.params
-        options = {
-            "defocus_min_A": p["defocus_min_A"],
-            "defocus_max_A": p["defocus_max_A"],
-            "res_low_A": p["res_low_A"],
-            "res_high_A": p["res_high_A"] or None,
-            "tile_size_px": p["tile_size_px"] or None,
-            "astigmatism": p["astigmatism"],
-        }
+        options = {**search_options(p), "astigmatism": p["astigmatism"]}
         return micrograph_steps(
             ctx,
             "hpcem.protocols.ctf_estimate:estimate_one",
@@ -307,6 +292,29 @@ class EstimateCTF(Protocol):
             options,
             p["min_fit_score"],
         )
+
+
+def validate_search(p: dict) -> list[str]:
+    """Problems of the search parameters both CTF strategies share."""
+    problems = []
+    if p["defocus_min_A"] >= p["defocus_max_A"]:
+        problems.append("defocus_min_A must be below defocus_max_A")
+    if p["tile_size_px"] % 2 or 0 < p["tile_size_px"] < 64:
+        problems.append(f"tile_size_px must be 0 or even and >= 64, got {p['tile_size_px']}")
+    if p["res_high_A"] and p["res_high_A"] >= p["res_low_A"]:
+        problems.append("res_high_A must be below res_low_A (Å: smaller is higher resolution)")
+    return problems
+
+
+def search_options(p: dict) -> dict:
+    """The estimator options both CTF strategies share (0 = adapt to the micrograph)."""
+    return {
+        "defocus_min_A": p["defocus_min_A"],
+        "defocus_max_A": p["defocus_max_A"],
+        "res_low_A": p["res_low_A"],
+        "res_high_A": p["res_high_A"] or None,
+        "tile_size_px": p["tile_size_px"] or None,
+    }
 
 
 def micrograph_steps(

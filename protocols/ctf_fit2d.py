@@ -14,6 +14,8 @@ from hpcem.protocols.ctf_estimate import (
     ROHOU_GRIGORIEFF_2015,
     fit_micrograph,
     micrograph_steps,
+    search_options,
+    validate_search,
 )
 from hpcem.protocols.ctf_estimate import register_ctfs as _register
 
@@ -110,26 +112,11 @@ class FitCTF2D(Protocol):
     citations = (ROHOU_GRIGORIEFF_2015,)
 
     def validate(self, ctx) -> list[str]:
-        p = ctx.params
-        problems = []
-        if p["defocus_min_A"] >= p["defocus_max_A"]:
-            problems.append("defocus_min_A must be below defocus_max_A")
-        if p["tile_size_px"] % 2 or 0 < p["tile_size_px"] < 64:
-            problems.append(f"tile_size_px must be 0 or even and >= 64, got {p['tile_size_px']}")
-        if p["res_high_A"] and p["res_high_A"] >= p["res_low_A"]:
-            problems.append("res_high_A must be below res_low_A (Å: smaller is higher resolution)")
-        return problems
+        return validate_search(ctx.params)
 
     def steps(self, ctx):
         p = ctx.params
-        options = {
-            "defocus_min_A": p["defocus_min_A"],
-            "defocus_max_A": p["defocus_max_A"],
-            "res_low_A": p["res_low_A"],
-            "res_high_A": p["res_high_A"] or None,
-            "tile_size_px": p["tile_size_px"] or None,
-            "phase_shift": p["phase_shift"],
-        }
+        options = {**search_options(p), "phase_shift": p["phase_shift"]}
         return micrograph_steps(
             ctx,
             "hpcem.protocols.ctf_fit2d:fit_one",
