@@ -40,6 +40,13 @@ ACQUISITION = ItemType(
         Field("pixel_size_A", "float32", "Å/px", "pixel size of the images"),
         Field("dose_per_frame_e_A2", "float32", "e⁻/Å²", "dose per movie frame"),
         Field("magnification", "float32", "", "nominal magnification"),
+        Field(
+            "image_size_px",
+            "int32",
+            "px",
+            "edge of the particle boxes (sets of particles; 0 = not a particle set)",
+            default=0,
+        ),
     ),
     "Acquisition parameters of one optics group (one row of a set's optics table).",
 )
@@ -137,6 +144,13 @@ PARTICLE = ItemType(
         Field("class_id", "int32", "", "class the particle is assigned to (0 = none)"),
         Field("weight", "float32", "", "per-particle weight", default=1.0),
         Field("half_set", "int8", "", "gold-standard half (1 or 2; 0 = unassigned)"),
+        Field(
+            "edge_padded",
+            "int8",
+            "",
+            "1 = its box crossed the micrograph edge and the outside was filled (extraction)",
+            default=0,
+        ),
         _optics_group(),
     ),
     "A particle image with its CTF, position, orientation and class.",
