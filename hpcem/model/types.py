@@ -113,6 +113,13 @@ COORDINATE = ItemType(
         Field("x", "float32", "px", "x position in pixels of the micrograph"),
         Field("y", "float32", "px", "y position in pixels of the micrograph"),
         Field("score", "float32", "", "picking score", default=0.0),
+        Field(
+            "n_agree",
+            "int32",
+            "",
+            "number of pickers that found it (picking.consensus; 0 = one picker's pick)",
+            default=0,
+        ),
     ),
     "A picked particle position on a micrograph.",
 )
