@@ -66,7 +66,7 @@ def write_picks_png(
             (t[:, 0] - offset) / factor,
             (t[:, 1] - offset) / factor,
             "+",
-            ms=6,
+            ms=10,
             mew=1.2,
             color="#ff7000",
             linestyle="none",
