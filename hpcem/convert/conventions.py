@@ -1,0 +1,316 @@
+"""The conventions hpcem shares with other packages, one small vectorised function per rule.
+
+Every rule is written down once in ``docs/conventions.md`` with the test that checks it
+against someone else (RELION's source, Scipion's conversion, pyem's csparc2star, the real
+files in ``../shared/data``). hpcem's own conventions are RELION 3.1's:
+
+* Euler angles ZYZ ``(rot, tilt, psi)`` in degrees; the rotation matrix ``A`` of
+  RELION's ``Euler_angles2matrix`` (``src/euler.cpp``) maps a 3D map's coordinates to
+  the projection's (``A = Rz(psi) Ry(tilt) Rz(rot)`` with passive rotations).
+* ``shift_x/shift_y`` in Å with RELION 3.1's sign: ``_rlnOriginXAngst`` (the particle
+  centre is at box centre − origin).
+* coordinates in pixels of the micrograph array, 0-based, origin at the centre of the
+  first pixel, x along columns, the **centre** of the particle box (RELION's
+  ``_rlnCoordinateX/Y``).
+* defocus in Å (positive = underfocus) and the angle in degrees from x to the U axis.
+* image indices 0-based.
+
+Functions take and return numpy arrays (one value per item) and never loop in Python
+over items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- Euler angles and rotation matrices --------------------------------------------------
+
+
+def euler_zyz_to_matrix(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
+    """RELION's ``Euler_angles2matrix``: ZYZ Euler angles (deg) -> rotation matrices.
+
+    Returns an ``(N, 3, 3)`` array (``(3, 3)`` for scalar input). The matrix maps map
+    coordinates to projection coordinates (the projection direction is its third row).
+    """
+    a = np.deg2rad(np.asarray(rot_deg, dtype=np.float64))
+    b = np.deg2rad(np.asarray(tilt_deg, dtype=np.float64))
+    g = np.deg2rad(np.asarray(psi_deg, dtype=np.float64))
+    a, b, g = np.broadcast_arrays(a, b, g)
+    ca, cb, cg = np.cos(a), np.cos(b), np.cos(g)
+    sa, sb, sg = np.sin(a), np.sin(b), np.sin(g)
+    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
+    m = np.empty(a.shape + (3, 3), dtype=np.float64)
+    m[..., 0, 0] = cg * cc - sg * sa
+    m[..., 0, 1] = cg * cs + sg * ca
+    m[..., 0, 2] = -cg * sb
+    m[..., 1, 0] = -sg * cc - cg * sa
+    m[..., 1, 1] = -sg * cs + cg * ca
+    m[..., 1, 2] = sg * sb
+    m[..., 2, 0] = sc
+    m[..., 2, 1] = ss
+    m[..., 2, 2] = cb
+    return m
+
+
+def matrix_to_euler_zyz(matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RELION's ``Euler_matrix2angles``: rotation matrices -> ``(rot, tilt, psi)`` degrees.
+
+    ``tilt`` is in [0, 180]; at tilt 0 or 180 (gimbal lock) ``rot`` is 0 and ``psi``
+    carries the whole in-plane angle, exactly as RELION decomposes it.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    abs_sb = np.hypot(m[..., 0, 2], m[..., 1, 2])
+    regular = abs_sb > 16 * np.finfo(np.float32).eps
+    tilt = np.arctan2(abs_sb, m[..., 2, 2])
+    rot = np.arctan2(m[..., 2, 1], m[..., 2, 0])
+    psi = np.arctan2(m[..., 1, 2], -m[..., 0, 2])
+    up = m[..., 2, 2] > 0
+    lock_tilt = np.where(up, 0.0, np.pi)
+    lock_psi = np.where(
+        up, np.arctan2(-m[..., 1, 0], m[..., 0, 0]), np.arctan2(m[..., 1, 0], -m[..., 0, 0])
+    )
+    rot = np.where(regular, rot, 0.0)
+    tilt = np.where(regular, tilt, lock_tilt)
+    psi = np.where(regular, psi, lock_psi)
+    return np.rad2deg(rot), np.rad2deg(tilt), np.rad2deg(psi)
+
+
+def _rodrigues(axis_angle: np.ndarray) -> np.ndarray:
+    """Active rotation matrices ``exp([w]x)`` of axis-angle vectors (radians)."""
+    w = np.asarray(axis_angle, dtype=np.float64)
+    theta = np.linalg.norm(w, axis=-1)
+    safe = np.where(theta > 0, theta, 1.0)
+    u = w / safe[..., None]
+    k = np.zeros(w.shape[:-1] + (3, 3))
+    k[..., 0, 1], k[..., 0, 2] = -u[..., 2], u[..., 1]
+    k[..., 1, 0], k[..., 1, 2] = u[..., 2], -u[..., 0]
+    k[..., 2, 0], k[..., 2, 1] = -u[..., 1], u[..., 0]
+    s = np.sin(theta)[..., None, None]
+    c = (1.0 - np.cos(theta))[..., None, None]
+    return np.eye(3) + s * k + c * (k @ k)
+
+
+def cryosparc_pose_to_matrix(pose_rad) -> np.ndarray:
+    """cryoSPARC ``alignments3D/pose`` (axis-angle, radians) -> RELION's matrix ``A``.
+
+    cryoSPARC's pose is the active rotation ``R = exp([pose]x)`` (Rodrigues); RELION's
+    ``A`` is its transpose (pyem's ``expmap`` builds exactly that transpose before
+    ``rot2euler``, which is how ``csparc2star.py`` converts).
+    """
+    return np.swapaxes(_rodrigues(pose_rad), -1, -2)
+
+
+def matrix_to_cryosparc_pose(matrix) -> np.ndarray:
+    """RELION's matrix ``A`` -> cryoSPARC axis-angle pose (radians, angle in [0, pi])."""
+    r = np.swapaxes(np.asarray(matrix, dtype=np.float64), -1, -2)  # the active rotation
+    cos_t = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
+    theta = np.arccos(cos_t)
+    v = np.stack(
+        [r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]],
+        axis=-1,
+    )
+    sin_t = np.sin(theta)
+    out = np.zeros_like(v)
+    general = sin_t > 1e-4
+    out[general] = (theta[general] / (2.0 * sin_t[general]))[..., None] * v[general]
+    # near 0: theta / (2 sin theta) -> 1/2
+    small = (~general) & (theta < 1.0)
+    out[small] = 0.5 * v[small]
+    # near pi: the axis from the symmetric part of R, its sign from v
+    large = (~general) & (theta >= 1.0)
+    if np.any(large):
+        rl = r[large]
+        cl = cos_t[large][..., None, None]
+        b = ((rl + np.swapaxes(rl, -1, -2)) / 2.0 - cl * np.eye(3)) / (1.0 - cl)  # = u u^T
+        col = np.argmax(np.diagonal(b, axis1=-2, axis2=-1), axis=-1)
+        u = b[np.arange(len(col)), :, col]
+        u /= np.linalg.norm(u, axis=-1, keepdims=True)
+        sign = np.where(np.einsum("...i,...i->...", u, v[large]) < 0, -1.0, 1.0)
+        out[large] = u * (sign * theta[large])[..., None]
+    return out
+
+
+def cryosparc_pose_to_euler(pose_rad) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cryoSPARC axis-angle pose (radians) -> RELION ``(rot, tilt, psi)`` degrees."""
+    return matrix_to_euler_zyz(cryosparc_pose_to_matrix(pose_rad))
+
+
+def euler_to_cryosparc_pose(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
+    """RELION ``(rot, tilt, psi)`` degrees -> cryoSPARC axis-angle pose (radians)."""
+    return matrix_to_cryosparc_pose(euler_zyz_to_matrix(rot_deg, tilt_deg, psi_deg))
+
+
+def cryosparc_pose2d_to_psi(pose_rad) -> np.ndarray:
+    """cryoSPARC ``alignments2D/pose`` (in-plane angle, radians) -> RELION psi (degrees)."""
+    return np.rad2deg(np.asarray(pose_rad, dtype=np.float64))
+
+
+def psi_to_cryosparc_pose2d(psi_deg) -> np.ndarray:
+    """RELION psi (degrees) -> cryoSPARC ``alignments2D/pose`` (radians)."""
+    return np.deg2rad(np.asarray(psi_deg, dtype=np.float64))
+
+
+def forward_transform(rot_deg, tilt_deg, psi_deg, origin_x_px, origin_y_px) -> np.ndarray:
+    """EMX/RELION forward transform of a projection as a ``(N, 4, 4)`` homogeneous matrix.
+
+    Rotation ``A`` (RELION's Euler matrix) and translation ``-origin`` (pixels): a map
+    point ``r`` lands at ``A r - origin`` in the particle image, i.e. the particle centre
+    sits at box centre − origin (RELION 3.1's sign).
+    """
+    a = euler_zyz_to_matrix(rot_deg, tilt_deg, psi_deg)
+    m = np.zeros(a.shape[:-2] + (4, 4))
+    m[..., :3, :3] = a
+    ox, oy = np.broadcast_arrays(
+        np.asarray(origin_x_px, dtype=np.float64), np.asarray(origin_y_px, dtype=np.float64)
+    )
+    m[..., 0, 3] = -np.broadcast_to(ox, a.shape[:-2])
+    m[..., 1, 3] = -np.broadcast_to(oy, a.shape[:-2])
+    m[..., 3, 3] = 1.0
+    return m
+
+
+def scipion_matrix_from_forward(forward) -> np.ndarray:
+    """Scipion's projection matrix is the inverse of the EMX/RELION forward transform.
+
+    (``matrixFromGeometry(shifts, angles, inverseTransform=True)`` in Scipion's RELION
+    plugin.) The inverse of ``[A | t]`` is ``[A^T | -A^T t]`` (A is orthogonal).
+    """
+    f = np.asarray(forward, dtype=np.float64)
+    a_t = np.swapaxes(f[..., :3, :3], -1, -2)
+    out = np.zeros_like(f)
+    out[..., :3, :3] = a_t
+    out[..., :3, 3] = -np.einsum("...ij,...j->...i", a_t, f[..., :3, 3])
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def forward_from_scipion_matrix(matrix) -> np.ndarray:
+    """Inverse of :func:`scipion_matrix_from_forward` (the same operation: inversion)."""
+    return scipion_matrix_from_forward(matrix)
+
+
+def euler_origin_from_forward(forward) -> tuple[np.ndarray, ...]:
+    """``(rot, tilt, psi, origin_x_px, origin_y_px)`` of an EMX/RELION forward transform."""
+    f = np.asarray(forward, dtype=np.float64)
+    rot, tilt, psi = matrix_to_euler_zyz(f[..., :3, :3])
+    return rot, tilt, psi, -f[..., 0, 3], -f[..., 1, 3]
+
+
+# --- shifts -------------------------------------------------------------------------------
+
+
+def origin_px_to_A(origin_px, pixel_size_A) -> np.ndarray:
+    """RELION 3.0 ``_rlnOriginX`` (px) -> RELION 3.1 ``_rlnOriginXAngst`` (Å): same sign."""
+    return np.asarray(origin_px, dtype=np.float64) * np.asarray(pixel_size_A, dtype=np.float64)
+
+
+def origin_A_to_px(origin_A, pixel_size_A) -> np.ndarray:
+    """RELION 3.1 ``_rlnOriginXAngst`` (Å) -> RELION 3.0 ``_rlnOriginX`` (px)."""
+    return np.asarray(origin_A, dtype=np.float64) / np.asarray(pixel_size_A, dtype=np.float64)
+
+
+def cryosparc_shift_to_origin_A(shift_px, pixel_size_A) -> np.ndarray:
+    """cryoSPARC ``alignments*/shift`` (px) -> hpcem shift = ``_rlnOriginXAngst`` (Å).
+
+    cryoSPARC's shift has RELION's origin sign (pyem's csparc2star copies it to
+    ``_rlnOriginX`` unchanged); only the unit changes, with ``alignments*/psize_A``.
+    """
+    return origin_px_to_A(shift_px, pixel_size_A)
+
+
+def origin_A_to_cryosparc_shift(origin_A, pixel_size_A) -> np.ndarray:
+    """hpcem shift (Å, RELION 3.1 origin) -> cryoSPARC ``alignments*/shift`` (px)."""
+    return origin_A_to_px(origin_A, pixel_size_A)
+
+
+# --- coordinates and indices ----------------------------------------------------------------
+
+
+def box_corner_to_centre(corner_px, box_size_px) -> np.ndarray:
+    """EMAN ``.box`` / crYOLO ``.cbox`` corner -> particle centre: ``corner + size / 2``.
+
+    RELION reads ``.box`` the same way (``xpos = x + w / 2`` in ``src/preprocessing.cpp``,
+    in integers there; hpcem keeps the half pixel of odd boxes).
+    """
+    return np.asarray(corner_px, dtype=np.float64) + np.asarray(box_size_px, np.float64) / 2.0
+
+
+def box_centre_to_corner(centre_px, box_size_px) -> np.ndarray:
+    """Particle centre -> EMAN ``.box`` / crYOLO ``.cbox`` corner: ``centre - size / 2``."""
+    return np.asarray(centre_px, dtype=np.float64) - np.asarray(box_size_px, np.float64) / 2.0
+
+
+def cryosparc_frac_to_px(frac, size_px) -> np.ndarray:
+    """cryoSPARC ``location/center_*_frac`` -> pixels: ``frac × size`` (size along that axis).
+
+    ``location/micrograph_shape`` is ``(ny, nx)``: x uses ``shape[1]``, y ``shape[0]``.
+    """
+    return np.asarray(frac, dtype=np.float64) * np.asarray(size_px, dtype=np.float64)
+
+
+def px_to_cryosparc_frac(px, size_px) -> np.ndarray:
+    """Pixels -> cryoSPARC fractional location: ``px / size``."""
+    return np.asarray(px, dtype=np.float64) / np.asarray(size_px, dtype=np.float64)
+
+
+def flip_y_px(y_px, height_px) -> np.ndarray:
+    """y of the same pixel in the image flipped along its slow (y) axis: ``height − 1 − y``.
+
+    Pixel centres at integers from 0: the flip maps pixel ``j`` to ``height − 1 − j``.
+    RELION flips TIFF movies along the slow axis on reading (its Conventions page); a
+    micrograph made from a TIFF by RELION/MotionCor2 is the y-flip of one made by a
+    program that does not flip (e.g. cryoSPARC's Patch Motion).
+    """
+    return np.asarray(height_px, dtype=np.float64) - 1.0 - np.asarray(y_px, dtype=np.float64)
+
+
+def flip_y_frac(frac) -> np.ndarray:
+    """The same flip for cryoSPARC fractions: ``1 − frac`` (what pyem's ``--inverty`` does)."""
+    return 1.0 - np.asarray(frac, dtype=np.float64)
+
+
+def one_based_to_zero_based(index) -> np.ndarray:
+    """RELION ``000001@stack.mrcs`` (1-based) -> hpcem ``image_index`` (0-based)."""
+    return np.asarray(index, dtype=np.int64) - 1
+
+
+def zero_based_to_one_based(index) -> np.ndarray:
+    """hpcem ``image_index`` (0-based; = cryoSPARC ``blob/idx``) -> RELION's 1-based index."""
+    return np.asarray(index, dtype=np.int64) + 1
+
+
+# --- CTF -----------------------------------------------------------------------------------
+
+
+def cryosparc_df_angle_to_deg(df_angle_rad) -> np.ndarray:
+    """cryoSPARC ``ctf/df_angle_rad`` -> RELION ``_rlnDefocusAngle`` (same reference, deg)."""
+    return np.rad2deg(np.asarray(df_angle_rad, dtype=np.float64))
+
+
+def deg_to_cryosparc_df_angle(angle_deg) -> np.ndarray:
+    """RELION/hpcem defocus angle (deg) -> cryoSPARC ``ctf/df_angle_rad``."""
+    return np.deg2rad(np.asarray(angle_deg, dtype=np.float64))
+
+
+def ctffind_azimuth_to_defocus_angle(azimuth_deg) -> np.ndarray:
+    """CTFFIND4 "azimuth of astigmatism" (deg) -> RELION/hpcem defocus angle: identical.
+
+    Both are measured from the x axis to the axis of defocus 1 (U); RELION's
+    ``CtffindRunner::getCtffind4Results`` copies column 4 to ``_rlnDefocusAngle`` as is.
+    """
+    return np.asarray(azimuth_deg, dtype=np.float64)
+
+
+def ctffind_phase_shift_to_deg(phase_shift_rad) -> np.ndarray:
+    """CTFFIND4 column 5 (radians) -> hpcem/RELION phase shift (degrees)."""
+    return np.rad2deg(np.asarray(phase_shift_rad, dtype=np.float64))
+
+
+def relion_ctf_from_hpcem(ctf_values) -> np.ndarray:
+    """RELION's CTF value from hpcem's (CTFFIND's) at the same frequency: opposite sign.
+
+    hpcem's ``CTF = −sin(χ + arcsin A)`` is negative at low frequency for underfocus;
+    ``relion_ctf_toolbox --simulate`` gives +A at zero frequency (measured in
+    ``tests/science/test_ctf_relion.py``).
+    """
+    return -np.asarray(ctf_values)

@@ -1,0 +1,364 @@
+"""cryoSPARC ``.cs`` files (numpy structured arrays) <-> hpcem particle and micrograph sets.
+
+A ``.cs`` file is ``np.save`` of a structured array whose field names carry a prefix per
+result group: ``blob/*`` (the image: path, 0-based index, shape, pixel size),
+``ctf/*``, ``location/*`` (fractional position on the micrograph),
+``alignments2D/*`` and ``alignments3D/*`` (pose, shift in pixels, class, half set).
+The conversions follow ``docs/conventions.md`` (functions in
+:mod:`hpcem.convert.conventions`): the 3D pose is an axis-angle vector (radians) whose
+Rodrigues rotation is the transpose of RELION's Euler matrix; the shift has RELION's
+origin sign in pixels of ``alignments*/psize_A``; ``df_angle_rad`` is RELION's defocus
+angle in radians; classes and half sets are 0-based (hpcem's ``class_id`` and
+``half_set`` are 1-based, 0 = none).
+
+Every field hpcem has no column for is kept in ``Converted.extra`` under its ``.cs``
+name, and :func:`write_particles_cs` writes those back, so read -> write -> read keeps
+the whole file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from hpcem.convert import Converted
+from hpcem.convert import conventions as cv
+from hpcem.errors import DataFormatError, ValidationError
+
+#: Fields without which a particle ``.cs`` cannot be read (the image location and size).
+REQUIRED_PARTICLE_FIELDS = ("blob/path", "blob/idx", "blob/psize_A")
+#: CTF fields that come together: one present means all are needed.
+CTF_FIELDS = ("ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad")
+_OPTICS_CTF_FIELDS = ("ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast")
+
+# fields turned into hpcem columns (or optics) on reading; everything else goes to extra
+_CONSUMED = {
+    "blob/path",
+    "blob/idx",
+    "blob/psize_A",
+    "blob/shape",
+    "ctf/accel_kv",
+    "ctf/cs_mm",
+    "ctf/amp_contrast",
+    "ctf/df1_A",
+    "ctf/df2_A",
+    "ctf/df_angle_rad",
+    "ctf/phase_shift_rad",
+    "ctf/exp_group_id",
+    "ctf/ctf_fit_to_A",
+    "ctf/cross_corr_ctffind4",
+    "location/center_x_frac",
+    "location/center_y_frac",
+}
+_ALIGN_CONSUMED = ("pose", "shift", "class", "split")
+
+
+def load_cs(path: str | os.PathLike) -> np.ndarray:
+    """``np.load`` a ``.cs`` file, checking it is a 1-D structured array."""
+    try:
+        data = np.load(os.fspath(path), allow_pickle=False)
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise DataFormatError(f"{path}: not a cryoSPARC .cs file (numpy .npy): {exc}") from None
+    if not isinstance(data, np.ndarray) or data.dtype.names is None or data.ndim != 1:
+        raise DataFormatError(f"{path}: not a cryoSPARC .cs file (no structured array of rows)")
+    return data
+
+
+def _require(path: Any, names: tuple[str, ...], fields: tuple[str, ...], what: str) -> None:
+    missing = [f for f in fields if f not in names]
+    if missing:
+        raise DataFormatError(
+            f"{path}: {what} needs the field(s) {', '.join(missing)}; the file has "
+            f"{', '.join(names)}"
+        )
+
+
+def _decode(values: np.ndarray) -> np.ndarray:
+    """Bytes/str field -> '<U' array (vectorised)."""
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8")
+    return values.astype(str)
+
+
+def _resolve(paths: np.ndarray, root: str | os.PathLike | None) -> np.ndarray:
+    """Strip cryoSPARC's leading '>' (exported/imported marker) and prefix ``root``.
+
+    Works on the unique paths only (a particle set has few stacks), then broadcasts back.
+    """
+    uniq, inverse = np.unique(paths, return_inverse=True)
+    stripped = np.char.lstrip(uniq, ">") if uniq.size else uniq
+    if root is not None:
+        stripped = np.array(
+            [p if os.path.isabs(p) else os.path.join(os.fspath(root), p) for p in stripped],
+            dtype=str,
+        )
+    return stripped[inverse].reshape(paths.shape)
+
+
+def _alignment_prefix(names: tuple[str, ...]) -> str | None:
+    if "alignments3D/pose" in names:
+        return "alignments3D"
+    if "alignments2D/pose" in names:
+        return "alignments2D"
+    return None
+
+
+def _optics_groups(path: Any, data: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict]:
+    """Optics group per row (``ctf/exp_group_id`` + 1, as pyem) and the optics table.
+
+    Rows of one exposure group must share pixel size, voltage, Cs, amplitude contrast and
+    box size; a group that does not is a :class:`DataFormatError` naming the group.
+    """
+    n = len(data)
+    exp = data["ctf/exp_group_id"].astype(np.int64) if "ctf/exp_group_id" in names else None
+    group = (exp + 1) if exp is not None else np.ones(n, dtype=np.int64)
+    props: dict[str, np.ndarray] = {"pixel_size_A": data["blob/psize_A"].astype(np.float64)}
+    if all(f in names for f in _OPTICS_CTF_FIELDS):
+        props["voltage_kV"] = data["ctf/accel_kv"].astype(np.float64)
+        props["spherical_aberration_mm"] = data["ctf/cs_mm"].astype(np.float64)
+        props["amplitude_contrast"] = data["ctf/amp_contrast"].astype(np.float64)
+    if "blob/shape" in names:
+        props["image_size_px"] = np.asarray(data["blob/shape"])[:, 0].astype(np.int64)
+    ids, first, inverse = np.unique(group, return_index=True, return_inverse=True)
+    for key, values in props.items():
+        differ = values != values[first][inverse]
+        if np.any(differ):
+            row = int(np.argmax(differ))
+            raise DataFormatError(
+                f"{path}: row {row}: {key} {values[row]} differs from {values[first[inverse[row]]]}"
+                f" of the first row of its exposure group {int(group[row]) - 1}"
+                " (ctf/exp_group_id); one optics group needs one value"
+            )
+    optics: dict[str, Any] = {
+        "optics_group": ids.astype(np.int32),
+        "name": np.array([f"exp_group_{i - 1}" for i in ids], dtype=str),
+    }
+    for key, values in props.items():
+        optics[key] = values[first]
+    return group.astype(np.int32), optics
+
+
+def read_particles_cs(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    flip_y: bool = False,
+) -> Converted:
+    """Read a particle ``.cs`` file into PARTICLE columns, optics and extra fields.
+
+    Parameters
+    ----------
+    path
+        The ``.cs`` file (``np.load``-able structured array).
+    root
+        Folder the ``blob/path`` values are relative to (the cryoSPARC project folder);
+        None keeps them as written (less cryoSPARC's leading ``>``).
+    flip_y
+        Flip the ``location`` y fraction (``1 − frac``), for micrographs that are the
+        y-flip of the ones cryoSPARC picked on (see docs/conventions.md; pyem's
+        ``csparc2star.py`` flips by default).
+    """
+    data = load_cs(path)
+    names = data.dtype.names
+    _require(path, names, REQUIRED_PARTICLE_FIELDS, "a particle set")
+    if any(f in names for f in CTF_FIELDS):
+        _require(path, names, CTF_FIELDS + _OPTICS_CTF_FIELDS, "the CTF of a particle")
+    n = len(data)
+    cols: dict[str, Any] = {
+        "image": _resolve(_decode(data["blob/path"]), root),
+        "image_index": data["blob/idx"].astype(np.int32),
+    }
+    group, optics = _optics_groups(path, data, names)
+    cols["optics_group"] = group
+    if "ctf/df1_A" in names:
+        cols["defocus_u"] = data["ctf/df1_A"].astype(np.float64)
+        cols["defocus_v"] = data["ctf/df2_A"].astype(np.float64)
+        cols["defocus_angle"] = cv.cryosparc_df_angle_to_deg(data["ctf/df_angle_rad"])
+        if "ctf/phase_shift_rad" in names:
+            cols["phase_shift"] = cv.ctffind_phase_shift_to_deg(data["ctf/phase_shift_rad"])
+        if "ctf/ctf_fit_to_A" in names:
+            cols["ctf_fit_resolution"] = data["ctf/ctf_fit_to_A"].astype(np.float64)
+        if "ctf/cross_corr_ctffind4" in names:
+            cols["ctf_fit_score"] = data["ctf/cross_corr_ctffind4"].astype(np.float64)
+    if "location/center_x_frac" in names:
+        _require(path, names, ("location/center_y_frac", "location/micrograph_shape"), "location")
+        shape = np.asarray(data["location/micrograph_shape"]).reshape(n, -1)
+        yfrac = data["location/center_y_frac"]
+        if flip_y:
+            yfrac = cv.flip_y_frac(yfrac)
+        cols["coord_x"] = cv.cryosparc_frac_to_px(data["location/center_x_frac"], shape[:, 1])
+        cols["coord_y"] = cv.cryosparc_frac_to_px(yfrac, shape[:, 0])
+    consumed = set(_CONSUMED)
+    prefix = _alignment_prefix(names)
+    if prefix is not None:
+        _require(path, names, (f"{prefix}/shift",), f"{prefix} poses")
+        pose = np.asarray(data[f"{prefix}/pose"], dtype=np.float64)
+        if prefix == "alignments3D":
+            cols["rot"], cols["tilt"], cols["psi"] = cv.cryosparc_pose_to_euler(pose.reshape(n, 3))
+        else:
+            cols["psi"] = cv.cryosparc_pose2d_to_psi(pose)
+        apix = data[f"{prefix}/psize_A"] if f"{prefix}/psize_A" in names else data["blob/psize_A"]
+        shift = np.asarray(data[f"{prefix}/shift"], dtype=np.float64).reshape(n, 2)
+        cols["shift_x"] = cv.cryosparc_shift_to_origin_A(shift[:, 0], apix)
+        cols["shift_y"] = cv.cryosparc_shift_to_origin_A(shift[:, 1], apix)
+        if f"{prefix}/class" in names:
+            cols["class_id"] = data[f"{prefix}/class"].astype(np.int32) + 1
+        if f"{prefix}/split" in names:
+            cols["half_set"] = data[f"{prefix}/split"].astype(np.int8) + 1
+        consumed.update(f"{prefix}/{k}" for k in _ALIGN_CONSUMED)
+    extra: dict[str, Any] = {name: np.asarray(data[name]) for name in names if name not in consumed}
+    extra["cs_alignments"] = prefix or ""
+    return Converted("hpcem.SetOfParticles", cols, optics, extra, os.fspath(path))
+
+
+def _per_row(optics: Mapping[str, Any], key: str, group: np.ndarray, default: float) -> Any:
+    """Value of optics column ``key`` for each row's optics group (``default`` if absent)."""
+    if key not in optics or len(optics.get("optics_group", ())) == 0:
+        return np.full(len(group), default)
+    ids = np.asarray(optics["optics_group"])
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids, group, sorter=order)
+    pos = np.clip(pos, 0, len(ids) - 1)
+    found = ids[order][pos] == group
+    if not np.all(found):
+        bad = int(group[np.argmin(found)])
+        raise ValidationError(f"optics group {bad} of a particle is not in the optics table")
+    return np.asarray(optics[key])[order][pos]
+
+
+def new_uids(n: int) -> np.ndarray:
+    """``n`` distinct random 64-bit uids, as cryoSPARC gives every row of a dataset."""
+    rng = np.random.default_rng()
+    uids = rng.integers(1, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
+    while len(np.unique(uids)) < n:  # a collision among 2**64 values: draw again
+        uids = rng.integers(1, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
+    return uids
+
+
+def _bytes_field(values: Any) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind == "S":
+        return arr
+    arr = arr.astype(str)
+    return np.char.encode(arr, "utf-8") if arr.size else arr.astype("S1")
+
+
+def write_particles_cs(
+    path: str | os.PathLike,
+    columns: Mapping[str, Any],
+    optics: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+    alignments: str | None = None,
+) -> None:
+    """Write PARTICLE columns as a cryoSPARC particle ``.cs`` (loads in cryosparc-tools).
+
+    Parameters
+    ----------
+    columns, optics
+        hpcem particle columns (``image``, ``image_index`` required) and the optics table
+        (pixel size required; voltage, Cs, amplitude contrast for the CTF; image size).
+    extra
+        Per-row ``.cs`` fields to write as they are (e.g. the ``extra`` of
+        :func:`read_particles_cs`: ``uid``, ``blob/sign``, alignment scores); fields
+        derived from ``columns`` take precedence. Non-array entries are ignored.
+    alignments
+        ``"alignments3D"``, ``"alignments2D"`` or None (default: 3D when the columns
+        have ``rot``/``tilt``, 2D when only ``psi``, none otherwise).
+    """
+    for name in ("image", "image_index"):
+        if name not in columns:
+            raise ValidationError(f"write_particles_cs: column '{name}' is required")
+    extra = dict(extra or {})
+    n = len(columns["image"])
+    group = np.asarray(columns.get("optics_group", np.ones(n)), dtype=np.int64)
+    psize = _per_row(optics, "pixel_size_A", group, np.nan)
+    if np.any(~np.isfinite(psize)):
+        raise ValidationError("write_particles_cs: the optics table needs pixel_size_A")
+    out: dict[str, np.ndarray] = {}
+    if "uid" in extra and len(np.asarray(extra["uid"])) == n:
+        out["uid"] = np.asarray(extra["uid"], dtype=np.uint64)
+    else:
+        out["uid"] = new_uids(n)
+    out["blob/path"] = _bytes_field(columns["image"])
+    out["blob/idx"] = np.asarray(columns["image_index"], dtype=np.uint32)
+    size = _per_row(optics, "image_size_px", group, 0).astype(np.uint32)
+    out["blob/shape"] = np.stack([size, size], axis=1)
+    out["blob/psize_A"] = psize.astype(np.float32)
+    if "defocus_u" in columns:
+        for key, cs_name in (
+            ("voltage_kV", "ctf/accel_kv"),
+            ("spherical_aberration_mm", "ctf/cs_mm"),
+            ("amplitude_contrast", "ctf/amp_contrast"),
+        ):
+            values = _per_row(optics, key, group, np.nan)
+            if np.any(~np.isfinite(values)):
+                raise ValidationError(f"write_particles_cs: the CTF needs {key} in the optics")
+            out[cs_name] = values.astype(np.float32)
+        out["ctf/exp_group_id"] = (group - 1).astype(np.uint32)
+        out["ctf/df1_A"] = np.asarray(columns["defocus_u"], dtype=np.float32)
+        out["ctf/df2_A"] = np.asarray(columns["defocus_v"], dtype=np.float32)
+        angle = columns.get("defocus_angle", np.zeros(n))
+        out["ctf/df_angle_rad"] = cv.deg_to_cryosparc_df_angle(angle).astype(np.float32)
+        phase = np.deg2rad(np.asarray(columns.get("phase_shift", np.zeros(n)), np.float64))
+        out["ctf/phase_shift_rad"] = phase.astype(np.float32)
+        if "ctf_fit_resolution" in columns:
+            out["ctf/ctf_fit_to_A"] = np.asarray(columns["ctf_fit_resolution"], np.float32)
+        if "ctf_fit_score" in columns:
+            out["ctf/cross_corr_ctffind4"] = np.asarray(columns["ctf_fit_score"], np.float32)
+    if "coord_x" in columns and "location/micrograph_shape" in extra:
+        shape = np.asarray(extra["location/micrograph_shape"]).reshape(n, -1)
+        out["location/center_x_frac"] = cv.px_to_cryosparc_frac(
+            columns["coord_x"], shape[:, 1]
+        ).astype(np.float32)
+        out["location/center_y_frac"] = cv.px_to_cryosparc_frac(
+            columns["coord_y"], shape[:, 0]
+        ).astype(np.float32)
+    if alignments is None:
+        if "rot" in columns or "tilt" in columns:
+            alignments = "alignments3D"
+        elif "psi" in columns:
+            alignments = "alignments2D"
+    elif alignments not in ("alignments3D", "alignments2D"):
+        raise ValidationError(f"write_particles_cs: unknown alignments {alignments!r}")
+    if alignments is not None:
+        zeros = np.zeros(n)
+        apix_name = f"{alignments}/psize_A"
+        apix = np.asarray(extra.get(apix_name, psize), dtype=np.float64)
+        if alignments == "alignments3D":
+            out[f"{alignments}/pose"] = cv.euler_to_cryosparc_pose(
+                columns.get("rot", zeros), columns.get("tilt", zeros), columns.get("psi", zeros)
+            ).astype(np.float32)
+        else:
+            out[f"{alignments}/pose"] = cv.psi_to_cryosparc_pose2d(
+                columns.get("psi", zeros)
+            ).astype(np.float32)
+        out[f"{alignments}/shift"] = np.stack(
+            [
+                cv.origin_A_to_cryosparc_shift(columns.get("shift_x", zeros), apix),
+                cv.origin_A_to_cryosparc_shift(columns.get("shift_y", zeros), apix),
+            ],
+            axis=1,
+        ).astype(np.float32)
+        out[apix_name] = apix.astype(np.float32) * np.ones(n, np.float32)
+        if "class_id" in columns:
+            cls = np.asarray(columns["class_id"], dtype=np.int64) - 1
+            out[f"{alignments}/class"] = np.clip(cls, 0, None).astype(np.uint32)
+        if "half_set" in columns:
+            half = np.asarray(columns["half_set"], dtype=np.int64) - 1
+            out[f"{alignments}/split"] = np.clip(half, 0, None).astype(np.uint32)
+    for name, values in extra.items():
+        if name in out or "/" not in name:
+            continue
+        arr = np.asarray(values)
+        if arr.ndim >= 1 and len(arr) == n:
+            out[name] = arr
+    dtype = [(name, arr.dtype, arr.shape[1:]) for name, arr in out.items()]
+    table = np.empty(n, dtype=dtype)
+    for name, arr in out.items():
+        table[name] = arr
+    with open(os.fspath(path), "wb") as fh:
+        np.save(fh, table, allow_pickle=False)
