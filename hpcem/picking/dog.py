@@ -130,11 +130,28 @@ def robust_normalise(values: np.ndarray) -> np.ndarray:
     return ((values - np.float32(median)) / np.float32(scale)).astype(np.float32, copy=False)
 
 
+def _minus_gradient(values: np.ndarray, lag_px: int) -> np.ndarray:
+    """``values`` minus a linear gradient and its median: the slopes along x and y are
+    the medians of the differences between pixels ``lag_px`` apart (a step such as a
+    carbon edge changes only the differences that straddle it, a minority, and so not
+    the median; a gradient of illumination or ice thickness changes them all)."""
+    ny, nx = values.shape
+    lag_x, lag_y = max(1, min(int(lag_px), nx - 1)), max(1, min(int(lag_px), ny - 1))
+    slope_x = float(np.median(values[:, lag_x:] - values[:, :-lag_x])) / lag_x if nx > 1 else 0.0
+    slope_y = float(np.median(values[lag_y:, :] - values[:-lag_y, :])) / lag_y if ny > 1 else 0.0
+    y = np.arange(ny, dtype=np.float32)[:, None]
+    x = np.arange(nx, dtype=np.float32)[None, :]
+    residual = values - (np.float32(slope_x) * x + np.float32(slope_y) * y)
+    return residual - np.float32(np.median(residual))
+
+
 def exclusion_mask(
     lowpass: np.ndarray, window_px: int, exclusion_sd: float
 ) -> tuple[np.ndarray, dict]:
     """True where a pick may be: over a square of ``window_px`` around it, the local mean
-    of ``lowpass`` is within ``exclusion_sd`` × S of the median local mean, and the local
+    of ``lowpass`` is within ``exclusion_sd`` × S of the median local mean after removing
+    a linear gradient (:func:`_minus_gradient`: gradients are not excluded, steps are),
+    and the local
     SD is below ``exclusion_sd`` × S, where S is the median local SD (the texture of a
     typical area: noise and particles).
 
@@ -150,7 +167,7 @@ def exclusion_mask(
     if not scale > 0:
         scale = float(np.std(img)) or 1.0
     local_sd /= np.float32(scale)
-    mean_dev = np.abs(mean - np.float32(np.median(mean))) / np.float32(scale)
+    mean_dev = np.abs(_minus_gradient(mean, max(1, window // 8))) / np.float32(scale)
     info = {"max_mean_dev": float(mean_dev.max()), "max_local_sd": float(local_sd.max())}
     if exclusion_sd <= 0:
         return np.ones(img.shape, dtype=bool), {"excluded_fraction": 0.0, **info}
