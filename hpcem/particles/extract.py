@@ -152,7 +152,7 @@ def flip_signs(box_px: int, pixel_size_A: float, ctf: dict) -> np.ndarray:
     RELION's CTF (``−ctf_2d``, positive at zero frequency) is negative, else +1."""
     from hpcem.ctf.model import ctf_2d
 
-    ours = ctf_2d(
+    full = ctf_2d(
         (box_px, box_px),
         pixel_size_A,
         ctf["defocus_u"],
@@ -162,8 +162,13 @@ def flip_signs(box_px: int, pixel_size_A: float, ctf: dict) -> np.ndarray:
         cs_mm=ctf["cs_mm"],
         amplitude_contrast=ctf["amplitude_contrast"],
         phase_shift_deg=ctf.get("phase_shift", 0.0),
-        half=True,
     )
+    half = box_px // 2
+    ours = full[:, : half + 1].copy()
+    # RELION's FFTW grid gives the Nyquist row frequency +1/2 (numpy's grid: -1/2); the
+    # CTF is point-symmetric, so ctf(+1/2, kx) = ctf(-1/2, -kx). Astigmatism makes it
+    # differ from numpy's row, and with it the flipped pixels (measured against RELION).
+    ours[half] = full[half, (-np.arange(half + 1)) % box_px]
     return np.where(ours > 0, -1.0, 1.0)
 
 
