@@ -1,0 +1,383 @@
+"""picking.template: the NCC against a brute-force Pearson correlation written here, the
+kernels against their numpy references, the geometry against numpy/scipy, accuracy
+against the simulator's ground truth (F1 at SNR 0.1, two pixel sizes; CTF-multiplied
+templates at 3 µm defocus), bad input, a real micrograph, and the protocol end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from hpcem.errors import ValidationError
+from hpcem.picking import template as tp
+from hpcem.picking.evaluate import match_picks, pooled, truth_xy
+from hpcem.sim.dataset import DatasetConfig, dataset_volume, simulate_dataset
+
+DIAMETER_A = 150.0  # the protocol's default; the 7DDO model is ~131 Å across
+OPTICS = {"voltage_kV": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.1}
+
+
+def brute_force_ncc(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pearson correlation of the template and the image window under ``mask`` at every
+    pixel (template centre pixel b//2 on it), the image zero outside its edges."""
+    ny, nx = image.shape
+    b = template.shape[0]
+    c = b // 2
+    padded = np.zeros((ny + b, nx + b))
+    padded[c : c + ny, c : c + nx] = image
+    t = template[mask].astype(np.float64)
+    out = np.zeros((ny, nx))
+    for y in range(ny):
+        for x in range(nx):
+            w = padded[y : y + b, x : x + b][mask]
+            if w.std() > 1e-9:
+                out[y, x] = np.corrcoef(t, w)[0, 1]
+    return out
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_ncc_is_the_pearson_correlation_under_the_mask(use_kernel):
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(37, 30)).astype(np.float32)
+    image[10:20, 5:15] += 2.0 * rng.normal(size=(10, 10)).astype(np.float32)  # uneven sd
+    templates = rng.normal(size=(3, 12, 12)).astype(np.float32)
+    mask = tp.disc_mask(12, 4.6)
+    best, index, backend = tp.ncc_search(image, templates, mask, use_kernel=use_kernel)
+    each = np.stack([brute_force_ncc(image, t, mask) for t in templates])
+    assert backend in ("cython", "numpy") and (backend == "numpy" or use_kernel)
+    np.testing.assert_allclose(best, each.max(axis=0), atol=2e-5)
+    assert np.all(index == each.argmax(axis=0))
+    # A template pasted into the image scores 1 where it was pasted.
+    image[20:32, 10:22][mask] = 3.0 * templates[1][mask] + 0.5
+    best, index, _ = tp.ncc_search(image, templates, mask, use_kernel=use_kernel)
+    assert best[26, 16] == pytest.approx(1.0, abs=1e-5) and index[26, 16] == 1
+
+
+def test_kernels_match_their_numpy_references():
+    from hpcem.kernels import load
+
+    kernel = load("ncc")
+    if kernel is None:
+        pytest.skip("hpcem.kernels.ncc is not built")
+    rng = np.random.default_rng(0)
+    corr = rng.normal(size=(5, 20, 26)).astype(np.float32)[:, :, :24]  # strided planes
+    corr[3] = corr[1]  # a tie: the earlier template keeps it
+    inv = rng.uniform(0.5, 2, size=(20, 24)).astype(np.float32)
+    out = []
+    for f in (kernel.running_max, tp._running_max_numpy):
+        best = np.full((20, 24), -np.inf, dtype=np.float32)
+        best[0, 0] = 100.0  # already better than any template
+        index = np.full((20, 24), -1, dtype=np.int32)
+        f(corr, inv, best, index, 7)
+        out.append((best, index))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    assert out[0][1][0, 0] == -1 and not np.any(out[0][1] == 10)
+    ft = (rng.normal(size=(3, 8, 5)) + 1j * rng.normal(size=(3, 8, 5))).astype(np.complex64)
+    img = (rng.normal(size=(8, 5)) + 1j * rng.normal(size=(8, 5))).astype(np.complex64)
+    a, b = ft.copy(), ft.copy()
+    kernel.conj_multiply(a, img)
+    tp._conj_multiply_numpy(b, img)
+    np.testing.assert_allclose(a, np.conj(ft) * img[None], rtol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_fourier_binning_matches_scipy_resample():
+    """scipy.signal.resample (Fourier method) on each axis; odd sizes keep Nyquist out."""
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(99, 75)).astype(np.float32)
+    ours = tp.fourier_resize(image, (33, 25))
+    theirs = scipy.signal.resample(scipy.signal.resample(image, 33, axis=0), 25, axis=1)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_inplane_rotation_by_90_degrees_is_numpy_rot90():
+    rng = np.random.default_rng(2)
+    stack = rng.normal(size=(2, 31, 31)).astype(np.float32)
+    rotated, psi = tp.inplane_rotations(stack, 90.0)
+    assert list(psi) == [0, 90, 180, 270]
+    for i in range(2):
+        for k in range(4):
+            # Inside the outermost ring (the box edge itself may fall outside by rounding).
+            expected = np.rot90(stack[i], k)[1:-1, 1:-1]
+            np.testing.assert_allclose(rotated[4 * i + k][1:-1, 1:-1], expected, atol=1e-4)
+
+
+def test_sphere_directions_cover_the_whole_sphere():
+    """Every direction of a dense random set is within ~one step of a template's."""
+    angles = tp.sphere_directions(30.0)
+    assert len(angles) == round(4 * np.pi / np.radians(30.0) ** 2) == 46
+    rot, tilt = np.radians(angles[:, 0]), np.radians(angles[:, 1])
+    d = np.stack([np.sin(tilt) * np.cos(rot), np.sin(tilt) * np.sin(rot), np.cos(tilt)], 1)
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(20000, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    gap = np.degrees(np.arccos(np.clip((v @ d.T).max(axis=1), -1, 1)))
+    assert gap.max() < 30.0 and np.median(gap) < 15.0
+    assert (d[:, 2] < -0.5).sum() > 5 and (d[:, 2] > 0.5).sum() > 5  # both hemispheres
+
+
+# --- accuracy on simulated micrographs -------------------------------------------------------
+
+
+def _dataset(folder, **kw):
+    config = DatasetConfig(**({"kind": "micrographs", "n_items": 3, "snr": 0.1} | kw))
+    truth = simulate_dataset(folder, config)
+    return config, truth
+
+
+@pytest.fixture(scope="module")
+def sim_1A(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tpl1")
+    config, truth = _dataset(folder, size_px=1024, pixel_size_A=1.0)
+    return folder, config, truth
+
+
+def _templates(config, diameter_A=DIAMETER_A, step=30.0):
+    work_A = tp.working_pixel_size_A(diameter_A, config.pixel_size_A, 20.0)
+    box = tp.template_box_px(diameter_A / work_A)
+    stack, _ = tp.volume_templates(dataset_volume(config), step, work_A, box)
+    return stack, work_A
+
+
+def _pick_all(folder, config, truth, use_ctf=True, **kw):
+    from hpcem.io import read_image
+
+    stack, work_A = _templates(config)
+    results = []
+    for item in truth["items"]:
+        image = read_image(folder / item["name"])
+        ctf = None
+        if use_ctf:
+            ctf = {k: item[k] for k in ("defocus_u", "defocus_v", "defocus_angle")} | OPTICS
+            ctf["phase_shift"] = item["phase_shift"]
+        kw.setdefault("threshold", _default_threshold())
+        picks = tp.pick_micrograph(image, config.pixel_size_A, stack, work_A, DIAMETER_A, ctf, **kw)
+        radius = 0.5 * DIAMETER_A / config.pixel_size_A
+        results.append(match_picks(picks["xy"], truth_xy(truth, item["name"]), radius))
+    return pooled(results), results
+
+
+def _default_threshold():
+    from hpcem.protocols.picking_template import DEFAULT_THRESHOLD
+
+    return DEFAULT_THRESHOLD
+
+
+def test_f1_at_snr_0_1_at_1_A_per_px(sim_1A):
+    folder, config, truth = sim_1A
+    score, each = _pick_all(folder, config, truth)
+    assert score["tp"] >= 50  # 3 micrographs of ~19 particles
+    assert score["precision"] >= 0.95 and score["recall"] >= 0.95 and score["f1"] >= 0.95
+    assert min(r["f1"] for r in each) >= 0.90
+
+
+def test_f1_at_another_pixel_size_and_size(tmp_path):
+    config, truth = _dataset(tmp_path, size_px=768, pixel_size_A=1.7, seed=5)
+    score, each = _pick_all(tmp_path, config, truth)
+    assert score["tp"] >= 50
+    assert score["precision"] >= 0.93 and score["recall"] >= 0.93 and score["f1"] >= 0.93
+    assert min(r["f1"] for r in each) >= 0.90
+
+
+def test_ctf_multiplied_templates_help_at_3_um_defocus(tmp_path):
+    """At 3 µm the CTF flips contrast beyond ~1/24 Å: inverted templates alone match
+    only the lowest frequencies. Harder data (SNR 0.03) makes the difference show."""
+    config, truth = _dataset(
+        tmp_path,
+        size_px=1024,
+        pixel_size_A=1.5,
+        snr=0.03,
+        defocus_min_A=30000.0,
+        defocus_max_A=30000.0,
+        astigmatism_max_A=500.0,
+        seed=11,
+    )
+    with_ctf, _ = _pick_all(tmp_path, config, truth, use_ctf=True)
+    without, _ = _pick_all(tmp_path, config, truth, use_ctf=False)
+    assert with_ctf["f1"] >= 0.90
+    assert with_ctf["f1"] >= without["f1"] + 0.05, (with_ctf, without)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_references_of_a_wrong_pixel_size_are_refused(tmp_path):
+    from hpcem.io import write_mrc
+    from hpcem.picking.templates import check_reference_pixel_size, reference_templates
+
+    stack = np.zeros((2, 64, 64), dtype=np.float32)
+    stack[:, 24:40, 24:40] = 1.0
+    path = write_mrc(tmp_path / "averages.mrcs", stack, 2.0)
+    with pytest.raises(ValidationError, match="has 2 Å/px in its header but its set says 1 Å/px"):
+        check_reference_pixel_size(str(path), 1.0, DIAMETER_A)
+    coarse = write_mrc(tmp_path / "coarse.mrcs", stack, 25.0)
+    with pytest.raises(ValidationError, match=r"150 Å particle is only 6\.0 px across"):
+        reference_templates("averages", [str(coarse)], [0], 25.0, DIAMETER_A, 6.25, 30.0)
+    check_reference_pixel_size(str(path), 2.0, DIAMETER_A)  # consistent: no complaint
+
+
+def test_an_empty_micrograph_gives_few_picks():
+    from hpcem.sim import simulate_micrograph
+
+    config = DatasetConfig(kind="micrographs", pixel_size_A=1.0)
+    stack, work_A = _templates(config)
+    counts = []
+    for seed in range(2):
+        image, _ = simulate_micrograph(
+            (1024, 1024), 1.0, 20000.0, 19500.0, 30.0, n_particles=0, seed=seed
+        )
+        ctf = {"defocus_u": 20000.0, "defocus_v": 19500.0, "defocus_angle": 30.0} | OPTICS
+        for c in (ctf, None):
+            picks = tp.pick_micrograph(
+                image, 1.0, stack, work_A, DIAMETER_A, c, threshold=_default_threshold()
+            )
+            counts.append(len(picks["xy"]))
+    assert max(counts) <= 2, counts
+
+
+def test_a_micrograph_too_coarse_for_the_particle_is_refused():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(200, 200)).astype(np.float32)
+    stack = np.ones((1, 36, 36), dtype=np.float32)
+    with pytest.raises(ValidationError, match="only 7.5 px across"):
+        tp.pick_micrograph(image, 20.0, stack, 6.25, DIAMETER_A)
+
+
+# --- the protocol ----------------------------------------------------------------------------
+
+
+def _finished(project, rec_id):
+    project.begin_attempt(rec_id, ("saved",))
+    project.transition(rec_id, ("launched",), "running", attempt=1)
+    project.controller_commit(rec_id, 1, state="finished")
+
+
+def _import(project, name, params, wait_for_run):
+    from hpcem.execution import runs as lifecycle
+
+    run = lifecycle.create_run(project, name, params)
+    lifecycle.launch(project, run.id, workers=1)
+    assert wait_for_run(project, run.id).state == "finished"
+    return run.id
+
+
+def _ctf_run(project, mic_run, truth, rows):
+    """A finished run whose output ``ctfs`` holds the true CTFs of micrograph ``rows``."""
+    mics = project.open_set(mic_run, "micrographs")
+    ids, paths = mics.column("id"), [str(p) for p in mics.column("image")]
+    items = {item["name"]: item for item in truth["items"]}
+    rec = project.create_run("test.ctfs", "true CTFs")
+    cols = {k: [] for k in ("micrograph_id", "defocus_u", "defocus_v", "defocus_angle")}
+    for row in rows:
+        item = items[paths[row].rsplit("/", 1)[-1]]
+        cols["micrograph_id"].append(int(ids[row]))
+        for k in ("defocus_u", "defocus_v", "defocus_angle"):
+            cols[k].append(item[k])
+    writer = project.create_set(
+        rec.id, "ctfs", "hpcem.SetOfCTFs", inputs=[f"{mic_run}:micrographs"]
+    )
+    writer.set_optics(mics.optics)
+    writer.append_columns({k: np.asarray(v) for k, v in cols.items()})
+    writer.close()
+    project.set_output(rec.id, "ctfs", "hpcem.SetOfCTFs", len(rows))
+    _finished(project, rec.id)
+    return rec.id
+
+
+@pytest.mark.slow
+def test_protocol_end_to_end_with_a_map_and_ctfs(project, tmp_path, wait_for_run):
+    """import.micrographs + import.volumes (the simulator's own map) + CTFs for one of
+    the two micrographs: the other is rejected, the first picked with F1 >= 0.9."""
+    from hpcem.execution import runs as lifecycle
+    from hpcem.io import write_mrc
+
+    raw = tmp_path / "raw"
+    config, truth = _dataset(raw, n_items=2, size_px=768, pixel_size_A=1.5, seed=3)
+    volume = dataset_volume(config)
+    (tmp_path / "maps").mkdir()
+    write_mrc(tmp_path / "maps" / "ref.mrc", volume.data, 1.5)
+    optics = {"voltage_kV": 300.0, "spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1}
+    mic_run = _import(
+        project,
+        "import.micrographs",
+        {"files": str(raw / "*.mrc"), "pixel_size_A": 1.5, **optics},
+        wait_for_run,
+    )
+    vol_run = _import(
+        project,
+        "import.volumes",
+        {"files": str(tmp_path / "maps" / "*.mrc"), "pixel_size_A": 1.5},
+        wait_for_run,
+    )
+    ctf_run = _ctf_run(project, mic_run, truth, rows=[0])
+    run = lifecycle.create_run(
+        project,
+        "picking.template",
+        {},
+        {
+            "micrographs": [f"{mic_run}:micrographs"],
+            "references": [f"{vol_run}:volumes"],
+            "ctfs": [f"{ctf_run}:ctfs"],
+        },
+    )
+    lifecycle.launch(project, run.id, workers=2)
+    done = wait_for_run(project, run.id, timeout_s=240)
+    assert done.state == "finished", done.error
+    steps = {r["name"]: r for r in project.read_steps(run.id).to_records()}
+    made = steps["templates"]["result"]
+    assert made["count"] == 46 and (project.path / made["picture"]).stat().st_size > 1000
+    result = steps["register"]["result"]
+    mics = project.open_set(mic_run, "micrographs")
+    first, second = (int(i) for i in mics.column("id"))
+    assert result["rejected"] == [
+        {"micrograph_id": second, "reason": f"micrograph {second}: no CTF for it in input ctfs"}
+    ]
+    out = project.open_set(run.id, "coordinates").read_columns()
+    assert set(out["micrograph_id"].tolist()) == {first}
+    assert result["count"] == len(out["x"]) == result["per_micrograph"][str(first)]
+    name = str(mics.column("image")[0]).rsplit("/", 1)[-1]
+    xy = np.stack([out["x"], out["y"]], axis=1)
+    score = match_picks(xy, truth_xy(truth, name), 0.5 * DIAMETER_A / 1.5)
+    assert score["f1"] >= 0.9 and score["precision"] >= 0.9, score
+    assert np.all(out["score"] >= _default_threshold())
+    pick_step = steps["pick/000000"]["result"]
+    assert pick_step["backend"]["ncc"] in ("cython", "numpy")
+    assert (project.path / pick_step["picture"]).stat().st_size > 1000
+
+
+def test_protocol_refuses_class_averages_whose_header_disagrees(project, tmp_path, wait_for_run):
+    from hpcem.execution import runs as lifecycle
+    from hpcem.io import write_mrc
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    write_mrc(raw / "m0.mrc", rng.normal(size=(256, 256)).astype(np.float32), 2.0)
+    mic_run = _import(
+        project,
+        "import.micrographs",
+        {"files": str(raw / "*.mrc"), "pixel_size_A": 2.0, "voltage_kV": 300.0},
+        wait_for_run,
+    )
+    stack = np.zeros((2, 64, 64), dtype=np.float32)
+    stack[:, 24:40, 24:40] = 1.0
+    averages = write_mrc(project.path / "averages.mrcs", stack, 4.0)  # the set says 2.0
+    mics = project.open_set(mic_run, "micrographs")
+    rec = project.create_run("test.classes", "classes")
+    writer = project.create_set(rec.id, "classes", "hpcem.SetOfClasses2D")
+    writer.set_optics(mics.optics)
+    writer.append_columns(
+        {
+            "representative": [str(averages)] * 2,
+            "representative_index": np.array([0, 1]),
+            "size": np.array([10, 12]),
+        }
+    )
+    writer.close()
+    project.set_output(rec.id, "classes", "hpcem.SetOfClasses2D", 2)
+    _finished(project, rec.id)
+    inputs = {"micrographs": [f"{mic_run}:micrographs"], "references": [f"{rec.id}:classes"]}
+    with pytest.raises(ValidationError, match="has 4 Å/px in its header but its set says 2 Å/px"):
+        lifecycle.create_run(project, "picking.template", {}, inputs)
