@@ -20,6 +20,9 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 cdef double MIN_SD = 1e-10
+#: Longest box edge (the per-column ramp terms live in a buffer on the stack).
+cdef enum:
+    MAX_BOX = 4096
 
 
 cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t hi) noexcept nogil:
@@ -46,6 +49,47 @@ cdef void _cut_one(
             box[i, j] = image[row, _clamp(x0 + j, nx - 1)]
 
 
+cdef inline void _segment(
+    const float* row, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t half, double ref, double* sums
+) noexcept nogil:
+    """Add sum(v), sum(v * dj) and sum(v * v) of row[j0:j1] (v = pixel - ref, dj = j - half)
+    to sums[0..2], in four independent lanes (the additions pipeline instead of waiting on
+    one another)."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    cdef double x0 = 0.0, x1 = 0.0, x2 = 0.0, x3 = 0.0
+    cdef double q0 = 0.0, q1 = 0.0, q2 = 0.0, q3 = 0.0
+    cdef double v0, v1, v2, v3, dj
+    cdef Py_ssize_t j = j0
+    while j + 4 <= j1:
+        dj = <double>(j - half)
+        v0 = row[j] - ref
+        v1 = row[j + 1] - ref
+        v2 = row[j + 2] - ref
+        v3 = row[j + 3] - ref
+        s0 += v0
+        s1 += v1
+        s2 += v2
+        s3 += v3
+        x0 += v0 * dj
+        x1 += v1 * (dj + 1.0)
+        x2 += v2 * (dj + 2.0)
+        x3 += v3 * (dj + 3.0)
+        q0 += v0 * v0
+        q1 += v1 * v1
+        q2 += v2 * v2
+        q3 += v3 * v3
+        j += 4
+    while j < j1:
+        v0 = row[j] - ref
+        s0 += v0
+        x0 += v0 * (j - half)
+        q0 += v0 * v0
+        j += 1
+    sums[0] += (s0 + s1) + (s2 + s3)
+    sums[1] += (x0 + x1) + (x2 + x3)
+    sums[2] += (q0 + q1) + (q2 + q3)
+
+
 cdef void _normalise_one(
     float[:, ::1] box,
     const int64_t[::1] widths,
@@ -59,7 +103,10 @@ cdef void _normalise_one(
     cdef Py_ssize_t half = n // 2
     cdef Py_ssize_t i, j, w
     cdef double ref = box[0, 0]
-    cdef double v, di, dj, sv = 0.0, sxv = 0.0, syv = 0.0, svv = 0.0, rx, ry
+    cdef double di, sv = 0.0, sxv = 0.0, syv = 0.0, svv = 0.0
+    cdef double sums[3]
+    cdef double ramp_x[MAX_BOX]
+    cdef float* row
     cdef double a = 0.0, b = 0.0, c = 0.0, avg, var, scale, base
     cdef double sign = -1.0 if invert else 1.0
     if not normalize:
@@ -72,28 +119,18 @@ cdef void _normalise_one(
     for i in range(n):
         di = i - half
         w = widths[i]
-        rx = 0.0
-        ry = 0.0
+        sums[0] = 0.0
+        sums[1] = 0.0
+        sums[2] = 0.0
         if w < 0:
-            for j in range(n):
-                v = box[i, j] - ref
-                rx += v
-                ry += v * (j - half)
-                svv += v * v
+            _segment(&box[i, 0], 0, n, half, ref, sums)
         else:
-            for j in range(0, half - w):
-                v = box[i, j] - ref
-                rx += v
-                ry += v * (j - half)
-                svv += v * v
-            for j in range(half + w + 1, n):
-                v = box[i, j] - ref
-                rx += v
-                ry += v * (j - half)
-                svv += v * v
-        sv += rx
-        sxv += ry
-        syv += rx * di
+            _segment(&box[i, 0], 0, half - w, half, ref, sums)
+            _segment(&box[i, 0], half + w + 1, n, half, ref, sums)
+        sv += sums[0]
+        sxv += sums[1]
+        svv += sums[2]
+        syv += sums[0] * di
     if ramp:
         # plane a*dj + b*di + c from the normal equations (x = dj, y = di, 1)
         a = inv[0, 0] * sxv + inv[0, 1] * syv + inv[0, 2] * sv
@@ -115,11 +152,13 @@ cdef void _normalise_one(
         scale = sign
     else:
         scale = sign / scale
+    for j in range(n):
+        ramp_x[j] = a * (j - half)
     for i in range(n):
-        di = i - half
-        base = ref + c + b * di + avg
+        base = ref + c + b * (i - half) + avg
+        row = &box[i, 0]
         for j in range(n):
-            box[i, j] = <float>((box[i, j] - base - a * (j - half)) * scale)
+            row[j] = <float>((row[j] - base - ramp_x[j]) * scale)
 
 
 def cut_normalise(
@@ -140,6 +179,8 @@ def cut_normalise(
     cdef Py_ssize_t n = out.shape[0], box = out.shape[1], k
     if out.shape[2] != box or widths.shape[0] != box:
         raise ValueError("out must be (n, box, box) and geometry for that box")
+    if box > MAX_BOX:
+        raise ValueError(f"box {box} px is above the kernel's limit of {MAX_BOX} px")
     if cx.shape[0] != n or cy.shape[0] != n:
         raise ValueError("cx, cy and out must have the same length")
     if normalize and n_bg < 1:
@@ -159,6 +200,8 @@ def normalise(float[:, :, ::1] boxes, tuple geometry, bint normalize, bint inver
     cdef Py_ssize_t n = boxes.shape[0], k
     if boxes.shape[1] != boxes.shape[2] or widths.shape[0] != boxes.shape[1]:
         raise ValueError("boxes must be (n, box, box) and geometry for that box")
+    if boxes.shape[1] > MAX_BOX:
+        raise ValueError(f"box {boxes.shape[1]} px is above the kernel's limit of {MAX_BOX} px")
     if normalize and n_bg < 1:
         raise ValueError("no background pixels: radius too large for the box")
     with nogil:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import importlib
 import math
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import scipy.fft
 
+from hpcem.command import run_command
 from hpcem.errors import ItemRejected, ValidationError
 from hpcem.io import read_header, read_image, write_mrc
 from hpcem.kernels import load
@@ -292,10 +292,7 @@ def test_particles_equal_relion_preprocess_extract(tmp_path, relion_args, ours):
         "--invert_contrast",
         *relion_args,
     ]
-    done = subprocess.run(
-        argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_command(argv, cwd=tmp_path, timeout_s=120)  # raises with RELION's output
     relion = read_image(tmp_path / "out" / "mic1.mrcs")
     kw = {"bg_radius_px": 24, "edge": "pad"} | ours
     got = ex.extract_particles(image, xy, 64, PIXEL_A, **kw)
