@@ -76,18 +76,28 @@ def matrix_to_euler_zyz(matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _rodrigues(axis_angle: np.ndarray) -> np.ndarray:
-    """Active rotation matrices ``exp([w]x)`` of axis-angle vectors (radians)."""
+    """Active rotation matrices ``exp([w]x)`` of axis-angle vectors (radians).
+
+    ``R = cos θ I + sin θ [u]x + (1 − cos θ) u uᵀ``, written out entry by entry (a batched
+    3×3 matmul is several times slower in numpy).
+    """
     w = np.asarray(axis_angle, dtype=np.float64)
-    theta = np.linalg.norm(w, axis=-1)
+    theta = np.sqrt(np.einsum("...i,...i->...", w, w))
     safe = np.where(theta > 0, theta, 1.0)
-    u = w / safe[..., None]
-    k = np.zeros(w.shape[:-1] + (3, 3))
-    k[..., 0, 1], k[..., 0, 2] = -u[..., 2], u[..., 1]
-    k[..., 1, 0], k[..., 1, 2] = u[..., 2], -u[..., 0]
-    k[..., 2, 0], k[..., 2, 1] = -u[..., 1], u[..., 0]
-    s = np.sin(theta)[..., None, None]
-    c = (1.0 - np.cos(theta))[..., None, None]
-    return np.eye(3) + s * k + c * (k @ k)
+    x, y, z = (w[..., i] / safe for i in range(3))
+    c, s = np.cos(theta), np.sin(theta)
+    t = 1.0 - c
+    m = np.empty(w.shape[:-1] + (3, 3))
+    m[..., 0, 0] = c + t * x * x
+    m[..., 0, 1] = t * x * y - s * z
+    m[..., 0, 2] = t * x * z + s * y
+    m[..., 1, 0] = t * x * y + s * z
+    m[..., 1, 1] = c + t * y * y
+    m[..., 1, 2] = t * y * z - s * x
+    m[..., 2, 0] = t * x * z - s * y
+    m[..., 2, 1] = t * y * z + s * x
+    m[..., 2, 2] = c + t * z * z
+    return m
 
 
 def cryosparc_pose_to_matrix(pose_rad) -> np.ndarray:
@@ -130,14 +140,64 @@ def matrix_to_cryosparc_pose(matrix) -> np.ndarray:
     return out
 
 
+def _wrap_deg(angle_deg: np.ndarray) -> np.ndarray:
+    """Angles into (−180, 180], RELION's range for ``atan2`` results."""
+    out = np.mod(angle_deg + 180.0, 360.0) - 180.0
+    return np.where(out == -180.0, 180.0, out)
+
+
 def cryosparc_pose_to_euler(pose_rad) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """cryoSPARC axis-angle pose (radians) -> RELION ``(rot, tilt, psi)`` degrees."""
-    return matrix_to_euler_zyz(cryosparc_pose_to_matrix(pose_rad))
+    """cryoSPARC axis-angle pose (radians) -> RELION ``(rot, tilt, psi)`` degrees.
+
+    Equal to ``matrix_to_euler_zyz(cryosparc_pose_to_matrix(pose))`` (the test checks
+    it), computed through the quaternion of the pose: the active rotation
+    ``Rz(rot) Ry(tilt) Rz(psi)`` has quaternion
+    ``(cos t cos s, sin t sin d, sin t cos d, cos t sin s)`` with half angles
+    ``t = tilt/2, s = (rot+psi)/2, d = (psi−rot)/2``. Rows at gimbal lock (tilt near 0
+    or 180°) go through the matrix, as RELION decomposes them.
+    """
+    w = np.asarray(pose_rad, dtype=np.float64).reshape(-1, 3)
+    theta = np.sqrt(np.einsum("ij,ij->i", w, w))
+    half = theta / 2.0
+    scale = np.where(theta > 0, np.sin(half) / np.where(theta > 0, theta, 1.0), 0.5)
+    qw = np.cos(half)
+    qx, qy, qz = (w[:, i] * scale for i in range(3))
+    sum_half = np.arctan2(qz, qw)
+    diff_half = np.arctan2(qx, qy)
+    tilt = 2.0 * np.arctan2(np.hypot(qx, qy), np.hypot(qw, qz))
+    rot = np.rad2deg(sum_half - diff_half)
+    psi = np.rad2deg(sum_half + diff_half)
+    tilt = np.rad2deg(tilt)
+    rot, psi = _wrap_deg(rot), _wrap_deg(psi)
+    # sin(tilt) below RELION's threshold: RELION puts the whole angle in psi
+    lock = np.abs(np.sin(np.deg2rad(tilt))) <= 16 * np.finfo(np.float32).eps * 4
+    if np.any(lock):
+        r2, t2, p2 = matrix_to_euler_zyz(cryosparc_pose_to_matrix(w[lock]))
+        rot[lock], tilt[lock], psi[lock] = r2, t2, p2
+    shape = np.asarray(pose_rad).shape[:-1]
+    return rot.reshape(shape), tilt.reshape(shape), psi.reshape(shape)
 
 
 def euler_to_cryosparc_pose(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
-    """RELION ``(rot, tilt, psi)`` degrees -> cryoSPARC axis-angle pose (radians)."""
-    return matrix_to_cryosparc_pose(euler_zyz_to_matrix(rot_deg, tilt_deg, psi_deg))
+    """RELION ``(rot, tilt, psi)`` degrees -> cryoSPARC axis-angle pose (radians).
+
+    Equal to ``matrix_to_cryosparc_pose(euler_zyz_to_matrix(...))`` (tested), through
+    the quaternion written in :func:`cryosparc_pose_to_euler`; the angle is in [0, π].
+    """
+    a = np.deg2rad(np.asarray(rot_deg, dtype=np.float64))
+    b = np.deg2rad(np.asarray(tilt_deg, dtype=np.float64))
+    g = np.deg2rad(np.asarray(psi_deg, dtype=np.float64))
+    a, b, g = np.broadcast_arrays(a, b, g)
+    cb, sb = np.cos(b / 2.0), np.sin(b / 2.0)
+    s, d = (a + g) / 2.0, (g - a) / 2.0
+    qw, qz = cb * np.cos(s), cb * np.sin(s)
+    qx, qy = sb * np.sin(d), sb * np.cos(d)
+    sign = np.where(qw < 0, -1.0, 1.0)  # the same rotation with its angle in [0, pi]
+    qw, qx, qy, qz = qw * sign, qx * sign, qy * sign, qz * sign
+    norm_v = np.sqrt(qx * qx + qy * qy + qz * qz)
+    theta = 2.0 * np.arctan2(norm_v, qw)
+    ratio = np.where(norm_v > 1e-12, theta / np.where(norm_v > 1e-12, norm_v, 1.0), 2.0)
+    return np.stack([qx * ratio, qy * ratio, qz * ratio], axis=-1)
 
 
 def cryosparc_pose2d_to_psi(pose_rad) -> np.ndarray:

@@ -78,26 +78,36 @@ def _require(path: Any, names: tuple[str, ...], fields: tuple[str, ...], what: s
         )
 
 
-def _decode(values: np.ndarray) -> np.ndarray:
-    """Bytes/str field -> '<U' array (vectorised)."""
-    if values.dtype.kind == "S":
-        return np.char.decode(values, "utf-8")
-    return values.astype(str)
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(unique values, inverse)`` of a path column, fast when equal values come in runs.
 
-
-def _resolve(paths: np.ndarray, root: str | os.PathLike | None) -> np.ndarray:
-    """Strip cryoSPARC's leading '>' (exported/imported marker) and prefix ``root``.
-
-    Works on the unique paths only (a particle set has few stacks), then broadcasts back.
+    Particles of one stack are consecutive in every real file, so comparing neighbours
+    (vectorised) leaves only the run heads to sort: 1 M rows of 5,000 stacks take tens
+    of ms instead of a 1 M-string sort.
     """
-    uniq, inverse = np.unique(paths, return_inverse=True)
-    stripped = np.char.lstrip(uniq, ">") if uniq.size else uniq
-    if root is not None:
-        stripped = np.array(
-            [p if os.path.isabs(p) else os.path.join(os.fspath(root), p) for p in stripped],
-            dtype=str,
-        )
-    return stripped[inverse].reshape(paths.shape)
+    n = len(values)
+    if n == 0:
+        return values[:0], np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+    run_of_row = np.cumsum(np.isin(np.arange(n), starts)) - 1
+    uniq, run_inverse = np.unique(values[starts], return_inverse=True)
+    return uniq, run_inverse[run_of_row]
+
+
+def _decode_paths(values: np.ndarray, root: str | os.PathLike | None) -> np.ndarray:
+    """Bytes/str path field -> object array of str, less cryoSPARC's leading '>', under root.
+
+    Decoding and joining happen once per distinct path (a particle set has few stacks).
+    """
+    uniq, inverse = _factorize(values)
+    out = []
+    for raw in uniq.tolist():
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        text = text.removeprefix(">")
+        if root is not None and not os.path.isabs(text):
+            text = os.path.join(os.fspath(root), text)
+        out.append(text)
+    return np.array(out, dtype=object)[inverse]
 
 
 def _alignment_prefix(names: tuple[str, ...]) -> str | None:
@@ -169,7 +179,7 @@ def read_particles_cs(
         _require(path, names, CTF_FIELDS + _OPTICS_CTF_FIELDS, "the CTF of a particle")
     n = len(data)
     cols: dict[str, Any] = {
-        "image": _resolve(_decode(data["blob/path"]), root),
+        "image": _decode_paths(data["blob/path"], root),
         "image_index": data["blob/idx"].astype(np.int32),
     }
     group, optics = _optics_groups(path, data, names)
@@ -233,18 +243,24 @@ def _per_row(optics: Mapping[str, Any], key: str, group: np.ndarray, default: fl
 def new_uids(n: int) -> np.ndarray:
     """``n`` distinct random 64-bit uids, as cryoSPARC gives every row of a dataset."""
     rng = np.random.default_rng()
-    uids = rng.integers(1, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
-    while len(np.unique(uids)) < n:  # a collision among 2**64 values: draw again
-        uids = rng.integers(1, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
-    return uids
+    top = np.iinfo(np.uint64).max
+    while True:
+        uids = rng.integers(1, top, size=n, dtype=np.uint64, endpoint=True)
+        ordered = np.sort(uids)
+        if not np.any(ordered[1:] == ordered[:-1]):  # a collision among 2**64: draw again
+            return uids
 
 
-def _bytes_field(values: Any) -> np.ndarray:
+def _encode_paths(values: Any) -> np.ndarray:
+    """Path column (str/bytes, any array) -> fixed-width bytes, encoding each distinct path once."""
     arr = np.asarray(values)
     if arr.dtype.kind == "S":
         return arr
-    arr = arr.astype(str)
-    return np.char.encode(arr, "utf-8") if arr.size else arr.astype("S1")
+    if len(arr) == 0:
+        return np.zeros(0, dtype="S1")
+    uniq, inverse = _factorize(arr)
+    encoded = np.array([str(p).encode("utf-8") for p in uniq.tolist()])
+    return encoded[inverse]
 
 
 def write_particles_cs(
@@ -283,7 +299,7 @@ def write_particles_cs(
         out["uid"] = np.asarray(extra["uid"], dtype=np.uint64)
     else:
         out["uid"] = new_uids(n)
-    out["blob/path"] = _bytes_field(columns["image"])
+    out["blob/path"] = _encode_paths(columns["image"])
     out["blob/idx"] = np.asarray(columns["image_index"], dtype=np.uint32)
     size = _per_row(optics, "image_size_px", group, 0).astype(np.uint32)
     out["blob/shape"] = np.stack([size, size], axis=1)
