@@ -378,3 +378,117 @@ def write_particles_cs(
         table[name] = arr
     with open(os.fspath(path), "wb") as fh:
         np.save(fh, table, allow_pickle=False)
+
+
+def read_coordinates_cs(
+    path: str | os.PathLike,
+    micrograph_names: Mapping[str, int] | None = None,
+    flip_y: bool = False,
+) -> Converted:
+    """Picks of a ``.cs`` with ``location/*`` (a picker's or extraction's output) as COORDINATE.
+
+    ``x = center_x_frac × shape[1]``, ``y = center_y_frac × shape[0]``
+    (``location/micrograph_shape`` is ``(ny, nx)``); ``flip_y`` as in
+    :func:`read_particles_cs`. ``micrograph_names`` (name -> micrograph id) gives each
+    pick its ``micrograph_id`` from ``location/micrograph_path``; a micrograph not in it
+    is a :class:`DataFormatError` naming it.
+    """
+    from hpcem.convert.boxfiles import match_micrographs
+
+    data = load_cs(path)
+    names = data.dtype.names
+    fields = (
+        "location/micrograph_path",
+        "location/center_x_frac",
+        "location/center_y_frac",
+        "location/micrograph_shape",
+    )
+    _require(path, names, fields, "a coordinate set")
+    n = len(data)
+    shape = np.asarray(data["location/micrograph_shape"]).reshape(n, -1)
+    yfrac = data["location/center_y_frac"]
+    if flip_y:
+        yfrac = cv.flip_y_frac(yfrac)
+    micrographs = _decode_paths(data["location/micrograph_path"], None)
+    cols: dict[str, Any] = {
+        "micrograph_id": match_micrographs(path, micrographs, micrograph_names),
+        "x": cv.cryosparc_frac_to_px(data["location/center_x_frac"], shape[:, 1]),
+        "y": cv.cryosparc_frac_to_px(yfrac, shape[:, 0]),
+    }
+    if "pick_stats/ncc_score" in names:
+        cols["score"] = data["pick_stats/ncc_score"].astype(np.float64)
+    extra = {
+        "micrograph": micrographs,
+        **{k: np.asarray(data[k]) for k in names if k not in fields[1:3]},
+    }
+    return Converted("hpcem.SetOfCoordinates", cols, {}, extra, os.fspath(path))
+
+
+def read_micrographs_cs(
+    path: str | os.PathLike, root: str | os.PathLike | None = None
+) -> Converted:
+    """Exposures ``.cs`` (``micrograph_blob/*``) as MICROGRAPH columns and optics.
+
+    Optics groups come from ``ctf/exp_group_id`` (+1) when present, else one group; the
+    pixel size is ``micrograph_blob/psize_A``. ``micrograph_blob/shape`` and the rest go
+    to ``extra``. The CTF of the same file: :func:`read_micrograph_ctfs_cs`.
+    """
+    data = load_cs(path)
+    names = data.dtype.names
+    _require(path, names, ("micrograph_blob/path", "micrograph_blob/psize_A"), "a micrograph set")
+    n = len(data)
+    exp = data["ctf/exp_group_id"].astype(np.int64) if "ctf/exp_group_id" in names else None
+    group = (exp + 1) if exp is not None else np.ones(n, dtype=np.int64)
+    props = {"pixel_size_A": data["micrograph_blob/psize_A"].astype(np.float64)}
+    if all(f in names for f in _OPTICS_CTF_FIELDS):
+        props["voltage_kV"] = data["ctf/accel_kv"].astype(np.float64)
+        props["spherical_aberration_mm"] = data["ctf/cs_mm"].astype(np.float64)
+        props["amplitude_contrast"] = data["ctf/amp_contrast"].astype(np.float64)
+    ids, first, inverse = np.unique(group, return_index=True, return_inverse=True)
+    for key, values in props.items():
+        differ = values != values[first][inverse]
+        if np.any(differ):
+            row = int(np.argmax(differ))
+            raise DataFormatError(
+                f"{path}: row {row}: {key} {values[row]} differs within exposure group "
+                f"{int(group[row]) - 1} (ctf/exp_group_id)"
+            )
+    optics: dict[str, Any] = {
+        "optics_group": ids.astype(np.int32),
+        "name": np.array([f"exp_group_{i - 1}" for i in ids], dtype=str),
+        **{key: values[first] for key, values in props.items()},
+    }
+    cols = {
+        "image": _decode_paths(data["micrograph_blob/path"], root),
+        "optics_group": group.astype(np.int32),
+    }
+    consumed = {"micrograph_blob/path", "micrograph_blob/psize_A"}
+    extra = {k: np.asarray(data[k]) for k in names if k not in consumed}
+    return Converted("hpcem.SetOfMicrographs", cols, optics, extra, os.fspath(path))
+
+
+def read_micrograph_ctfs_cs(path: str | os.PathLike) -> Converted:
+    """The per-micrograph CTF of an exposures ``.cs`` (``ctf/*``) as CTF_MODEL columns.
+
+    ``micrograph_id`` is the 0-based row of the micrograph in the same file (the order of
+    :func:`read_micrographs_cs`); the importer maps it to the ids it gave the micrographs.
+    """
+    data = load_cs(path)
+    names = data.dtype.names
+    _require(path, names, CTF_FIELDS, "a CTF set")
+    n = len(data)
+    cols: dict[str, Any] = {
+        "micrograph_id": np.arange(n, dtype=np.int64),
+        "defocus_u": data["ctf/df1_A"].astype(np.float64),
+        "defocus_v": data["ctf/df2_A"].astype(np.float64),
+        "defocus_angle": cv.cryosparc_df_angle_to_deg(data["ctf/df_angle_rad"]),
+    }
+    if "ctf/phase_shift_rad" in names:
+        cols["phase_shift"] = np.rad2deg(data["ctf/phase_shift_rad"].astype(np.float64))
+    if "ctf/ctf_fit_to_A" in names:
+        cols["fit_resolution"] = data["ctf/ctf_fit_to_A"].astype(np.float64)
+    if "ctf/cross_corr_ctffind4" in names:
+        cols["fit_score"] = data["ctf/cross_corr_ctffind4"].astype(np.float64)
+    if "ctf/type" in names:
+        cols["estimator"] = _decode_paths(data["ctf/type"], None)
+    return Converted("hpcem.SetOfCTFs", cols, {}, {}, os.fspath(path))

@@ -1,0 +1,254 @@
+"""One test per convention of docs/conventions.md, each against someone else.
+
+References used: RELION 3.1 source (formulas written here from ``src/euler.cpp``,
+``src/ctf.cpp``/``ctf.h``, ``src/preprocessing.cpp``), scipy's rotations, pyem's
+``csparc2star`` conversion (its ``expmap`` written out here), Scipion's RELION plugin
+(``matrixFromGeometry``), napari-boxmanager's ``.cbox`` reader, and the real files of
+``../shared/data`` (the same 7 EMPIAR-10076 particles as RELION STAR and cryoSPARC .cs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from hpcem.convert import conventions as cv
+
+RNG = np.random.default_rng(11)
+N = 500
+ROT = RNG.uniform(-180, 180, N)
+TILT = RNG.uniform(0, 180, N)
+PSI = RNG.uniform(-180, 180, N)
+
+
+def test_euler_matrix_is_relions_zyz():
+    """A(rot, tilt, psi) = (Rz(rot) Ry(tilt) Rz(psi))^T (scipy, intrinsic ZYZ); its third
+    row is RELION's projection direction (Euler_angles2direction: cos rot sin tilt,
+    sin rot sin tilt, cos tilt)."""
+    a = cv.euler_zyz_to_matrix(ROT, TILT, PSI)
+    ref = Rotation.from_euler("ZYZ", np.c_[ROT, TILT, PSI], degrees=True).as_matrix()
+    np.testing.assert_allclose(a, np.swapaxes(ref, 1, 2), atol=1e-12)
+    r, t = np.deg2rad(ROT), np.deg2rad(TILT)
+    direction = np.c_[np.cos(r) * np.sin(t), np.sin(r) * np.sin(t), np.cos(t)]
+    np.testing.assert_allclose(a[:, 2, :], direction, atol=1e-12)
+    # psi is the last, in-plane rotation: psi = 90 turns the image x axis onto -y ... of
+    # RELION's passive matrix (row 0 of A at rot = tilt = 0 is (cos psi, sin psi, 0))
+    a0 = cv.euler_zyz_to_matrix(0.0, 0.0, 30.0)
+    np.testing.assert_allclose(a0[0], [np.cos(np.pi / 6), np.sin(np.pi / 6), 0], atol=1e-12)
+
+
+def test_matrix_to_euler_is_relions_decomposition():
+    """Euler_matrix2angles: tilt in [0, 180], the same matrix back; at tilt 0 RELION puts
+    the whole in-plane angle into psi with rot = 0."""
+    rot, tilt, psi = cv.matrix_to_euler_zyz(cv.euler_zyz_to_matrix(ROT, TILT, PSI))
+    np.testing.assert_allclose(rot, ROT, atol=1e-9)
+    np.testing.assert_allclose(tilt, TILT, atol=1e-9)
+    np.testing.assert_allclose(psi, PSI, atol=1e-9)
+    rot0, tilt0, psi0 = cv.matrix_to_euler_zyz(cv.euler_zyz_to_matrix(40.0, 0.0, 25.0))
+    assert (float(rot0), float(tilt0)) == (0.0, 0.0)
+    assert float(psi0) == pytest.approx(65.0, abs=1e-9)
+    rot1, tilt1, psi1 = cv.matrix_to_euler_zyz(cv.euler_zyz_to_matrix(40.0, 180.0, 25.0))
+    assert (float(rot1), float(tilt1)) == (0.0, 180.0)
+    np.testing.assert_allclose(
+        cv.euler_zyz_to_matrix(rot1, tilt1, psi1), cv.euler_zyz_to_matrix(40, 180, 25), atol=1e-12
+    )
+
+
+def _pyem_expmap(e: np.ndarray) -> np.ndarray:
+    """pyem.geom.convert.expmap as written there (the matrix csparc2star decomposes)."""
+    theta = np.linalg.norm(e)
+    if theta < 1e-16:
+        return np.identity(3)
+    w = e / theta
+    k = np.array([[0, w[2], -w[1]], [-w[2], 0, w[0]], [w[1], -w[0], 0]])
+    return np.identity(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
+
+
+def test_cryosparc_pose_is_pyem_csparc2star(shared_data):
+    """Real poses of cryosparc_P12_J24_001_particles.cs: our matrix is pyem's expmap, and
+    the Euler angles rebuild it with RELION's formula (scipy here)."""
+    poses = np.load(shared_data / "cryodrgn-4.3.1/cryosparc_P12_J24_001_particles.cs")[
+        "alignments3D/pose"
+    ].astype(np.float64)
+    ours = cv.cryosparc_pose_to_matrix(poses)
+    pyem = np.stack([_pyem_expmap(p) for p in poses])
+    np.testing.assert_allclose(ours, pyem, atol=1e-12)
+    rot, tilt, psi = cv.cryosparc_pose_to_euler(poses)
+    rebuilt = Rotation.from_euler("ZYZ", np.c_[rot, tilt, psi], degrees=True).as_matrix()
+    np.testing.assert_allclose(np.swapaxes(rebuilt, 1, 2), pyem, atol=1e-9)
+    # and the pose is scipy's rotation vector of the transpose
+    np.testing.assert_allclose(
+        Rotation.from_rotvec(poses).as_matrix(), np.swapaxes(ours, 1, 2), atol=1e-12
+    )
+
+
+def test_cryosparc_pose_inverse_and_fast_path():
+    """Euler -> pose -> Euler gives the same rotation; the quaternion paths equal the
+    matrix paths (including gimbal lock and angles near 180°)."""
+    rot, tilt, psi = ROT.copy(), TILT.copy(), PSI.copy()
+    tilt[:5], tilt[5:10] = 0.0, 180.0
+    pose = cv.euler_to_cryosparc_pose(rot, tilt, psi)
+    assert np.all(np.linalg.norm(pose, axis=1) <= np.pi + 1e-12)
+    np.testing.assert_allclose(
+        cv.cryosparc_pose_to_matrix(pose), cv.euler_zyz_to_matrix(rot, tilt, psi), atol=1e-12
+    )
+    fast = np.array(cv.cryosparc_pose_to_euler(pose))
+    slow = np.array(cv.matrix_to_euler_zyz(cv.cryosparc_pose_to_matrix(pose)))
+    np.testing.assert_allclose(fast, slow, atol=1e-7)
+    near_pi = np.array([[np.pi, 0, 0], [0, 0.6 * np.pi, -0.8 * np.pi]]) * (1 - 1e-9)
+    back = cv.matrix_to_cryosparc_pose(cv.cryosparc_pose_to_matrix(near_pi))
+    np.testing.assert_allclose(
+        cv.cryosparc_pose_to_matrix(back), cv.cryosparc_pose_to_matrix(near_pi), atol=1e-7
+    )
+
+
+def test_scipion_matrix_is_inverse_of_forward():
+    """Scipion's RELION plugin: matrixFromGeometry(shifts, angles, inverseTransform=True)
+    = inv(euler_matrix(-angles, 'szyz') with translation -shifts); written with scipy."""
+    ox, oy = RNG.normal(0, 5, N), RNG.normal(0, 5, N)
+    forward = cv.forward_transform(ROT, TILT, PSI, ox, oy)
+    ours = cv.scipion_matrix_from_forward(forward)
+    m = np.zeros((N, 4, 4))
+    # transformations.euler_matrix(ai, aj, ak, 'szyz') = Rz(ak) Ry(aj) Rz(ai) (static axes)
+    m[:, :3, :3] = Rotation.from_euler("zyz", -np.deg2rad(np.c_[ROT, TILT, PSI])).as_matrix()
+    m[:, 0, 3], m[:, 1, 3], m[:, 3, 3] = -ox, -oy, 1.0
+    np.testing.assert_allclose(ours, np.linalg.inv(m), atol=1e-10)
+    np.testing.assert_allclose(cv.forward_from_scipion_matrix(ours), forward, atol=1e-10)
+    rot, tilt, psi, bx, by = cv.euler_origin_from_forward(forward)
+    np.testing.assert_allclose(
+        np.c_[rot, tilt, psi, bx, by], np.c_[ROT, TILT, PSI, ox, oy], atol=1e-9
+    )
+
+
+def test_relion30_origin_px_to_31_angstrom():
+    """RELION's 3.0 -> 3.1 rule (star_handler.cpp: ``xoff * angpix``): same sign, times
+    the pixel size; and back."""
+    px = np.array([-3.5, 0.0, 2.25])
+    assert cv.origin_px_to_A(px, 1.31).tolist() == (px * 1.31).tolist()
+    np.testing.assert_allclose(cv.origin_A_to_px(cv.origin_px_to_A(px, 2.95), 2.95), px)
+
+
+def test_cryosparc_shift_is_origin_in_pixels(shared_data):
+    """pyem maps ``alignments3D/shift`` to ``_rlnOriginX/Y`` unchanged (px); hpcem keeps
+    RELION 3.1's Å: shift × alignments3D/psize_A (real P12 file)."""
+    cs = np.load(shared_data / "cryodrgn-4.3.1/cryosparc_P12_J24_001_particles.cs")
+    shift, apix = cs["alignments3D/shift"].astype(np.float64), cs["alignments3D/psize_A"]
+    origin_a = cv.cryosparc_shift_to_origin_A(shift[:, 0], apix)
+    np.testing.assert_array_equal(origin_a, shift[:, 0] * apix.astype(np.float64))
+    np.testing.assert_allclose(cv.origin_A_to_cryosparc_shift(origin_a, apix), shift[:, 0])
+
+
+def test_box_corner_to_centre_as_relion_and_napari():
+    """RELION's .box reader (preprocessing.cpp: ``xpos = num1 + num3 / 2`` in integers)
+    and napari-boxmanager's cbox reader (``_CoordinateX + _Width / 2``)."""
+    corner = np.array([0, 17, 3700, -10])
+    even, odd = np.array([220, 220, 64, 100]), np.array([221, 221, 65, 101])
+    assert cv.box_corner_to_centre(corner, even).tolist() == (corner + even // 2).tolist()
+    # odd boxes: RELION truncates the half pixel that hpcem keeps
+    np.testing.assert_array_equal(cv.box_corner_to_centre(corner, odd) - 0.5, corner + odd // 2)
+    np.testing.assert_array_equal(cv.box_centre_to_corner(corner + even / 2, even), corner)
+
+
+def test_cryosparc_location_fractions_as_pyem():
+    """pyem: coordinates = frac × micrograph_shape[:, ::-1] for (x, y) (shape is (ny, nx));
+    its default --inverty uses 1 − y_frac, our flip_y."""
+    shape = np.array([[3838, 3710], [4096, 5760]])  # (ny, nx)
+    frac = np.array([[0.25, 0.75], [0.5, 0.1]])  # (x_frac, y_frac)
+    pyem_xy = frac * shape[:, ::-1]
+    assert cv.cryosparc_frac_to_px(frac[:, 0], shape[:, 1]).tolist() == pyem_xy[:, 0].tolist()
+    assert cv.cryosparc_frac_to_px(frac[:, 1], shape[:, 0]).tolist() == pyem_xy[:, 1].tolist()
+    flipped = (1 - frac[:, 1]) * shape[:, 0]
+    np.testing.assert_array_equal(
+        cv.cryosparc_frac_to_px(cv.flip_y_frac(frac[:, 1]), shape[:, 0]), flipped
+    )
+    np.testing.assert_allclose(cv.px_to_cryosparc_frac(pyem_xy[:, 0], shape[:, 1]), frac[:, 0])
+
+
+def test_zero_and_one_based_image_index(shared_data):
+    """The same particles: RELION's ``N@empiar_10076_7.mrc`` (1-based) and cryoSPARC's
+    ``blob/idx`` (0-based, = hpcem's image_index)."""
+    import starfile
+
+    star = starfile.read(shared_data / "cryodrgn-4.3.1/empiar_10076_7.star")
+    one_based = star["rlnImageName"].str.split("@").str[0].astype(int).to_numpy()
+    cs = np.load(shared_data / "cryodrgn-4.3.1/empiar_10076_7.cs")
+    np.testing.assert_array_equal(cv.one_based_to_zero_based(one_based), cs["blob/idx"])
+    np.testing.assert_array_equal(cv.zero_based_to_one_based(cs["blob/idx"]), one_based)
+
+
+def test_defocus_angle_cryosparc_radians_is_relion_degrees(shared_data):
+    """empiar_10076_7: ``_rlnDefocusAngle`` 5.28° and ``ctf/df_angle_rad`` of the same
+    particles; U and V are df1 and df2 without swapping."""
+    import starfile
+
+    star = starfile.read(shared_data / "cryodrgn-4.3.1/empiar_10076_7.star")
+    cs = np.load(shared_data / "cryodrgn-4.3.1/empiar_10076_7.cs")
+    np.testing.assert_allclose(
+        cv.cryosparc_df_angle_to_deg(cs["ctf/df_angle_rad"]), star["rlnDefocusAngle"], atol=1e-4
+    )
+    np.testing.assert_allclose(cs["ctf/df1_A"], star["rlnDefocusU"], atol=0.01)
+    np.testing.assert_allclose(cs["ctf/df2_A"], star["rlnDefocusV"], atol=0.01)
+    np.testing.assert_allclose(
+        cv.deg_to_cryosparc_df_angle(star["rlnDefocusAngle"]), cs["ctf/df_angle_rad"], rtol=1e-6
+    )
+
+
+def test_ctffind_azimuth_and_phase_as_relion_reads_them():
+    """CTFFIND4 (Rohou & Grigorieff 2015, eq. 2): Δf(α) = ½[Δf1 + Δf2 + (Δf1 − Δf2)
+    cos 2(α − α_ast)], α from the x axis; RELION's getCtffind4Results copies α_ast to
+    DefocusAngle and RAD2DEG(column 5) to PhaseShift. hpcem's defocus at azimuth with
+    the converted angle is CTFFIND's."""
+    from hpcem.ctf.model import defocus_at_azimuth
+
+    df1, df2, azimuth, phase_rad = 9982.5, 9100.0, 37.5, 0.035256
+    alpha = np.linspace(-np.pi, np.pi, 73)
+    ctffind = 0.5 * (df1 + df2 + (df1 - df2) * np.cos(2 * (alpha - np.deg2rad(azimuth))))
+    angle = cv.ctffind_azimuth_to_defocus_angle(azimuth)
+    np.testing.assert_allclose(defocus_at_azimuth(alpha, df1, df2, float(angle)), ctffind)
+    assert float(cv.ctffind_phase_shift_to_deg(phase_rad)) == pytest.approx(
+        phase_rad * 180.0 / np.pi, rel=1e-15
+    )
+
+
+def test_ctf_sign_and_astigmatism_against_relion_formula():
+    """RELION's CTF (ctf.cpp/ctf.h): gamma = K1 (x^T A x) + K2 u^4 − K5 − K3 with
+    A = Qt diag(−U, −V) Q, K3 = atan(Q0/sqrt(1−Q0²)); CTF = −sin(gamma). hpcem's ctf_2d,
+    turned into RELION's sign, equals it (defocus angle reference included)."""
+    from hpcem.ctf.model import ctf_2d, electron_wavelength_A, frequency_grid
+
+    shape, apix, u, v, ang, kv, cs_mm, q0, phase = (
+        (64, 64),
+        1.5,
+        15000.0,
+        12000.0,
+        32.0,
+        300.0,
+        2.7,
+        0.1,
+        20.0,
+    )
+    ky, kx = frequency_grid(shape, apix, centered=True)
+    lam = electron_wavelength_A(kv)
+    k1, k2 = np.pi * lam, np.pi / 2 * cs_mm * 1e7 * lam**3
+    k3, k5 = np.arctan(q0 / np.sqrt(1 - q0 * q0)), np.deg2rad(phase)
+    c, s = np.cos(np.deg2rad(ang)), np.sin(np.deg2rad(ang))
+    q = np.array([[c, s], [-s, c]])
+    a = q.T @ np.diag([-u, -v]) @ q
+    quad = a[0, 0] * kx * kx + 2 * a[0, 1] * kx * ky + a[1, 1] * ky * ky
+    u4 = (kx * kx + ky * ky) ** 2
+    relion = -np.sin(k1 * quad + k2 * u4 - k5 - k3)
+    ours = ctf_2d(shape, apix, u, v, ang, kv, cs_mm, q0, phase, centered=True)
+    np.testing.assert_allclose(cv.relion_ctf_from_hpcem(ours), relion, atol=1e-9)
+    # RELION is positive at zero frequency (+A without a phase plate)
+    assert relion[32, 32] == pytest.approx(np.sin(np.arcsin(q0) + k5)) and relion[32, 32] > 0
+
+
+def test_flip_y_is_the_array_flip():
+    """Flipping an image along its slow axis (numpy.flipud, as RELION does with TIFF)
+    moves the pixel at (x, y) to (x, height − 1 − y)."""
+    img = np.zeros((7, 5))
+    img[2, 3] = 1.0
+    flipped = np.flipud(img)
+    y_new, x_new = np.argwhere(flipped == 1.0)[0]
+    assert (x_new, y_new) == (3, int(cv.flip_y_px(2, 7)))
