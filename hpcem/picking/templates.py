@@ -104,6 +104,8 @@ def write_gallery_png(path: str | os.PathLike, stack: np.ndarray, title: str = "
         ax.set_axis_off()
         if i < n:
             ax.imshow(stack[i], cmap="gray", interpolation="nearest")
+    top = 1.0 - (0.3 / (1.2 * rows + 0.35) if title else 0.0)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.05, hspace=0.05)
     if title:
         fig.suptitle(title, fontsize=9)
     FigureCanvasAgg(fig)

@@ -381,3 +381,38 @@ def test_protocol_refuses_class_averages_whose_header_disagrees(project, tmp_pat
     inputs = {"micrographs": [f"{mic_run}:micrographs"], "references": [f"{rec.id}:classes"]}
     with pytest.raises(ValidationError, match="has 4 Å/px in its header but its set says 2 Å/px"):
         lifecycle.create_run(project, "picking.template", {}, inputs)
+
+
+@pytest.mark.slow
+def test_real_micrograph_picks_are_darker_than_random_places(shared_file):
+    """The real EPU micrograph (no ground truth): with the 7DDO map as templates (130 Å,
+    no CTF, threshold 0.35 as docs/protocols/picking_template.md advises for real data),
+    the low-passed micrograph is darker (protein) at the picks than at random places."""
+    from hpcem.io import read_header, read_image
+
+    path = shared_file("mrcfile-1.5.4/fei-extended.mrc")
+    pixel_A = read_header(path).pixel_size_A
+    image = read_image(path).astype(np.float32)
+    config = DatasetConfig(kind="micrographs", pixel_size_A=2.0)
+    work_A = tp.working_pixel_size_A(130.0, pixel_A, 20.0)
+    stack, _ = tp.volume_templates(
+        dataset_volume(config), 30.0, work_A, tp.template_box_px(130.0 / work_A)
+    )
+    picks = tp.pick_micrograph(image, pixel_A, stack, work_A, 130.0, None, threshold=0.35)
+    binned = picks["binned"]
+    radius = 0.3 * 130.0 / picks["binned_pixel_A"]
+    yy, xx = np.mgrid[: binned.shape[0], : binned.shape[1]]
+
+    def disc_means(points):
+        return np.array(
+            [binned[(xx - x) ** 2 + (yy - y) ** 2 <= radius**2].mean() for x, y in points]
+        )
+
+    at_picks = disc_means(picks["xy"] / np.array(picks["scale"]))
+    margin = 130.0 / picks["binned_pixel_A"]
+    rng = np.random.default_rng(0)
+    hi = [binned.shape[1] - margin, binned.shape[0] - margin]
+    at_random = disc_means(rng.uniform([margin, margin], hi, (400, 2)))
+    assert 100 <= len(at_picks) <= 400  # ~170 particles are visible in the picture
+    assert at_picks.mean() < at_random.mean() - 0.5 * at_random.std()
+    assert np.mean(at_picks < np.median(at_random)) > 0.7
