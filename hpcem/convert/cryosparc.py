@@ -157,6 +157,7 @@ def read_particles_cs(
     path: str | os.PathLike,
     root: str | os.PathLike | None = None,
     flip_y: bool = False,
+    micrograph_names: Mapping[str, int] | None = None,
 ) -> Converted:
     """Read a particle ``.cs`` file into PARTICLE columns, optics and extra fields.
 
@@ -171,6 +172,10 @@ def read_particles_cs(
         Flip the ``location`` y fraction (``1 − frac``), for micrographs that are the
         y-flip of the ones cryoSPARC picked on (see docs/conventions.md; pyem's
         ``csparc2star.py`` flips by default).
+    micrograph_names
+        Micrograph name -> id of the micrograph set the particles come from: fills
+        ``micrograph_id`` from ``location/micrograph_path`` (matched by name, then stem);
+        a particle of a micrograph not in it is a :class:`DataFormatError` naming it.
     """
     data = load_cs(path)
     names = data.dtype.names
@@ -202,6 +207,12 @@ def read_particles_cs(
             yfrac = cv.flip_y_frac(yfrac)
         cols["coord_x"] = cv.cryosparc_frac_to_px(data["location/center_x_frac"], shape[:, 1])
         cols["coord_y"] = cv.cryosparc_frac_to_px(yfrac, shape[:, 0])
+    if micrograph_names is not None:
+        from hpcem.convert.boxfiles import match_micrographs
+
+        _require(path, names, ("location/micrograph_path",), "micrograph_names")
+        micrographs = _decode_paths(data["location/micrograph_path"], None)
+        cols["micrograph_id"] = match_micrographs(path, micrographs, micrograph_names)
     consumed = set(_CONSUMED)
     prefix = _alignment_prefix(names)
     if prefix is not None:

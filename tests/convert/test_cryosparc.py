@@ -1,0 +1,342 @@
+"""cryoSPARC ``.cs`` conversion on real files: values against ``np.load`` (and RELION's
+STAR of the same particles, read with ``starfile``), read -> write -> read round trips,
+written files loaded by cryosparc-tools itself, and bad input.
+
+Round-trip tolerance: ``.cs`` stores float32, so values come back to float32 rounding
+(defocus, shifts, CTF: exact float32 values; Euler angles through the float32 axis-angle
+pose: 1e-4°; the rotation matrices to 1e-6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from hpcem.convert.cryosparc import (
+    read_coordinates_cs,
+    read_micrograph_ctfs_cs,
+    read_micrographs_cs,
+    read_particles_cs,
+    write_particles_cs,
+)
+from hpcem.errors import DataFormatError
+
+CS_FILES = (
+    "empiar_10076_7.cs",
+    "cryosparc_P12_J24_001_particles.cs",
+    "cryosparc_J2_particles_exported.cs",
+)
+
+
+def _cs(shared_data, name):
+    return shared_data / "cryodrgn-4.3.1" / name
+
+
+def test_p12_values_against_np_load(shared_data):
+    path = _cs(shared_data, "cryosparc_P12_J24_001_particles.cs")
+    raw = np.load(path)
+    conv = read_particles_cs(path)
+    cols = conv.columns
+    assert conv.set_type == "hpcem.SetOfParticles" and len(conv) == 2019
+    assert cols["image"][0] == raw["blob/path"][0].decode()
+    assert cols["image"][0].startswith("J19/extract/20150917_05196")
+    np.testing.assert_array_equal(cols["image_index"], raw["blob/idx"])
+    np.testing.assert_array_equal(cols["defocus_u"], raw["ctf/df1_A"])
+    np.testing.assert_array_equal(cols["defocus_v"], raw["ctf/df2_A"])
+    np.testing.assert_allclose(cols["defocus_angle"], np.degrees(raw["ctf/df_angle_rad"]))
+    apix = raw["alignments3D/psize_A"].astype(np.float64)
+    np.testing.assert_allclose(cols["shift_x"], raw["alignments3D/shift"][:, 0] * apix)
+    np.testing.assert_allclose(cols["shift_y"], raw["alignments3D/shift"][:, 1] * apix)
+    np.testing.assert_array_equal(cols["class_id"], raw["alignments3D/class"] + 1)
+    np.testing.assert_array_equal(cols["half_set"], raw["alignments3D/split"] + 1)
+    assert set(np.unique(cols["half_set"])) == {1, 2}
+    # pose: RELION's matrix (scipy intrinsic ZYZ, transposed) = Rodrigues(pose) transposed
+    euler = np.c_[cols["rot"], cols["tilt"], cols["psi"]]
+    a = np.swapaxes(Rotation.from_euler("ZYZ", euler, degrees=True).as_matrix(), 1, 2)
+    r = Rotation.from_rotvec(raw["alignments3D/pose"].astype(np.float64)).as_matrix()
+    np.testing.assert_allclose(a, np.swapaxes(r, 1, 2), atol=1e-9)
+    opt = conv.optics
+    assert opt["pixel_size_A"].tolist() == pytest.approx([2.95])
+    assert opt["voltage_kV"].tolist() == [200.0]
+    assert opt["spherical_aberration_mm"].tolist() == [2.0]
+    assert opt["amplitude_contrast"].tolist() == pytest.approx([0.07])
+    assert opt["image_size_px"].tolist() == [180]
+    np.testing.assert_array_equal(conv.extra["uid"], raw["uid"])
+    np.testing.assert_array_equal(conv.extra["alignments3D/error"], raw["alignments3D/error"])
+
+
+def test_j2_alignments2d_and_higher_order_ctf(shared_data):
+    path = _cs(shared_data, "cryosparc_J2_particles_exported.cs")
+    raw = np.load(path)
+    conv = read_particles_cs(path, root="/data/P1")
+    cols = conv.columns
+    assert len(conv) == 22 and "rot" not in cols and "tilt" not in cols
+    np.testing.assert_allclose(cols["psi"], np.degrees(raw["alignments2D/pose"]))
+    apix = raw["alignments2D/psize_A"].astype(np.float64)
+    np.testing.assert_allclose(cols["shift_x"], raw["alignments2D/shift"][:, 0] * apix)
+    np.testing.assert_array_equal(cols["class_id"], raw["alignments2D/class"] + 1)
+    # cryoSPARC's '>' marker is dropped and the path put under root
+    assert raw["blob/path"][0].decode().startswith(">J1/imported/")
+    assert (
+        cols["image"][0] == "/data/P1/J1/imported/000090334788266266069_18jam15b_0345_ali_DW.mrcs"
+    )
+    for name in ("ctf/tetra_A", "ctf/anisomag", "ctf/trefoil_A", "ctf/tilt_A", "ctf/shift_A"):
+        np.testing.assert_array_equal(conv.extra[name], raw[name])
+    assert conv.optics["voltage_kV"].tolist() == [300.0]
+    assert conv.optics["image_size_px"].tolist() == [300]
+
+
+def test_empiar_particles_same_in_star_and_cs(shared_data):
+    """The same 7 EMPIAR-10076 particles: CTF to 0.01 Å / 0.01° and the image locations
+    (file + 0-based index) from RELION's STAR (read with starfile) and from the .cs."""
+    import starfile
+
+    star = starfile.read(shared_data / "cryodrgn-4.3.1/empiar_10076_7.star")
+    conv = read_particles_cs(_cs(shared_data, "empiar_10076_7.cs"))
+    cols = conv.columns
+    np.testing.assert_allclose(cols["defocus_u"], star["rlnDefocusU"], atol=0.01)
+    np.testing.assert_allclose(cols["defocus_v"], star["rlnDefocusV"], atol=0.01)
+    np.testing.assert_allclose(cols["defocus_angle"], star["rlnDefocusAngle"], atol=0.01)
+    parts = star["rlnImageName"].str.split("@")
+    index1, stack = parts.str[0], parts.str[1]
+    np.testing.assert_array_equal(cols["image_index"], index1.astype(int) - 1)
+    assert cols["image"].tolist() == stack.tolist()
+    # pixel size: RELION 3.0's 1e4 × DetectorPixelSize / Magnification
+    apix = 1e4 * star["rlnDetectorPixelSize"][0] / star["rlnMagnification"][0]
+    assert conv.optics["pixel_size_A"][0] == pytest.approx(apix, abs=1e-4)
+    assert conv.optics["voltage_kV"][0] == star["rlnVoltage"][0]
+    assert conv.optics["amplitude_contrast"][0] == pytest.approx(star["rlnAmplitudeContrast"][0])
+
+
+def test_empiar_particles_same_as_hpcem_relion_reader(shared_data):
+    """The same comparison through hpcem's own RELION reader, where it exists."""
+    relion = pytest.importorskip("hpcem.convert.relion")
+    reader = getattr(relion, "read_particles", None) or getattr(relion, "read_particles_star", None)
+    if reader is None:
+        pytest.skip("hpcem.convert.relion has no particle reader yet")
+    star = reader(shared_data / "cryodrgn-4.3.1/empiar_10076_7.star")
+    cs = read_particles_cs(_cs(shared_data, "empiar_10076_7.cs"))
+    for name in ("defocus_u", "defocus_v", "defocus_angle"):
+        np.testing.assert_allclose(star.columns[name], cs.columns[name], atol=0.01)
+    np.testing.assert_array_equal(star.columns["image_index"], cs.columns["image_index"])
+    assert [str(p).rsplit("/", 1)[-1] for p in star.columns["image"]] == list(cs.columns["image"])
+
+
+@pytest.mark.parametrize("name", CS_FILES)
+def test_round_trip_and_cryosparc_tools(shared_data, tmp_path, name):
+    from cryosparc.dataset import Dataset
+
+    path = _cs(shared_data, name)
+    raw = np.load(path)
+    first = read_particles_cs(path)
+    out = tmp_path / "again.cs"
+    write_particles_cs(out, first.columns, first.optics, first.extra)
+    second = read_particles_cs(out)
+    assert sorted(second.columns) == sorted(first.columns)
+    for key, values in first.columns.items():
+        if key in ("rot", "tilt", "psi"):
+            continue
+        if np.asarray(values).dtype.kind == "f":
+            np.testing.assert_allclose(second.columns[key], values, rtol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(second.columns[key], values, err_msg=key)
+    if "rot" in first.columns:
+        e1 = np.c_[first.columns["rot"], first.columns["tilt"], first.columns["psi"]]
+        e2 = np.c_[second.columns["rot"], second.columns["tilt"], second.columns["psi"]]
+        m1 = Rotation.from_euler("ZYZ", e1, degrees=True).as_matrix()
+        m2 = Rotation.from_euler("ZYZ", e2, degrees=True).as_matrix()
+        np.testing.assert_allclose(m2, m1, atol=1e-6)
+        wrapped = (e2 - e1 + 180.0) % 360.0 - 180.0
+        assert np.abs(wrapped).max() < 1e-4
+    for key, values in first.optics.items():
+        np.testing.assert_array_equal(second.optics[key], values, err_msg=key)
+    # the written file has every field of the original with the same values
+    again = np.load(out)
+    assert set(again.dtype.names) == set(raw.dtype.names)
+    for field in raw.dtype.names:
+        if field.endswith("/pose") and raw[field].ndim == 2:
+            r1 = Rotation.from_rotvec(raw[field].astype(np.float64)).as_matrix()
+            r2 = Rotation.from_rotvec(again[field].astype(np.float64)).as_matrix()
+            np.testing.assert_allclose(r2, r1, atol=1e-6)
+        elif field == "blob/path":
+            assert again[field].tolist() == np.char.lstrip(raw[field], b">").tolist()
+        elif raw[field].dtype.kind == "f":
+            np.testing.assert_allclose(again[field], raw[field], rtol=1e-6, err_msg=field)
+        else:
+            np.testing.assert_array_equal(again[field], raw[field], err_msg=field)
+    # cryosparc-tools itself loads it, with the same rows
+    dataset = Dataset.load(out)
+    assert len(dataset) == len(raw)
+    np.testing.assert_array_equal(dataset["uid"], raw["uid"])
+    np.testing.assert_array_equal(dataset["blob/idx"], raw["blob/idx"])
+    np.testing.assert_array_equal(dataset["ctf/df1_A"], raw["ctf/df1_A"])
+
+
+def test_written_from_hpcem_columns_loads_in_cryosparc_tools(tmp_path):
+    """A set made in hpcem (no .cs extras): new unique uids, RELION 3D pose converted."""
+    from cryosparc.dataset import Dataset
+
+    rng = np.random.default_rng(3)
+    n = 50
+    cols = {
+        "image": np.array([f"Extract/job004/mic_{i // 10:03d}.mrcs" for i in range(n)], object),
+        "image_index": np.arange(n) % 10,
+        "defocus_u": rng.uniform(1e4, 2e4, n),
+        "defocus_v": rng.uniform(1e4, 2e4, n),
+        "defocus_angle": rng.uniform(-180, 180, n),
+        "rot": rng.uniform(-180, 180, n),
+        "tilt": rng.uniform(0, 180, n),
+        "psi": rng.uniform(-180, 180, n),
+        "shift_x": rng.normal(0, 3, n),
+        "shift_y": rng.normal(0, 3, n),
+        "class_id": rng.integers(1, 4, n),
+        "half_set": rng.integers(1, 3, n),
+        "optics_group": np.ones(n, np.int32),
+    }
+    optics = {
+        "optics_group": np.array([1]),
+        "pixel_size_A": np.array([1.1]),
+        "voltage_kV": np.array([300.0]),
+        "spherical_aberration_mm": np.array([2.7]),
+        "amplitude_contrast": np.array([0.1]),
+        "image_size_px": np.array([128]),
+    }
+    out = tmp_path / "made.cs"
+    write_particles_cs(out, cols, optics)
+    dataset = Dataset.load(out)
+    assert len(dataset) == n and len(np.unique(dataset["uid"])) == n
+    assert dataset["blob/path"][0] == "Extract/job004/mic_000.mrcs"
+    np.testing.assert_allclose(
+        dataset["alignments3D/shift"][:, 0], cols["shift_x"] / 1.1, rtol=1e-6
+    )
+    np.testing.assert_array_equal(dataset["alignments3D/class"], cols["class_id"] - 1)
+    # the pose is the rotation whose transpose is RELION's matrix of (rot, tilt, psi)
+    a = Rotation.from_euler("ZYZ", np.c_[cols["rot"], cols["tilt"], cols["psi"]], degrees=True)
+    r = Rotation.from_rotvec(dataset["alignments3D/pose"].astype(np.float64))
+    np.testing.assert_allclose(r.as_matrix(), a.as_matrix(), atol=1e-6)
+    back = read_particles_cs(out)
+    np.testing.assert_allclose(back.columns["shift_x"], cols["shift_x"], rtol=1e-6, atol=1e-6)
+
+
+def _location_cs(path, micrographs=("J3/motion/mic_a.mrc", "J3/motion/mic_b.mrc")):
+    n = 4
+    dtype = [
+        ("uid", "<u8"),
+        ("location/micrograph_path", "S40"),
+        ("location/micrograph_shape", "<u4", (2,)),
+        ("location/center_x_frac", "<f4"),
+        ("location/center_y_frac", "<f4"),
+        ("pick_stats/ncc_score", "<f4"),
+    ]
+    table = np.zeros(n, dtype=dtype)
+    table["uid"] = np.arange(1, n + 1)
+    table["location/micrograph_path"] = [micrographs[i % 2].encode() for i in range(n)]
+    table["location/micrograph_shape"] = [4096, 5760]  # (ny, nx)
+    table["location/center_x_frac"] = [0.25, 0.5, 0.75, 0.125]
+    table["location/center_y_frac"] = [0.5, 0.25, 0.0625, 0.875]
+    table["pick_stats/ncc_score"] = [0.1, 0.2, 0.3, 0.4]
+    with open(path, "wb") as fh:
+        np.save(fh, table)
+    return table
+
+
+def test_coordinates_from_location(tmp_path):
+    table = _location_cs(tmp_path / "picked.cs")
+    names = {"MotionCorr/mic_a.mrc": 10, "MotionCorr/mic_b.mrc": 11}
+    conv = read_coordinates_cs(tmp_path / "picked.cs", micrograph_names=names)
+    frac_x = table["location/center_x_frac"].astype(np.float64)
+    frac_y = table["location/center_y_frac"].astype(np.float64)
+    np.testing.assert_array_equal(conv.columns["x"], frac_x * 5760)
+    np.testing.assert_array_equal(conv.columns["y"], frac_y * 4096)
+    assert conv.columns["micrograph_id"].tolist() == [10, 11, 10, 11]
+    flipped = read_coordinates_cs(tmp_path / "picked.cs", flip_y=True)
+    np.testing.assert_array_equal(flipped.columns["y"], (1 - frac_y) * 4096)
+    with pytest.raises(DataFormatError, match="mic_b"):
+        read_coordinates_cs(tmp_path / "picked.cs", micrograph_names={"x/mic_a.mrc": 1})
+
+
+def test_exposures_and_their_ctf(tmp_path):
+    dtype = [
+        ("uid", "<u8"),
+        ("micrograph_blob/path", "S40"),
+        ("micrograph_blob/psize_A", "<f4"),
+        ("micrograph_blob/shape", "<u4", (2,)),
+        ("ctf/exp_group_id", "<u4"),
+        ("ctf/accel_kv", "<f4"),
+        ("ctf/cs_mm", "<f4"),
+        ("ctf/amp_contrast", "<f4"),
+        ("ctf/df1_A", "<f4"),
+        ("ctf/df2_A", "<f4"),
+        ("ctf/df_angle_rad", "<f4"),
+        ("ctf/phase_shift_rad", "<f4"),
+        ("ctf/ctf_fit_to_A", "<f4"),
+        ("ctf/cross_corr_ctffind4", "<f4"),
+    ]
+    t = np.zeros(3, dtype=dtype)
+    t["micrograph_blob/path"] = [b"J2/motion/a.mrc", b"J2/motion/b.mrc", b"J2/motion/c.mrc"]
+    t["micrograph_blob/psize_A"] = 0.83
+    t["micrograph_blob/shape"] = [4096, 5760]
+    t["ctf/exp_group_id"] = [0, 0, 1]
+    t["ctf/accel_kv"], t["ctf/cs_mm"], t["ctf/amp_contrast"] = 300, 2.7, 0.1
+    t["ctf/df1_A"], t["ctf/df2_A"] = [12000, 13000, 14000], [11000, 12500, 13900]
+    t["ctf/df_angle_rad"] = [0.1, -1.0, 2.0]
+    t["ctf/ctf_fit_to_A"] = [3.1, 4.2, 5.5]
+    with open(tmp_path / "exposures.cs", "wb") as fh:
+        np.save(fh, t)
+    mics = read_micrographs_cs(tmp_path / "exposures.cs", root="/p")
+    assert mics.columns["image"].tolist() == [
+        "/p/J2/motion/a.mrc",
+        "/p/J2/motion/b.mrc",
+        "/p/J2/motion/c.mrc",
+    ]
+    assert mics.columns["optics_group"].tolist() == [1, 1, 2]
+    assert mics.optics["pixel_size_A"].tolist() == pytest.approx([0.83, 0.83])
+    ctfs = read_micrograph_ctfs_cs(tmp_path / "exposures.cs")
+    np.testing.assert_allclose(ctfs.columns["defocus_angle"], np.degrees(t["ctf/df_angle_rad"]))
+    np.testing.assert_array_equal(ctfs.columns["fit_resolution"], t["ctf/ctf_fit_to_A"])
+    assert ctfs.columns["micrograph_id"].tolist() == [0, 1, 2]
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def _without(raw, drop):
+    names = [n for n in raw.dtype.names if n not in drop]
+    out = np.zeros(len(raw), dtype=[(n, raw.dtype[n]) for n in names])
+    for n in names:
+        out[n] = raw[n]
+    return out
+
+
+def test_missing_fields_are_named(shared_data, tmp_path):
+    raw = np.load(_cs(shared_data, "empiar_10076_7.cs"))
+    bad = tmp_path / "no_idx.cs"
+    with open(bad, "wb") as fh:
+        np.save(fh, _without(raw, {"blob/idx"}))
+    with pytest.raises(DataFormatError, match=r"no_idx\.cs.*blob/idx"):
+        read_particles_cs(bad)
+    half_ctf = tmp_path / "half_ctf.cs"
+    with open(half_ctf, "wb") as fh:
+        np.save(fh, _without(raw, {"ctf/df2_A", "ctf/cs_mm"}))
+    with pytest.raises(DataFormatError, match=r"ctf/df2_A, ctf/cs_mm"):
+        read_particles_cs(half_ctf)
+
+
+def test_not_a_cs_file_and_inconsistent_group(shared_data, tmp_path):
+    text = tmp_path / "notes.cs"
+    text.write_text("not numpy\n")
+    with pytest.raises(DataFormatError, match="notes.cs"):
+        read_particles_cs(text)
+    plain = tmp_path / "plain.cs"
+    with open(plain, "wb") as fh:
+        np.save(fh, np.arange(5.0))
+    with pytest.raises(DataFormatError, match="structured"):
+        read_particles_cs(plain)
+    raw = np.load(_cs(shared_data, "empiar_10076_7.cs"))
+    raw["blob/psize_A"][4] = 1.5
+    mixed = tmp_path / "mixed.cs"
+    with open(mixed, "wb") as fh:
+        np.save(fh, raw)
+    with pytest.raises(DataFormatError, match=r"row 4: pixel_size_A .* exposure group 23"):
+        read_particles_cs(mixed)
