@@ -318,15 +318,23 @@ def pick_dog(
         round(EXCLUSION_WINDOW_DIAMETERS * diameter_px),
         exclusion_sd,
     )
+    border_px = math.ceil(border_binned)
+    if border_px > 0:
+        mask[:border_px, :] = False
+        mask[-border_px:, :] = False
+        mask[:, :border_px] = False
+        mask[:, -border_px:] = False
+    # Excluded areas and the border do not compete with the rest: the DoG's response to a
+    # carbon edge (or to the step where the periodic FFT wraps a carbon area around to
+    # the opposite edge) would otherwise hide particles within the minimum distance.
+    score = np.where(mask, maps["score"], np.float32(np.nan))
     fixed = n_picks > 0
     limit = n_picks if fixed else max_picks
     xy, values = find_peaks(
-        maps["score"],
+        score,
         min_distance_px,
         threshold=-math.inf if fixed else threshold,
         max_peaks=None,
-        border_px=math.ceil(border_binned),
-        mask=mask,
     )
     capped_from = len(values) if (not fixed and len(values) > limit) else 0
     xy, values = xy[:limit], values[:limit]
