@@ -72,3 +72,61 @@ def site_file(folder: Path, programs: dict[str, str]) -> Path:
     path = folder / "relion-test.toml"
     path.write_text(text + f"\n[programs]\n{table}\n")
     return path
+
+
+def _finished_run(project, protocol: str, label: str) -> int:
+    rec = project.create_run(protocol, label)
+    project.begin_attempt(rec.id, ("saved",))
+    project.transition(rec.id, ("launched",), "running", attempt=1)
+    return rec.id
+
+
+def _finish(project, run_id: int) -> None:
+    project.controller_commit(run_id, 1, state="finished")
+
+
+def truth_sets(project, sim_run: int, truth: dict, with_ctfs: bool = True) -> dict:
+    """Finished runs holding the simulator's true particle centres as ``coordinates``
+    (score = 1 - index/100, ids from the store) and its true CTFs as ``ctfs``, with the
+    micrographs of ``sim_run`` as their lineage. Returns ``{"coordinates": ref, "ctfs":
+    ref}`` input references."""
+    import numpy as np
+
+    mics = project.open_set(sim_run, "micrographs")
+    by_name = {Path(str(p)).name: int(i) for p, i in zip(mics.column("image"), mics.column("id"))}
+    lineage = [f"{sim_run}:micrographs"]
+    cols = {"micrograph_id": [], "x": [], "y": [], "score": []}
+    ctfs = {k: [] for k in ("micrograph_id", "defocus_u", "defocus_v", "defocus_angle")}
+    for item in truth["items"]:
+        mid = by_name[item["name"]]
+        x, y = item["particles"]["x"], item["particles"]["y"]
+        cols["micrograph_id"] += [mid] * len(x)
+        cols["x"] += list(x)
+        cols["y"] += list(y)
+        cols["score"] += [1.0 - k / 100 for k in range(len(x))]
+        ctfs["micrograph_id"].append(mid)
+        for key in ("defocus_u", "defocus_v", "defocus_angle"):
+            ctfs[key].append(item[key])
+    refs = {}
+    run = _finished_run(project, "test.picks", "true coordinates")
+    writer = project.create_set(run, "coordinates", "hpcem.SetOfCoordinates", inputs=lineage)
+    writer.set_optics(mics.optics)
+    writer.append_columns({k: np.asarray(v) for k, v in cols.items()})
+    writer.close()
+    project.set_output(run, "coordinates", "hpcem.SetOfCoordinates", len(cols["x"]))
+    _finish(project, run)
+    refs["coordinates"] = f"{run}:coordinates"
+    if with_ctfs:
+        run = _finished_run(project, "test.ctfs", "true CTFs")
+        writer = project.create_set(run, "ctfs", "hpcem.SetOfCTFs", inputs=lineage)
+        writer.set_optics(mics.optics)
+        n = len(ctfs["micrograph_id"])
+        writer.append_columns(
+            {k: np.asarray(v) for k, v in ctfs.items()}
+            | {"fit_resolution": np.full(n, 4.5), "fit_score": np.linspace(0.8, 0.9, n)}
+        )
+        writer.close()
+        project.set_output(run, "ctfs", "hpcem.SetOfCTFs", n)
+        _finish(project, run)
+        refs["ctfs"] = f"{run}:ctfs"
+    return refs
