@@ -9,6 +9,8 @@ References used: RELION 3.1 source (formulas written here from ``src/euler.cpp``
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -252,3 +254,90 @@ def test_flip_y_is_the_array_flip():
     flipped = np.flipud(img)
     y_new, x_new = np.argwhere(flipped == 1.0)[0]
     assert (x_new, y_new) == (3, int(cv.flip_y_px(2, 7)))
+
+
+_OPTICS_STAR = """
+# version 30001
+
+data_optics
+
+loop_
+_rlnOpticsGroup #1
+_rlnOpticsGroupName #2
+_rlnAmplitudeContrast #3
+_rlnSphericalAberration #4
+_rlnVoltage #5
+_rlnImagePixelSize #6
+_rlnImageSize #7
+_rlnImageDimensionality #8
+1 opticsGroup1 0.1 2.7 300 {apix} {size} 2
+
+# version 30001
+
+data_particles
+
+loop_
+_rlnAngleRot #1
+_rlnAngleTilt #2
+_rlnAnglePsi #3
+_rlnOriginXAngst #4
+_rlnOriginYAngst #5
+_rlnOpticsGroup #6
+_rlnDefocusU #7
+_rlnDefocusV #8
+_rlnDefocusAngle #9
+"""
+
+
+@pytest.mark.skipif(shutil.which("relion_project") is None, reason="relion_project not on PATH")
+def test_euler_matrix_and_origin_sign_against_relion_project(tmp_path):
+    """RELION's own projector: a blob at map position r (px from the box centre) lands at
+    ``A(rot, tilt, psi) r − origin_A / pixel_size`` in the projection, x along columns and
+    y along rows from the centre pixel (size // 2). This checks the Euler matrix, the
+    origin's sign and unit (RELION 3.1 ``_rlnOriginXAngst``), and the image axes at once."""
+    import mrcfile
+
+    from hpcem.command import run_command
+
+    size, apix, blob = 48, 2.0, np.array([8.0, -5.0, 3.0])
+    z, y, x = np.mgrid[:size, :size, :size] - size // 2
+    vol = np.exp(-((x - blob[0]) ** 2 + (y - blob[1]) ** 2 + (z - blob[2]) ** 2) / 4.5)
+    with mrcfile.new(tmp_path / "blob.mrc") as mrc:
+        mrc.set_data(vol.astype(np.float32))
+        mrc.voxel_size = apix
+    rng = np.random.default_rng(5)
+    n = 6
+    rot, tilt, psi = rng.uniform(-180, 180, n), rng.uniform(0, 180, n), rng.uniform(-180, 180, n)
+    shift_a = rng.uniform(-8, 8, (n, 2))  # hpcem shift_x/y = _rlnOriginX/YAngst
+    rows = "".join(
+        f"{rot[i]:.6f} {tilt[i]:.6f} {psi[i]:.6f} {shift_a[i, 0]:.6f} {shift_a[i, 1]:.6f} "
+        "1 10000 10000 0\n"
+        for i in range(n)
+    )
+    (tmp_path / "angles.star").write_text(_OPTICS_STAR.format(apix=apix, size=size) + rows)
+    run_command(
+        [
+            "relion_project",
+            "--i",
+            "blob.mrc",
+            "--o",
+            "proj",
+            "--ang",
+            "angles.star",
+            "--angpix",
+            str(apix),
+        ],
+        cwd=tmp_path,
+        timeout_s=120,
+    )
+    images = mrcfile.read(tmp_path / "proj.mrcs").astype(np.float64)
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    expected = np.einsum("nij,j->ni", cv.euler_zyz_to_matrix(rot, tilt, psi), blob)[:, :2]
+    expected -= cv.origin_A_to_px(shift_a, apix)
+    for img, want in zip(images, expected, strict=True):
+        w = np.where(img > 0.2 * img.max(), img, 0.0)
+        got = np.array([(w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()])
+        np.testing.assert_allclose(got, want, atol=0.1)
+    # the opposite sign or the transposed matrix would be off by pixels
+    wrong = np.einsum("nji,j->ni", cv.euler_zyz_to_matrix(rot, tilt, psi), blob)[:, :2]
+    assert np.abs(wrong - expected).max() > 2.0
