@@ -166,8 +166,8 @@ def radius_px(p: dict, optics: dict) -> float:
 
 
 def draw_pictures(run_id: int, micrographs: list, diameter_px: float) -> dict:
-    """Worker step: a PNG per micrograph ``[id, image path, png path]`` with the
-    consensus picks of run ``run_id`` (read from its ``coordinates`` set)."""
+    """Worker step: a PNG per micrograph ``[id, image path, png path, pixel size]`` with
+    the consensus picks of run ``run_id`` (read from its ``coordinates`` set)."""
     from hpcem.ctf.estimate import load_micrograph
     from hpcem.picking.plot import write_picks_png
     from hpcem.store import Project
@@ -175,9 +175,9 @@ def draw_pictures(run_id: int, micrographs: list, diameter_px: float) -> dict:
     coords = Project.open(".").open_set(run_id, "coordinates")
     cols = coords.read_columns(["micrograph_id", "x", "y", "n_agree"])
     written, failed = [], {}
-    for mid, image_path, png in micrographs:
+    for mid, image_path, png, pixel_size_A in micrographs:
         try:
-            image, _ = load_micrograph(image_path)
+            image, _ = load_micrograph(image_path, pixel_size_A)
         except HpcemError as exc:  # the pickers rejected it too: say so, draw the others
             failed[str(mid)] = str(exc)
             continue
@@ -266,13 +266,20 @@ class PickingConsensus(Protocol):
             return steps
         micrographs = ctx.input("micrographs")
         diameter_px = ctx.params["diameter_A"] / _pixel_size_A(micrographs.optics)
+        optics = micrographs.optics
+        pixel_size = dict(zip(optics["optics_group"].tolist(), optics["pixel_size_A"].tolist()))
         rows = [
             [
                 int(mid),
                 ctx.relpath(str(path)),
                 ctx.relpath(str(ctx.run_dir / "pictures" / f"micrograph_{int(mid):06d}.png")),
+                float(pixel_size[int(group)]),
             ]
-            for mid, path in zip(micrographs.column("id"), micrographs.column("image"))
+            for mid, path, group in zip(
+                micrographs.column("id"),
+                micrographs.column("image"),
+                micrographs.column("optics_group"),
+            )
         ]
         for start in range(0, len(rows), _PICTURES_PER_STEP):
             steps.append(

@@ -14,7 +14,7 @@ from hpcem.errors import ValidationError
 from hpcem.execution import runs as lifecycle
 from hpcem.io import write_mrc
 
-PIXEL_A = 2.0
+PIXEL_A = 1.0  # 1 Å: MRC headers treat 1.0 as "unset", so steps must pass it on
 
 
 def _import(project, tmp_path, wait_for_run, name="raw", n=2):
@@ -74,7 +74,7 @@ def _consensus(project, refs, wait_for_run, params=None, micrographs=None):
 
 def test_defaults_keep_what_all_agree_on_per_micrograph(project, tmp_path, wait_for_run):
     mic_run = _import(project, tmp_path, wait_for_run)
-    # diameter 150 Å at 2 Å/px = 75 px: default radius 25 px.
+    # diameter 150 Å at 1 Å/px: default radius 50 px.
     a = _picks(project, mic_run, {0: [(50, 50, 9), (150, 60, 1), (200, 200, 5)], 1: [(50, 50, 3)]})
     b = _picks(project, mic_run, {0: [(60, 50, 0.2), (150, 84.9, 0.9)], 1: []})
     c = _picks(project, mic_run, {0: [(55, 56, 40), (150, 60, 10)], 1: [(50, 50, 1)]})
@@ -85,7 +85,7 @@ def test_defaults_keep_what_all_agree_on_per_micrograph(project, tmp_path, wait_
     out = project.open_set(run_id, "coordinates").read_columns()
     mic_ids = project.open_set(mic_run, "micrographs").column("id")
     # Only (50,50)+(60,50)+(55,56) on micrograph 0 has all three; (150,60)/(150,84.9)
-    # are 24.9 px apart (within 25) but micrograph 1 has no pick of input b.
+    # are 24.9 px apart (within 50) but micrograph 1 has no pick of input b.
     by_mic = {int(m): n for m, n in zip(mic_ids, (2, 0))}
     assert {int(k): v for k, v in result["per_micrograph"].items()} == by_mic
     first = out["micrograph_id"] == mic_ids[0]
