@@ -9,6 +9,8 @@ corner to whole pixels on purpose, as EMAN and RELION expect integers).
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,57 @@ def test_picks_for_a_micrograph_not_in_the_set(shared_data):
             _cbox(shared_data, CBOX[0]),
             micrograph_names={"Micrographs/TcdA1-0019_frames_sum.mrc": 1},
         )
+
+
+@pytest.mark.skipif(
+    shutil.which("relion_preprocess") is None, reason="relion_preprocess not on PATH"
+)
+def test_box_files_we_write_are_extracted_centred_by_relion(tmp_path):
+    """RELION's own extraction from a ``.box`` we wrote: a bright pixel at each pick's
+    centre (x = column, y = row, 0-based) sits at the box centre (size // 2) of every
+    particle RELION cuts, and RELION's particle STAR has our centres as coordinates."""
+    import mrcfile
+    import starfile
+
+    from hpcem.command import run_command
+
+    size, box = 256, 32
+    centres = np.array([[40.0, 60.0], [200.0, 45.0], [128.0, 190.0], [75.0, 150.0]])
+    mic = np.zeros((size, size), dtype=np.float32)
+    mic[centres[:, 1].astype(int), centres[:, 0].astype(int)] = 100.0
+    with mrcfile.new(tmp_path / "mic1.mrc") as mrc:
+        mrc.set_data(mic)
+        mrc.voxel_size = 1.0
+    write_box(tmp_path / "mic1.box", {"x": centres[:, 0], "y": centres[:, 1]}, box, decimals=0)
+    (tmp_path / "mics.star").write_text(
+        "\ndata_optics\n\nloop_\n_rlnOpticsGroupName #1\n_rlnOpticsGroup #2\n"
+        "_rlnMicrographPixelSize #3\n_rlnVoltage #4\n_rlnSphericalAberration #5\n"
+        "_rlnAmplitudeContrast #6\nopticsGroup1 1 1.0 300 2.7 0.1\n\n\n"
+        "data_micrographs\n\nloop_\n_rlnMicrographName #1\n_rlnOpticsGroup #2\nmic1.mrc 1\n"
+    )
+    argv = [
+        "relion_preprocess",
+        "--i",
+        "mics.star",
+        "--coord_dir",
+        "./",
+        "--coord_suffix",
+        ".box",
+        "--part_dir",
+        "out/",
+        "--part_star",
+        "out/particles.star",
+        "--extract",
+        "--extract_size",
+        str(box),
+    ]
+    run_command(argv, cwd=tmp_path, timeout_s=120)
+    stack = mrcfile.read(tmp_path / "out" / "mic1.mrcs")
+    assert stack.shape == (len(centres), box, box)
+    for particle in stack:
+        assert np.unravel_index(np.argmax(particle), particle.shape) == (box // 2, box // 2)
+    table = starfile.read(tmp_path / "out" / "particles.star", always_dict=True)["particles"]
+    np.testing.assert_array_equal(table["rlnCoordinateX"], centres[:, 0])
+    np.testing.assert_array_equal(table["rlnCoordinateY"], centres[:, 1])
+    back = read_box(tmp_path / "mic1.box")
+    np.testing.assert_array_equal(np.c_[back.columns["x"], back.columns["y"]], centres)
