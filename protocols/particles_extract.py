@@ -171,13 +171,17 @@ def register_particles(ctx) -> dict:
     """Controller step: write output ``particles`` from the extraction steps.
 
     Particles keep their coordinate's id; they are in micrograph order, then coordinate
-    order. Returns ``{"count", "per_micrograph": {id: n}, "rejected": [{"micrograph_id",
+    order. ``coord_x``/``coord_y`` are the box centres (the nearest pixel of the picked
+    position, RELION's ``rlnCoordinateX/Y``) and ``shift_x``/``shift_y`` the remainder in
+    Å with RELION 3.1's origin sign: picked position = coord − shift / pixel size.
+
+    Returns ``{"count", "per_micrograph": {id: n}, "rejected": [{"micrograph_id",
     "reason"}], "dropped_outside", "dropped_edge": counts, "dropped_ids": [{"id",
     "reason"}] (the first 1000), "padded", "no_coordinates": [micrograph ids],
     "coordinates_without_micrograph", "backend"}``. Raises HpcemError when every
     micrograph with coordinates was rejected.
     """
-    from hpcem.particles.extract import shifts_A
+    from hpcem.particles.extract import nearest_pixel, shifts_A
 
     p = ctx.params
     micrographs = ctx.input("micrographs")
@@ -250,15 +254,20 @@ def register_particles(ctx) -> dict:
             rows = np.concatenate(parts["rows"])
             groups_col = np.concatenate(parts["group"])
             xy = np.stack([ccols["x"][rows], ccols["y"][rows]], 1).astype(np.float64)
-            pixel = np.array([pixel_of_group[int(g)] for g in groups_col])
+            group_ids = np.array(sorted(pixel_of_group), dtype=np.int64)
+            pixels = np.array([pixel_of_group[g] for g in group_ids.tolist()])
+            pixel = pixels[np.searchsorted(group_ids, groups_col)]
+            # the box centre (RELION's rlnCoordinateX) and the remainder as its origin:
+            # the picked position is coord - shift / pixel size
+            centres = nearest_pixel(xy)
             shifts = shifts_A(xy, 1.0) * pixel[:, None]
             columns = {
                 "id": np.asarray(ccols["id"], dtype=np.int64)[rows],
                 "image": parts["image"],
                 "image_index": np.concatenate(parts["index"]),
                 "micrograph_id": np.concatenate(parts["mic"]),
-                "coord_x": ccols["x"][rows],
-                "coord_y": ccols["y"][rows],
+                "coord_x": centres[:, 0].astype(np.float32),
+                "coord_y": centres[:, 1].astype(np.float32),
                 "coord_score": ccols["score"][rows],
                 "shift_x": shifts[:, 0],
                 "shift_y": shifts[:, 1],

@@ -427,16 +427,20 @@ def test_protocol_registers_particles_with_their_lineage(project, tmp_path, monk
     cols = particles.read_columns()
     assert list(cols["id"]) == list(range(100, 108))  # the coordinates' ids: lineage
     assert list(cols["micrograph_id"]) == [11] * 8 and list(cols["image_index"]) == list(range(8))
-    np.testing.assert_array_equal(cols["coord_x"], xy[:8, 0].astype(np.float32))
-    np.testing.assert_array_equal(cols["coord_y"], xy[:8, 1].astype(np.float32))
+    # coord = the box centre, the nearest pixel (RELION's rlnCoordinateX/Y), and the
+    # remainder as an origin: picked position = coord - shift / pixel size
+    np.testing.assert_array_equal(cols["coord_x"], np.floor(xy[:8, 0] + 0.5))
+    np.testing.assert_array_equal(cols["coord_y"], np.floor(xy[:8, 1] + 0.5))
+    picked = (
+        np.stack([cols["coord_x"], cols["coord_y"]], 1)
+        - np.stack([cols["shift_x"], cols["shift_y"]], 1) / PIXEL_A
+    )
+    np.testing.assert_allclose(picked, xy[:8], atol=1e-4)
     np.testing.assert_allclose(cols["coord_score"], np.linspace(0, 1, 15)[:8], rtol=1e-6)
     assert set(cols["defocus_u"]) == {15000.0} and set(cols["defocus_angle"]) == {30.0}
     np.testing.assert_allclose(cols["ctf_fit_resolution"], 4.5)
     np.testing.assert_allclose(cols["ctf_fit_score"], 0.9, rtol=1e-6)
     assert list(cols["edge_padded"]) == [0] * 8 and list(cols["optics_group"]) == [1] * 8
-    np.testing.assert_allclose(
-        np.stack([cols["shift_x"], cols["shift_y"]], 1), ex.shifts_A(xy[:8], PIXEL_A), atol=1e-4
-    )
     # binned 96 -> 48: twice the pixel size, in the optics and in the stack header
     assert float(particles.optics["pixel_size_A"][0]) == pytest.approx(2 * PIXEL_A)
     assert int(particles.optics["image_size_px"][0]) == 48
