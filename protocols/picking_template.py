@@ -20,10 +20,11 @@ from __future__ import annotations
 from hpcem.errors import ItemRejected, ValidationError
 from hpcem.protocol import Citation, Input, Output, Param, Protocol, Step
 
-#: Default ``threshold`` (NCC), from measurements (docs/protocols/picking_template.md):
-#: the highest maxima of empty simulated micrographs (noise, ice) score 0.33-0.41,
-#: particles of simulated micrographs at SNR 0.1 0.64-0.92.
-DEFAULT_THRESHOLD = 0.45
+#: Default ``threshold`` (NCC), from measurements (scripts/figures_template.py, see
+#: docs/protocols/picking_template.md): the highest maxima of empty simulated micrographs
+#: (ice and noise, 1024² and 4096²) score 0.40-0.46, particles of simulated micrographs at
+#: SNR 0.1 0.67-0.90 (and above 0.6 at SNR 0.05): 0.5 leaves empty micrographs empty.
+DEFAULT_THRESHOLD = 0.5
 
 ROSEMAN_2003 = Citation(
     "Roseman2003",
@@ -250,10 +251,11 @@ class PickTemplate(Protocol):
             DEFAULT_THRESHOLD,
             min=-1.0,
             max=1.0,
-            help="Keep maxima whose NCC (-1..1) exceeds this. Measured: the highest "
-            "maxima of empty simulated micrographs score 0.33-0.41, particles at SNR "
-            "0.1 0.64-0.92; a real EPU micrograph's picks 0.26-0.56 (lower it for real "
-            "data; docs/protocols/picking_template.md).",
+            help="Keep maxima whose NCC (-1..1) exceeds this. Measured on simulated "
+            "micrographs: the highest maxima of empty ones score 0.40-0.46, particles at "
+            "SNR 0.1 0.67-0.90. Real micrographs score lower (coloured noise, imperfect "
+            "templates): 0.35 picked a real EPU micrograph well "
+            "(docs/protocols/picking_template.md).",
         ),
         Param.float(
             "min_distance_A",

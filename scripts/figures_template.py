@@ -135,7 +135,7 @@ def _real(out: Path, numbers: dict) -> None:
         "random_mean": round(float(random_means.mean()), 3),
         "random_sd": round(float(random_means.std()), 3),
     }
-    for t in (0.3, REAL_THRESHOLD, 0.4, 0.45):
+    for t in (0.3, REAL_THRESHOLD, 0.4, 0.45, 0.5):
         keep = r["scores"] > t
         means = disc_means(r["xy"][keep] / np.array(r["scale"]))
         real[f"{t:.2f}"] = {
