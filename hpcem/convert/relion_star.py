@@ -234,14 +234,25 @@ def _parse_loop(
     columns: dict[str, np.ndarray] = {}
     for i, lab in enumerate(labels):
         col = df.iloc[:, i]
-        if i in text_idx or col.dtype.kind not in "fiub":
+        if i in text_idx:
             columns[lab] = col.to_numpy(dtype=object, na_value="")
+        elif col.dtype.kind not in "fiub":
+            columns[lab] = _maybe_numeric(col.to_numpy(dtype=object, na_value=""))
         else:
             columns[lab] = col.to_numpy()
     return columns
 
 
 _ROW_RE = re.compile(rb"^[ \t]*[^\s#]", re.MULTILINE)
+
+
+def _maybe_numeric(col: np.ndarray) -> np.ndarray:
+    """A text column that is numbers apart from C's ``-nan``/``inf`` spellings (which
+    pandas' parser leaves as text) -> float64; other text stays text."""
+    try:
+        return col.astype(np.float64)
+    except (ValueError, TypeError):
+        return col
 
 
 def _has_rows(data: bytes, start: int, end: int) -> bool:
