@@ -54,6 +54,8 @@ EDGE_MODES = ("drop", "pad")
 INSIDE, CROSSES_EDGE, OUTSIDE = 0, 1, 2
 #: RELION warns and skips the division for a background this flat.
 MIN_SD = 1e-10
+#: Boxes transformed at once when phase flipping or binning (bounds the memory).
+FFT_CHUNK = 64
 
 
 def default_bg_radius(box_px: int) -> int:
@@ -337,6 +339,28 @@ def cut_and_normalise(
 
 
 # --- the whole pipeline ----------------------------------------------------------------------
+def _process_chunk(
+    image, centres, padded, box_px, pixel_size_A, rescaled_box_px, ctf, mean,
+    normalize, radius, ramp, dust_sd, invert, rng,
+) -> tuple[np.ndarray, int]:  # fmt: skip
+    """The general pipeline (phase flip, binning, dust) on some boxes of one micrograph."""
+    if ctf is not None:
+        boxes = cut_boxes_numpy(image, centres, box_px, fill=mean)
+        boxes = phase_flip(boxes, pixel_size_A, ctf)
+        if padded.any():
+            boxes[padded] = refill_edges(boxes[padded], centres[padded], image.shape)
+    else:
+        boxes = cut_boxes(image, centres, box_px)
+    if rescaled_box_px:
+        boxes = fourier_crop(boxes, rescaled_box_px)
+    dust = remove_dust(boxes, dust_sd, radius, rng) if dust_sd > 0 else 0
+    if normalize:
+        normalise_boxes(boxes, radius, ramp, invert)
+    elif invert:
+        boxes *= -1.0
+    return boxes, dust
+
+
 @dataclasses.dataclass
 class Extraction:
     """The particles of one micrograph: ``stack`` (n_kept, box, box) float32, ``kept``
@@ -404,21 +428,17 @@ def extract_particles(
     if simple:
         stack = cut_and_normalise(image, c, box_size_px, radius, ramp, normalize, invert_contrast)
     else:
-        if ctf is not None:
-            stack = cut_boxes_numpy(image, c, box_size_px, fill=float(image.mean()))
-            stack = phase_flip(stack, pixel_size_A, ctf)
-            if padded.any():
-                stack[padded] = refill_edges(stack[padded], c[padded], (ny, nx))
-        else:
-            stack = cut_boxes(image, c, box_size_px)
-        if rescaled_box_px:
-            stack = fourier_crop(stack, rescaled_box_px)
-        if dust_sd > 0:
-            dust = remove_dust(stack, dust_sd, radius, np.random.default_rng(seed))
-        if normalize:
-            normalise_boxes(stack, radius, ramp, invert_contrast)
-        elif invert_contrast:
-            stack *= -1.0
+        # A chunk of boxes at a time: the Fourier transforms are complex128, 4x the boxes.
+        stack = np.empty((len(c), out_box, out_box), dtype=np.float32)
+        mean = float(image.mean()) if ctf is not None else 0.0
+        rng = np.random.default_rng(seed)
+        for lo in range(0, len(c), FFT_CHUNK):
+            part = slice(lo, lo + FFT_CHUNK)
+            stack[part], n_dust = _process_chunk(
+                image, c[part], padded[part], box_size_px, pixel_size_A, rescaled_box_px,
+                ctf, mean, normalize, radius, ramp, dust_sd, invert_contrast, rng,
+            )  # fmt: skip
+            dust += n_dust
     return Extraction(
         stack=np.ascontiguousarray(stack, dtype=np.float32),
         kept=kept,

@@ -506,3 +506,14 @@ def test_numpy_fallback_gives_the_same_particles(monkeypatch):
     fallback = ex.extract_particles(image, xy, 64, PIXEL_A, edge="pad")
     np.testing.assert_allclose(fallback.stack, compiled.stack, atol=2e-5)
     np.testing.assert_array_equal(fallback.kept, compiled.kept)
+
+
+def test_boxes_transformed_in_chunks_equal_all_at_once(monkeypatch):
+    image, truth = _micrograph()
+    xy = np.vstack([truth["coordinates_px"], [[10.0, 200.3]]])
+    kw = {"rescaled_box_px": 32, "ctf": CTF, "edge": "pad", "dust_sd": 4.0}
+    whole = ex.extract_particles(image, xy, 64, PIXEL_A, **kw)
+    monkeypatch.setattr(ex, "FFT_CHUNK", 3)
+    chunked = ex.extract_particles(image, xy, 64, PIXEL_A, **kw)
+    assert len(xy) > 3 * ex.FFT_CHUNK
+    np.testing.assert_array_equal(chunked.stack, whole.stack)
