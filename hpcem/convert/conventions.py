@@ -184,20 +184,29 @@ def euler_to_cryosparc_pose(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
     Equal to ``matrix_to_cryosparc_pose(euler_zyz_to_matrix(...))`` (tested), through
     the quaternion written in :func:`cryosparc_pose_to_euler`; the angle is in [0, π].
     """
-    a = np.deg2rad(np.asarray(rot_deg, dtype=np.float64))
-    b = np.deg2rad(np.asarray(tilt_deg, dtype=np.float64))
-    g = np.deg2rad(np.asarray(psi_deg, dtype=np.float64))
-    a, b, g = np.broadcast_arrays(a, b, g)
-    cb, sb = np.cos(b / 2.0), np.sin(b / 2.0)
-    s, d = (a + g) / 2.0, (g - a) / 2.0
+    rot, tilt, psi = np.broadcast_arrays(
+        np.asarray(rot_deg, dtype=np.float64),
+        np.asarray(tilt_deg, dtype=np.float64),
+        np.asarray(psi_deg, dtype=np.float64),
+    )
+    half = np.pi / 360.0  # degrees -> half angle in radians
+    t = tilt * half
+    s = (rot + psi) * half
+    d = (psi - rot) * half
+    cb, sb = np.cos(t), np.sin(t)
     qw, qz = cb * np.cos(s), cb * np.sin(s)
     qx, qy = sb * np.sin(d), sb * np.cos(d)
-    sign = np.where(qw < 0, -1.0, 1.0)  # the same rotation with its angle in [0, pi]
-    qw, qx, qy, qz = qw * sign, qx * sign, qy * sign, qz * sign
     norm_v = np.sqrt(qx * qx + qy * qy + qz * qz)
-    theta = 2.0 * np.arctan2(norm_v, qw)
-    ratio = np.where(norm_v > 1e-12, theta / np.where(norm_v > 1e-12, norm_v, 1.0), 2.0)
-    return np.stack([qx * ratio, qy * ratio, qz * ratio], axis=-1)
+    # q and -q are the same rotation: take the one with qw >= 0 (angle in [0, pi])
+    theta = 2.0 * np.arctan2(norm_v, np.abs(qw))
+    small = norm_v <= 1e-12
+    ratio = np.divide(theta, norm_v, out=np.full(norm_v.shape, 2.0), where=~small)
+    ratio *= np.copysign(1.0, qw)
+    out = np.empty(qw.shape + (3,))
+    np.multiply(qx, ratio, out=out[..., 0])
+    np.multiply(qy, ratio, out=out[..., 1])
+    np.multiply(qz, ratio, out=out[..., 2])
+    return out
 
 
 def cryosparc_pose2d_to_psi(pose_rad) -> np.ndarray:

@@ -88,8 +88,11 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = len(values)
     if n == 0:
         return values[:0], np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
-    run_of_row = np.cumsum(np.isin(np.arange(n), starts)) - 1
+    head = np.empty(n, dtype=bool)
+    head[0] = True
+    np.not_equal(values[1:], values[:-1], out=head[1:])
+    starts = np.flatnonzero(head)
+    run_of_row = np.cumsum(head) - 1
     uniq, run_inverse = np.unique(values[starts], return_inverse=True)
     return uniq, run_inverse[run_of_row]
 
@@ -252,14 +255,16 @@ def _per_row(optics: Mapping[str, Any], key: str, group: np.ndarray, default: fl
 
 
 def new_uids(n: int) -> np.ndarray:
-    """``n`` distinct random 64-bit uids, as cryoSPARC gives every row of a dataset."""
+    """``n`` distinct random-looking 64-bit uids, as cryoSPARC gives every row.
+
+    ``start + i × step`` modulo 2**64 with a random odd ``step``: distinct within the file
+    by construction (an odd step is invertible modulo 2**64), random across files.
+    """
     rng = np.random.default_rng()
-    top = np.iinfo(np.uint64).max
-    while True:
-        uids = rng.integers(1, top, size=n, dtype=np.uint64, endpoint=True)
-        ordered = np.sort(uids)
-        if not np.any(ordered[1:] == ordered[:-1]):  # a collision among 2**64: draw again
-            return uids
+    start, step = rng.integers(0, np.iinfo(np.uint64).max, size=2, dtype=np.uint64)
+    step |= np.uint64(1)
+    with np.errstate(over="ignore"):
+        return start + np.arange(n, dtype=np.uint64) * step
 
 
 def _encode_paths(values: Any) -> np.ndarray:
