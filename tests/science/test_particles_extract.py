@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import math
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -517,3 +518,65 @@ def test_boxes_transformed_in_chunks_equal_all_at_once(monkeypatch):
     chunked = ex.extract_particles(image, xy, 64, PIXEL_A, **kw)
     assert len(xy) > 3 * ex.FFT_CHUNK
     np.testing.assert_array_equal(chunked.stack, whole.stack)
+
+
+OPTIONS = {
+    "box_size_px": 32,
+    "rescaled_box_px": 0,
+    "phase_flip": False,
+    "normalize": True,
+    "bg_radius_px": 0,
+    "ramp": True,
+    "dust_sd": 0.0,
+    "invert_contrast": True,
+    "edge": "drop",
+}
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", r"truncated"),
+        ("nan", r"3 NaN pixels"),
+        ("constant", r"constant image"),
+        ("missing", r"cannot read"),
+        ("pixel", r"header pixel size 1\.5000 Å differs from the given 2\.0000 Å"),
+    ],
+)
+def test_unreadable_micrograph_is_rejected_naming_it(tmp_path, damage, message):
+    from hpcem.protocols.particles_extract import extract_one
+
+    image = np.random.default_rng(7).normal(size=(128, 128)).astype(np.float32)
+    if damage == "nan":
+        image[5, :3] = np.nan
+    if damage == "constant":
+        image[:] = 2.0
+    path = tmp_path / "m.mrc"
+    if damage != "missing":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile: header stats of NaN
+            write_mrc(path, image, PIXEL_A)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-100])
+    pixel = 2.0 if damage == "pixel" else PIXEL_A
+    coords = {"x": [64.0], "y": [64.0]}
+    with pytest.raises(ItemRejected, match=rf"^micrograph 5: .*{message}"):
+        extract_one(str(path), 5, pixel, coords, None, OPTIONS, str(tmp_path / "s.mrcs"))
+
+
+def test_coordinates_of_other_pixel_size_are_refused(project, tmp_path):
+    from hpcem.execution import runs as lifecycle
+
+    inputs, _, _ = _project_inputs(project, tmp_path)
+    binned = _finished_run(
+        project,
+        "test.pick_binned",
+        "coordinates",
+        "hpcem.SetOfCoordinates",
+        {"micrograph_id": [11], "x": [50.0], "y": [50.0]},
+        OPTICS | {"pixel_size_A": [2 * PIXEL_A]},
+    )
+    with pytest.raises(ValidationError, match="coordinates are in pixels of 3 Å but the"):
+        lifecycle.create_run(
+            project, "particles.extract", {"box_size_px": 64}, inputs | {"coordinates": binned}
+        )
