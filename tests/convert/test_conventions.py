@@ -341,3 +341,24 @@ def test_euler_matrix_and_origin_sign_against_relion_project(tmp_path):
     # the opposite sign or the transposed matrix would be off by pixels
     wrong = np.einsum("nji,j->ni", cv.euler_zyz_to_matrix(rot, tilt, psi), blob)[:, :2]
     assert np.abs(wrong - expected).max() > 2.0
+
+
+def test_docs_name_every_rule_and_existing_tests():
+    """docs/conventions.md names every public function of the conventions module, and
+    every test it cites exists."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "conventions.md").read_text()
+    public = [
+        name
+        for name, fn in inspect.getmembers(cv, inspect.isfunction)
+        if not name.startswith("_") and fn.__module__ == cv.__name__
+    ]
+    assert [name for name in public if not re.search(rf"`{name}[`(]", doc)] == []
+    sources = "".join(p.read_text() for p in (root / "tests").rglob("test_*.py"))
+    cited = set(re.findall(r"\b(test_[a-z0-9_]+)\b", doc)) - {"test_conventions", "test_boxfiles"}
+    cited -= {"test_ctf_relion"}  # a file name (tests/science/test_ctf_relion.py)
+    assert sorted(t for t in cited if f"def {t}(" not in sources) == []
