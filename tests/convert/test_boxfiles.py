@@ -241,3 +241,14 @@ def test_box_files_we_write_are_extracted_centred_by_relion(tmp_path):
     np.testing.assert_array_equal(table["rlnCoordinateY"], centres[:, 1])
     back = read_box(tmp_path / "mic1.box")
     np.testing.assert_array_equal(np.c_[back.columns["x"], back.columns["y"]], centres)
+
+
+def test_picks_store_as_an_hpcem_set(shared_data, project):
+    conv = read_cbox(_cbox(shared_data, CBOX[1]), micrograph_names={"TcdA1-0019_frames_sum.mrc": 4})
+    run = project.create_run("import.coordinates")
+    with project.create_set(run.id, "coordinates", conv.set_type) as writer:
+        writer.append_columns(conv.columns)
+    stored = project.open_set(run.id, "coordinates")
+    assert len(stored) == len(conv)
+    np.testing.assert_allclose(stored.column("x"), conv.columns["x"], rtol=1e-7)
+    assert set(stored.column("micrograph_id")) == {4}

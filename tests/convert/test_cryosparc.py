@@ -340,3 +340,18 @@ def test_not_a_cs_file_and_inconsistent_group(shared_data, tmp_path):
         np.save(fh, raw)
     with pytest.raises(DataFormatError, match=r"row 4: pixel_size_A .* exposure group 23"):
         read_particles_cs(mixed)
+
+
+def test_particles_from_cs_store_as_an_hpcem_set(shared_data, project):
+    """The columns and optics are real PARTICLE/ACQUISITION fields: a set stores them."""
+    conv = read_particles_cs(_cs(shared_data, "cryosparc_P12_J24_001_particles.cs"), root="/cs/P12")
+    run = project.create_run("import.particles")
+    with project.create_set(run.id, "particles", conv.set_type) as writer:
+        writer.set_optics(conv.optics)
+        writer.append_columns(conv.columns)
+    stored = project.open_set(run.id, "particles")
+    assert len(stored) == 2019
+    np.testing.assert_allclose(stored.column("defocus_u"), conv.columns["defocus_u"], rtol=1e-7)
+    np.testing.assert_allclose(stored.column("rot"), conv.columns["rot"], atol=1e-4)
+    assert stored.column("image")[0] == conv.columns["image"][0]
+    assert stored.optics["pixel_size_A"].tolist() == pytest.approx([2.95])

@@ -217,3 +217,14 @@ def test_writer_needs_one_set_of_optics(tmp_path):
     }
     with pytest.raises(ValidationError, match="pixel_size_A"):
         write_ctffind_txt(tmp_path / "x.txt", cols, optics)
+
+
+def test_ctfs_store_as_an_hpcem_set(shared_data, project):
+    conv = read_ctffind_txt(shared_data / ASPIRE, micrograph_id=0)
+    run = project.create_run("import.ctfs")
+    with project.create_set(run.id, "ctfs", conv.set_type) as writer:
+        writer.set_optics(conv.optics)
+        writer.append_columns(conv.columns)
+    stored = project.open_set(run.id, "ctfs")
+    assert stored.column("defocus_u")[0] == pytest.approx(9982.5029)
+    assert stored.column("estimator")[0] == "CTFFIND 4.1.14"
