@@ -1,11 +1,14 @@
 """``hpcem demo``: the pre-processing workflow on simulated movies, on this machine.
 
 Creates a project, simulates movies of a real particle (the PDB model shipped with
-hpcem) with known drift and CTF, then runs, one after the other on the local executor
-(one step per item, in parallel): ``import.movies`` → ``motion.align`` (global) →
-``ctf.estimate`` and ``ctf.fit2d`` → ``ctf.consensus``. It prints, per micrograph, the
-alignment error and both strategies' defocus U and V errors (separately) and astigmatism
-angle errors against the ground truth, and ends with ``hpcem status``.
+hpcem) with known drift, CTF and particle positions, then runs, one after the other on
+the local executor (one step per item, in parallel): ``import.movies`` → ``motion.align``
+(global) → ``ctf.estimate`` and ``ctf.fit2d`` → ``ctf.consensus`` → ``picking.dog`` and
+``picking.template`` (templates from a reference map, CTF-aware) → ``picking.consensus``
+→ ``particles.extract``. It prints, per micrograph, the alignment error and both
+strategies' defocus U and V errors and astigmatism angle errors against the ground
+truth, then precision, recall and F1 of each picker and of the consensus, the extracted
+particles' centre error, and ends with ``hpcem status``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def _angle_error(a: float, b: float) -> float:
 @click.option("--seed", default=2026, show_default=True, help="Random seed of the simulation.")
 def demo_cmd(path, n, frames, size, pixel_size_A, workers, seed):
     """Run the demo workflow in PATH (default ./hpcem-demo): simulate movies, import,
-    align, estimate the CTF two ways, put them to a consensus, compare with the truth.
+    align, estimate the CTF two ways and put them to a consensus, pick particles two ways
+    and put them to a consensus, extract the particles; compare each step with the truth.
 
     A folder left by an earlier demo is replaced; any other existing folder is refused.
     """
