@@ -339,26 +339,38 @@ def cut_and_normalise(
 
 
 # --- the whole pipeline ----------------------------------------------------------------------
-def _process_chunk(
-    image, centres, padded, box_px, pixel_size_A, rescaled_box_px, ctf, mean,
-    normalize, radius, ramp, dust_sd, invert, rng,
-) -> tuple[np.ndarray, int]:  # fmt: skip
-    """The general pipeline (phase flip, binning, dust) on some boxes of one micrograph."""
-    if ctf is not None:
-        boxes = cut_boxes_numpy(image, centres, box_px, fill=mean)
-        boxes = phase_flip(boxes, pixel_size_A, ctf)
-        if padded.any():
-            boxes[padded] = refill_edges(boxes[padded], centres[padded], image.shape)
-    else:
-        boxes = cut_boxes(image, centres, box_px)
-    if rescaled_box_px:
-        boxes = fourier_crop(boxes, rescaled_box_px)
-    dust = remove_dust(boxes, dust_sd, radius, rng) if dust_sd > 0 else 0
-    if normalize:
-        normalise_boxes(boxes, radius, ramp, invert)
-    elif invert:
-        boxes *= -1.0
-    return boxes, dust
+@dataclasses.dataclass(frozen=True)
+class _Steps:
+    """The settings of the general pipeline (phase flip, binning, dust) for one micrograph."""
+
+    box_px: int
+    pixel_size_A: float
+    rescaled_box_px: int
+    ctf: dict | None
+    fill: float  # outside pixels before phase flipping: the micrograph's mean
+    normalize: bool
+    radius: int
+    ramp: bool
+    dust_sd: float
+    invert: bool
+
+    def run(self, image, centres, padded, rng) -> tuple[np.ndarray, int]:
+        """Boxes at ``centres`` through every step; returns them and the dust count."""
+        if self.ctf is not None:
+            boxes = cut_boxes_numpy(image, centres, self.box_px, fill=self.fill)
+            boxes = phase_flip(boxes, self.pixel_size_A, self.ctf)
+            if padded.any():
+                boxes[padded] = refill_edges(boxes[padded], centres[padded], image.shape)
+        else:
+            boxes = cut_boxes(image, centres, self.box_px)
+        if self.rescaled_box_px:
+            boxes = fourier_crop(boxes, self.rescaled_box_px)
+        dust = remove_dust(boxes, self.dust_sd, self.radius, rng) if self.dust_sd > 0 else 0
+        if self.normalize:
+            normalise_boxes(boxes, self.radius, self.ramp, self.invert)
+        elif self.invert:
+            boxes *= -1.0
+        return boxes, dust
 
 
 @dataclasses.dataclass
@@ -429,15 +441,23 @@ def extract_particles(
         stack = cut_and_normalise(image, c, box_size_px, radius, ramp, normalize, invert_contrast)
     else:
         # A chunk of boxes at a time: the Fourier transforms are complex128, 4x the boxes.
+        steps = _Steps(
+            box_size_px,
+            pixel_size_A,
+            rescaled_box_px,
+            ctf,
+            float(image.mean()) if ctf is not None else 0.0,
+            normalize,
+            radius,
+            ramp,
+            dust_sd,
+            invert_contrast,
+        )
         stack = np.empty((len(c), out_box, out_box), dtype=np.float32)
-        mean = float(image.mean()) if ctf is not None else 0.0
         rng = np.random.default_rng(seed)
         for lo in range(0, len(c), FFT_CHUNK):
             part = slice(lo, lo + FFT_CHUNK)
-            stack[part], n_dust = _process_chunk(
-                image, c[part], padded[part], box_size_px, pixel_size_A, rescaled_box_px,
-                ctf, mean, normalize, radius, ramp, dust_sd, invert_contrast, rng,
-            )  # fmt: skip
+            stack[part], n_dust = steps.run(image, c[part], padded[part], rng)
             dust += n_dust
     return Extraction(
         stack=np.ascontiguousarray(stack, dtype=np.float32),
