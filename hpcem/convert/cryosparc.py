@@ -285,6 +285,8 @@ def write_particles_cs(
     optics: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
     alignments: str | None = None,
+    micrograph_path: Any = None,
+    micrograph_shape: Any = None,
 ) -> None:
     """Write PARTICLE columns as a cryoSPARC particle ``.cs`` (loads in cryosparc-tools).
 
@@ -300,6 +302,11 @@ def write_particles_cs(
     alignments
         ``"alignments3D"``, ``"alignments2D"`` or None (default: 3D when the columns
         have ``rot``/``tilt``, 2D when only ``psi``, none otherwise).
+    micrograph_path, micrograph_shape
+        Where the particles were picked, for ``location/*``: the micrograph file of each
+        row, and the micrograph's ``(ny, nx)`` (one pair, or one per row). With the
+        ``coord_x/coord_y`` columns they give ``location/center_*_frac``; without them
+        the same fields of ``extra`` are used, if any.
     """
     for name in ("image", "image_index"):
         if name not in columns:
@@ -341,8 +348,17 @@ def write_particles_cs(
             out["ctf/ctf_fit_to_A"] = np.asarray(columns["ctf_fit_resolution"], np.float32)
         if "ctf_fit_score" in columns:
             out["ctf/cross_corr_ctffind4"] = np.asarray(columns["ctf_fit_score"], np.float32)
-    if "coord_x" in columns and "location/micrograph_shape" in extra:
-        shape = np.asarray(extra["location/micrograph_shape"]).reshape(n, -1)
+    if micrograph_shape is None:
+        micrograph_shape = extra.get("location/micrograph_shape")
+    if micrograph_path is None:
+        micrograph_path = extra.get("location/micrograph_path")
+    if "coord_x" in columns and micrograph_shape is not None:
+        shape = np.broadcast_to(np.asarray(micrograph_shape, dtype=np.uint32), (n, 2))
+        if micrograph_path is not None:
+            paths = np.asarray(micrograph_path)
+            paths = np.broadcast_to(paths, (n,)) if paths.ndim == 0 else paths
+            out["location/micrograph_path"] = _encode_paths(paths)
+        out["location/micrograph_shape"] = np.ascontiguousarray(shape)
         out["location/center_x_frac"] = cv.px_to_cryosparc_frac(
             columns["coord_x"], shape[:, 1]
         ).astype(np.float32)

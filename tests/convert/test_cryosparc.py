@@ -355,3 +355,28 @@ def test_particles_from_cs_store_as_an_hpcem_set(shared_data, project):
     np.testing.assert_allclose(stored.column("rot"), conv.columns["rot"], atol=1e-4)
     assert stored.column("image")[0] == conv.columns["image"][0]
     assert stored.optics["pixel_size_A"].tolist() == pytest.approx([2.95])
+
+
+def test_particle_locations_written_and_read_back(tmp_path):
+    """Coordinates go out as fractions of (nx, ny) and come back; cryosparc-tools loads."""
+    from cryosparc.dataset import Dataset
+
+    n = 3
+    cols = {
+        "image": np.array(["p.mrcs"] * n, object),
+        "image_index": np.arange(n),
+        "coord_x": np.array([100.0, 2880.0, 5000.0]),
+        "coord_y": np.array([50.0, 2048.0, 4000.0]),
+    }
+    optics = {"optics_group": np.array([1]), "pixel_size_A": np.array([0.83])}
+    out = tmp_path / "located.cs"
+    mics = np.array(["J2/mic_a.mrc", "J2/mic_a.mrc", "J2/mic_b.mrc"], object)
+    write_particles_cs(out, cols, optics, micrograph_path=mics, micrograph_shape=(4096, 5760))
+    dataset = Dataset.load(out)
+    np.testing.assert_allclose(dataset["location/center_x_frac"], cols["coord_x"] / 5760, rtol=1e-7)
+    np.testing.assert_allclose(dataset["location/center_y_frac"], cols["coord_y"] / 4096, rtol=1e-7)
+    assert list(dataset["location/micrograph_path"]) == list(mics)
+    back = read_particles_cs(out, micrograph_names={"Micrographs/mic_a.mrc": 1, "mic_b.mrc": 2})
+    np.testing.assert_allclose(back.columns["coord_x"], cols["coord_x"], rtol=1e-6)
+    np.testing.assert_allclose(back.columns["coord_y"], cols["coord_y"], rtol=1e-6)
+    assert back.columns["micrograph_id"].tolist() == [1, 1, 2]
