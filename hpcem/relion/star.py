@@ -64,3 +64,46 @@ def read_loop(path: str | os.PathLike, block: str | None = None, required=()) ->
     if missing:
         raise DataFormatError(f"{path}: no column(s) {', '.join('_' + c for c in missing)}")
     return {c: frame[c].to_numpy() for c in frame.columns}
+
+
+def particles_blocks(
+    columns: Mapping, optics: Mapping, image_paths, half_sets=None
+) -> dict[str, dict]:
+    """RELION 3.1 ``data_optics`` and ``data_particles`` tables of a particle set.
+
+    ``columns``: the set's columns (``image_index``, angles, ``shift_x/y`` in Å with
+    RELION 3.1's sign, CTF, ``optics_group``); ``optics``: its optics table (pixel size
+    and ``image_size_px`` of the boxes); ``image_paths``: each particle's stack as
+    RELION should open it (relative to RELION's working folder); ``half_sets``: the
+    ``_rlnRandomSubset`` of each particle (None: not written). Vectorised: one array per
+    column.
+    """
+    n_groups = len(optics["optics_group"])
+    optics_cols = {
+        "rlnOpticsGroupName": [f"opticsGroup{int(g)}" for g in optics["optics_group"]],
+        "rlnOpticsGroup": np.asarray(optics["optics_group"], dtype=np.int64),
+        "rlnVoltage": np.asarray(optics["voltage_kV"], dtype=np.float64),
+        "rlnSphericalAberration": np.asarray(optics["spherical_aberration_mm"], np.float64),
+        "rlnAmplitudeContrast": np.asarray(optics["amplitude_contrast"], np.float64),
+        "rlnImagePixelSize": np.asarray(optics["pixel_size_A"], np.float64),
+        "rlnImageSize": np.asarray(optics["image_size_px"], dtype=np.int64),
+        "rlnImageDimensionality": np.full(n_groups, 2, dtype=np.int64),
+    }
+    index = np.asarray(columns["image_index"], dtype=np.int64) + 1
+    names = [f"{i:06d}@{p}" for i, p in zip(index, image_paths)]
+    parts = {
+        "rlnImageName": names,
+        "rlnAngleRot": np.asarray(columns["rot"], np.float64),
+        "rlnAngleTilt": np.asarray(columns["tilt"], np.float64),
+        "rlnAnglePsi": np.asarray(columns["psi"], np.float64),
+        "rlnOriginXAngst": np.asarray(columns["shift_x"], np.float64),
+        "rlnOriginYAngst": np.asarray(columns["shift_y"], np.float64),
+        "rlnDefocusU": np.asarray(columns["defocus_u"], np.float64),
+        "rlnDefocusV": np.asarray(columns["defocus_v"], np.float64),
+        "rlnDefocusAngle": np.asarray(columns["defocus_angle"], np.float64),
+        "rlnPhaseShift": np.asarray(columns["phase_shift"], np.float64),
+        "rlnOpticsGroup": np.asarray(columns["optics_group"], dtype=np.int64),
+    }
+    if half_sets is not None:
+        parts["rlnRandomSubset"] = np.asarray(half_sets, dtype=np.int64)
+    return {"optics": optics_cols, "particles": parts}

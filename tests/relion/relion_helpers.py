@@ -8,6 +8,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hpcem.execution import runs as lifecycle
@@ -90,7 +91,6 @@ def truth_sets(project, sim_run: int, truth: dict, with_ctfs: bool = True) -> di
     (score = 1 - index/100, ids from the store) and its true CTFs as ``ctfs``, with the
     micrographs of ``sim_run`` as their lineage. Returns ``{"coordinates": ref, "ctfs":
     ref}`` input references."""
-    import numpy as np
 
     mics = project.open_set(sim_run, "micrographs")
     by_name = {Path(str(p)).name: int(i) for p, i in zip(mics.column("image"), mics.column("id"))}
@@ -130,3 +130,79 @@ def truth_sets(project, sim_run: int, truth: dict, with_ctfs: bool = True) -> di
         _finish(project, run)
         refs["ctfs"] = f"{run}:ctfs"
     return refs
+
+
+def projected_particles(project, folder: Path, n: int = 600, pixel_A: float = 4.0, box: int = 48):
+    """A finished run whose output ``particles`` holds ``n`` projections of the shipped
+    model at random orientations and shifts (up to ±3 px), each multiplied by its own
+    CTF and contrast-inverted as extraction with ``invert_contrast`` leaves them, with
+    gaussian noise (sd half the signal's); poses, shifts (Å, RELION 3.1 sign: the centre
+    is at box centre − shift) and CTFs recorded, half sets 1, 2, 1, 2 ... Returns
+    ``(input reference, path of the true volume as MRC)``."""
+    import scipy.fft
+
+    from hpcem.ctf.model import ctf_2d
+    from hpcem.io import write_mrc
+    from hpcem.sim.projection import random_orientations
+    from hpcem.sim.volume import load_volume
+
+    volume = load_volume(None, pixel_A, box)
+    rng = np.random.default_rng(0)
+    angles = random_orientations(rng, n)
+    shifts_px = rng.uniform(-3.0, 3.0, size=(n, 2))
+    ft = volume.projector().project_ft(angles, shifts_px)
+    du = rng.uniform(10000.0, 25000.0, n)
+    dv = du - rng.uniform(0.0, 800.0, n)
+    da = rng.uniform(0.0, 180.0, n)
+    for i in range(n):
+        ft[i] *= ctf_2d((box, box), pixel_A, du[i], dv[i], da[i], half=True)
+    images = -scipy.fft.irfft2(ft, s=(box, box)).astype(np.float32)
+    images += rng.normal(0.0, 0.5 * images.std(), images.shape).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    stack = write_mrc(folder / "projections.mrcs", images, pixel_A, kind="stack", overwrite=True)
+    truth = write_mrc(folder / "truth.mrc", volume.data.astype(np.float32), pixel_A, overwrite=True)
+    run = _finished_run(project, "test.particles", "projections")
+    writer = project.create_set(run, "particles", "hpcem.SetOfParticles")
+    writer.set_optics(
+        {
+            "optics_group": [1],
+            "voltage_kV": [300.0],
+            "spherical_aberration_mm": [2.7],
+            "amplitude_contrast": [0.1],
+            "pixel_size_A": [pixel_A],
+            "image_size_px": [box],
+        }
+    )
+    writer.append_columns(
+        {
+            "image": [str(stack)] * n,
+            "image_index": np.arange(n),
+            "rot": angles[:, 0],
+            "tilt": angles[:, 1],
+            "psi": angles[:, 2],
+            "shift_x": -shifts_px[:, 0] * pixel_A,
+            "shift_y": -shifts_px[:, 1] * pixel_A,
+            "defocus_u": du,
+            "defocus_v": dv,
+            "defocus_angle": da,
+            "half_set": 1 + np.arange(n) % 2,
+        }
+    )
+    writer.close()
+    project.set_output(run, "particles", "hpcem.SetOfParticles", n)
+    _finish(project, run)
+    return f"{run}:particles", truth
+
+
+def fsc_curve(a, b):
+    """FSC of two cubic maps by shells of integer radius 1 .. N/2 (numpy, written here
+    from the definition as the test's outside reference)."""
+
+    fa, fb = np.fft.fftn(np.asarray(a, float)), np.fft.fftn(np.asarray(b, float))
+    n = fa.shape[0]
+    k = np.fft.fftfreq(n) * n
+    shell = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k**2)).astype(int)
+    num = np.bincount(shell.ravel(), (fa * np.conj(fb)).real.ravel())
+    den_a = np.bincount(shell.ravel(), (np.abs(fa) ** 2).ravel())
+    den_b = np.bincount(shell.ravel(), (np.abs(fb) ** 2).ravel())
+    return (num / np.sqrt(den_a * den_b))[1 : n // 2 + 1]
