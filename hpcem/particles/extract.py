@@ -64,10 +64,15 @@ def default_bg_radius(box_px: int) -> int:
     return int(0.375 * int(box_px))
 
 
+#: Where a NaN/Inf coordinate is put: far outside any micrograph (so it is dropped).
+_NOWHERE = -(2**40)
+
+
 def nearest_pixel(xy: np.ndarray) -> np.ndarray:
-    """Box centres (n, 2) int64: the nearest pixel ``floor(v + 0.5)`` of each (x, y)."""
+    """Box centres (n, 2) int64: the nearest pixel ``floor(v + 0.5)`` of each (x, y)
+    (a NaN or infinite coordinate gets a centre far outside every micrograph)."""
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    return np.floor(xy + 0.5).astype(np.int64)
+    return np.floor(np.where(np.isfinite(xy), xy, _NOWHERE) + 0.5).astype(np.int64)
 
 
 def shifts_A(xy: np.ndarray, pixel_size_A: float) -> np.ndarray:

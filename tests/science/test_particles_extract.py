@@ -84,10 +84,12 @@ def test_particle_sits_at_box_centre_minus_shift():
 def test_edges_dropped_or_padded_with_the_nearest_pixel():
     rng = np.random.default_rng(1)
     image = rng.normal(size=(100, 120)).astype(np.float32)
-    xy = np.array([[60.0, 50.0], [5.2, 50.0], [118.0, 97.0], [-3.0, 50.0], [60.0, 100.6]])
+    xy = np.array(
+        [[60.0, 50.0], [5.2, 50.0], [118.0, 97.0], [-3.0, 50.0], [60.0, 100.6], [np.nan, 9.0]]
+    )
     dropped = ex.extract_particles(image, xy, 32, PIXEL_A, edge="drop", **_plain())
     assert list(dropped.kept) == [0]
-    assert list(dropped.status) == [ex.INSIDE, ex.CROSSES_EDGE, ex.CROSSES_EDGE] + [ex.OUTSIDE] * 2
+    assert list(dropped.status) == [ex.INSIDE, ex.CROSSES_EDGE, ex.CROSSES_EDGE] + [ex.OUTSIDE] * 3
     padded = ex.extract_particles(image, xy, 32, PIXEL_A, edge="pad", **_plain())
     assert list(padded.kept) == [0, 1, 2] and list(padded.edge_padded) == [False, True, True]
     big = np.pad(image, 16, mode="edge")  # RELION: outside = nearest pixel inside
