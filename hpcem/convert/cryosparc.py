@@ -524,3 +524,96 @@ def read_micrograph_ctfs_cs(path: str | os.PathLike) -> Converted:
     if "ctf/type" in names:
         cols["estimator"] = _decode_paths(data["ctf/type"], None)
     return Converted("hpcem.SetOfCTFs", cols, {}, {}, os.fspath(path))
+
+
+def _ctf_rows(ctfs: Mapping[str, Any], micrograph_ids: np.ndarray | None, n: int) -> np.ndarray:
+    """Row of ``ctfs`` for each micrograph: by ``micrograph_id`` against the micrographs'
+    ``id`` when both are given, else by order (same length)."""
+    m = len(ctfs["defocus_u"])
+    if micrograph_ids is not None and "micrograph_id" in ctfs:
+        if m == 0:
+            raise ValidationError("write_micrographs_cs: the CTF set is empty")
+        ctf_ids = np.asarray(ctfs["micrograph_id"], dtype=np.int64)
+        order = np.argsort(ctf_ids, kind="stable")
+        pos = np.clip(np.searchsorted(ctf_ids, micrograph_ids, sorter=order), 0, m - 1)
+        rows = order[pos]
+        missing = ctf_ids[rows] != micrograph_ids
+        if np.any(missing):
+            bad = int(micrograph_ids[np.argmax(missing)])
+            raise ValidationError(f"write_micrographs_cs: micrograph {bad} has no CTF")
+        return rows
+    if m != n:
+        raise ValidationError(
+            f"write_micrographs_cs: {m} CTFs for {n} micrographs and no ids to match them"
+        )
+    return np.arange(n)
+
+
+def write_micrographs_cs(
+    path: str | os.PathLike,
+    columns: Mapping[str, Any],
+    optics: Mapping[str, Any],
+    micrograph_shape: Any,
+    ctfs: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write MICROGRAPH columns (and their CTFs) as a cryoSPARC exposures ``.cs``.
+
+    ``micrograph_shape``: ``(ny, nx)`` of every micrograph (one pair or one per row).
+    ``ctfs``: CTF_MODEL columns, matched to the micrographs by ``micrograph_id`` = ``id``
+    (or by order); the optics give voltage, Cs and amplitude contrast. ``extra``: per-row
+    ``.cs`` fields written as they are (e.g. from :func:`read_micrographs_cs`).
+    """
+    if "image" not in columns:
+        raise ValidationError("write_micrographs_cs: column 'image' is required")
+    extra = dict(extra or {})
+    n = len(columns["image"])
+    group = np.asarray(columns.get("optics_group", np.ones(n)), dtype=np.int64)
+    psize = _per_row(optics, "pixel_size_A", group, np.nan)
+    if np.any(~np.isfinite(psize)):
+        raise ValidationError("write_micrographs_cs: the optics table needs pixel_size_A")
+    uid = extra.get("uid")
+    out: dict[str, np.ndarray] = {
+        "uid": np.asarray(uid, np.uint64) if uid is not None and len(uid) == n else new_uids(n),
+        "micrograph_blob/path": _encode_paths(columns["image"]),
+        "micrograph_blob/idx": np.zeros(n, dtype=np.uint32),
+        "micrograph_blob/shape": np.ascontiguousarray(
+            np.broadcast_to(np.asarray(micrograph_shape, dtype=np.uint32), (n, 2))
+        ),
+        "micrograph_blob/psize_A": psize.astype(np.float32),
+    }
+    if ctfs is not None:
+        ids = np.asarray(columns["id"], dtype=np.int64) if "id" in columns else None
+        rows = _ctf_rows(ctfs, ids, n)
+        for key, cs_name in (
+            ("voltage_kV", "ctf/accel_kv"),
+            ("spherical_aberration_mm", "ctf/cs_mm"),
+            ("amplitude_contrast", "ctf/amp_contrast"),
+        ):
+            values = _per_row(optics, key, group, np.nan)
+            if np.any(~np.isfinite(values)):
+                raise ValidationError(f"write_micrographs_cs: the CTF needs {key} in the optics")
+            out[cs_name] = values.astype(np.float32)
+        out["ctf/exp_group_id"] = (group - 1).astype(np.uint32)
+        zeros = np.zeros(len(ctfs["defocus_u"]))
+        pick = {
+            "ctf/df1_A": np.asarray(ctfs["defocus_u"], np.float64),
+            "ctf/df2_A": np.asarray(ctfs["defocus_v"], np.float64),
+            "ctf/df_angle_rad": cv.deg_to_cryosparc_df_angle(ctfs.get("defocus_angle", zeros)),
+            "ctf/phase_shift_rad": np.deg2rad(np.asarray(ctfs.get("phase_shift", zeros), float)),
+        }
+        if "fit_resolution" in ctfs:
+            pick["ctf/ctf_fit_to_A"] = np.asarray(ctfs["fit_resolution"], np.float64)
+        if "fit_score" in ctfs:
+            pick["ctf/cross_corr_ctffind4"] = np.asarray(ctfs["fit_score"], np.float64)
+        for name, values in pick.items():
+            out[name] = values[rows].astype(np.float32)
+    for name, values in extra.items():
+        arr = np.asarray(values)
+        if name not in out and "/" in name and arr.ndim >= 1 and len(arr) == n:
+            out[name] = arr
+    table = np.empty(n, dtype=[(k, v.dtype, v.shape[1:]) for k, v in out.items()])
+    for name, arr in out.items():
+        table[name] = arr
+    with open(os.fspath(path), "wb") as fh:
+        np.save(fh, table, allow_pickle=False)

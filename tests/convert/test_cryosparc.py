@@ -18,9 +18,10 @@ from hpcem.convert.cryosparc import (
     read_micrograph_ctfs_cs,
     read_micrographs_cs,
     read_particles_cs,
+    write_micrographs_cs,
     write_particles_cs,
 )
-from hpcem.errors import DataFormatError
+from hpcem.errors import DataFormatError, ValidationError
 
 CS_FILES = (
     "empiar_10076_7.cs",
@@ -380,3 +381,42 @@ def test_particle_locations_written_and_read_back(tmp_path):
     np.testing.assert_allclose(back.columns["coord_x"], cols["coord_x"], rtol=1e-6)
     np.testing.assert_allclose(back.columns["coord_y"], cols["coord_y"], rtol=1e-6)
     assert back.columns["micrograph_id"].tolist() == [1, 1, 2]
+
+
+def test_exposures_written_read_back_and_loaded(tmp_path):
+    from cryosparc.dataset import Dataset
+
+    mics = {
+        "id": np.array([5, 6, 7]),
+        "image": np.array(["Motion/a.mrc", "Motion/b.mrc", "Motion/c.mrc"], object),
+        "optics_group": np.array([1, 1, 2]),
+    }
+    optics = {
+        "optics_group": np.array([1, 2]),
+        "pixel_size_A": np.array([0.83, 1.06]),
+        "voltage_kV": np.array([300.0, 200.0]),
+        "spherical_aberration_mm": np.array([2.7, 2.7]),
+        "amplitude_contrast": np.array([0.1, 0.07]),
+    }
+    ctfs = {  # in another order than the micrographs, matched by micrograph_id
+        "micrograph_id": np.array([7, 5, 6]),
+        "defocus_u": np.array([17000.0, 15000.0, 16000.0]),
+        "defocus_v": np.array([16500.0, 14000.0, 15800.0]),
+        "defocus_angle": np.array([-30.0, 12.5, 80.0]),
+        "fit_resolution": np.array([4.5, 3.2, 3.9]),
+    }
+    out = tmp_path / "exposures.cs"
+    write_micrographs_cs(out, mics, optics, (4096, 5760), ctfs=ctfs)
+    assert len(Dataset.load(out)) == 3
+    back = read_micrographs_cs(out)
+    assert back.columns["image"].tolist() == mics["image"].tolist()
+    assert back.columns["optics_group"].tolist() == [1, 1, 2]
+    assert back.optics["voltage_kV"].tolist() == [300.0, 200.0]
+    back_ctf = read_micrograph_ctfs_cs(out)
+    np.testing.assert_array_equal(back_ctf.columns["defocus_u"], [15000.0, 16000.0, 17000.0])
+    np.testing.assert_allclose(back_ctf.columns["defocus_angle"], [12.5, 80.0, -30.0], atol=1e-5)
+    np.testing.assert_allclose(back_ctf.columns["fit_resolution"], [3.2, 3.9, 4.5], rtol=1e-6)
+    with pytest.raises(ValidationError, match="micrograph 6 has no CTF"):
+        write_micrographs_cs(
+            out, mics, optics, (4096, 5760), ctfs={**ctfs, "micrograph_id": np.array([7, 5, 9])}
+        )
