@@ -57,9 +57,14 @@ _ALIGN_CONSUMED = ("pose", "shift", "class", "split")
 
 
 def load_cs(path: str | os.PathLike) -> np.ndarray:
-    """``np.load`` a ``.cs`` file, checking it is a 1-D structured array."""
+    """``np.load`` a ``.cs`` file, checking it is a 1-D structured array.
+
+    The header limit is raised (as pyem does): a ``.cs`` with per-class alignment fields
+    has a dtype description far over numpy's default 10,000 characters; with
+    ``allow_pickle=False`` nothing in the file is executed.
+    """
     try:
-        data = np.load(os.fspath(path), allow_pickle=False)
+        data = np.load(os.fspath(path), allow_pickle=False, max_header_size=10_000_000)
     except FileNotFoundError:
         raise DataFormatError(f"{path}: no such file") from None
     except (OSError, ValueError) as exc:

@@ -420,3 +420,16 @@ def test_exposures_written_read_back_and_loaded(tmp_path):
         write_micrographs_cs(
             out, mics, optics, (4096, 5760), ctfs={**ctfs, "micrograph_id": np.array([7, 5, 9])}
         )
+
+
+def test_wide_cs_header(tmp_path):
+    """A .cs with many per-class fields has a numpy header over the default 10,000 chars."""
+    fields = [("blob/path", "S10"), ("blob/idx", "<u4"), ("blob/psize_A", "<f4")]
+    fields += [(f"alignments_class_{k}/class_posterior", "<f4") for k in range(400)]
+    table = np.zeros(2, dtype=fields)
+    with open(tmp_path / "wide.cs", "wb") as fh:
+        np.save(fh, table)
+    with pytest.raises(ValueError, match="[Hh]eader"):
+        np.load(tmp_path / "wide.cs")  # what a plain np.load says
+    conv = read_particles_cs(tmp_path / "wide.cs")
+    assert len(conv) == 2 and "alignments_class_399/class_posterior" in conv.extra
