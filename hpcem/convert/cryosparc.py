@@ -126,6 +126,63 @@ def _alignment_prefix(names: tuple[str, ...]) -> str | None:
     return None
 
 
+def _best_class_alignment(path: Any, data: np.ndarray, names: tuple[str, ...]) -> tuple | None:
+    """Pose of each particle's most probable class in a multi-class ``.cs`` (as pyem).
+
+    cryoSPARC 4.5+ writes ``alignments3D_multi/*`` with one entry per class
+    (``pose`` ``(n, K, 3)``, ``shift`` ``(n, K, 2)``, ``class_posterior`` ``(n, K)``);
+    earlier versions ``alignments_class_<k>/*``. Returns ``(prefix, pose, shift, psize,
+    class, split)`` for the class of highest posterior, or None without such fields.
+    The per-class fields stay in ``extra``.
+    """
+    n = len(data)
+    rows = np.arange(n)
+    if "alignments3D_multi/pose" in names:
+        prefix = "alignments3D_multi"
+        need = tuple(f"{prefix}/{k}" for k in ("shift", "class_posterior"))
+        _require(path, names, need, "multi-class poses")
+        posterior = np.asarray(data[f"{prefix}/class_posterior"], np.float64).reshape(n, -1)
+        k = posterior.shape[1]
+        pose = np.asarray(data[f"{prefix}/pose"], np.float64).reshape(n, k, 3)
+        shift = np.asarray(data[f"{prefix}/shift"], np.float64).reshape(n, k, 2)
+        apix = np.asarray(
+            data[f"{prefix}/psize_A"] if f"{prefix}/psize_A" in names else data["blob/psize_A"],
+            np.float64,
+        )
+        split = data[f"{prefix}/split"] if f"{prefix}/split" in names else None
+    else:
+        classes = sorted(
+            int(name.split("/")[0].rsplit("_", 1)[1])
+            for name in names
+            if name.startswith("alignments_class_") and name.endswith("/pose")
+        )
+        if not classes:
+            return None
+        prefix = "alignments_class"
+        need = tuple(
+            f"alignments_class_{c}/{f}" for c in classes for f in ("shift", "class_posterior")
+        )
+        _require(path, names, need, "per-class poses")
+        posterior = np.stack(
+            [data[f"alignments_class_{c}/class_posterior"] for c in classes], axis=1
+        ).astype(np.float64)
+        pose = np.stack([data[f"alignments_class_{c}/pose"] for c in classes], axis=1)
+        shift = np.stack([data[f"alignments_class_{c}/shift"] for c in classes], axis=1)
+        pose, shift = pose.astype(np.float64), shift.astype(np.float64)
+        first = f"alignments_class_{classes[0]}"
+        apix = np.asarray(
+            data[f"{first}/psize_A"] if f"{first}/psize_A" in names else data["blob/psize_A"],
+            np.float64,
+        )
+        split = data[f"{first}/split"] if f"{first}/split" in names else None
+        apix = apix.reshape(n, -1)[:, 0] if apix.ndim > 1 else apix
+    best = np.argmax(posterior, axis=1)
+    apix = apix.reshape(n, -1)[rows, best] if apix.ndim > 1 else apix
+    if split is not None:
+        split = np.asarray(split).reshape(n, -1)[:, 0]
+    return prefix, pose[rows, best], shift[rows, best], apix, best, split
+
+
 def _optics_groups(path: Any, data: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict]:
     """Optics group per row (``ctf/exp_group_id`` + 1, as pyem) and the optics table.
 
@@ -239,6 +296,16 @@ def read_particles_cs(
         if f"{prefix}/split" in names:
             cols["half_set"] = data[f"{prefix}/split"].astype(np.int8) + 1
         consumed.update(f"{prefix}/{k}" for k in _ALIGN_CONSUMED)
+    else:
+        best = _best_class_alignment(path, data, names)
+        if best is not None:
+            prefix, pose, shift, apix, cls, split = best
+            cols["rot"], cols["tilt"], cols["psi"] = cv.cryosparc_pose_to_euler(pose)
+            cols["shift_x"] = cv.cryosparc_shift_to_origin_A(shift[:, 0], apix)
+            cols["shift_y"] = cv.cryosparc_shift_to_origin_A(shift[:, 1], apix)
+            cols["class_id"] = cls.astype(np.int32) + 1
+            if split is not None:
+                cols["half_set"] = split.astype(np.int8) + 1
     extra: dict[str, Any] = {name: np.asarray(data[name]) for name in names if name not in consumed}
     extra["cs_alignments"] = prefix or ""
     return Converted("hpcem.SetOfParticles", cols, optics, extra, os.fspath(path))

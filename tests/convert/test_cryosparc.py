@@ -433,3 +433,57 @@ def test_wide_cs_header(tmp_path):
         np.load(tmp_path / "wide.cs")  # what a plain np.load says
     conv = read_particles_cs(tmp_path / "wide.cs")
     assert len(conv) == 2 and "alignments_class_399/class_posterior" in conv.extra
+
+
+@pytest.mark.parametrize("layout", ["multi", "per_class"])
+def test_most_probable_class_pose(tmp_path, layout):
+    """Heterogeneous refinement: the pose of each particle's most probable class (pyem's
+    rule), in cryoSPARC 4.5+'s alignments3D_multi layout and the older per-class one."""
+    rng = np.random.default_rng(8)
+    n, k = 6, 3
+    pose = rng.normal(0, 1, (n, k, 3)).astype(np.float32)
+    shift = rng.normal(0, 4, (n, k, 2)).astype(np.float32)
+    posterior = rng.dirichlet(np.ones(k), n).astype(np.float32)
+    fields = [("blob/path", "S8"), ("blob/idx", "<u4"), ("blob/psize_A", "<f4")]
+    if layout == "multi":
+        fields += [
+            ("alignments3D_multi/pose", "<f4", (k, 3)),
+            ("alignments3D_multi/shift", "<f4", (k, 2)),
+            ("alignments3D_multi/class_posterior", "<f4", (k,)),
+            ("alignments3D_multi/split", "<u4"),
+        ]
+    else:
+        for c in range(k):
+            fields += [
+                (f"alignments_class_{c}/pose", "<f4", (3,)),
+                (f"alignments_class_{c}/shift", "<f4", (2,)),
+                (f"alignments_class_{c}/class_posterior", "<f4"),
+                (f"alignments_class_{c}/split", "<u4"),
+            ]
+    table = np.zeros(n, dtype=fields)
+    table["blob/psize_A"] = 1.5
+    split = rng.integers(0, 2, n)
+    if layout == "multi":
+        table["alignments3D_multi/pose"] = pose
+        table["alignments3D_multi/shift"] = shift
+        table["alignments3D_multi/class_posterior"] = posterior
+        table["alignments3D_multi/split"] = split
+    else:
+        for c in range(k):
+            table[f"alignments_class_{c}/pose"] = pose[:, c]
+            table[f"alignments_class_{c}/shift"] = shift[:, c]
+            table[f"alignments_class_{c}/class_posterior"] = posterior[:, c]
+            table[f"alignments_class_{c}/split"] = split
+    with open(tmp_path / "hetero.cs", "wb") as fh:
+        np.save(fh, table)
+    conv = read_particles_cs(tmp_path / "hetero.cs")
+    best = np.argmax(posterior, axis=1)
+    assert conv.columns["class_id"].tolist() == (best + 1).tolist()
+    assert conv.columns["half_set"].tolist() == (split + 1).tolist()
+    chosen = pose[np.arange(n), best].astype(np.float64)
+    euler = np.c_[conv.columns["rot"], conv.columns["tilt"], conv.columns["psi"]]
+    a = Rotation.from_euler("ZYZ", euler, degrees=True).as_matrix()
+    np.testing.assert_allclose(a, Rotation.from_rotvec(chosen).as_matrix(), atol=1e-9)
+    np.testing.assert_allclose(
+        conv.columns["shift_x"], shift[np.arange(n), best, 0] * 1.5, rtol=1e-6
+    )
