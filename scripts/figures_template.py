@@ -166,7 +166,7 @@ def _real(out: Path, numbers: dict) -> None:
         f"(7DDO map, 130 Å, no CTF)",
         fontsize=9,
     )
-    _save(fig, out / "picking_template_real.png")
+    _save(fig, out / "picking_template_real.png", colors=64)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_ylabel("count")
     ax.legend(fontsize=8)
     ax.set_title(f"run {run.id}: pooled F1 {numbers['pooled']['f1']:.3f}", fontsize=9)
-    _save(fig, out / "picking_template.png")
+    _save(fig, out / "picking_template.png", colors=128)
     shutil.copyfile(
         project.path / steps["templates"]["result"]["picture"], out / "picking_template_gallery.png"
     )
