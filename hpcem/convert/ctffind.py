@@ -82,14 +82,17 @@ def _header(lines: list[str]) -> dict[str, Any]:
 def read_ctffind_txt(
     path: str | os.PathLike,
     micrograph_id: int | None = None,
+    micrograph_names: Mapping[str, int] | None = None,
 ) -> Converted:
     """Read a CTFFIND4 summary ``.txt`` into CTF_MODEL columns (one row per micrograph).
 
     ``micrograph_id``: the id of the micrograph the file was fitted on (a file of one
-    micrograph); without it ``micrograph_id`` is -1 and ``extra["micrograph_number"]``
-    holds CTFFIND's 1-based numbers. The optics of the header (pixel size, voltage, Cs,
-    amplitude contrast) become a one-row optics table; the rest of the header goes to
-    ``extra``.
+    micrograph). Or ``micrograph_names`` (name -> id): the header's "Input file" is
+    matched to it (full name, then stem); a micrograph not in it is a
+    :class:`DataFormatError` naming it. Without either, ``micrograph_id`` is -1;
+    ``extra["micrograph_number"]`` always holds CTFFIND's 1-based numbers. The optics of
+    the header (pixel size, voltage, Cs, amplitude contrast) become a one-row optics
+    table; the rest of the header goes to ``extra``.
     """
     text = _read_text(path)
     lines = text.splitlines()
@@ -125,10 +128,18 @@ def read_ctffind_txt(
         table = np.zeros((0, CTFFIND_COLUMNS))
     info = _header(lines)
     n = len(table)
-    if micrograph_id is not None and n != 1:
+    if (micrograph_id is not None or micrograph_names is not None) and n != 1:
         raise ValidationError(
-            f"{path}: micrograph_id is for a file of one micrograph; this one has {n} rows"
+            f"{path}: micrograph_id/micrograph_names are for a file of one micrograph; this "
+            f"one has {n} rows"
         )
+    if micrograph_names is not None:
+        from hpcem.convert.boxfiles import match_micrographs
+
+        if "input_file" not in info:
+            raise DataFormatError(f"{path}: no '# Input file:' line to match micrograph_names")
+        source = np.array([info["input_file"]], dtype=object)
+        micrograph_id = int(match_micrographs(path, source, micrograph_names)[0])
     cols: dict[str, Any] = {
         "micrograph_id": np.full(n, -1 if micrograph_id is None else micrograph_id, np.int64),
         "defocus_u": table[:, 1],

@@ -228,3 +228,10 @@ def test_ctfs_store_as_an_hpcem_set(shared_data, project):
     stored = project.open_set(run.id, "ctfs")
     assert stored.column("defocus_u")[0] == pytest.approx(9982.5029)
     assert stored.column("estimator")[0] == "CTFFIND 4.1.14"
+
+
+def test_micrograph_matched_by_input_file(shared_data):
+    conv = read_ctffind_txt(shared_data / ASPIRE, micrograph_names={"Micrographs/test_img.mrc": 12})
+    assert conv.columns["micrograph_id"].tolist() == [12]
+    with pytest.raises(DataFormatError, match="micrograph 'test_img.mrc' is not in"):
+        read_ctffind_txt(shared_data / ASPIRE, micrograph_names={"other.mrc": 1})
