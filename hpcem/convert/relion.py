@@ -32,7 +32,7 @@ import numpy as np
 
 from hpcem.convert import Converted
 from hpcem.convert import relion_optics as ro
-from hpcem.convert.relion_star import StarBlock, format_image_names, read_star, write_star
+from hpcem.convert.relion_star import ImageNames, StarBlock, is_column, read_star, write_star
 from hpcem.errors import DataFormatError, ValidationError
 
 #: hpcem PARTICLE field -> RELION 3.1 label (image/image_index: ``_rlnImageName``).
@@ -210,42 +210,48 @@ def require_files(path: str, paths: Any, root: str | os.PathLike | None = None) 
         )
 
 
+def image_names(path: str, block: str, names: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(0-based index, stack) of an image-name column as :func:`read_star` gives it
+    (already split, or text)."""
+    if isinstance(names, ImageNames):
+        return names.index0.astype(np.int32), names.stacks
+    return split_image_names(path, block, names)
+
+
 def split_image_names(path: str, block: str, names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """RELION ``NNNNNN@stack`` names -> (0-based index, stack path); a name without ``@``
-    is a single-image file (index 0). Vectorised over fixed-width bytes."""
-    import pandas as pd
-
+    is a single-image file (index 0). Vectorised over the names as a byte matrix: rows are
+    grouped by the position of ``@`` (one group when indices have a fixed width)."""
     n = len(names)
     if n == 0:
         return np.empty(0, dtype=np.int32), np.empty(0, dtype=object)
     raw = np.asarray(names, dtype=object).astype("S")
     width = raw.dtype.itemsize
     mat = raw.view(np.uint8).reshape(n, width)
-    has_at = mat == 64
+    has_at = mat[:, :24] == 64  # the index has at most a few digits
     at = np.where(has_at.any(axis=1), np.argmax(has_at, axis=1), -1)
     index = np.zeros(n, dtype=np.int64)
-    for j in range(int(at.max()) if at.max() > 0 else 0):
-        live = j < at
-        d = mat[:, j].astype(np.int64) - 48
-        if np.any(live & ((d < 0) | (d > 9))):
-            i = int(np.argmax(live & ((d < 0) | (d > 9))))
-            raise DataFormatError(
-                f"{path}, block data_{block}, row {i + 1}: image name {names[i]!r} is not "
-                "NNNNNN@stack"
-            )
-        index = np.where(live, index * 10 + d, index)
-    if np.any(at == 0):
-        i = int(np.argmax(at == 0))
-        raise DataFormatError(
-            f"{path}, block data_{block}, row {i + 1}: image name {names[i]!r} has no index"
-        )
     stacks = np.empty(n, dtype=object)
     for a in np.unique(at):
-        rows = np.nonzero(at == a)[0]
-        tail = np.ascontiguousarray(mat[rows, a + 1 :]).view(f"S{width - a - 1}").ravel()
-        codes, uniques = pd.factorize(tail)
-        stacks[rows] = np.asarray([u.decode("utf-8") for u in uniques], dtype=object)[codes]
-    index = np.where(at > 0, index - 1, 0)
+        rows = slice(None) if len(np.unique(at)) == 1 else np.nonzero(at == a)[0]
+        sub = mat[rows]
+        if a == 0:
+            i = int(np.argmax(at == 0))
+            raise DataFormatError(
+                f"{path}, block data_{block}, row {i + 1}: image name {names[i]!r} has no index"
+            )
+        if a > 0:
+            digits = sub[:, :a].astype(np.int64) - 48
+            bad = ((digits < 0) | (digits > 9)).any(axis=1)
+            if bad.any():
+                i = int(np.arange(n)[rows][np.argmax(bad)])
+                raise DataFormatError(
+                    f"{path}, block data_{block}, row {i + 1}: image name {names[i]!r} is not "
+                    "NNNNNN@stack"
+                )
+            index[rows] = digits @ (10 ** np.arange(a - 1, -1, -1, dtype=np.int64)) - 1
+        tail = sub[:, a + 1 :]
+        stacks[rows] = _decode_runs(tail)
     if np.any(index < 0):
         i = int(np.argmax(index < 0))
         raise DataFormatError(
@@ -253,6 +259,29 @@ def split_image_names(path: str, block: str, names: np.ndarray) -> tuple[np.ndar
             "(RELION indices start at 1)"
         )
     return index.astype(np.int32), stacks
+
+
+def _decode_runs(mat: np.ndarray) -> np.ndarray:
+    """Rows of a byte matrix (NUL-padded names) -> str objects. Particles of one stack are
+    usually consecutive, so equal neighbours are found with one vectorised compare and
+    only the first row of each run is decoded (then factorized, for runs that repeat)."""
+    import pandas as pd
+
+    n, width = mat.shape
+    new = np.ones(n, dtype=bool)
+    if n > 1 and width:
+        words = np.zeros((n, -(-width // 8) * 8), dtype=np.uint8)
+        words[:, :width] = mat
+        words = words.view(np.uint64)  # compare 8 bytes at a time
+        new[1:] = (words[1:] != words[:-1]).any(axis=1)
+    heads = np.nonzero(new)[0]
+    head_bytes = mat[heads].view(f"S{mat.shape[1]}").ravel() if mat.shape[1] else None
+    if head_bytes is None:
+        return np.full(n, "", dtype=object)
+    codes, uniques = pd.factorize(head_bytes)
+    decoded = np.asarray([u.decode("utf-8") for u in uniques], dtype=object)
+    run = np.cumsum(new) - 1
+    return decoded[codes][run]
 
 
 def _link_micrographs(
@@ -330,7 +359,7 @@ def read_particles(
     _require(path, block, ("rlnImageName",), "particles (the image of each particle)")
     version = relion_version(blocks)
     group, optics, extra_optics, consumed = _optics(path, blocks, block, "particles", pixel_size_A)
-    index, stacks = split_image_names(path, block.name, block.columns["rlnImageName"])
+    index, stacks = image_names(path, block.name, block.columns["rlnImageName"])
     cols: dict[str, Any] = {"image": _resolve(stacks, root), "image_index": index}
     consumed |= {"rlnImageName"}
     if check_files:
@@ -408,7 +437,7 @@ def _item_extra(extra: Mapping[str, Any] | None, n: int, table: Mapping[str, Any
     """Per-item RELION columns of ``extra`` not yet in ``table``."""
     out = {}
     for lab, v in (extra or {}).items():
-        if lab.startswith("rln") and lab not in table and np.ndim(v) == 1 and len(v) == n:
+        if lab.startswith("rln") and lab not in table and is_column(v) and len(v) == n:
             out[lab] = v
     return out
 
@@ -439,8 +468,8 @@ def write_particles(
     group = np.asarray(columns.get("optics_group", np.ones(n)), dtype=np.int64)
     pix = ro.per_row(optics, "pixel_size_A", group)
     table: dict[str, Any] = {
-        "rlnImageName": format_image_names(
-            columns["image_index"], _relative(columns["image"], root)
+        "rlnImageName": ImageNames(
+            np.asarray(columns["image_index"]), _relative(columns["image"], root)
         )
     }
     mics = _micrograph_name_column(columns, extra or {}, micrograph_names, n)
@@ -741,9 +770,7 @@ def _per_item(conv: Converted) -> dict[str, Any]:
     """The per-item RELION columns of a Converted's extra (not the file-level entries)."""
     n = len(conv)
     return {
-        k: v
-        for k, v in conv.extra.items()
-        if k.startswith("rln") and np.ndim(v) == 1 and len(v) == n
+        k: v for k, v in conv.extra.items() if k.startswith("rln") and is_column(v) and len(v) == n
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcem.convert.relion_star import is_column
 from hpcem.errors import DataFormatError, ValidationError
 
 #: Pixel-size label of the optics table by set kind (RELION 3.1 conventions).
@@ -49,6 +50,9 @@ GROUP_LABELS_30 = (
     "rlnMicrographPixelSize",
     "rlnMicrographOriginalPixelSize",
 )
+
+#: RELION 3.0 labels that RELION 3.1 replaces by the pixel size (not written in 3.1).
+_NOT_31 = frozenset({"rlnDetectorPixelSize", "rlnMagnification"})
 
 #: Relative difference above which two pixel sizes of the same thing disagree.
 PIXEL_TOLERANCE = 1e-3
@@ -240,6 +244,8 @@ def optics_table(
             table["rlnImageSize"] = size
             table["rlnImageDimensionality"] = np.full(k, 2, dtype=np.int64)
     for lab, v in (extra_optics or {}).items():
-        if lab not in table and np.ndim(v) == 1 and len(v) == k:
+        if lab in _NOT_31:
+            continue
+        if lab not in table and is_column(v) and len(v) == k:
             table[lab] = np.asarray(v)
     return table

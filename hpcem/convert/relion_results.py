@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from hpcem.convert import Converted
-from hpcem.convert.relion import _relative, _resolve, split_image_names
-from hpcem.convert.relion_star import StarBlock, format_image_names, read_star, write_star
+from hpcem.convert.relion import _relative, _resolve, image_names
+from hpcem.convert.relion_star import ImageNames, StarBlock, is_column, read_star, write_star
 from hpcem.errors import DataFormatError, ValidationError
 from hpcem.store.ragged import Ragged
 
@@ -74,20 +74,20 @@ def read_classes(
     blocks = read_star(model_path)
     classes = _block(model_path, blocks, "model_classes", True)
     _require(model_path, classes, ("rlnReferenceImage",), "classes")
-    refs = np.asarray(classes.columns["rlnReferenceImage"], dtype=object)
+    refs = classes.columns["rlnReferenceImage"]
     k = len(refs)
     general = blocks.get("model_general")
     dim = general.values.get("rlnReferenceDimensionality") if general is not None else None
     if dim is None:
-        dim = 2 if k and all("@" in str(r) for r in refs) else 3
+        dim = 2 if isinstance(refs, ImageNames) or all("@" in str(r) for r in refs) else 3
     cols: dict[str, Any] = {"id": np.arange(1, k + 1, dtype=np.int64)}
     if int(dim) == 2:
-        index, stacks = split_image_names(model_path, classes.name, refs)
+        index, stacks = image_names(model_path, classes.name, refs)
         cols["representative"] = _resolve(stacks, root)
         cols["representative_index"] = index
         set_type = "hpcem.SetOfClasses2D"
     else:
-        cols["representative"] = _resolve(refs, root)
+        cols["representative"] = _resolve(np.asarray(refs, dtype=object), root)
         if "rlnEstimatedResolution" in classes.columns:
             cols["resolution_A"] = np.asarray(classes.columns["rlnEstimatedResolution"], float)
         set_type = "hpcem.SetOfClasses3D"
@@ -197,14 +197,14 @@ def write_classes(
     table: dict[str, Any] = {}
     if dimensionality == 2:
         index = np.asarray(columns.get("representative_index", np.arange(k)))
-        table["rlnReferenceImage"] = format_image_names(index, refs)
+        table["rlnReferenceImage"] = ImageNames(np.asarray(index), np.asarray(refs, dtype=object))
     else:
         table["rlnReferenceImage"] = refs
     table["rlnClassDistribution"] = size / total if total > 0 else np.zeros(k)
     if "resolution_A" in columns:
         table["rlnEstimatedResolution"] = np.asarray(columns["resolution_A"], dtype=np.float64)
     for lab, v in (extra or {}).items():
-        if lab.startswith("rln") and lab not in table and np.ndim(v) == 1 and len(v) == k:
+        if lab.startswith("rln") and lab not in table and is_column(v) and len(v) == k:
             table[lab] = np.asarray(v)
     general = {"rlnReferenceDimensionality": dimensionality, "rlnNrClasses": k}
     for lab, v in ((extra or {}).get("model_general") or {}).items():

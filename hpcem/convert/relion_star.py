@@ -109,7 +109,7 @@ def read_star(path: str | os.PathLike, blocks: Iterable[str] | None = None) -> d
     except OSError as exc:
         raise DataFormatError(f"{path}: cannot read the STAR file ({exc.strerror})") from exc
     wanted = None if blocks is None else set(blocks)
-    starts = list(_BLOCK_RE.finditer(data))
+    starts = _block_starts(data)
     if not starts:
         raise DataFormatError(f"{path}: no 'data_' block; not a STAR file")
     out: dict[str, StarBlock] = {}
@@ -124,6 +124,24 @@ def read_star(path: str | os.PathLike, blocks: Iterable[str] | None = None) -> d
         block = _parse_block(path, data, m.end(), end, name, line)
         block.version = int(versions[-1]) if versions else 0
         out[name] = block
+    return out
+
+
+def _block_starts(data: bytes) -> list[re.Match]:
+    """The ``data_NAME`` header lines. RELION writes them at the start of a line, so the
+    candidates are found with ``bytes.find`` of ``\\ndata_`` (C speed over a 300 MB loop
+    body, where a regular expression anchored at every line start costs seconds); each
+    is then checked with :data:`_BLOCK_RE`."""
+    out = []
+    pos = 0 if data.startswith(b"data_") else data.find(b"\ndata_")
+    while pos >= 0:
+        start = pos if pos == 0 and data.startswith(b"data_") else pos + 1
+        m = _BLOCK_RE.match(data, start)
+        if m is not None:
+            out.append(m)
+        pos = data.find(b"\ndata_", start)
+    if not out:  # headers indented with white space (not RELION's, but valid STAR)
+        out = list(_BLOCK_RE.finditer(data))
     return out
 
 
@@ -185,30 +203,126 @@ def _numericise(value: str) -> Any:
     return value
 
 
+#: Labels whose values are RELION image names ``NNNNNN@file``: read as :class:`ImageNames`.
+IMAGE_LABELS = frozenset({"rlnImageName", "rlnImageOriginalName", "rlnReferenceImage"})
+
+
+class _Fallback(Exception):
+    """The fast image-name split does not apply to this loop; parse it plainly."""
+
+
 def _parse_loop(
     path: str, data: bytes, start: int, end: int, labels: list[str], block: str
-) -> dict[str, np.ndarray]:
-    """Tokenize one loop body with pandas' C parser; check one value per label per row."""
-    import pandas as pd
+) -> dict[str, Any]:
+    """Tokenize one loop body with pandas' C parser; check one value per label per row.
 
+    Image-name columns (``000001@stack``) are split while tokenizing: the body's ``@`` are
+    turned into spaces so that the index and the stack come as two columns (ints, and
+    file names that pandas boxes once per distinct value), which halves the cost of a
+    particle file. Where that does not fit (an ``@`` elsewhere, a name without one), the
+    loop is parsed as written and the names stay text.
+    """
     first_line = data.count(b"\n", 0, start) + 1
-    n_labels = len(labels)
     if not _has_rows(data, start, end):
         return {lab: np.empty(0, dtype=np.float64) for lab in labels}
-    text_idx = {i: str for i, lab in enumerate(labels) if lab in TEXT_LABELS}
-    buf = io.BytesIO(memoryview(data)[start:end])
+    split = _split_candidates(data, start, end, labels)
+    if split:
+        try:
+            return _parse_split(path, data, start, end, labels, block, first_line, split)
+        except _Fallback:
+            pass
+    text = {i for i, lab in enumerate(labels) if lab in TEXT_LABELS or lab in IMAGE_LABELS}
+    df = _read_csv(path, memoryview(data)[start:end], text, block, first_line, len(labels))
+    columns: dict[str, Any] = {}
+    for i, lab in enumerate(labels):
+        columns[lab] = _column(df.iloc[:, i], i in text)
+    return columns
+
+
+def _split_candidates(data: bytes, start: int, end: int, labels: list[str]) -> list[int]:
+    """Indices of image-name labels whose first value is ``digits@name``."""
+    if not any(lab in IMAGE_LABELS for lab in labels):
+        return []
+    m = _ROW_RE.search(data, start, end)
+    stop = data.find(b"\n", m.start(), end)
+    line = data[m.start() : end if stop < 0 else stop]
+    tokens = line.split()
+    if (
+        b'"' in line
+        or len(tokens) != len(labels)
+        or line.count(b"@") != sum(lab in IMAGE_LABELS for lab in labels)
+    ):
+        return []
+    out = []
+    for i, (lab, tok) in enumerate(zip(labels, tokens)):
+        if lab in IMAGE_LABELS:
+            head, _, tail = tok.partition(b"@")
+            if not head.isdigit() or not tail:
+                return []
+            out.append(i)
+    return out
+
+
+def _parse_split(
+    path: str,
+    data: bytes,
+    start: int,
+    end: int,
+    labels: list[str],
+    block: str,
+    first_line: int,
+    split: list[int],
+) -> dict[str, Any]:
+    """Parse with the image names' ``@`` as a separator (see :func:`_parse_loop`)."""
+    body = data[start:end].replace(b"@", b" ")
+    where: list[tuple[int, int]] = []  # (first, count) of each label's parsed columns
+    text = set()
+    pos = 0
+    for i, lab in enumerate(labels):
+        if i in split:
+            where.append((pos, 2))
+            text.add(pos + 1)
+            pos += 2
+        else:
+            if lab in TEXT_LABELS:
+                text.add(pos)
+            where.append((pos, 1))
+            pos += 1
+    try:
+        df = _read_csv(path, body, text, block, first_line, pos)
+    except DataFormatError as exc:
+        raise _Fallback from exc
+    del body
+    columns: dict[str, Any] = {}
+    for (first, count), lab in zip(where, labels):
+        if count == 1:
+            columns[lab] = _column(df.iloc[:, first], first in text)
+            continue
+        index = df.iloc[:, first]
+        if index.dtype.kind not in "iu" or (index < 1).any():
+            raise _Fallback
+        stacks = df.iloc[:, first + 1].to_numpy(dtype=object, na_value="")
+        columns[lab] = ImageNames(index.to_numpy().astype(np.int64) - 1, stacks)
+    return columns
+
+
+def _read_csv(path: str, body: Any, text: set[int], block: str, first_line: int, n_cols: int):
+    """pandas' C tokenizer on one loop body; every row must have ``n_cols`` values."""
+    import pandas as pd
+
     try:
         df = pd.read_csv(
-            buf,
+            io.BytesIO(body),
             sep=r"\s+",
             header=None,
             index_col=False,
             comment="#",
             quotechar='"',
-            dtype=text_idx or None,
+            dtype=dict.fromkeys(text, object) or None,
             keep_default_na=False,
             na_values=[],
             engine="c",
+            low_memory=False,
             skip_blank_lines=True,
         )
     except pd.errors.ParserError as exc:
@@ -218,10 +332,10 @@ def _parse_loop(
         ) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataFormatError(f"{path}, block data_{block}: cannot parse the loop ({exc})") from exc
-    if df.shape[1] != n_labels:
+    if df.shape[1] != n_cols:
         raise DataFormatError(
             f"{path}, block data_{block}, line {first_line}: {df.shape[1]} values on the first "
-            f"row but {n_labels} labels"
+            f"row but {n_cols} labels"
         )
     last = df.iloc[:, -1]
     short = last.isna().to_numpy() if last.dtype.kind in "fiu" else (last == "").to_numpy()
@@ -229,18 +343,17 @@ def _parse_loop(
         row = int(np.argmax(short))
         raise DataFormatError(
             f"{path}, block data_{block}: row {row + 1} (about line {first_line + row}) has fewer "
-            f"than {n_labels} values (truncated or damaged file)"
+            f"than {n_cols} values (truncated or damaged file)"
         )
-    columns: dict[str, np.ndarray] = {}
-    for i, lab in enumerate(labels):
-        col = df.iloc[:, i]
-        if i in text_idx:
-            columns[lab] = col.to_numpy(dtype=object, na_value="")
-        elif col.dtype.kind not in "fiub":
-            columns[lab] = _maybe_numeric(col.to_numpy(dtype=object, na_value=""))
-        else:
-            columns[lab] = col.to_numpy()
-    return columns
+    return df
+
+
+def _column(col: Any, text: bool) -> np.ndarray:
+    if text:
+        return col.to_numpy(dtype=object, na_value="")
+    if col.dtype.kind not in "fiub":
+        return _maybe_numeric(col.to_numpy(dtype=object, na_value=""))
+    return col.to_numpy()
 
 
 _ROW_RE = re.compile(rb"^[ \t]*[^\s#]", re.MULTILINE)
@@ -272,7 +385,11 @@ def _pandas_where(exc: Exception, first_line: int) -> str:
 
 # --- writing -----------------------------------------------------------------------------
 
-_PAIRS = np.array([[48 + i // 10, 48 + i % 10] for i in range(100)], dtype=np.uint8)
+# Formatters build column-major byte matrices ``(width, n)``: every digit position is
+# then one contiguous row written with a table lookup, columns are stacked with one
+# concatenate, and a chunk is transposed to lines once.
+_TENS = (48 + np.arange(100) // 10).astype(np.uint8)
+_ONES = (48 + np.arange(100) % 10).astype(np.uint8)
 _SPACE, _MINUS, _DOT, _NL, _AT = 32, 45, 46, 10, 64
 
 
@@ -287,37 +404,43 @@ def _n_digits(v: np.ndarray) -> np.ndarray:
 
 
 def _digits_into(out: np.ndarray, right: int, v: np.ndarray, width: int) -> None:
-    """Write ``width`` decimal digits of ``v`` (zero-padded) ending at column ``right``."""
+    """Write ``width`` decimal digits of ``v`` (zero-padded) into rows ending at ``right``."""
     v = v.copy()
-    col = right
+    row = right
     k = 0
     while k + 2 <= width:
-        out[:, col - 1 : col + 1] = _PAIRS[v % 100]
+        r = v % 100
+        out[row] = _ONES[r]
+        out[row - 1] = _TENS[r]
         v //= 100
-        col -= 2
+        row -= 2
         k += 2
     if k < width:
-        out[:, col] = 48 + v % 10
+        out[row] = 48 + (v % 10).astype(np.uint8)
+
+
+def _blank_leading(out: np.ndarray, lead: np.ndarray) -> None:
+    """Blank rows above each value's first character (``lead``: its first row)."""
+    for row in range(int(lead.max()) if len(lead) else 0):
+        out[row][row < lead] = _SPACE
 
 
 def format_int(values: np.ndarray, zero_pad: int = 0) -> np.ndarray:
-    """Integers as a right-aligned ``(n, width)`` uint8 matrix (``zero_pad``: at least so
-    many digits, with leading zeros, as in RELION's ``000001@stack``)."""
+    """Integers, right-aligned, as a ``(width, n)`` uint8 matrix (``zero_pad``: at least
+    so many digits with leading zeros, as in RELION's ``000001@stack``)."""
     v = np.asarray(values).astype(np.int64)
     neg = v < 0
     a = np.abs(v)
     nd = np.maximum(_n_digits(a), zero_pad)
     maxd = int(nd.max()) if len(v) else 1
     width = maxd + int(neg.any())
-    out = np.full((len(v), width), _SPACE, dtype=np.uint8)
+    out = np.full((width, len(v)), _SPACE, dtype=np.uint8)
     _digits_into(out, width - 1, a, maxd)
-    # blank the leading zeros beyond each value's own digits
-    cols = np.arange(width)
-    blank = cols[None, :] < (width - nd)[:, None]
-    out[blank] = _SPACE
+    lead = width - nd
+    _blank_leading(out, lead)
     if neg.any():
-        rows = np.nonzero(neg)[0]
-        out[rows, width - 1 - nd[rows]] = _MINUS
+        cols = np.nonzero(neg)[0]
+        out[lead[cols] - 1, cols] = _MINUS
     return out
 
 
@@ -327,8 +450,8 @@ def _fixed_ok(v: np.ndarray) -> bool:
 
 
 def format_float(values: np.ndarray) -> np.ndarray:
-    """Floats as ``%.6f`` (absolute precision 5e-7, as RELION's ``%12.6f``) in a
-    right-aligned ``(n, width)`` uint8 matrix; non-finite or huge values as their repr."""
+    """Floats as ``%.6f`` (absolute precision 5e-7, as RELION's ``%12.6f``), right-aligned,
+    as a ``(width, n)`` uint8 matrix; non-finite or huge values as their repr."""
     v = np.asarray(values, dtype=np.float64)
     if not _fixed_ok(v):
         return format_text(v.astype(str), right=True)
@@ -338,21 +461,20 @@ def format_float(values: np.ndarray) -> np.ndarray:
     nd = _n_digits(ip)
     maxd = int(nd.max()) if len(v) else 1
     width = maxd + 1 + DECIMALS + int(neg.any())
-    out = np.full((len(v), width), _SPACE, dtype=np.uint8)
+    out = np.full((width, len(v)), _SPACE, dtype=np.uint8)
     _digits_into(out, width - 1, frac, DECIMALS)
-    out[:, width - 1 - DECIMALS] = _DOT
+    out[width - 1 - DECIMALS] = _DOT
     _digits_into(out, width - 2 - DECIMALS, ip, maxd)
     lead = width - 1 - DECIMALS - nd
-    blank = np.arange(width)[None, :] < lead[:, None]
-    out[blank] = _SPACE
+    _blank_leading(out, lead)
     if neg.any():
-        rows = np.nonzero(neg)[0]
-        out[rows, lead[rows] - 1] = _MINUS
+        cols = np.nonzero(neg)[0]
+        out[lead[cols] - 1, cols] = _MINUS
     return out
 
 
 def format_text(values: Any, right: bool = False) -> np.ndarray:
-    """Strings as a left-aligned (or right-aligned) ``(n, width)`` uint8 matrix. Distinct
+    """Strings, left- (or right-) aligned, as a ``(width, n)`` uint8 matrix. Distinct
     values are encoded once (``pandas.factorize``), so a column of 1 M names of a few
     thousand files costs one take. Values with white space are double-quoted; an empty
     value is written as ``""``."""
@@ -368,27 +490,55 @@ def format_text(values: Any, right: bool = False) -> np.ndarray:
             s = f'"{s}"'
         enc.append(s.encode("utf-8"))
     width = max((len(e) for e in enc), default=1)
-    table = np.full((len(enc), width), _SPACE, dtype=np.uint8)
+    table = np.full((width, len(enc)), _SPACE, dtype=np.uint8)
     for i, e in enumerate(enc):
         b = np.frombuffer(e, dtype=np.uint8)
         if right:
-            table[i, width - len(b) :] = b
+            table[width - len(b) :, i] = b
         else:
-            table[i, : len(b)] = b
-    return table[codes] if len(codes) else np.empty((0, width), dtype=np.uint8)
+            table[: len(b), i] = b
+    return np.take(table, codes, axis=1) if len(codes) else np.empty((width, 0), np.uint8)
+
+
+@dataclasses.dataclass
+class ImageNames:
+    """A column of RELION image names ``NNNNNN@stack`` kept as (0-based index, stack),
+    formatted only when written (see :func:`format_column`)."""
+
+    index0: np.ndarray
+    stacks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index0)
+
+    def __getitem__(self, rows: slice) -> ImageNames:
+        return ImageNames(self.index0[rows], self.stacks[rows])
+
+    def strings(self) -> np.ndarray:
+        """The names as RELION writes them (``000001@stack``), as str objects."""
+        mat = np.ascontiguousarray(format_image_names(self.index0, self.stacks).T)
+        return np.char.rstrip(mat.view(f"S{mat.shape[1]}").ravel()).astype(str).astype(object)
+
+
+def is_column(value: Any) -> bool:
+    """True for a 1-D column (numpy array, list, :class:`ImageNames`), not a scalar."""
+    if isinstance(value, ImageNames):
+        return True
+    return isinstance(value, (np.ndarray, list, tuple)) and np.ndim(value) == 1
 
 
 def format_image_names(index0: np.ndarray, stacks: Any) -> np.ndarray:
-    """RELION image names ``NNNNNN@stack`` from 0-based indices and stack paths."""
+    """RELION image names ``NNNNNN@stack`` (``(width, n)`` uint8) from 0-based indices."""
     idx = format_int(np.asarray(index0, dtype=np.int64) + 1, zero_pad=6)
-    at = np.full((len(idx), 1), _AT, dtype=np.uint8)
-    return np.hstack([idx, at, format_text(stacks)])
+    at = np.full((1, idx.shape[1]), _AT, dtype=np.uint8)
+    return np.concatenate([idx, at, format_text(stacks)])
 
 
 def format_column(values: Any) -> np.ndarray:
-    """One column to its byte matrix, by dtype (ints, floats, bools, text)."""
-    if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype == np.uint8:
-        return values  # already formatted (e.g. image names)
+    """One column to its ``(width, n)`` byte matrix, by type (ints, floats, bools, text,
+    :class:`ImageNames`)."""
+    if isinstance(values, ImageNames):
+        return format_image_names(values.index0, values.stacks)
     arr = np.asarray(values)
     if arr.dtype.kind in "iub":
         return format_int(arr)
@@ -428,7 +578,10 @@ def write_star(
                 fh.write(f"data_{name}\n\n".encode())
                 is_loop = (loops or {}).get(name)
                 if is_loop is None:
-                    is_loop = any(np.ndim(v) >= 1 for v in content.values())
+                    is_loop = any(
+                        isinstance(v, (np.ndarray, ImageNames, list, tuple))
+                        for v in content.values()
+                    )
                 if is_loop:
                     _write_loop(fh, content)
                 else:
@@ -456,24 +609,25 @@ def _scalar_text(val: Any) -> str:
 def _write_loop(fh, content: Mapping[str, Any]) -> None:
     labels = list(content)
     fh.write(b"loop_\n")
-    for i, lab in enumerate(labels, 1):
-        fh.write(f"_{lab} #{i}\n".encode())
+    fh.writelines(f"_{lab} #{i}\n".encode() for i, lab in enumerate(labels, 1))
     n = len(content[labels[0]]) if labels else 0
     for lab in labels:
         if len(content[lab]) != n:
             raise ValidationError(f"STAR column {lab} has {len(content[lab])} rows, not {n}")
+    columns = {lab: _as_column(v) for lab, v in content.items()}
     for lo in range(0, n, CHUNK_ROWS):
         hi = min(n, lo + CHUNK_ROWS)
         parts = []
+        space = np.full((1, hi - lo), _SPACE, dtype=np.uint8)
         for lab in labels:
-            parts.append(np.full((hi - lo, 1), _SPACE, dtype=np.uint8))
-            parts.append(format_column(_rows(content[lab], lo, hi)))
-        parts.append(np.full((hi - lo, 1), _NL, dtype=np.uint8))
-        fh.write(np.ascontiguousarray(np.hstack(parts)).data)
+            parts.append(space)
+            parts.append(format_column(columns[lab][lo:hi]))
+        parts.append(np.full((1, hi - lo), _NL, dtype=np.uint8))
+        fh.write(np.ascontiguousarray(np.concatenate(parts).T).data)
     fh.write(b"\n")
 
 
-def _rows(values: Any, lo: int, hi: int) -> Any:
-    if isinstance(values, np.ndarray):
-        return values[lo:hi]
-    return np.asarray(values, dtype=object if not len(values) else None)[lo:hi]
+def _as_column(values: Any) -> Any:
+    if isinstance(values, (ImageNames, np.ndarray)):
+        return values
+    return np.asarray(values, dtype=object if not len(values) else None)
