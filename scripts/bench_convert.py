@@ -6,9 +6,9 @@ The particles look like a real refinement (float32 columns as the store keeps th
 3,000 stacks and micrographs, 6 optics groups, CTF, angles, shifts, classes, half
 sets). Each direction runs in a fresh Python process (``--worker``) so that its peak
 memory (``ru_maxrss``) is its own: the process builds the columns (or has the file),
-imports the modules, records its RSS, then converts under the clock (wall ``seconds`` and the process's
-``cpu_seconds``: on a shared machine the wall time includes waiting for a core). ``starfile.read`` of the same STAR
-file is timed the same way, for scale.
+imports the modules, records its RSS, then converts under the clock (wall ``seconds``
+and the process's ``cpu_seconds``: on a shared machine the wall time includes waiting
+for a core). ``starfile.read`` of the same STAR file is timed the same way, for scale.
 
 Prints one JSON object: particles, star_bytes, for each step (``star_write``,
 ``star_read``, ``starfile_read``, ``cs_write``, ``cs_read``) its ``seconds``,
@@ -97,7 +97,7 @@ def worker(step: str, n: int, folder: str) -> dict:
         cols, optics = make_particles(n)
     # modules are imported before the clock: a one-time cost of the process, not of a
     # conversion (pandas alone takes about 0.5 s to import)
-    import starfile  # noqa: F401
+    import starfile
 
     from hpcem.convert import cryosparc, relion  # noqa: F401
 
