@@ -141,9 +141,9 @@ def matrix_to_cryosparc_pose(matrix) -> np.ndarray:
 
 
 def _wrap_deg(angle_deg: np.ndarray) -> np.ndarray:
-    """Angles into (−180, 180], RELION's range for ``atan2`` results."""
-    out = np.mod(angle_deg + 180.0, 360.0) - 180.0
-    return np.where(out == -180.0, 180.0, out)
+    """Angles in (−360, 360] into (−180, 180], RELION's range for ``atan2`` results."""
+    out = np.where(angle_deg > 180.0, angle_deg - 360.0, angle_deg)
+    return np.where(out <= -180.0, out + 360.0, out)
 
 
 def cryosparc_pose_to_euler(pose_rad) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -159,18 +159,20 @@ def cryosparc_pose_to_euler(pose_rad) -> tuple[np.ndarray, np.ndarray, np.ndarra
     w = np.asarray(pose_rad, dtype=np.float64).reshape(-1, 3)
     theta = np.sqrt(np.einsum("ij,ij->i", w, w))
     half = theta / 2.0
-    scale = np.where(theta > 0, np.sin(half) / np.where(theta > 0, theta, 1.0), 0.5)
+    nonzero = theta > 0
+    scale = np.divide(np.sin(half), theta, out=np.full(theta.shape, 0.5), where=nonzero)
     qw = np.cos(half)
     qx, qy, qz = (w[:, i] * scale for i in range(3))
+    sin_t = np.sqrt(qx * qx + qy * qy)  # |sin(tilt / 2)|
+    cos_t = np.sqrt(qw * qw + qz * qz)  # |cos(tilt / 2)|
     sum_half = np.arctan2(qz, qw)
     diff_half = np.arctan2(qx, qy)
-    tilt = 2.0 * np.arctan2(np.hypot(qx, qy), np.hypot(qw, qz))
-    rot = np.rad2deg(sum_half - diff_half)
-    psi = np.rad2deg(sum_half + diff_half)
-    tilt = np.rad2deg(tilt)
-    rot, psi = _wrap_deg(rot), _wrap_deg(psi)
-    # sin(tilt) below RELION's threshold: RELION puts the whole angle in psi
-    lock = np.abs(np.sin(np.deg2rad(tilt))) <= 16 * np.finfo(np.float32).eps * 4
+    to_deg = 180.0 / np.pi
+    tilt = (2.0 * to_deg) * np.arctan2(sin_t, cos_t)
+    rot = _wrap_deg((sum_half - diff_half) * to_deg)
+    psi = _wrap_deg((sum_half + diff_half) * to_deg)
+    # |sin(tilt)| below RELION's threshold: RELION puts the whole angle in psi
+    lock = 2.0 * sin_t * cos_t <= 16 * np.finfo(np.float32).eps * 4
     if np.any(lock):
         r2, t2, p2 = matrix_to_euler_zyz(cryosparc_pose_to_matrix(w[lock]))
         rot[lock], tilt[lock], psi[lock] = r2, t2, p2

@@ -183,25 +183,36 @@ def _best_class_alignment(path: Any, data: np.ndarray, names: tuple[str, ...]) -
     return prefix, pose[rows, best], shift[rows, best], apix, best, split
 
 
-def _optics_groups(path: Any, data: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict]:
-    """Optics group per row (``ctf/exp_group_id`` + 1, as pyem) and the optics table.
+def _group_index(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, first row of each id, id position of each row)`` of small integer ids.
 
-    Rows of one exposure group must share pixel size, voltage, Cs, amplitude contrast and
-    box size; a group that does not is a :class:`DataFormatError` naming the group.
+    Counting instead of ``np.unique``'s sort: 1 M rows of a few groups in ~10 ms.
     """
-    n = len(data)
-    exp = data["ctf/exp_group_id"].astype(np.int64) if "ctf/exp_group_id" in names else None
-    group = (exp + 1) if exp is not None else np.ones(n, dtype=np.int64)
-    props: dict[str, np.ndarray] = {"pixel_size_A": data["blob/psize_A"].astype(np.float64)}
-    if all(f in names for f in _OPTICS_CTF_FIELDS):
-        props["voltage_kV"] = data["ctf/accel_kv"].astype(np.float64)
-        props["spherical_aberration_mm"] = data["ctf/cs_mm"].astype(np.float64)
-        props["amplitude_contrast"] = data["ctf/amp_contrast"].astype(np.float64)
-    if "blob/shape" in names:
-        props["image_size_px"] = np.asarray(data["blob/shape"])[:, 0].astype(np.int64)
-    ids, first, inverse = np.unique(group, return_index=True, return_inverse=True)
+    n = len(group)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    lo = int(group.min())
+    span = int(group.max()) - lo + 1
+    if span > 4 * n + 1024:  # sparse ids: sorting is cheaper than a huge table
+        return np.unique(group, return_index=True, return_inverse=True)
+    present = np.zeros(span, dtype=bool)
+    present[group - lo] = True
+    ids = np.flatnonzero(present) + lo
+    inverse = (np.cumsum(present) - 1)[group - lo]
+    first = np.full(len(ids), n, dtype=np.int64)
+    np.minimum.at(first, inverse, np.arange(n))
+    return ids, first, inverse
+
+
+def _group_table(
+    path: Any, group: np.ndarray, props: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Optics table of the exposure groups, refusing a group whose rows disagree."""
+    ids, first, inverse = _group_index(group)
     for key, values in props.items():
-        differ = values != values[first][inverse]
+        # one group (the usual case): compare with a scalar instead of a gathered column
+        differ = values != (values[first[0]] if len(ids) == 1 else values[first][inverse])
         if np.any(differ):
             row = int(np.argmax(differ))
             raise DataFormatError(
@@ -214,8 +225,27 @@ def _optics_groups(path: Any, data: np.ndarray, names: tuple[str, ...]) -> tuple
         "name": np.array([f"exp_group_{i - 1}" for i in ids], dtype=str),
     }
     for key, values in props.items():
-        optics[key] = values[first]
+        optics[key] = values[first].astype(np.int64 if key == "image_size_px" else np.float64)
     return group.astype(np.int32), optics
+
+
+def _optics_groups(path: Any, data: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict]:
+    """Optics group per row (``ctf/exp_group_id`` + 1, as pyem) and the optics table.
+
+    Rows of one exposure group must share pixel size, voltage, Cs, amplitude contrast and
+    box size; a group that does not is a :class:`DataFormatError` naming the row and group.
+    """
+    n = len(data)
+    exp = data["ctf/exp_group_id"] if "ctf/exp_group_id" in names else None
+    group = (exp.astype(np.int64) + 1) if exp is not None else np.ones(n, dtype=np.int64)
+    props: dict[str, np.ndarray] = {"pixel_size_A": data["blob/psize_A"]}
+    if all(f in names for f in _OPTICS_CTF_FIELDS):
+        props["voltage_kV"] = data["ctf/accel_kv"]
+        props["spherical_aberration_mm"] = data["ctf/cs_mm"]
+        props["amplitude_contrast"] = data["ctf/amp_contrast"]
+    if "blob/shape" in names:
+        props["image_size_px"] = np.asarray(data["blob/shape"])[:, 0]
+    return _group_table(path, group, props)
 
 
 def read_particles_cs(
@@ -541,31 +571,15 @@ def read_micrographs_cs(
     names = data.dtype.names
     _require(path, names, ("micrograph_blob/path", "micrograph_blob/psize_A"), "a micrograph set")
     n = len(data)
-    exp = data["ctf/exp_group_id"].astype(np.int64) if "ctf/exp_group_id" in names else None
-    group = (exp + 1) if exp is not None else np.ones(n, dtype=np.int64)
-    props = {"pixel_size_A": data["micrograph_blob/psize_A"].astype(np.float64)}
+    exp = data["ctf/exp_group_id"] if "ctf/exp_group_id" in names else None
+    group = (exp.astype(np.int64) + 1) if exp is not None else np.ones(n, dtype=np.int64)
+    props = {"pixel_size_A": data["micrograph_blob/psize_A"]}
     if all(f in names for f in _OPTICS_CTF_FIELDS):
-        props["voltage_kV"] = data["ctf/accel_kv"].astype(np.float64)
-        props["spherical_aberration_mm"] = data["ctf/cs_mm"].astype(np.float64)
-        props["amplitude_contrast"] = data["ctf/amp_contrast"].astype(np.float64)
-    ids, first, inverse = np.unique(group, return_index=True, return_inverse=True)
-    for key, values in props.items():
-        differ = values != values[first][inverse]
-        if np.any(differ):
-            row = int(np.argmax(differ))
-            raise DataFormatError(
-                f"{path}: row {row}: {key} {values[row]} differs within exposure group "
-                f"{int(group[row]) - 1} (ctf/exp_group_id)"
-            )
-    optics: dict[str, Any] = {
-        "optics_group": ids.astype(np.int32),
-        "name": np.array([f"exp_group_{i - 1}" for i in ids], dtype=str),
-        **{key: values[first] for key, values in props.items()},
-    }
-    cols = {
-        "image": _decode_paths(data["micrograph_blob/path"], root),
-        "optics_group": group.astype(np.int32),
-    }
+        props["voltage_kV"] = data["ctf/accel_kv"]
+        props["spherical_aberration_mm"] = data["ctf/cs_mm"]
+        props["amplitude_contrast"] = data["ctf/amp_contrast"]
+    group, optics = _group_table(path, group, props)
+    cols = {"image": _decode_paths(data["micrograph_blob/path"], root), "optics_group": group}
     consumed = {"micrograph_blob/path", "micrograph_blob/psize_A"}
     extra = {k: np.asarray(data[k]) for k in names if k not in consumed}
     return Converted("hpcem.SetOfMicrographs", cols, optics, extra, os.fspath(path))
