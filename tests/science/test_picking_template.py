@@ -227,6 +227,34 @@ def test_ctf_multiplied_templates_help_at_3_um_defocus(tmp_path):
     assert with_ctf["f1"] >= without["f1"] + 0.05, (with_ctf, without)
 
 
+def test_class_averages_as_templates(tmp_path):
+    """Averages of another pixel size (12 projections at 2 Å/px in a 96-px stack, as a 2D
+    classification would give) are resampled to the search grid and pick at F1 >= 0.9."""
+    from hpcem.io import read_image, write_mrc
+    from hpcem.picking.templates import reference_templates
+
+    _, truth = _dataset(tmp_path / "mics", n_items=2, size_px=768, pixel_size_A=1.5, seed=8)
+    coarse = dataset_volume(DatasetConfig(kind="micrographs", pixel_size_A=2.0))
+    averages = coarse.projector().project(tp.sphere_directions(60.0))
+    assert len(averages) == 11
+    path = write_mrc(tmp_path / "classes.mrcs", tp._recentre(averages, 96), 2.0)
+    work_A = tp.working_pixel_size_A(DIAMETER_A, 1.5, 20.0)
+    stack, angles = reference_templates(
+        "averages", [str(path)] * 11, list(range(11)), 2.0, DIAMETER_A, work_A, 30.0
+    )
+    assert angles is None and stack.shape == (11, 36, 36)
+    results = []
+    for item in truth["items"]:
+        ctf = {k: item[k] for k in ("defocus_u", "defocus_v", "defocus_angle")} | OPTICS
+        image = read_image(tmp_path / "mics" / item["name"])
+        picks = tp.pick_micrograph(
+            image, 1.5, stack, work_A, DIAMETER_A, ctf, threshold=_default_threshold()
+        )
+        true = truth_xy(truth, item["name"])
+        results.append(match_picks(picks["xy"], true, 0.5 * DIAMETER_A / 1.5))
+    assert pooled(results)["f1"] >= 0.9, results
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 
