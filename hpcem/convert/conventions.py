@@ -363,6 +363,23 @@ def deg_to_cryosparc_df_angle(angle_deg) -> np.ndarray:
     return np.deg2rad(np.asarray(angle_deg, dtype=np.float64))
 
 
+def normalise_astigmatism(defocus_u_A, defocus_v_A, angle_deg) -> tuple[np.ndarray, ...]:
+    """The same CTF with ``U ≥ V`` and the angle in [0, 180): hpcem's estimators' form.
+
+    Swapping U and V and turning the angle by 90° describes the same defocus at every
+    azimuth (``Δf(α) = ½[(U+V) + (U−V) cos 2(α − angle)]``), and the angle is defined
+    modulo 180°. Readers keep the file's values (exact round trips); use this where a
+    step needs hpcem's form.
+    """
+    u = np.asarray(defocus_u_A, dtype=np.float64)
+    v = np.asarray(defocus_v_A, dtype=np.float64)
+    angle = np.asarray(angle_deg, dtype=np.float64)
+    swap = v > u
+    u2, v2 = np.where(swap, v, u), np.where(swap, u, v)
+    angle = np.mod(np.where(swap, angle + 90.0, angle), 180.0)
+    return u2, v2, angle
+
+
 def ctffind_azimuth_to_defocus_angle(azimuth_deg) -> np.ndarray:
     """CTFFIND4 "azimuth of astigmatism" (deg) -> RELION/hpcem defocus angle: identical.
 

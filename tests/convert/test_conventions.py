@@ -362,3 +362,20 @@ def test_docs_name_every_rule_and_existing_tests():
     files = {p.stem for p in (root / "tests").rglob("test_*.py")}
     cited = set(re.findall(r"\b(test_[a-z0-9_]+)\b", doc)) - files  # file names are not tests
     assert sorted(t for t in cited if f"def {t}(" not in sources) == []
+
+
+def test_normalised_astigmatism_is_the_same_ctf():
+    """EMX/CTFFIND defocus at azimuth α, written here: the same at every α after the
+    normalisation, with U >= V and the angle in [0, 180)."""
+    u = np.array([15000.0, 12000.0, 9000.0, 20000.0])
+    v = np.array([14000.0, 13000.0, 9500.0, 20000.0])
+    ang = np.array([-30.0, 170.0, 400.0, 12.0])
+    nu, nv, na = cv.normalise_astigmatism(u, v, ang)
+    assert np.all(nu >= nv) and np.all((na >= 0) & (na < 180))
+    alpha = np.linspace(0, 2 * np.pi, 91)[:, None]
+
+    def emx(uu, vv, aa):
+        return 0.5 * (uu + vv + (uu - vv) * np.cos(2 * (alpha - np.deg2rad(aa))))
+
+    np.testing.assert_allclose(emx(nu, nv, na), emx(u, v, ang), atol=1e-8)
+    assert nu.tolist() == [15000.0, 13000.0, 9500.0, 20000.0]
