@@ -411,3 +411,16 @@ def test_run_registers_the_good_micrograph_and_lists_the_nan_one(
     np.testing.assert_allclose(coords["y"], expected["xy"][:, 1], atol=0.01)
     assert steps["pick/000000"]["result"]["picture"].endswith(".png")
     assert json.dumps(result)  # JSON all the way
+
+
+def test_numpy_fallback_gives_the_same_picks(datasets, monkeypatch):
+    """Without the compiled peaks kernel (a checkout never built) the picks are the same."""
+    from hpcem.picking import peaks
+
+    folder, truth = datasets["1.5A"]
+    image = read_image(folder / "mic_001.mrc")
+    compiled = dog.pick_dog(image, 1.5, _diameter_A(truth))
+    monkeypatch.setattr(peaks.kernels, "load", lambda name: None)
+    reference = dog.pick_dog(image, 1.5, _diameter_A(truth))
+    np.testing.assert_array_equal(compiled["xy"], reference["xy"])
+    np.testing.assert_array_equal(compiled["scores"], reference["scores"])
