@@ -87,11 +87,18 @@ def optics_from_table(
     return _typed(optics), rest
 
 
+#: Pixel-size labels that may give a kind's pixel size, in order. A particle's pixel
+#: size is never taken from the micrograph's (particles are often downsampled).
+_PIXEL_SOURCES = {
+    "particles": ("rlnImagePixelSize",),
+    "micrographs": ("rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize"),
+    "movies": ("rlnMicrographOriginalPixelSize", "rlnMicrographPixelSize"),
+}
+
+
 def _pixel_label(table: Mapping[str, Any], kind: str) -> str | None:
-    """The pixel-size label to use: the kind's own, else the others in a sensible order."""
-    order = [PIXEL_LABEL.get(kind, "rlnImagePixelSize")] + [
-        v for v in ("rlnImagePixelSize", "rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize")
-    ]
+    """The pixel-size label to use for ``kind`` (see :data:`_PIXEL_SOURCES`)."""
+    order = _PIXEL_SOURCES.get(kind, ("rlnImagePixelSize",))
     return next((lab for lab in order if lab in table), None)
 
 
