@@ -379,3 +379,32 @@ def test_normalised_astigmatism_is_the_same_ctf():
 
     np.testing.assert_allclose(emx(nu, nv, na), emx(u, v, ang), atol=1e-8)
     assert nu.tolist() == [15000.0, 13000.0, 9500.0, 20000.0]
+
+
+@pytest.mark.skipif(
+    shutil.which("relion_image_handler") is None, reason="relion_image_handler not on PATH"
+)
+def test_relion_reads_tiff_flipped_along_y(tmp_path):
+    """RELION flips TIFF along the slow axis on reading (its Conventions page), hpcem does
+    not: a marked pixel at row y of a TIFF frame is at row height − 1 − y of the MRC that
+    ``relion_image_handler`` converts it to (``flip_y_px``); x is unchanged."""
+    import mrcfile
+    import tifffile
+
+    from hpcem.command import run_command
+    from hpcem.io.images import read_image
+
+    frame = np.zeros((1, 20, 30), dtype=np.uint8)
+    frame[0, 2, 7] = 9
+    tifffile.imwrite(tmp_path / "movie.tif", frame)
+    run_command(
+        ["relion_image_handler", "--i", "movie.tif", "--o", "frame.mrcs"],
+        cwd=tmp_path,
+        timeout_s=60,
+    )
+    relion = mrcfile.read(tmp_path / "frame.mrcs")
+    (y_relion, x_relion), *_ = np.argwhere(relion == relion.max())
+    ours = np.asarray(read_image(tmp_path / "movie.tif")).reshape(20, 30)
+    (y_ours, x_ours), *_ = np.argwhere(ours == ours.max())
+    assert (x_relion, x_ours) == (7, 7) and y_ours == 2
+    assert y_relion == cv.flip_y_px(y_ours, 20) == 17
