@@ -22,6 +22,7 @@ from hpcem.convert.cryosparc import (
     write_particles_cs,
 )
 from hpcem.errors import DataFormatError, ValidationError
+from hpcem.model.types import ACQUISITION, SET_TYPES
 
 CS_FILES = (
     "empiar_10076_7.cs",
@@ -246,6 +247,7 @@ def test_coordinates_from_location(tmp_path):
     table = _location_cs(tmp_path / "picked.cs")
     names = {"MotionCorr/mic_a.mrc": 10, "MotionCorr/mic_b.mrc": 11}
     conv = read_coordinates_cs(tmp_path / "picked.cs", micrograph_names=names)
+    assert set(conv.columns) <= set(SET_TYPES[conv.set_type].field_names)
     frac_x = table["location/center_x_frac"].astype(np.float64)
     frac_y = table["location/center_y_frac"].astype(np.float64)
     np.testing.assert_array_equal(conv.columns["x"], frac_x * 5760)
@@ -294,6 +296,9 @@ def test_exposures_and_their_ctf(tmp_path):
     assert mics.columns["optics_group"].tolist() == [1, 1, 2]
     assert mics.optics["pixel_size_A"].tolist() == pytest.approx([0.83, 0.83])
     ctfs = read_micrograph_ctfs_cs(tmp_path / "exposures.cs")
+    for conv in (mics, ctfs):  # hpcem fields only
+        assert set(conv.columns) <= set(SET_TYPES[conv.set_type].field_names)
+    assert set(mics.optics) <= set(ACQUISITION.field_names)
     np.testing.assert_allclose(ctfs.columns["defocus_angle"], np.degrees(t["ctf/df_angle_rad"]))
     np.testing.assert_array_equal(ctfs.columns["fit_resolution"], t["ctf/ctf_fit_to_A"])
     assert ctfs.columns["micrograph_id"].tolist() == [0, 1, 2]
