@@ -96,7 +96,6 @@ def pick_one(
     """Step of ``picking.template``: pick one micrograph with the run's templates, write
     its picture, return :func:`hpcem.picking.steps.pick_result` plus the binned pixel
     size and the best template/in-plane angle of each pick."""
-    from hpcem.io import read_header
     from hpcem.io.mrc import read_mrc
     from hpcem.kernels import backend
     from hpcem.picking.steps import load_for_picking, pick_result, require_ctf
@@ -107,7 +106,7 @@ def pick_one(
     templates = read_mrc(options["templates"])
     if templates.ndim == 2:
         templates = templates[None]
-    template_pixel_A = read_header(options["templates"]).pixel_size_A
+    template_pixel_A = options["template_pixel_A"]
     diameter_A = options["diameter_A"]
     try:
         picks = pick_micrograph(
@@ -342,6 +341,7 @@ class PickTemplate(Protocol):
             )
         }
         options["templates"] = output
+        options["template_pixel_A"] = work_A
         options["references"] = refs["files"]
         return picking_steps(
             ctx, "hpcem.protocols.picking_template:pick_one", options, before=[templates]

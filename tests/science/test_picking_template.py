@@ -300,6 +300,43 @@ def test_a_micrograph_too_coarse_for_the_particle_is_refused():
         tp.pick_micrograph(image, 20.0, stack, 6.25, DIAMETER_A)
 
 
+def test_pick_step_caps_warns_and_rejects(tmp_path):
+    """The micrograph step on files: more maxima than max_picks keeps the best and warns;
+    a ctfs input without this micrograph's CTF rejects it."""
+    from hpcem.protocols.picking_template import pick_one
+
+    from hpcem.errors import ItemRejected
+    from hpcem.io import write_mrc
+
+    _, truth = _dataset(tmp_path, n_items=1, size_px=768, pixel_size_A=1.5, seed=2)
+    stack, work_A = _templates(DatasetConfig(kind="micrographs", pixel_size_A=1.5))
+    write_mrc(tmp_path / "templates.mrcs", stack, work_A)
+    item = truth["items"][0]
+    options = {
+        "templates": str(tmp_path / "templates.mrcs"),
+        "template_pixel_A": work_A,
+        "diameter_A": DIAMETER_A,
+        "lowpass_A": 20.0,
+        "inplane_step_deg": 10.0,
+        "threshold": _default_threshold(),
+        "min_distance_A": 0.0,
+        "max_picks": 5,
+    }
+    ctf = {k: item[k] for k in ("defocus_u", "defocus_v", "defocus_angle")} | OPTICS
+    path, picture = str(tmp_path / item["name"]), str(tmp_path / "pictures" / "m.png")
+    result = pick_one(path, 7, 1.5, ctf, options, picture)
+    n_true = len(truth_xy(truth, item["name"]))
+    assert result["count"] == 5 and n_true > 5
+    assert result["warning"] == (
+        f"micrograph 7: {n_true} picks above the threshold, kept the best 5 (max_picks; "
+        "ice contamination or a threshold too low?)"
+    )
+    assert result["score"] == sorted(result["score"], reverse=True)
+    assert (tmp_path / "pictures" / "m.png").stat().st_size > 1000
+    with pytest.raises(ItemRejected, match="micrograph 7: no CTF for it in input ctfs"):
+        pick_one(path, 7, 1.5, {}, options, None)
+
+
 # --- the protocol ----------------------------------------------------------------------------
 
 
