@@ -16,7 +16,9 @@ whose nearest pixel is outside its micrograph, or whose box crosses the edge wit
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,57 @@ def _options(p: dict) -> dict:
     }
 
 
+@contextlib.contextmanager
+def micrograph_pixels(path: str, pixel_size_A: float) -> Iterator[np.ndarray]:
+    """The micrograph as a 2D float32 array, its header pixel size checked against
+    ``pixel_size_A``: a read-only memory map of a float32 MRC (no copy of the whole
+    image; valid inside the ``with`` block), otherwise the file read whole (TIFF, integer
+    modes, a movie averaged). Raises DataFormatError, ValidationError or OSError."""
+    from hpcem.ctf.estimate import load_micrograph
+    from hpcem.io import check_pixel_size, read_header
+    from hpcem.io.mrc import mmap_mrc
+
+    header = read_header(path)
+    if header.format == "mrc" and header.shape[0] == 1:
+        check_pixel_size(header, pixel_size_A)
+        with mmap_mrc(path) as (_, data):
+            native = data.dtype == np.dtype(np.float32)
+            yield data[0] if native else np.asarray(data[0], dtype=np.float32)
+    else:
+        yield load_micrograph(path, pixel_size_A)[0]
+
+
+def _extract(image: np.ndarray, micrograph_id: int, pixel_size_A: float, xy, ctf, options):
+    """Checks of the micrograph (ItemRejected) and :func:`extract_particles`."""
+    from hpcem.ctf.spectrum import micrograph_defect
+    from hpcem.particles.extract import extract_particles
+
+    defect = micrograph_defect(image)
+    if defect is not None:
+        raise ItemRejected(f"micrograph {micrograph_id}: {defect}")
+    box = options["box_size_px"]
+    if box > min(image.shape):
+        raise ItemRejected(
+            f"micrograph {micrograph_id}: box {box} px is larger than the micrograph "
+            f"({image.shape[1]}x{image.shape[0]} px)"
+        )
+    return extract_particles(
+        image,
+        xy,
+        box,
+        pixel_size_A,
+        rescaled_box_px=options["rescaled_box_px"],
+        ctf=ctf if options["phase_flip"] else None,
+        normalize=options["normalize"],
+        bg_radius_px=options["bg_radius_px"],
+        ramp=options["ramp"],
+        dust_sd=options["dust_sd"],
+        invert_contrast=options["invert_contrast"],
+        edge=options["edge"],
+        seed=int(micrograph_id),
+    )
+
+
 def extract_one(
     path: str,
     micrograph_id: int,
@@ -104,48 +157,21 @@ def extract_one(
     of the coordinates dropped (nearest pixel outside the micrograph; box crossing the
     edge with edge = drop) and of the kept boxes that were padded.
     """
-    from hpcem.ctf.estimate import load_micrograph
-    from hpcem.ctf.spectrum import micrograph_defect
     from hpcem.io import write_mrc
     from hpcem.kernels import backend
-    from hpcem.particles.extract import CROSSES_EDGE, KERNEL, OUTSIDE, extract_particles
+    from hpcem.particles.extract import CROSSES_EDGE, KERNEL, OUTSIDE
 
     if ctf is not None and not ctf:
         raise ItemRejected(f"micrograph {micrograph_id}: no CTF for it in input ctfs")
-    try:
-        image, _ = load_micrograph(path, pixel_size_A)
-    except (DataFormatError, ValidationError, OSError) as exc:
-        raise ItemRejected(f"micrograph {micrograph_id}: {exc}") from None
-    defect = micrograph_defect(image)
-    if defect is not None:
-        raise ItemRejected(f"micrograph {micrograph_id}: {defect}")
-    box = options["box_size_px"]
-    if box > min(image.shape):
-        raise ItemRejected(
-            f"micrograph {micrograph_id}: box {box} px is larger than the micrograph "
-            f"({image.shape[1]}x{image.shape[0]} px)"
-        )
     xy = np.stack(
         [np.asarray(coordinates["x"], np.float64), np.asarray(coordinates["y"], np.float64)], 1
     )
     try:
-        result = extract_particles(
-            image,
-            xy,
-            box,
-            pixel_size_A,
-            rescaled_box_px=options["rescaled_box_px"],
-            ctf=ctf if options["phase_flip"] else None,
-            normalize=options["normalize"],
-            bg_radius_px=options["bg_radius_px"],
-            ramp=options["ramp"],
-            dust_sd=options["dust_sd"],
-            invert_contrast=options["invert_contrast"],
-            edge=options["edge"],
-            seed=int(micrograph_id),
-        )
-    except ValidationError as exc:
+        with micrograph_pixels(path, pixel_size_A) as image:
+            result = _extract(image, micrograph_id, pixel_size_A, xy, ctf, options)
+    except (DataFormatError, ValidationError, OSError) as exc:
         raise ItemRejected(f"micrograph {micrograph_id}: {exc}") from None
+    box = options["box_size_px"]
     out_box = options["rescaled_box_px"] or box
     written = ""
     if len(result.kept):

@@ -6,7 +6,7 @@ random coordinates each (300; boxes fully inside, so both programs cut the same 
 written as MRC files before the clock starts. Each repeat (``--repeats``, 3) times, one
 after the other on the same files:
 
-* hpcem: the step of ``particles.extract`` (:func:`extract_one`: read and check the
+* hpcem: the step of ``particles.extract`` (:func:`extract_one`: map and check the
   micrograph, cut, normalise with the ramp, invert, write one MRCS stack per micrograph)
   for every micrograph, in this process;
 * RELION: ``relion_preprocess --extract --extract_size BOX --norm --bg_radius R
@@ -19,7 +19,8 @@ before every run: both programs write the same bytes (~37 kB per particle at box
 their speed also depends on how fast the page cache takes the writes. Wall-clock and CPU
 seconds are both reported (CPU time is what one core costs when the machine is shared).
 The outputs of the last repeat are compared pixel by pixel. A last pass times the parts
-of hpcem's step (read + checks, cut + normalise, write).
+of hpcem's step (map + checks, cut + normalise, write); cutting reads the memory-mapped
+micrograph, so part of the reading is counted there.
 
 Prints one JSON object.
 """
@@ -147,8 +148,9 @@ def run_relion(folder: Path, box: int, radius: int, out: str) -> tuple[float, fl
 
 
 def profile_parts(folder: Path, coords, box: int) -> dict:
-    """Seconds per particle of each part of the step, summed over all micrographs."""
-    from hpcem.ctf.estimate import load_micrograph
+    """CPU µs per particle of each part of the step, summed over all micrographs."""
+    from hpcem.protocols.particles_extract import micrograph_pixels
+
     from hpcem.ctf.spectrum import micrograph_defect
     from hpcem.io import write_mrc
     from hpcem.particles.extract import extract_particles
@@ -157,11 +159,11 @@ def profile_parts(folder: Path, coords, box: int) -> dict:
     n = 0
     for i, xy in enumerate(coords):
         t0 = time.process_time()
-        image, _ = load_micrograph(folder / f"mic{i:03d}.mrc", 1.0)
-        micrograph_defect(image)
-        t1 = time.process_time()
-        result = extract_particles(image, xy, box, 1.0)
-        t2 = time.process_time()
+        with micrograph_pixels(folder / f"mic{i:03d}.mrc", 1.0) as image:
+            micrograph_defect(image)
+            t1 = time.process_time()
+            result = extract_particles(image, xy, box, 1.0)
+            t2 = time.process_time()
         write_mrc(folder / "profile" / f"mic{i:03d}.mrcs", result.stack, 1.0, overwrite=True)
         t3 = time.process_time()
         parts["read_and_check"] += t1 - t0
