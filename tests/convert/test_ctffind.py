@@ -8,6 +8,7 @@ resolution come back to 1e-6, the phase shift (radians in the file) to 6e-5°.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,90 @@ def test_micrograph_matched_by_input_file(shared_data):
     assert conv.columns["micrograph_id"].tolist() == [12]
     with pytest.raises(DataFormatError, match="micrograph 'test_img.mrc' is not in"):
         read_ctffind_txt(shared_data / ASPIRE, micrograph_names={"other.mrc": 1})
+
+
+_MICS_STAR = """
+# version 30001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnMicrographPixelSize #3
+_rlnVoltage #4
+_rlnSphericalAberration #5
+_rlnAmplitudeContrast #6
+opticsGroup1 1 {apix} {kv} {cs} {ac}
+
+# version 30001
+
+data_micrographs
+
+loop_
+_rlnMicrographName #1
+_rlnOpticsGroup #2
+{names}
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("relion_run_ctffind") is None, reason="relion_run_ctffind not on PATH"
+)
+def test_relion_run_ctffind_reads_our_files(shared_data, tmp_path):
+    """RELION's own CTFFIND import (``relion_run_ctffind --only_make_star``, which parses
+    existing CTFFIND4 results) on a file we wrote and on the real CTFFIND 4.1.14 file
+    (copied next to it): its micrographs_ctf.star holds our values."""
+    import starfile
+
+    from hpcem.command import run_command
+
+    (tmp_path / "Movies").mkdir()
+    (tmp_path / "CtfFind" / "Movies").mkdir(parents=True)
+    ours = {
+        "defocus_u": np.array([15301.1]),
+        "defocus_v": np.array([14916.4]),
+        "defocus_angle": np.array([5.28]),
+        "phase_shift": np.array([12.5]),
+        "fit_score": np.array([0.2]),
+        "fit_resolution": np.array([3.4]),
+    }
+    optics = {
+        "pixel_size_A": [1.0],
+        "voltage_kV": [200.0],
+        "spherical_aberration_mm": [2.26],
+        "amplitude_contrast": [0.07],
+    }
+    write_ctffind_txt(tmp_path / "CtfFind/Movies/ours.txt", ours, optics, input_file="ours.mrc")
+    real = (shared_data / ASPIRE).read_text()
+    (tmp_path / "CtfFind/Movies/real.txt").write_text(real)
+    for name in ("ours", "real"):
+        (tmp_path / f"Movies/{name}.mrc").write_bytes(b"")  # only the name is used
+        (tmp_path / f"CtfFind/Movies/{name}_ctffind4.log").write_text(
+            f"Summary of results                          : CtfFind/Movies/{name}.txt\n"
+        )
+    (tmp_path / "mics.star").write_text(
+        _MICS_STAR.format(
+            apix=1.0, kv=200, cs=2.26, ac=0.07, names="Movies/ours.mrc 1\nMovies/real.mrc 1"
+        )
+    )
+    argv = ["relion_run_ctffind", "--i", "mics.star", "--o", "CtfFind/", "--ctffind_exe"]
+    argv += ["/bin/true", "--is_ctffind4", "--only_make_star", "--do_phaseshift"]
+    run_command(argv, cwd=tmp_path, timeout_s=120)
+    table = starfile.read(tmp_path / "CtfFind/micrographs_ctf.star", always_dict=True)[
+        "micrographs"
+    ]
+    table = table.set_index("rlnMicrographName")
+    mine = table.loc["Movies/ours.mrc"]
+    assert mine["rlnDefocusU"] == pytest.approx(15301.1, abs=1e-3)
+    assert mine["rlnDefocusV"] == pytest.approx(14916.4, abs=1e-3)
+    assert mine["rlnDefocusAngle"] == pytest.approx(5.28, abs=1e-6)
+    assert mine["rlnPhaseShift"] == pytest.approx(12.5, abs=1e-4)
+    assert mine["rlnCtfFigureOfMerit"] == pytest.approx(0.2)
+    assert mine["rlnCtfMaxResolution"] == pytest.approx(3.4)
+    conv = read_ctffind_txt(shared_data / ASPIRE)
+    theirs = table.loc["Movies/real.mrc"]
+    assert theirs["rlnDefocusU"] == pytest.approx(conv.columns["defocus_u"][0], abs=1e-3)
+    assert theirs["rlnDefocusAngle"] == pytest.approx(conv.columns["defocus_angle"][0], abs=1e-6)
+    assert theirs["rlnPhaseShift"] == pytest.approx(conv.columns["phase_shift"][0], abs=1e-4)
+    assert theirs["rlnCtfMaxResolution"] == pytest.approx(conv.columns["fit_resolution"][0])
