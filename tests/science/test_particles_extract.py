@@ -582,3 +582,25 @@ def test_coordinates_of_other_pixel_size_are_refused(project, tmp_path):
         lifecycle.create_run(
             project, "particles.extract", {"box_size_px": 64}, inputs | {"coordinates": binned}
         )
+
+
+@pytest.mark.parametrize("kind", ["float32", "int16", "tiff"])
+def test_step_reads_float_int_and_tiff_micrographs_alike(tmp_path, kind):
+    """Float32 MRC files are memory-mapped, others read whole: same particles."""
+    from hpcem.protocols.particles_extract import extract_one
+
+    from hpcem.io import write_tiff_movie
+
+    counts = np.random.default_rng(8).poisson(20.0, size=(128, 160)).astype(np.int16)
+    if kind == "tiff":
+        path = write_tiff_movie(tmp_path / "m.tif", counts[None], PIXEL_A)
+    else:
+        path = write_mrc(tmp_path / "m.mrc", counts.astype(kind), PIXEL_A)
+    coords = {"x": [40.0, 80.4, 150.0], "y": [60.0, 64.6, 60.0]}
+    out = tmp_path / "s.mrcs"
+    result = extract_one(str(path), 3, PIXEL_A, coords, None, OPTIONS, str(out))
+    assert result["count"] == 2 and result["edge"] == [2]
+    expected = ex.extract_particles(
+        counts.astype(np.float32), np.stack([coords["x"], coords["y"]], 1), 32, PIXEL_A
+    )
+    np.testing.assert_allclose(read_image(out), expected.stack, atol=1e-6)
