@@ -118,6 +118,17 @@ def _decode_paths(values: np.ndarray, root: str | os.PathLike | None) -> np.ndar
     return np.array(out, dtype=object)[inverse]
 
 
+def _require_files(path: Any, files: np.ndarray) -> None:
+    """Refuse a set whose image files do not exist (checked once per distinct file)."""
+    uniq = list(dict.fromkeys(files.tolist()))
+    missing = [f for f in uniq if not os.path.exists(f)]
+    if missing:
+        raise DataFormatError(
+            f"{path}: {len(missing)} of its {len(uniq)} image file(s) do not exist, e.g. "
+            f"{missing[0]} (give root= the cryoSPARC project folder the paths are relative to)"
+        )
+
+
 def _alignment_prefix(names: tuple[str, ...]) -> str | None:
     if "alignments3D/pose" in names:
         return "alignments3D"
@@ -253,6 +264,7 @@ def read_particles_cs(
     root: str | os.PathLike | None = None,
     flip_y: bool = False,
     micrograph_names: Mapping[str, int] | None = None,
+    check_files: bool = False,
 ) -> Converted:
     """Read a particle ``.cs`` file into PARTICLE columns, optics and extra fields.
 
@@ -271,6 +283,9 @@ def read_particles_cs(
         Micrograph name -> id of the micrograph set the particles come from: fills
         ``micrograph_id`` from ``location/micrograph_path`` (matched by name, then stem);
         a particle of a micrograph not in it is a :class:`DataFormatError` naming it.
+    check_files
+        Refuse the file (:class:`DataFormatError`, naming the first missing stack and how
+        many) when image stacks do not exist under ``root``.
     """
     data = load_cs(path)
     names = data.dtype.names
@@ -282,6 +297,8 @@ def read_particles_cs(
         "image": _decode_paths(data["blob/path"], root),
         "image_index": data["blob/idx"].astype(np.int32),
     }
+    if check_files:
+        _require_files(path, cols["image"])
     group, optics = _optics_groups(path, data, names)
     cols["optics_group"] = group
     if "ctf/df1_A" in names:
@@ -559,13 +576,14 @@ def read_coordinates_cs(
 
 
 def read_micrographs_cs(
-    path: str | os.PathLike, root: str | os.PathLike | None = None
+    path: str | os.PathLike, root: str | os.PathLike | None = None, check_files: bool = False
 ) -> Converted:
     """Exposures ``.cs`` (``micrograph_blob/*``) as MICROGRAPH columns and optics.
 
     Optics groups come from ``ctf/exp_group_id`` (+1) when present, else one group; the
     pixel size is ``micrograph_blob/psize_A``. ``micrograph_blob/shape`` and the rest go
     to ``extra``. The CTF of the same file: :func:`read_micrograph_ctfs_cs`.
+    ``check_files``: refuse the file when micrographs do not exist under ``root``.
     """
     data = load_cs(path)
     names = data.dtype.names
@@ -580,6 +598,8 @@ def read_micrographs_cs(
         props["amplitude_contrast"] = data["ctf/amp_contrast"]
     group, optics = _group_table(path, group, props)
     cols = {"image": _decode_paths(data["micrograph_blob/path"], root), "optics_group": group}
+    if check_files:
+        _require_files(path, cols["image"])
     consumed = {"micrograph_blob/path", "micrograph_blob/psize_A"}
     extra = {k: np.asarray(data[k]) for k in names if k not in consumed}
     return Converted("hpcem.SetOfMicrographs", cols, optics, extra, os.fspath(path))

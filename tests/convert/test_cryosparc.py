@@ -492,3 +492,14 @@ def test_most_probable_class_pose(tmp_path, layout):
     np.testing.assert_allclose(
         conv.columns["shift_x"], shift[np.arange(n), best, 0] * 1.5, rtol=1e-6
     )
+
+
+def test_missing_image_stacks_refused_on_request(shared_data, tmp_path):
+    path = _cs(shared_data, "empiar_10076_7.cs")
+    with pytest.raises(
+        DataFormatError,
+        match=r"1 of its 1 image file\(s\) do not exist, e.g. .*empiar_10076_7\.mrc",
+    ):
+        read_particles_cs(path, root=tmp_path, check_files=True)
+    read_particles_cs(path, root=shared_data / "cryodrgn-4.3.1", check_files=True)  # it is there
+    assert len(read_particles_cs(path, root=tmp_path)) == 7  # not checked by default
