@@ -306,7 +306,7 @@ def read_particles_cs(
         cols["defocus_v"] = data["ctf/df2_A"].astype(np.float64)
         cols["defocus_angle"] = cv.cryosparc_df_angle_to_deg(data["ctf/df_angle_rad"])
         if "ctf/phase_shift_rad" in names:
-            cols["phase_shift"] = cv.ctffind_phase_shift_to_deg(data["ctf/phase_shift_rad"])
+            cols["phase_shift"] = np.rad2deg(data["ctf/phase_shift_rad"].astype(np.float64))
         if "ctf/ctf_fit_to_A" in names:
             cols["ctf_fit_resolution"] = data["ctf/ctf_fit_to_A"].astype(np.float64)
         if "ctf/cross_corr_ctffind4" in names:
