@@ -601,7 +601,7 @@ def _scalar_text(val: Any) -> str:
     if isinstance(val, (int, np.integer)):
         return str(int(val))
     if isinstance(val, (float, np.floating)):
-        return format_float(np.array([val]))[0].tobytes().decode().strip()
+        return format_float(np.array([val]))[:, 0].tobytes().decode().strip()
     s = str(val)
     return f'"{s}"' if s == "" or any(c.isspace() for c in s) else s
 
