@@ -115,6 +115,29 @@ def _coordinates(
 # --- crYOLO .cbox --------------------------------------------------------------------------
 
 
+def _is_star(path: Any) -> bool:
+    """True when the file has a STAR ``data_`` block (crYOLO 1.8+), False for plain columns."""
+    try:
+        with open(os.fspath(path), "rb") as fh:
+            head = fh.read(65536)
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: no such file") from None
+    return b"data_" in head
+
+
+def _read_old_cbox(
+    path: Any, micrograph: str | None, micrograph_names: Mapping[str, int] | None
+) -> Converted:
+    """crYOLO < 1.8 ``.cbox``: ``x y w h confidence [more]`` per line, lower corner."""
+    table = _read_numeric_table(path, 5, "crYOLO .cbox")
+    x = cv.box_corner_to_centre(table[:, 0], table[:, 2])
+    y = cv.box_corner_to_centre(table[:, 1], table[:, 3])
+    extra: dict[str, Any] = {"Width": table[:, 2], "Height": table[:, 3]}
+    for k in range(5, table.shape[1]):
+        extra[f"column_{k + 1}"] = table[:, k]
+    return _coordinates(path, micrograph, micrograph_names, x, y, table[:, 4], extra)
+
+
 def read_cbox(
     path: str | os.PathLike,
     micrograph: str | None = None,
@@ -124,10 +147,13 @@ def read_cbox(
 
     ``x, y`` = ``_CoordinateX/Y + _Width/_Height / 2`` (box corner -> centre), ``score``
     = ``_Confidence``; ``extra`` keeps the box size, crYOLO's estimated size, the other
-    columns of ``data_cryolo`` by name, and ``cbox_format_version``.
+    columns of ``data_cryolo`` by name, and ``cbox_format_version``. crYOLO before 1.8
+    wrote ``.cbox`` as plain columns ``x y w h confidence`` (corner again): read the same.
     """
     import starfile
 
+    if not _is_star(path):
+        return _read_old_cbox(path, micrograph, micrograph_names)
     try:
         blocks = starfile.read(os.fspath(path), always_dict=True)
     except FileNotFoundError:

@@ -252,3 +252,18 @@ def test_picks_store_as_an_hpcem_set(shared_data, project):
     assert len(stored) == len(conv)
     np.testing.assert_allclose(stored.column("x"), conv.columns["x"], rtol=1e-7)
     assert set(stored.column("micrograph_id")) == {4}
+
+
+def test_old_plain_cbox(tmp_path):
+    """crYOLO < 1.8 .cbox: EMAN-like columns plus the confidence (napari-boxmanager's
+    ``read_cbox_boxfile_old``: x, y, width, height, confidence)."""
+    path = tmp_path / "old.cbox"
+    path.write_text("3700.5 3874.25 220 220 0.65\n888 3747 220 220 0.43\n")
+    conv = read_cbox(path)
+    assert conv.columns["x"].tolist() == [3810.5, 998.0]
+    assert conv.columns["y"].tolist() == [3984.25, 3857.0]
+    assert conv.columns["score"].tolist() == [0.65, 0.43]
+    short = tmp_path / "short.cbox"
+    short.write_text("1 2 3 4\n")
+    with pytest.raises(DataFormatError, match=r"short\.cbox, line 1: 4 column"):
+        read_cbox(short)
