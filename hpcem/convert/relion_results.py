@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hpcem.convert import Converted
-from hpcem.convert.relion import _relative, _resolve, image_names
+from hpcem.convert.relion_common import _data_block, _relative, _resolve, image_names
 from hpcem.convert.relion_star import ImageNames, StarBlock, is_column, read_star, write_star
 from hpcem.errors import DataFormatError, ValidationError
 from hpcem.store.ragged import Ragged
@@ -93,7 +93,6 @@ def read_classes(
         set_type = "hpcem.SetOfClasses3D"
     if data_path is not None:
         members = read_star(data_path)
-        from hpcem.convert.relion import _data_block
 
         part = _data_block(os.fspath(data_path), members, "particles")
         _require(os.fspath(data_path), part, ("rlnClassNumber",), "class membership")
