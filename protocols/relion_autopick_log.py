@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcem.errors import ItemRejected
+from hpcem.errors import DataFormatError, ItemRejected
 from hpcem.protocol import Input, Output, Param, Protocol, Step
 from hpcem.relion import RELION_CITATIONS
 
@@ -68,7 +68,6 @@ def pick_one(
     """
     from hpcem.picking.steps import load_for_picking, pick_result
     from hpcem.relion.runner import RelionError, link_input, run_relion
-    from hpcem.relion.star import read_loop
 
     image, pixel_size_A = load_for_picking(path, micrograph_id, pixel_size_A)
     work = Path(options["work"]) / f"mic_{micrograph_id:06d}"
@@ -106,17 +105,20 @@ def pick_one(
         (work / extra).unlink(missing_ok=True)
     if not coords.is_file():
         raise ItemRejected(f"micrograph {micrograph_id}: {PROGRAM} wrote no {coords.name}")
-    cols = read_loop(
-        coords, required=() if not coords.stat().st_size else ("rlnCoordinateX", "rlnCoordinateY")
-    )
+    if coords.stat().st_size:
+        from hpcem.convert.relion import read_coordinates
+
+        try:
+            cols = read_coordinates(coords, micrograph_id).columns
+        except DataFormatError as exc:
+            raise ItemRejected(f"micrograph {micrograph_id}: RELION's output: {exc}") from None
+    else:
+        cols = {}
     xy = np.stack(
-        [
-            np.asarray(cols.get("rlnCoordinateX", []), dtype=float),
-            np.asarray(cols.get("rlnCoordinateY", []), dtype=float),
-        ],
+        [np.asarray(cols.get("x", []), dtype=float), np.asarray(cols.get("y", []), dtype=float)],
         axis=1,
     )
-    fom = np.asarray(cols.get("rlnAutopickFigureOfMerit", np.zeros(len(xy))), dtype=float)
+    fom = np.asarray(cols.get("score", np.zeros(len(xy))), dtype=float)
     if picture:
         from hpcem.picking.plot import write_picks_png
 

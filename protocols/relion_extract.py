@@ -83,17 +83,21 @@ def preprocess_args(name: str, coord_suffix: str, options: dict) -> list[str]:
 
 
 def _micrograph_star(path: Path, name: str, optics: dict, ctf: dict | None) -> None:
-    from hpcem.relion.star import optics_table, write_star
+    """The one-micrograph STAR file (optics, and the CTF when given) RELION extracts from."""
+    from hpcem.convert.relion import write_micrographs
 
-    row = {"rlnMicrographName": [name], "rlnOpticsGroup": [1]}
+    table = {
+        "optics_group": [1],
+        "pixel_size_A": [optics["pixel_size_A"]],
+        "voltage_kV": [optics["voltage_kV"]],
+        "spherical_aberration_mm": [optics["cs_mm"]],
+        "amplitude_contrast": [optics["amplitude_contrast"]],
+    }
+    ctfs = None
     if ctf:
-        row |= {
-            "rlnDefocusU": [ctf["defocus_u"]],
-            "rlnDefocusV": [ctf["defocus_v"]],
-            "rlnDefocusAngle": [ctf["defocus_angle"]],
-            "rlnPhaseShift": [ctf.get("phase_shift", 0.0)],
-        }
-    write_star(path, {"optics": optics_table(optics), "micrographs": row})
+        ctfs = {k: [ctf[k]] for k in ("defocus_u", "defocus_v", "defocus_angle")}
+        ctfs["phase_shift"] = [ctf.get("phase_shift", 0.0)]
+    write_micrographs(path, {"image": [name], "optics_group": [1]}, table, ctfs=ctfs)
 
 
 def extract_one(
@@ -114,10 +118,10 @@ def extract_one(
     "image_index", "outside": [indices dropped], "padded": [indices of kept boxes
     crossing the edge], "pixel_size_A", "image_size_px", "commands", "relion_version"}``.
     """
+    from hpcem.convert.relion import read_particles, write_coordinates
     from hpcem.ctf.estimate import load_micrograph
     from hpcem.ctf.spectrum import micrograph_defect
     from hpcem.relion.runner import RelionError, link_input, run_relion
-    from hpcem.relion.star import read_loop, write_star
 
     if ctf is not None and not ctf:
         raise ItemRejected(f"micrograph {micrograph_id}: no CTF for it in input ctfs")
@@ -152,10 +156,7 @@ def extract_one(
     work = Path(options["work"]) / stem
     link_input(path, work / f"{stem}.mrc")
     _micrograph_star(work / "micrographs.star", f"{stem}.mrc", optics, ctf)
-    write_star(
-        work / f"{stem}_coords.star",
-        {"": {"rlnCoordinateX": xy[given, 0], "rlnCoordinateY": xy[given, 1]}},
-    )
+    write_coordinates(work / f"{stem}_coords.star", {"x": xy[given, 0], "y": xy[given, 1]})
     for old in (work / "particles.star", work / "Particles" / f"{stem}.mrcs"):
         old.unlink(missing_ok=True)  # an earlier attempt's; only this command's output counts
     out_box = options["rescaled_box_px"] or box
@@ -186,19 +187,15 @@ def extract_one(
     except RelionError as exc:
         raise ItemRejected(f"micrograph {micrograph_id}: {exc}") from None
     try:
-        star = work / "particles.star"
-        parts = read_loop(star, "particles", required=("rlnImageName", "rlnCoordinateX"))
-        optics_out = read_loop(star, "optics", required=("rlnImagePixelSize", "rlnImageSize"))
-    except DataFormatError as exc:
+        parts = read_particles(work / "particles.star")
+    except (DataFormatError, ValidationError) as exc:
         raise ItemRejected(f"micrograph {micrograph_id}: RELION's output: {exc}") from None
     # Each particle's coordinate, as RELION wrote it back (%f), is matched to the
     # coordinate it came from (RELION keeps their order; the match makes sure).
-    out_xy = np.stack(
-        [np.asarray(parts["rlnCoordinateX"], float), np.asarray(parts["rlnCoordinateY"], float)], 1
-    )
+    cols = parts.columns
+    out_xy = np.stack([np.asarray(cols["coord_x"], float), np.asarray(cols["coord_y"], float)], 1)
     kept = _match_rows(xy[given], out_xy, micrograph_id)
-    names = [str(n).split("@", 1) for n in parts["rlnImageName"]]
-    stacks = {n[1] for n in names}
+    stacks = {str(s) for s in cols["image"]}
     if len(stacks) != 1:
         raise ItemRejected(
             f"micrograph {micrograph_id}: RELION wrote particles into {sorted(stacks)}, "
@@ -209,10 +206,10 @@ def extract_one(
         "count": len(kept_rows),
         "stack": str(work / stacks.pop()),
         "kept": kept_rows.tolist(),
-        "image_index": [int(n[0]) - 1 for n in names],
+        "image_index": [int(i) for i in cols["image_index"]],
         "padded": kept_rows[crosses[kept_rows]].tolist(),
-        "pixel_size_A": float(optics_out["rlnImagePixelSize"][0]),
-        "image_size_px": int(optics_out["rlnImageSize"][0]),
+        "pixel_size_A": float(parts.optics["pixel_size_A"][0]),
+        "image_size_px": int(parts.optics["image_size_px"][0]),
         "commands": [record],
         "relion_version": record["version"],
     }

@@ -93,23 +93,24 @@ def correct_one(path: str, movie_id: int, n_frames: int, optics: dict, options: 
     Returns the sums' paths, ``shifts_x/y`` (Å, hpcem's sign), RELION's ``total_drift``
     and ``early_drift`` (Å), ``pixel_size_A`` of the sums and ``commands``.
     """
+    from hpcem.convert.relion import write_movies
     from hpcem.relion.runner import RelionError, link_input, run_relion
-    from hpcem.relion.star import optics_table, read_loop, write_star
+    from hpcem.relion.star import read_loop
 
     if not Path(path).is_file():
         raise ItemRejected(f"movie {movie_id}: {path} is not a file")
     stem = f"movie_{movie_id:06d}"
     work = Path(options["work"]) / stem
     link_input(path, work / f"{stem}{_movie_suffix(path)}")
-    table = optics_table(optics, pixel_key="rlnMicrographOriginalPixelSize")
-    write_star(
+    write_movies(
         work / "movies.star",
+        {"image": [f"{stem}{_movie_suffix(path)}"], "optics_group": [1]},
         {
-            "optics": table,
-            "movies": {
-                "rlnMicrographMovieName": [f"{stem}{_movie_suffix(path)}"],
-                "rlnOpticsGroup": [1],
-            },
+            "optics_group": [1],
+            "pixel_size_A": [optics["pixel_size_A"]],
+            "voltage_kV": [optics["voltage_kV"]],
+            "spherical_aberration_mm": [optics["cs_mm"]],
+            "amplitude_contrast": [optics["amplitude_contrast"]],
         },
     )
     gain = None

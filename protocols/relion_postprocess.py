@@ -5,9 +5,10 @@ One worker step (:func:`postprocess`): the two half maps of input ``volumes`` (r
 folder and ``relion_postprocess`` computes the gold-standard FSC (with a mask: the
 masked, unmasked, phase-randomised and corrected curves), estimates or applies the
 B-factor and writes the sharpened map. The ``register`` step writes output ``fsc`` (one
-row per curve RELION wrote, ``frequency`` in 1/Å, ``resolution_A`` where the curve
-crosses 0.143; the primary curve — ``corrected`` with a mask, else ``unmasked`` — gets
-RELION's own ``_rlnFinalResolution``) and ``volumes`` (the sharpened map, and the masked
+row per curve RELION wrote, read by :func:`hpcem.convert.relion_results.read_postprocess`:
+``frequency`` in 1/Å, ``resolution_A`` by RELION's 0.143 rule, RELION's own
+``_rlnFinalResolution`` for ``corrected``; the curve RELION reports — ``corrected`` with
+a mask, else ``unmasked`` — first) and ``volumes`` (the sharpened map, and the masked
 one with a mask).
 
 Without a mask RELION 3.1.3 writes its map and ``postprocess.star``, then exits 1 while
@@ -20,21 +21,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from hpcem.errors import DataFormatError, HpcemError
 from hpcem.protocol import Input, Output, Param, Protocol, Step
 from hpcem.relion import RELION_CITATIONS
 
 PROGRAM = "relion_postprocess"
 ROOT = "postprocess"
-#: RELION's FSC columns -> the label of the curve in output ``fsc``.
-CURVES = {
-    "rlnFourierShellCorrelationCorrected": "corrected",
-    "rlnFourierShellCorrelationUnmaskedMaps": "unmasked",
-    "rlnFourierShellCorrelationMaskedMaps": "masked",
-    "rlnCorrectedFourierShellCorrelationPhaseRandomizedMaskedMaps": "phase_randomised",
-}
 #: RELION 3.1.3's known failure after an unmasked run has written its results.
 _UNMASKED_PLOT_ERROR = "addToCPlot2D ERROR: cannot find y-axis label"
 _SUMMARY_FILES = ("logfile.pdf", "logfile.pdf.lst", f"{ROOT}_fsc.eps", f"{ROOT}_guinier.eps")
@@ -61,8 +53,8 @@ def postprocess(half1: str, half2: str, mask: str, pixel_size_A: float, options:
     Returns RELION's general values (``final_resolution_A``, ``bfactor_A2``), the FSC
     table by column, the maps written, ``warning`` and ``commands``.
     """
+    from hpcem.convert.relion_results import read_postprocess
     from hpcem.relion.runner import link_input, run_relion
-    from hpcem.relion.star import read_loop
 
     work = Path(options["work"])
     link_input(half1, work / "half1.mrc")
@@ -92,18 +84,21 @@ def postprocess(half1: str, half2: str, mask: str, pixel_size_A: float, options:
         )
     for extra in _SUMMARY_FILES:
         (work / extra).unlink(missing_ok=True)
-    general = _general(star)
-    fsc = read_loop(
-        star, "fsc", required=("rlnResolution", "rlnFourierShellCorrelationUnmaskedMaps")
-    )
+    try:
+        curves = read_postprocess(star)
+    except DataFormatError as exc:
+        raise HpcemError(f"{PROGRAM}'s output: {exc}") from None
+    cols, general = curves.columns, curves.extra["general"]
     maps = [str(sharpened)]
     if mask and (work / f"{ROOT}_masked.mrc").is_file():
         maps.append(str(work / f"{ROOT}_masked.mrc"))
     return {
         "final_resolution_A": float(general["rlnFinalResolution"]),
         "bfactor_A2": float(general.get("rlnBfactorUsedForSharpening", 0.0)),
-        "frequency": [float(v) for v in fsc["rlnResolution"]],
-        "curves": {CURVES[k]: [round(float(v), 6) for v in fsc[k]] for k in CURVES if k in fsc},
+        "labels": [str(v) for v in cols["label"]],
+        "resolution_A": [float(v) for v in cols["resolution_A"]],
+        "frequency": [float(v) for v in cols["frequency"][0]],
+        "fsc": [[round(float(v), 6) for v in curve] for curve in cols["fsc"]],
         "maps": maps,
         "warning": warning,
         "commands": [record],
@@ -111,45 +106,24 @@ def postprocess(half1: str, half2: str, mask: str, pixel_size_A: float, options:
     }
 
 
-def _general(path: Path) -> dict:
-    """The ``data_general`` key-value block of ``postprocess.star``."""
-    import starfile
-
-    try:
-        block = starfile.read(path, always_dict=True).get("general")
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise DataFormatError(f"{path}: cannot read as a STAR file: {exc}") from None
-    if block is None:
-        raise DataFormatError(f"{path}: no data_general block")
-    return dict(block) if isinstance(block, dict) else block.iloc[0].to_dict()
-
-
-def crossing_A(frequency, curve, threshold: float = 0.143) -> float:
-    """Resolution (Å) of the last shell before ``curve`` first drops below ``threshold``
-    (RELION's rule for ``_rlnFinalResolution``); the highest frequency if it never does."""
-    frequency = np.asarray(frequency, dtype=float)
-    below = np.flatnonzero(np.asarray(curve, dtype=float)[1:] < threshold)
-    last = int(below[0]) if len(below) else len(frequency) - 1
-    return float(1.0 / frequency[max(last, 1)])
-
-
 def register_postprocess(ctx, pixel_size_A: float, box: int) -> dict:
-    """Controller step: write outputs ``fsc`` and ``volumes`` from the step's result."""
+    """Controller step: write outputs ``fsc`` and ``volumes`` from the step's result.
+
+    The curves are those :func:`hpcem.convert.relion_results.read_postprocess` reads
+    (``corrected`` with RELION's ``_rlnFinalResolution``; the others with RELION's 0.143
+    rule), the one RELION reports first: ``corrected`` with a mask, else ``unmasked``.
+    """
     r = ctx.result("postprocess")
-    primary = "corrected" if "corrected" in r["curves"] else "unmasked"
-    labels = [primary] + [k for k in r["curves"] if k != primary]
+    labels = r["labels"]
+    primary = "corrected" if "corrected" in labels else "unmasked"
+    order = [labels.index(primary)] + [i for i, k in enumerate(labels) if k != primary]
     with ctx.create_set("fsc", "hpcem.SetOfFSCs") as writer:
         writer.append_columns(
             {
-                "label": labels,
-                "resolution_A": [
-                    r["final_resolution_A"]
-                    if k == primary
-                    else crossing_A(r["frequency"], r["curves"][k])
-                    for k in labels
-                ],
-                "frequency": [r["frequency"] for _ in labels],
-                "fsc": [r["curves"][k] for k in labels],
+                "label": [labels[i] for i in order],
+                "resolution_A": [r["resolution_A"][i] for i in order],
+                "frequency": [r["frequency"] for _ in order],
+                "fsc": [r["fsc"][i] for i in order],
             }
         )
     with ctx.create_set("volumes", "hpcem.SetOfVolumes") as writer:
@@ -164,7 +138,7 @@ def register_postprocess(ctx, pixel_size_A: float, box: int) -> dict:
     return {
         "final_resolution_A": r["final_resolution_A"],
         "bfactor_A2": r["bfactor_A2"],
-        "curves": labels,
+        "curves": [labels[i] for i in order],
         "warning": r["warning"],
         "relion_version": r["relion_version"],
     }
@@ -241,7 +215,7 @@ class PostprocessRelion(Protocol):
         Output(
             "fsc",
             "hpcem.SetOfFSCs",
-            help="RELION's FSC curves (corrected, unmasked, masked, phase_randomised; the "
+            help="RELION's FSC curves (corrected, unmasked, masked, phase_randomised_masked; the "
             "first is the one RELION reports) with their 0.143 resolution.",
         ),
         Output(

@@ -51,8 +51,10 @@ _PARTICLE_FIELDS = (
 
 
 def write_particles(ctx, star: str, half_maps: bool) -> dict:
-    """Controller step: the input particles as RELION's ``star`` (project-relative)."""
-    from hpcem.relion.star import particles_blocks, write_star
+    """Controller step: the input particles as RELION's ``star`` (project-relative),
+    written by :func:`hpcem.convert.relion.write_particles` with the stacks relative to
+    the STAR file's folder (RELION runs there; a moved project keeps working)."""
+    from hpcem.convert.relion import write_particles as write_star
 
     particles = ctx.input("particles")
     cols = particles.read_columns(list(_PARTICLE_FIELDS))
@@ -60,17 +62,18 @@ def write_particles(ctx, star: str, half_maps: bool) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = os.path.abspath(path.parent)
     stacks = {s: os.path.relpath(ctx.path(str(s)), folder) for s in set(map(str, cols["image"]))}
-    images = [stacks[str(s)] for s in cols["image"]]
-    halves = None
+    cols["image"] = np.asarray([stacks[str(s)] for s in cols["image"]], dtype=object)
     assigned = 0
     if half_maps:
         halves = np.asarray(cols["half_set"], dtype=np.int64).copy()
         missing = ~np.isin(halves, (1, 2))
         assigned = int(missing.sum())
         halves[missing] = 1 + (np.flatnonzero(missing) % 2)
-    optics = dict(particles.optics)
-    write_star(path, particles_blocks(cols, optics, images, halves))
-    return {"count": len(images), "star": star, "half_sets_assigned": assigned}
+        cols["half_set"] = halves
+    else:
+        del cols["half_set"]
+    write_star(path, cols, dict(particles.optics))
+    return {"count": len(cols["image"]), "star": star, "half_sets_assigned": assigned}
 
 
 def reconstruct_one(star: str, output: str, subset: int, options: dict) -> dict:

@@ -1,7 +1,8 @@
 """RELION 3.1 programs run by hpcem protocols: finding them and checking their version
 (:mod:`hpcem.relion.programs`), running one command with its log and provenance
-(:mod:`hpcem.relion.runner`) and the small STAR tables the protocols hand them
-(:mod:`hpcem.relion.star`)."""
+(:mod:`hpcem.relion.runner`), reading RELION output tables hpcem has no set for
+(:mod:`hpcem.relion.star`), and RELION's citations. Conversions of hpcem sets to and from
+RELION's STAR files are :mod:`hpcem.convert.relion`'s."""
 
 from hpcem.protocol import Citation
 

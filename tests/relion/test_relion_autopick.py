@@ -143,12 +143,14 @@ def test_unreadable_micrograph_is_rejected_before_relion(tmp_path):
 
     image = np.ones((256, 256), dtype=np.float32)
     image[3, 4] = np.nan
-    path = write_mrc(tmp_path / "nan.mrc", image, PIXEL_A)
+    with pytest.warns(RuntimeWarning):  # mrcfile: header statistics of NaN data
+        path = write_mrc(tmp_path / "nan.mrc", image, PIXEL_A)
     with pytest.raises(ItemRejected, match=r"^micrograph 9: .*NaN"):
         pick_one(str(path), 9, PIXEL_A, None, _options(tmp_path))
 
 
 # --- whole runs ----------------------------------------------------------------------------
+@pytest.mark.slow  # about 5 s: a simulation run
 def test_validation_reports_a_missing_relion_before_the_run(
     project, tmp_path, wait_for_run, monkeypatch
 ):

@@ -67,7 +67,8 @@ def test_step_fsc_of_the_half_maps_matches_the_definition(tmp_path):
     paths, halves = _half_maps(tmp_path / "maps")
     result = postprocess(str(paths[0]), str(paths[1]), "", PIXEL_A, _options(tmp_path))
     mine = fsc_curve(*halves)  # shells 1 .. 24
-    relion = np.asarray(result["curves"]["unmasked"])  # shells 0 .. 24
+    assert result["labels"] == ["unmasked"]  # no mask: one curve
+    relion = np.asarray(result["fsc"][0])  # shells 0 .. 24
     np.testing.assert_allclose(relion[1 : BOX // 2], mine[: BOX // 2 - 1], atol=0.03)
     np.testing.assert_allclose(result["frequency"][1], 1.0 / (BOX * PIXEL_A), rtol=1e-4)
     # Measured: 13.7-17.5 Å with this noise; RELION's number within one shell of ours.
@@ -113,6 +114,7 @@ def test_run_with_a_mask_writes_the_fsc_curves_and_sharpened_maps(project, tmp_p
     fsc = project.open_set(post.id, "fsc").read_columns()
     labels = list(fsc["label"])
     assert labels[0] == "corrected" and "unmasked" in labels and "masked" in labels
+    assert "phase_randomised_masked" in labels
     unmasked = np.asarray(fsc["fsc"][labels.index("unmasked")])
     np.testing.assert_allclose(
         unmasked[1 : BOX // 2], fsc_curve(*halves)[: BOX // 2 - 1], atol=0.03

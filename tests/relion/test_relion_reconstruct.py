@@ -65,49 +65,16 @@ def test_run_reconstructs_the_true_volume_and_its_half_maps(project, tmp_path, w
     assert commands[0][-2:] == ["--subset", "1"] and commands[1][-2:] == ["--subset", "2"]
     assert "--ctf" in commands[0]
     assert steps["register"]["result"]["half_sets_assigned"] == 0
-
-
-def test_particles_star_carries_poses_shifts_and_ctf(tmp_path):
-    """The STAR file hpcem hands RELION, read back with starfile: one row per particle,
-    1-based ``N@stack`` names, shifts as ``_rlnOriginXAngst`` unchanged."""
+    # The STAR file RELION read, read back with starfile: stacks relative to its folder,
+    # 1-based indices, shifts as _rlnOriginXAngst unchanged, half sets.
     import starfile
 
-    from hpcem.relion.star import particles_blocks, write_star
-
-    cols = {
-        "image_index": np.array([0, 1, 2]),
-        "rot": np.array([10.0, 20.0, 30.0]),
-        "tilt": np.array([5.0, 90.0, 175.0]),
-        "psi": np.array([-30.0, 0.0, 170.0]),
-        "shift_x": np.array([1.5, -2.25, 0.0]),
-        "shift_y": np.array([0.5, 0.0, -4.0]),
-        "defocus_u": np.array([15000.0, 16000.0, 17000.0]),
-        "defocus_v": np.array([14500.0, 15500.0, 16500.0]),
-        "defocus_angle": np.array([12.0, 45.0, 170.0]),
-        "phase_shift": np.zeros(3),
-        "optics_group": np.ones(3, dtype=int),
-    }
-    optics = {
-        "optics_group": [1],
-        "voltage_kV": [300.0],
-        "spherical_aberration_mm": [2.7],
-        "amplitude_contrast": [0.1],
-        "pixel_size_A": [1.25],
-        "image_size_px": [64],
-    }
-    path = write_star(
-        tmp_path / "p.star", particles_blocks(cols, optics, ["../a.mrcs"] * 3, [1, 2, 1])
-    )
-    data = starfile.read(path)
-    parts = data["particles"]
-    assert parts["rlnImageName"].tolist() == [
-        "000001@../a.mrcs",
-        "000002@../a.mrcs",
-        "000003@../a.mrcs",
-    ]
-    np.testing.assert_array_equal(parts["rlnOriginXAngst"], cols["shift_x"])
-    np.testing.assert_array_equal(parts["rlnAngleTilt"], cols["tilt"])
-    np.testing.assert_array_equal(parts["rlnDefocusAngle"], cols["defocus_angle"])
-    assert parts["rlnRandomSubset"].tolist() == [1, 2, 1]
-    assert data["optics"]["rlnImageSize"].tolist() == [64]
-    assert data["optics"]["rlnImagePixelSize"].tolist() == [1.25]
+    star = Path(project.path) / steps["prepare"]["result"]["star"]
+    table = starfile.read(star)["particles"]
+    source = project.open_set(*particles.split(":")).read_columns()
+    names = table["rlnImageName"].str.split("@", expand=True)
+    assert (star.parent / names[1][0]).resolve() == Path(str(source["image"][0])).resolve()
+    np.testing.assert_array_equal(names[0].astype(int), source["image_index"] + 1)
+    np.testing.assert_allclose(table["rlnOriginXAngst"], source["shift_x"], atol=1e-5)
+    np.testing.assert_allclose(table["rlnAngleTilt"], source["tilt"], atol=1e-5)
+    assert table["rlnRandomSubset"].tolist() == source["half_set"].tolist()
