@@ -503,3 +503,45 @@ def test_missing_image_stacks_refused_on_request(shared_data, tmp_path):
         read_particles_cs(path, root=tmp_path, check_files=True)
     read_particles_cs(path, root=shared_data / "cryodrgn-4.3.1", check_files=True)  # it is there
     assert len(read_particles_cs(path, root=tmp_path)) == 7  # not checked by default
+
+
+def test_cryosparc_to_relion_star_as_csparc2star(shared_data, tmp_path):
+    """The real P12 particles .cs -> hpcem -> RELION 3.1 STAR (hpcem's RELION writer),
+    read back with starfile: what pyem's csparc2star.py would write — angles from the
+    transposed Rodrigues matrix, _rlnOriginXAngst = shift × psize, 1-based image numbers,
+    class + 1, split + 1, DefocusAngle = degrees(df_angle_rad)."""
+    import starfile
+
+    relion = pytest.importorskip("hpcem.convert.relion")
+    if not hasattr(relion, "write_particles"):
+        pytest.skip("hpcem.convert.relion has no particle writer yet")
+    path = _cs(shared_data, "cryosparc_P12_J24_001_particles.cs")
+    raw = np.load(path)
+    conv = read_particles_cs(path)
+    out = tmp_path / "particles.star"
+    relion.write_particles(out, conv.columns, conv.optics)
+    star = starfile.read(out, always_dict=True)
+    parts, optics = star["particles"], star["optics"]
+    euler = parts[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()
+    a = np.swapaxes(Rotation.from_euler("ZYZ", euler, degrees=True).as_matrix(), 1, 2)
+    pyem = np.swapaxes(
+        Rotation.from_rotvec(raw["alignments3D/pose"].astype(float)).as_matrix(), 1, 2
+    )
+    np.testing.assert_allclose(a, pyem, atol=1e-4)  # 6 decimals of degrees in the STAR
+    apix = raw["alignments3D/psize_A"].astype(float)
+    np.testing.assert_allclose(
+        parts["rlnOriginXAngst"], raw["alignments3D/shift"][:, 0] * apix, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        parts["rlnOriginYAngst"], raw["alignments3D/shift"][:, 1] * apix, atol=1e-5
+    )
+    numbers = parts["rlnImageName"].str.split("@").str[0].astype(int).to_numpy()
+    np.testing.assert_array_equal(numbers, raw["blob/idx"] + 1)
+    np.testing.assert_array_equal(parts["rlnClassNumber"], raw["alignments3D/class"] + 1)
+    np.testing.assert_array_equal(parts["rlnRandomSubset"], raw["alignments3D/split"] + 1)
+    np.testing.assert_allclose(
+        parts["rlnDefocusAngle"], np.degrees(raw["ctf/df_angle_rad"]), atol=1e-5
+    )
+    np.testing.assert_allclose(parts["rlnDefocusU"], raw["ctf/df1_A"], atol=1e-2)
+    assert optics["rlnImagePixelSize"].tolist() == pytest.approx([2.95])
+    assert optics["rlnVoltage"].tolist() == [200.0]
