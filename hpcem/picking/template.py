@@ -254,17 +254,19 @@ def inplane_rotations(stack: np.ndarray, inplane_step_deg: float) -> tuple[np.nd
     psi = np.arange(k) * (360.0 / k)
     stack = np.asarray(stack, dtype=np.float32)
     n, b, _ = stack.shape
-    out = np.empty((n, k, b, b), dtype=np.float32)
     c = b // 2
-    for j, angle in enumerate(psi):
-        a = math.radians(angle)
-        # Output pixel p samples the input at R(-a) (p - c) + c.
-        matrix = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
-        offset = np.array([c, c]) - matrix @ np.array([c, c])
-        for i in range(n):
-            out[i, j] = scipy.ndimage.affine_transform(
-                stack[i], matrix, offset=offset, order=3, mode="constant", cval=0.0
-            )
+    # Output pixel p samples the input at R(-a) (p - c) + c, for every angle at once: one
+    # spline interpolation per template (its spline coefficients computed once).
+    y, x = np.mgrid[:b, :b].astype(np.float64) - c
+    a = np.radians(psi)[:, None, None]
+    coords = np.stack(
+        [(np.cos(a) * y + np.sin(a) * x + c).ravel(), (np.cos(a) * x - np.sin(a) * y + c).ravel()]
+    )
+    out = np.empty((n, k, b, b), dtype=np.float32)
+    for i in range(n):
+        out[i] = scipy.ndimage.map_coordinates(
+            stack[i], coords, order=3, mode="constant", cval=0.0
+        ).reshape(k, b, b)
     return out.reshape(n * k, b, b), psi
 
 
