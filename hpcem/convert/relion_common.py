@@ -157,18 +157,22 @@ def _optics(
 
 
 def _resolve(paths: np.ndarray, root: str | os.PathLike | None) -> np.ndarray:
-    """Join relative paths to ``root`` (once per distinct path)."""
+    """Join relative paths to ``root`` (once per distinct path); RELION's ``None`` (no
+    file) becomes ``""``, hpcem's empty path."""
     import pandas as pd
 
     paths = np.asarray(paths, dtype=object)
-    if root is None or not len(paths):
+    if not len(paths):
         return paths
-    codes, uniques = pd.factorize(paths)
-    root = os.fspath(root)
-    joined = np.asarray(
-        [p if not p or os.path.isabs(p) else os.path.join(root, p) for p in uniques], dtype=object
-    )
-    return joined[codes]
+    codes, uniques = pd.factorize(paths, use_na_sentinel=False)
+    base = None if root is None else os.fspath(root)
+    joined = []
+    for p in uniques:
+        p = "" if p is None or str(p) in ("", "None") else str(p)
+        if p and base is not None and not os.path.isabs(p):
+            p = os.path.join(base, p)
+        joined.append(p)
+    return np.asarray(joined, dtype=object)[codes]
 
 
 def missing_files(paths: Any, root: str | os.PathLike | None = None) -> list[str]:

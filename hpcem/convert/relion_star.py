@@ -477,14 +477,15 @@ def format_text(values: Any, right: bool = False) -> np.ndarray:
     """Strings, left- (or right-) aligned, as a ``(width, n)`` uint8 matrix. Distinct
     values are encoded once (``pandas.factorize``), so a column of 1 M names of a few
     thousand files costs one take. Values with white space are double-quoted; an empty
-    value is written as ``""``."""
+    value is written as ``None``, RELION's word for "no file" (a ``""`` in a table cannot
+    be told from a missing value at the end of a truncated row)."""
     import pandas as pd
 
     codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
     enc = []
     for u in uniques:
-        s = str(u)
-        if s == "" or any(c.isspace() for c in s):
+        s = "None" if u is None or str(u) == "" else str(u)
+        if any(c.isspace() for c in s):
             if '"' in s:
                 raise ValidationError(f"STAR value {s!r} holds both white space and a quote")
             s = f'"{s}"'
@@ -529,6 +530,15 @@ def is_column(value: Any) -> bool:
 
 def format_image_names(index0: np.ndarray, stacks: Any) -> np.ndarray:
     """RELION image names ``NNNNNN@stack`` (``(width, n)`` uint8) from 0-based indices."""
+    import pandas as pd
+
+    uniques = pd.unique(np.asarray(stacks, dtype=object))
+    bad = next((str(u) for u in uniques if not str(u) or any(c.isspace() for c in str(u))), None)
+    if bad is not None:
+        raise ValidationError(
+            f"image stack name {bad!r}: RELION image names (NNNNNN@stack) cannot hold white "
+            "space or be empty"
+        )
     idx = format_int(np.asarray(index0, dtype=np.int64) + 1, zero_pad=6)
     at = np.full((1, idx.shape[1]), _AT, dtype=np.uint8)
     return np.concatenate([idx, at, format_text(stacks)])
