@@ -67,6 +67,19 @@ def test_unsupported_version_and_a_program_that_is_not_relion_are_refused(tmp_pa
     assert "no 'RELION version: X.Y.Z' line" in problem and str(script) in problem
 
 
+def test_a_program_named_by_the_site_wins_over_its_relion_bin_folder(tmp_path):
+    fake_program(tmp_path / "old", "relion_autopick", version="3.0.8")
+    chosen = fake_program(tmp_path / "new", "relion_autopick", version="3.1.4")
+    site = site_file(
+        tmp_path,
+        {"relion_bin": str(tmp_path / "old"), "relion_autopick": str(chosen)},
+    )
+    assert programs.check_program("relion_autopick", str(site)) == (str(chosen), "3.1.4")
+    # relion_bin still serves the programs the site does not name.
+    (problem,) = programs.program_problems(["relion_preprocess"], str(site))
+    assert f"relion_bin = '{tmp_path / 'old'}'" in problem
+
+
 def test_installed_relion_is_found_on_path_with_its_version():
     need_relion("relion_autopick")
     path, version = programs.check_program("relion_autopick", "localhost")
