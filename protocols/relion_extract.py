@@ -300,6 +300,7 @@ def register_particles(ctx) -> dict:
     out_optics["image_size_px"] = np.full(
         len(optics["optics_group"]), box or p["rescaled_box_px"] or p["box_size_px"], np.int32
     )
+    listed = set(mic_ids.tolist())
     count = 0
     with ctx.create_set("particles", "hpcem.SetOfParticles") as writer:
         writer.set_optics(out_optics)
@@ -330,7 +331,7 @@ def register_particles(ctx) -> dict:
         "padded": n_padded,
         "no_coordinates": [int(m) for m in mic_ids if int(m) not in groups],
         "coordinates_without_micrograph": int(
-            sum(len(rows) for m, rows in groups.items() if m not in set(mic_ids.tolist()))
+            sum(len(rows) for m, rows in groups.items() if m not in listed)
         ),
         "relion_version": version,
     }
