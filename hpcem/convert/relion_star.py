@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import os
 import re
 import shlex
@@ -232,11 +233,8 @@ def _parse_loop(
         except _Fallback:
             pass
     text = {i for i, lab in enumerate(labels) if lab in TEXT_LABELS or lab in IMAGE_LABELS}
-    df = _read_csv(path, memoryview(data)[start:end], text, block, first_line, len(labels))
-    columns: dict[str, Any] = {}
-    for i, lab in enumerate(labels):
-        columns[lab] = _column(df.iloc[:, i], i in text)
-    return columns
+    parsed = _read_table(path, data, start, end, text, block, first_line, len(labels))
+    return dict(zip(labels, parsed))
 
 
 def _split_candidates(data: bytes, start: int, end: int, labels: list[str]) -> list[int]:
@@ -274,7 +272,8 @@ def _parse_split(
     split: list[int],
 ) -> dict[str, Any]:
     """Parse with the image names' ``@`` as a separator (see :func:`_parse_loop`)."""
-    body = data[start:end].replace(b"@", b" ")
+    # the whole file (one copy, same offsets: a byte for a byte), not a slice then a copy
+    body = data.replace(b"@", b" ")
     where: list[tuple[int, int]] = []  # (first, count) of each label's parsed columns
     text = set()
     pos = 0
@@ -289,20 +288,19 @@ def _parse_split(
             where.append((pos, 1))
             pos += 1
     try:
-        df = _read_csv(path, body, text, block, first_line, pos)
+        parsed = _read_table(path, body, start, end, text, block, first_line, pos)
     except DataFormatError as exc:
         raise _Fallback from exc
     del body
     columns: dict[str, Any] = {}
     for (first, count), lab in zip(where, labels):
         if count == 1:
-            columns[lab] = _column(df.iloc[:, first], first in text)
+            columns[lab] = parsed[first]
             continue
-        index = df.iloc[:, first]
+        index = parsed[first]
         if index.dtype.kind not in "iu" or (index < 1).any():
             raise _Fallback
-        stacks = df.iloc[:, first + 1].to_numpy(dtype=object, na_value="")
-        columns[lab] = ImageNames(index.to_numpy().astype(np.int64) - 1, stacks)
+        columns[lab] = ImageNames(index.astype(np.int64) - 1, parsed[first + 1])
     return columns
 
 
@@ -312,7 +310,7 @@ def _read_csv(path: str, body: Any, text: set[int], block: str, first_line: int,
 
     try:
         df = pd.read_csv(
-            io.BytesIO(body),
+            io.BufferedReader(_ViewReader(body), buffer_size=1 << 20),
             sep=r"\s+",
             header=None,
             index_col=False,
@@ -337,22 +335,95 @@ def _read_csv(path: str, body: Any, text: set[int], block: str, first_line: int,
             f"{path}, block data_{block}, line {first_line}: {df.shape[1]} values on the first "
             f"row but {n_cols} labels"
         )
-    last = df.iloc[:, -1]
-    short = last.isna().to_numpy() if last.dtype.kind in "fiu" else (last == "").to_numpy()
-    if short.any():
-        row = int(np.argmax(short))
-        raise DataFormatError(
-            f"{path}, block data_{block}: row {row + 1} (about line {first_line + row}) has fewer "
-            f"than {n_cols} values (truncated or damaged file)"
-        )
     return df
+
+
+#: Loop bodies above this size are tokenized in pieces, one thread each (pandas' C
+#: tokenizer and number parser release the GIL).
+PARALLEL_BYTES = 32 << 20
+
+
+class _ViewReader(io.RawIOBase):
+    """A file over a memoryview: pandas reads a piece of the file's bytes in place,
+    without the copy a ``BytesIO`` of a slice would make."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), len(self._view) - self._pos)
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+def _read_table(
+    path: str,
+    buf: bytes,
+    start: int,
+    end: int,
+    text: set[int],
+    block: str,
+    first_line: int,
+    n_cols: int,
+) -> list[np.ndarray]:
+    """One numpy array per column of the loop body ``buf[start:end]``, tokenized in
+    ``os.cpu_count()`` pieces (split at line ends) in threads when the body is large;
+    every row must have ``n_cols`` values."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = end - start
+    n_parts = min(os.cpu_count() or 1, 8) if size > PARALLEL_BYTES else 1
+    cuts = [start]
+    for k in range(1, n_parts):
+        nl = buf.find(b"\n", max(cuts[-1], start + size * k // n_parts), end)
+        if nl < 0:
+            break
+        cuts.append(nl + 1)
+    cuts.append(end)
+    view = memoryview(buf)
+    lines = [first_line]
+    for a, b in itertools.pairwise(cuts[:-1]):
+        lines.append(lines[-1] + buf.count(b"\n", a, b))
+
+    def parse(k: int):
+        return _read_csv(path, view[cuts[k] : cuts[k + 1]], text, block, lines[k], n_cols)
+
+    if len(cuts) > 2:
+        with ThreadPoolExecutor(len(cuts) - 1) as pool:
+            frames = list(pool.map(parse, range(len(cuts) - 1)))
+    else:
+        frames = [parse(0)]
+    offset = 0
+    for df in frames:  # a missing last value: NaN in a number column, "" in a text one
+        last = df.iloc[:, -1]
+        short = last.isna().to_numpy() if last.dtype.kind in "fiu" else (last == "").to_numpy()
+        if short.any():
+            row = offset + int(np.argmax(short))
+            raise DataFormatError(
+                f"{path}, block data_{block}: row {row + 1} (about line {first_line + row}) has "
+                f"fewer than {n_cols} values (truncated or damaged file)"
+            )
+        offset += len(df)
+    columns = []
+    for i in range(n_cols):
+        parts = [_column(df.iloc[:, i], i in text) for df in frames]
+        col = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if col.dtype == object and i not in text:
+            col = _maybe_numeric(col)
+        columns.append(col)
+    return columns
 
 
 def _column(col: Any, text: bool) -> np.ndarray:
     if text:
-        return col.to_numpy(dtype=object, na_value="")
+        return col.to_numpy(dtype=object)
     if col.dtype.kind not in "fiub":
-        return _maybe_numeric(col.to_numpy(dtype=object, na_value=""))
+        return _maybe_numeric(col.to_numpy(dtype=object))
     return col.to_numpy()
 
 
