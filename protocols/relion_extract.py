@@ -9,8 +9,11 @@ rescales (``--scale``) and inverts (``--invert_contrast``) the boxes into
 ``register`` step writes output ``particles`` with the same fields as hpcem's own
 ``particles.extract``: the coordinate's id, position and score, the stack and 0-based
 index, the micrograph id, the CTF from input ``ctfs`` (unchanged), ``edge_padded`` for
-boxes that cross the micrograph edge (RELION fills them) and the optics with the
-particles' pixel size (RELION's ``_rlnImagePixelSize``) and ``image_size_px``.
+boxes that cross the micrograph edge (RELION fills them), ``shift_x/y`` = the fraction of
+the coordinate that RELION drops (it cuts around the coordinate truncated to a pixel), in
+Å with RELION 3.1's origin sign, as ``particles.extract`` keeps its sub-pixel remainder,
+and the optics with the particles' pixel size (RELION's ``_rlnImagePixelSize``) and
+``image_size_px``.
 
 A micrograph that cannot be read (or has NaN/Inf or constant pixels), is smaller than the
 box, has no CTF in a given ``ctfs`` input, or that RELION fails on is rejected (with
@@ -306,6 +309,15 @@ def register_particles(ctx) -> dict:
         writer.set_optics(out_optics)
         if cols["rows"]:
             rows = np.concatenate(cols["rows"])
+            groups_col = np.concatenate(cols["group"])
+            mic_pixel = dict(
+                zip((int(g) for g in optics["optics_group"]), map(float, optics["pixel_size_A"]))
+            )
+            pixel = np.array([mic_pixel[int(g)] for g in groups_col])
+            # RELION cuts around the truncated coordinate and drops the fraction; hpcem
+            # keeps it as the particle's shift (RELION 3.1 origin sign, as particles.extract)
+            xy = np.stack([ccols["x"][rows], ccols["y"][rows]], 1).astype(np.float64)
+            shifts = (np.trunc(xy) - xy) * pixel[:, None]
             columns = {
                 "id": np.asarray(ccols["id"], dtype=np.int64)[rows],
                 "image": cols["image"],
@@ -314,8 +326,10 @@ def register_particles(ctx) -> dict:
                 "coord_x": ccols["x"][rows],
                 "coord_y": ccols["y"][rows],
                 "coord_score": ccols["score"][rows],
+                "shift_x": shifts[:, 0],
+                "shift_y": shifts[:, 1],
                 "edge_padded": np.concatenate(cols["padded"]),
-                "optics_group": np.concatenate(cols["group"]),
+                "optics_group": groups_col,
             }
             if ctf_cols is not None:
                 index = np.concatenate(ctf_index)

@@ -186,6 +186,11 @@ def test_run_keeps_ids_carries_ctfs_and_writes_optics(project, wait_for_run):
     np.testing.assert_array_equal(cols["coord_x"], coords["x"][rows])
     np.testing.assert_array_equal(cols["coord_score"], coords["score"][rows])
     assert int(cols["edge_padded"].sum()) == edge
+    # The fraction RELION drops (it cuts at the truncated coordinate) is kept as the
+    # shift, RELION 3.1 sign: the particle is at box centre - shift.
+    x = coords["x"][rows].astype(np.float64)
+    np.testing.assert_allclose(cols["shift_x"], (np.trunc(x) - x) * PIXEL_A, atol=1e-4)
+    assert np.all((cols["shift_y"] <= 0) & (cols["shift_y"] > -PIXEL_A))
     # CTFs of the input, unchanged (float32 both sides), per micrograph.
     ctf_row = {int(m): k for k, m in enumerate(ctfs["micrograph_id"])}
     for key, src in (("defocus_u", "defocus_u"), ("ctf_fit_score", "fit_score")):
