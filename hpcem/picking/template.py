@@ -354,7 +354,8 @@ def _corner_ft(stack: np.ndarray, shape: tuple[int, int], columns: int) -> np.nd
     """The first ``columns`` columns of the rfft2 of boxes (n, b, b) in the corner of
     zeros of ``shape``, skipping the zero rows of the first pass (the row transforms of
     only b rows) and the columns not asked for in the second."""
-    rows = scipy.fft.rfft(stack, n=shape[1], axis=-1, workers=_WORKERS)[..., :columns]
+    rows = scipy.fft.rfft(stack, n=shape[1], axis=-1, workers=_WORKERS)
+    rows = np.ascontiguousarray(rows[..., :columns])  # strided input halves fft's speed
     return scipy.fft.fft(rows, n=shape[0], axis=-2, workers=_WORKERS)
 
 
@@ -429,11 +430,15 @@ def ncc_search(
     best_index = np.full((ny, nx), -1, dtype=np.int32)
     running_max = kernel.running_max if kernel is not None else _running_max_numpy
     conj_multiply = kernel.conj_multiply if kernel is not None else _conj_multiply_numpy
+    # Full-width half spectra of the rows, zero beyond ``columns``: irfft then needs no
+    # padding copy (which made it 1.8x slower than the column passes saved).
+    half = np.zeros((BATCH, ny, shape[1] // 2 + 1), dtype=np.complex64)
     for start in range(0, len(normalised), BATCH):
         ft = _corner_ft(normalised[start : start + BATCH], shape, columns)
         conj_multiply(ft, image_ft)
-        cols = scipy.fft.ifft(ft, axis=-2, workers=_WORKERS)[:, :ny]
-        corr = scipy.fft.irfft(cols, n=shape[1], axis=-1, workers=_WORKERS)
+        n = len(ft)
+        half[:n, :, :columns] = scipy.fft.ifft(ft, axis=-2, workers=_WORKERS)[:, :ny]
+        corr = scipy.fft.irfft(half[:n], n=shape[1], axis=-1, workers=_WORKERS)
         running_max(corr.astype(np.float32, copy=False), inv_sigma, best, best_index, start)
     best[~np.isfinite(best)] = 0.0
     return best, best_index, backend("ncc") if use_kernel else "numpy"
