@@ -6,8 +6,8 @@ model, true CTF) is made before the clock starts; ``--templates`` projections of
 simulator's own map (default 50: the angular step is chosen so that the sphere gets that
 many directions) × 360 / ``--inplane-step-deg`` in-plane angles (default 36) are searched.
 Times ``--repeats`` whole picks (binning, rotation, CTF, NCC search, peaks) with the Cython
-kernels and as many with the numpy references (alternating), and each stage once; pinned to one CPU with
-one thread for BLAS/OpenMP (the FFTs use one worker).
+kernels and as many with the numpy references (alternating), and each stage once; pinned
+to one CPU with one thread for BLAS/OpenMP (the FFTs use one worker).
 
 Prints one JSON object: size_px, pixel_size_A, templates, inplane_angles, correlations,
 binned_px, seconds (wall, min of the repeats), cpu_seconds (this process's CPU time, which
