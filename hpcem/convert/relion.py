@@ -58,9 +58,12 @@ from hpcem.convert.relion_common import (
     split_image_names,
 )
 from hpcem.convert.relion_coordinates import (
+    coordinate_file_name,
     read_coordinate_list,
+    read_coordinate_suffix,
     read_coordinates,
     write_coordinate_files,
+    write_coordinate_suffix,
     write_coordinates,
 )
 from hpcem.convert.relion_micrographs import (
@@ -79,10 +82,12 @@ __all__ = [
     "MICROGRAPH_LABELS",
     "MOVIE_LABELS",
     "PARTICLE_LABELS",
+    "coordinate_file_name",
     "image_names",
     "is_column",
     "missing_files",
     "read_coordinate_list",
+    "read_coordinate_suffix",
     "read_coordinates",
     "read_ctfs",
     "read_micrographs",
@@ -92,6 +97,7 @@ __all__ = [
     "require_files",
     "split_image_names",
     "write_coordinate_files",
+    "write_coordinate_suffix",
     "write_coordinates",
     "write_micrographs",
     "write_movies",

@@ -5,6 +5,7 @@ Public through :mod:`hpcem.convert.relion`."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -171,4 +172,98 @@ def write_coordinate_files(
         ],
         version=30001,
     )
+    return files
+
+
+_JOB_PREFIX = re.compile(r"^[^/]+/job\d+/")
+
+
+def coordinate_file_name(job_dir: str, micrograph: str, suffix: str = "_autopick.star") -> str:
+    """Where RELION 3.1 keeps a micrograph's coordinates (``getCoordinateFileName`` of
+    ``src/preprocessing.cpp``): the job folder + the micrograph path less its
+    ``Type/jobNNN/`` part and extension + the suffix."""
+    post = _JOB_PREFIX.sub("", str(micrograph))
+    return os.path.join(job_dir, os.path.splitext(post)[0] + suffix)
+
+
+def read_coordinate_suffix(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    micrograph_ids: Mapping[str, int] | None = None,
+) -> Converted:
+    """Read a RELION 3.1 coordinate node (``AutoPick/jobNNN/coords_suffix_autopick.star``:
+    one line naming the micrograph STAR the job picked on) and the coordinate STAR of every
+    micrograph in it (:func:`coordinate_file_name`; a micrograph without a file has no
+    picks, as in RELION's extraction). Paths are relative to ``root``, the RELION project
+    folder. ``micrograph_id`` from ``micrograph_ids`` (name -> id), else the micrograph's
+    1-based row in that STAR."""
+    from hpcem.convert.relion_micrographs import read_micrographs
+
+    path = os.fspath(path)
+    base = "" if root is None else os.fspath(root)
+    name = os.path.basename(path)
+    if not name.startswith("coords_suffix") or not name.endswith(".star"):
+        raise DataFormatError(f"{path}: not a RELION coords_suffix_*.star file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            mic_star = fh.read().strip()
+    except OSError as exc:
+        raise DataFormatError(f"{path}: cannot read ({exc.strerror})") from exc
+    if not mic_star or "\n" in mic_star:
+        raise DataFormatError(f"{path}: expected one line naming a micrograph STAR file")
+    mics = read_micrographs(os.path.join(base, mic_star))
+    names = [str(m) for m in mics.columns["image"]]
+    ids = _link_micrographs(path, "", np.asarray(names, dtype=object), micrograph_ids)
+    if ids is None:
+        ids = np.arange(1, len(names) + 1, dtype=np.int64)
+    job_dir = os.path.join(base, os.path.dirname(os.path.relpath(path, base or None)))
+    suffix = name.removeprefix("coords_suffix")
+    parts, owners = [], []
+    for mic, mid in zip(names, ids):
+        f = coordinate_file_name(job_dir, mic, suffix)
+        if os.path.exists(f):
+            parts.append(read_coordinates(f, int(mid)))
+            owners.append(mic)
+    if not parts:
+        empty = {k: np.empty(0) for k in ("x", "y", "score")}
+        empty["micrograph_id"] = np.empty(0, dtype=np.int64)
+        return _finish("hpcem.SetOfCoordinates", path, empty, {}, {}, {}, "3.1", "")
+    cols = _concat([p.columns for p in parts])
+    items = _concat([_per_item(p) for p in parts])
+    items["rlnMicrographName"] = np.repeat(
+        np.asarray(owners, dtype=object), [len(p) for p in parts]
+    )
+    return _finish("hpcem.SetOfCoordinates", path, cols, {}, items, {}, "3.1", "")
+
+
+def write_coordinate_suffix(
+    job_dir: str | os.PathLike,
+    columns: Mapping[str, Any],
+    micrograph_names: Mapping[int, str],
+    micrographs_star: str,
+    pick_name: str = "autopick",
+) -> list[str]:
+    """Write coordinates the RELION 3.1 way: ``<job_dir>/<mic path less Type/jobNNN/>
+    _<pick_name>.star`` per micrograph and ``<job_dir>/coords_suffix_<pick_name>.star``
+    naming ``micrographs_star`` (relative to the RELION project folder), so that
+    ``relion_preprocess --coord_dir <job_dir> --coord_suffix _<pick_name>.star`` and
+    RELION's GUI take them. Returns the coordinate files written."""
+    job_dir = os.fspath(job_dir)
+    suffix = f"_{pick_name}.star"
+    mid = np.asarray(columns["micrograph_id"], dtype=np.int64)
+    unknown = sorted(set(np.unique(mid).tolist()) - set(micrograph_names))
+    if unknown:
+        raise ValidationError(f"coordinates of micrographs {unknown[:5]} with no name")
+    order = np.argsort(mid, kind="stable")
+    ids_sorted = mid[order]
+    files = []
+    for m_id, m_name in micrograph_names.items():
+        lo, hi = np.searchsorted(ids_sorted, [m_id, m_id + 1])
+        rows = order[lo:hi]
+        out = coordinate_file_name(job_dir, m_name, suffix)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        write_coordinates(out, {k: np.asarray(v)[rows] for k, v in columns.items()})
+        files.append(out)
+    with open(os.path.join(job_dir, f"coords_suffix_{pick_name}.star"), "w") as fh:
+        fh.write(micrographs_star + "\n")
     return files

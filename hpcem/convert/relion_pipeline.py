@@ -279,3 +279,37 @@ def _dependency_order(path: str, pipe: RelionPipeline) -> list[RelionJob]:
         raise DataFormatError(f"{path}: the job graph has a cycle through {stuck[:5]}")
     by_name = {j.name: j for j in pipe.jobs}
     return [by_name[n] for n in order]
+
+
+def read_node(node: RelionNode, root: str | os.PathLike) -> list[Any]:
+    """Read one output node of a RELION project (``root``: the project folder) into hpcem
+    sets: a list of :class:`~hpcem.convert.Converted` (empty for nodes hpcem has no set
+    for, or whose set is an MRC file to import as such: maps, masks). A micrograph STAR
+    with CTF columns gives the micrographs and their CTFs (ids linked by name: the CTFs'
+    ``micrograph_id`` is the micrograph's 1-based row, the micrographs' ``id``); RELION
+    3.1 coordinate nodes (``coords_suffix_*.star``) and 4/5 lists are both read; a 3.1
+    ``_model.star`` node is read with its ``_data.star``."""
+    from hpcem.convert import relion, relion_results
+
+    path = os.path.join(os.fspath(root), node.name)
+    if node.reader is None:
+        return []
+    if node.set_type == "hpcem.SetOfMicrographs":
+        mics = relion.read_micrographs(path, root=root)
+        out = [mics]
+        if "rlnDefocusU" in mics.extra:
+            names = list(relion.read_micrographs(path).columns["image"])
+            mics.columns["id"] = np.arange(1, len(names) + 1, dtype=np.int64)
+            ids = {n: i for i, n in enumerate(names, 1)}
+            out.append(relion.read_ctfs(path, root=root, micrograph_ids=ids))
+        return out
+    if node.set_type == "hpcem.SetOfCoordinates":
+        if os.path.basename(node.name).startswith("coords_suffix"):
+            return [relion.read_coordinate_suffix(path, root=root)]
+        return [relion.read_coordinate_list(path, root=root)]
+    if node.reader == "relion_results.read_classes":
+        data = node.name.replace("_model.star", "_data.star")
+        return [relion_results.read_classes(path, os.path.join(os.fspath(root), data), root=root)]
+    module, func = node.reader.split(".")
+    reader = getattr(relion if module == "relion" else relion_results, func)
+    return [reader(path, root=root)]

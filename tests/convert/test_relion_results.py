@@ -40,16 +40,16 @@ def relion_project(tmp_path):
         with mrcfile.new(tmp_path / f"Movies/mov{m}.mrc") as f:
             f.set_data(np.stack(frames).astype(np.float32))
             f.voxel_size = 1.0
-    (tmp_path / "Import").mkdir()
+    (tmp_path / "Import/job001").mkdir(parents=True)
     _run(
         ["relion_import", "--do_movies", "--optics_group_name", "og1", "--angpix", "1.0"]
         + ["--kV", "300", "--Cs", "2.7", "--Q0", "0.1", "--i", "Movies/*.mrc"]
-        + ["--odir", "Import/", "--ofile", "movies.star"],
+        + ["--odir", "Import/job001/", "--ofile", "movies.star"],
         tmp_path,
     )
     (tmp_path / "MotionCorr/job002").mkdir(parents=True)
     _run(
-        ["relion_run_motioncorr", "--i", "Import/movies.star", "--o", "MotionCorr/job002/"]
+        ["relion_run_motioncorr", "--i", "Import/job001/movies.star", "--o", "MotionCorr/job002/"]
         + ["--use_own", "--j", "1", "--bin_factor", "1", "--bfactor", "150"]
         + ["--dose_per_frame", "1.5", "--preexposure", "0", "--patch_x", "1", "--patch_y", "1"]
         + ["--dose_weighting"],
@@ -61,9 +61,9 @@ def relion_project(tmp_path):
 @needs_relion
 def test_movies_from_relion_import(relion_project):
     conv = relion.read_movies(
-        relion_project / "Import/movies.star", root=relion_project, check_files=True
+        relion_project / "Import/job001/movies.star", root=relion_project, check_files=True
     )
-    df = starfile.read(relion_project / "Import/movies.star")
+    df = starfile.read(relion_project / "Import/job001/movies.star")
     assert [str(p) for p in conv.columns["image"]] == [
         str(relion_project / p) for p in df["movies"]["rlnMicrographMovieName"]
     ]
@@ -155,6 +155,45 @@ def test_relion_extracts_our_coordinates(relion_project):
     )
     np.testing.assert_array_equal(listed.columns["micrograph_id"], coords["micrograph_id"])
     np.testing.assert_array_equal(listed.columns["score"], coords["score"])
+
+
+@needs_relion
+def test_relion31_coordinate_node(relion_project):
+    """The RELION 3.1 layout (coords_suffix_autopick.star + one file per micrograph under
+    the job folder): RELION's extraction takes what we write, and we read it back."""
+    coords = {
+        "micrograph_id": np.array([2, 1, 2]),
+        "x": np.array([64.0, 80.0, 190.0]),
+        "y": np.array([70.0, 100.0, 33.0]),
+        "score": np.array([0.1, 0.2, 0.3]),
+    }
+    names = {1: "MotionCorr/job002/Movies/mov0.mrc", 2: "MotionCorr/job002/Movies/mov1.mrc"}
+    job = relion_project / "AutoPick/job005"
+    files = relion.write_coordinate_suffix(
+        job, coords, names, "MotionCorr/job002/corrected_micrographs.star"
+    )
+    assert files[0] == str(job / "Movies/mov0_autopick.star")
+    (relion_project / "Extract/job006").mkdir(parents=True)
+    _run(
+        ["relion_preprocess", "--i", "MotionCorr/job002/corrected_micrographs.star"]
+        + ["--coord_dir", "AutoPick/job005/", "--coord_suffix", "_autopick.star"]
+        + ["--part_star", "Extract/job006/particles.star", "--part_dir", "Extract/job006/"]
+        + ["--extract", "--extract_size", "64"],
+        relion_project,
+    )
+    parts = starfile.read(relion_project / "Extract/job006/particles.star")["particles"]
+    assert sorted(zip(parts["rlnCoordinateX"], parts["rlnCoordinateY"])) == sorted(
+        zip(coords["x"], coords["y"])
+    )
+    back = relion.read_coordinate_suffix(
+        job / "coords_suffix_autopick.star",
+        root=relion_project,
+        micrograph_ids={v: k for k, v in names.items()},
+    )
+    order = np.lexsort((back.columns["x"], back.columns["micrograph_id"]))
+    expect = np.lexsort((coords["x"], coords["micrograph_id"]))
+    for f in ("x", "y", "score", "micrograph_id"):
+        np.testing.assert_array_equal(back.columns[f][order], coords[f][expect])
 
 
 def test_micrographs_with_ctf_roundtrip(tmp_path):
@@ -341,3 +380,115 @@ def test_postprocess_fsc(shared_data, tmp_path):
         again.columns["resolution_A"], conv.columns["resolution_A"], rtol=1e-4
     )
     assert again.extra["general"]["rlnMaskName"] == "mask.mrc"
+
+
+PIPELINE_31 = """
+# version 30001
+
+data_pipeline_general
+
+_rlnPipeLineJobCounter                       7
+
+# version 30001
+
+data_pipeline_processes
+
+loop_
+_rlnPipeLineProcessName #1
+_rlnPipeLineProcessAlias #2
+_rlnPipeLineProcessType #3
+_rlnPipeLineProcessStatus #4
+Import/job001/ None 0 2
+MotionCorr/job002/ None 1 2
+AutoPick/job005/ None 4 2
+Extract/job006/ None 5 2
+
+# version 30001
+
+data_pipeline_nodes
+
+loop_
+_rlnPipeLineNodeName #1
+_rlnPipeLineNodeType #2
+Import/job001/movies.star 0
+MotionCorr/job002/corrected_micrographs.star 1
+AutoPick/job005/coords_suffix_autopick.star 2
+Extract/job006/particles.star 3
+
+# version 30001
+
+data_pipeline_input_edges
+
+loop_
+_rlnPipeLineEdgeFromNode #1
+_rlnPipeLineEdgeProcess #2
+Import/job001/movies.star MotionCorr/job002/
+MotionCorr/job002/corrected_micrographs.star AutoPick/job005/
+MotionCorr/job002/corrected_micrographs.star Extract/job006/
+AutoPick/job005/coords_suffix_autopick.star Extract/job006/
+
+# version 30001
+
+data_pipeline_output_edges
+
+loop_
+_rlnPipeLineEdgeProcess #1
+_rlnPipeLineEdgeToNode #2
+Import/job001/ Import/job001/movies.star
+MotionCorr/job002/ MotionCorr/job002/corrected_micrographs.star
+AutoPick/job005/ AutoPick/job005/coords_suffix_autopick.star
+Extract/job006/ Extract/job006/particles.star
+"""
+
+
+@needs_relion
+def test_continue_a_relion_project(relion_project):
+    """A RELION 3.1 project (import, motion correction by RELION, picks, extraction by
+    RELION): its pipeline read and every node read into hpcem sets, in lineage order."""
+    from hpcem.convert.relion_pipeline import read_node, read_pipeline
+
+    names = {1: "MotionCorr/job002/Movies/mov0.mrc", 2: "MotionCorr/job002/Movies/mov1.mrc"}
+    coords = {
+        "micrograph_id": np.array([1, 2]),
+        "x": np.array([100.0, 60.0]),
+        "y": np.array([90.0, 70.0]),
+    }
+    relion.write_coordinate_suffix(
+        relion_project / "AutoPick/job005",
+        coords,
+        names,
+        "MotionCorr/job002/corrected_micrographs.star",
+    )
+    (relion_project / "Extract/job006").mkdir(parents=True)
+    _run(
+        ["relion_preprocess", "--i", "MotionCorr/job002/corrected_micrographs.star"]
+        + ["--coord_dir", "AutoPick/job005/", "--coord_suffix", "_autopick.star"]
+        + ["--part_star", "Extract/job006/particles.star", "--part_dir", "Extract/job006/"]
+        + ["--extract", "--extract_size", "64"],
+        relion_project,
+    )
+    (relion_project / "default_pipeline.star").write_text(PIPELINE_31)
+    pipe = read_pipeline(relion_project / "default_pipeline.star")
+    assert [j.name for j in pipe.jobs] == [
+        "Import/job001/",
+        "MotionCorr/job002/",
+        "AutoPick/job005/",
+        "Extract/job006/",
+    ]
+    assert pipe.parents("Extract/job006/") == ["MotionCorr/job002/", "AutoPick/job005/"]
+    sets = {}
+    for job in pipe.jobs:
+        for node in job.outputs:
+            for conv in read_node(pipe.nodes[node], relion_project):
+                sets[conv.set_type] = conv
+    assert set(sets) == {
+        "hpcem.SetOfMovies",
+        "hpcem.SetOfMicrographs",
+        "hpcem.SetOfCoordinates",
+        "hpcem.SetOfParticles",
+    }
+    assert len(sets["hpcem.SetOfMovies"]) == 2 and len(sets["hpcem.SetOfMicrographs"]) == 2
+    np.testing.assert_array_equal(sets["hpcem.SetOfCoordinates"].columns["x"], coords["x"])
+    parts = sets["hpcem.SetOfParticles"]
+    np.testing.assert_array_equal(parts.columns["coord_y"], coords["y"])
+    assert all(str(p).startswith(str(relion_project)) for p in parts.columns["image"])
