@@ -274,3 +274,28 @@ def test_same_particles_from_star_and_cs(shared_data):
         star.columns["image"]
     )
     np.testing.assert_allclose(other.optics["pixel_size_A"], star.optics["pixel_size_A"], atol=1e-3)
+
+
+def test_converted_sets_go_into_the_store(shared_data, project):
+    """What the readers return appends as it is to hpcem sets (field names and dtypes the
+    store accepts), optics included, and reads back with the same values."""
+    from hpcem.convert import relion_results as rr
+
+    run_id = project.create_run("hpcem.test", label="relion import").id
+    convs = [
+        relion.read_particles(shared_data / CRYODRGN / "relion31.6opticsgroups.star"),
+        relion.read_particles(shared_data / CRYODRGN / "empiar_10076_7.star"),
+        rr.read_postprocess(shared_data / "starfile-0.5.13/postprocess.star"),
+    ]
+    for k, conv in enumerate(convs):
+        with project.create_set(run_id, f"s{k}", conv.set_type) as w:
+            if conv.optics:
+                w.set_optics(conv.optics)
+            w.append_columns(conv.columns)
+        got = project.open_set(run_id, f"s{k}")
+        assert len(got) == len(conv)
+    parts = project.open_set(run_id, "s0")
+    cols = parts.columns
+    np.testing.assert_allclose(cols["defocus_u"], convs[0].columns["defocus_u"], rtol=1e-6)
+    np.testing.assert_array_equal(cols["optics_group"], convs[0].columns["optics_group"])
+    np.testing.assert_allclose(parts.optics["pixel_size_A"], convs[0].optics["pixel_size_A"])
