@@ -696,7 +696,8 @@ def _write_loop(fh, content: Mapping[str, Any]) -> None:
         if len(content[lab]) != n:
             raise ValidationError(f"STAR column {lab} has {len(content[lab])} rows, not {n}")
     columns = {lab: _as_column(v) for lab, v in content.items()}
-    for lo in range(0, n, CHUNK_ROWS):
+
+    def lines(lo: int) -> np.ndarray:
         hi = min(n, lo + CHUNK_ROWS)
         parts = []
         space = np.full((1, hi - lo), _SPACE, dtype=np.uint8)
@@ -704,7 +705,27 @@ def _write_loop(fh, content: Mapping[str, Any]) -> None:
             parts.append(space)
             parts.append(format_column(columns[lab][lo:hi]))
         parts.append(np.full((1, hi - lo), _NL, dtype=np.uint8))
-        fh.write(np.ascontiguousarray(np.concatenate(parts).T).data)
+        return np.ascontiguousarray(np.concatenate(parts).T)
+
+    # chunks are formatted in threads (numpy releases the GIL on whole-array operations),
+    # at most ``workers`` ahead of the one being written, and written in order
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = list(range(0, n, CHUNK_ROWS))
+    workers = min(os.cpu_count() or 1, 4, len(starts))
+    if workers <= 1:
+        for lo in starts:
+            fh.write(lines(lo).data)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque = deque()
+            for lo in starts:
+                pending.append(pool.submit(lines, lo))
+                if len(pending) >= workers:
+                    fh.write(pending.popleft().result().data)
+            while pending:
+                fh.write(pending.popleft().result().data)
     fh.write(b"\n")
 
 
