@@ -67,15 +67,13 @@ NODE_TYPES_31 = {
 }
 
 #: Node type label prefix -> (hpcem set type, reader in hpcem.convert). Longest first wins.
+#: Not mapped (set type None): logs, Select's class_averages.star (2D references),
+#: optimiser files of refinements, polishing parameters, local-resolution maps.
 NODE_SETS = {
     "MicrographMovieGroupMetadata.star": ("hpcem.SetOfMovies", "relion.read_movies"),
     "MicrographGroupMetadata.star": ("hpcem.SetOfMicrographs", "relion.read_micrographs"),
     "MicrographCoordsGroup.star": ("hpcem.SetOfCoordinates", "relion.read_coordinate_list"),
     "ParticleGroupMetadata.star": ("hpcem.SetOfParticles", "relion.read_particles"),
-    "Image2DGroupMetadata.star.relion.classaverages": (
-        "hpcem.SetOfParticles",
-        "relion.read_particles",
-    ),
     "ModelData.star.relion": ("hpcem.SetOfClasses", "relion_results.read_classes"),
     "OptimiserData.star.relion.class2d": (
         "hpcem.SetOfClasses2D",
