@@ -279,14 +279,18 @@ def _dependency_order(path: str, pipe: RelionPipeline) -> list[RelionJob]:
     return [by_name[n] for n in order]
 
 
-def read_node(node: RelionNode, root: str | os.PathLike) -> list[Any]:
+def read_node(
+    node: RelionNode, root: str | os.PathLike, micrograph_ids: Mapping[str, int] | None = None
+) -> list[Any]:
     """Read one output node of a RELION project (``root``: the project folder) into hpcem
     sets: a list of :class:`~hpcem.convert.Converted` (empty for nodes hpcem has no set
     for, or whose set is an MRC file to import as such: maps, masks). A micrograph STAR
     with CTF columns gives the micrographs and their CTFs (ids linked by name: the CTFs'
     ``micrograph_id`` is the micrograph's 1-based row, the micrographs' ``id``); RELION
     3.1 coordinate nodes (``coords_suffix_*.star``) and 4/5 lists are both read; a 3.1
-    ``_model.star`` node is read with its ``_data.star``."""
+    ``_model.star`` node is read with its ``_data.star``. ``micrograph_ids`` (micrograph
+    name -> id in the hpcem micrograph set the job's input was imported as) fills the
+    ``micrograph_id`` of particles and coordinates."""
     from hpcem.convert import relion, relion_results
 
     path = os.path.join(os.fspath(root), node.name)
@@ -303,8 +307,10 @@ def read_node(node: RelionNode, root: str | os.PathLike) -> list[Any]:
         return out
     if node.set_type == "hpcem.SetOfCoordinates":
         if os.path.basename(node.name).startswith("coords_suffix"):
-            return [relion.read_coordinate_suffix(path, root=root)]
-        return [relion.read_coordinate_list(path, root=root)]
+            return [relion.read_coordinate_suffix(path, root, micrograph_ids)]
+        return [relion.read_coordinate_list(path, root, micrograph_ids)]
+    if node.set_type == "hpcem.SetOfParticles":
+        return [relion.read_particles(path, root=root, micrograph_ids=micrograph_ids)]
     if node.reader == "relion_results.read_classes":
         data = node.name.replace("_model.star", "_data.star")
         return [relion_results.read_classes(path, os.path.join(os.fspath(root), data), root=root)]

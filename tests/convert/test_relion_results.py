@@ -5,6 +5,7 @@ classification run here on tiny data, about 1 s), ``starfile`` and RELION's own 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -477,10 +478,16 @@ def test_continue_a_relion_project(relion_project):
     ]
     assert pipe.parents("Extract/job006/") == ["MotionCorr/job002/", "AutoPick/job005/"]
     sets = {}
+    mic_ids = None
     for job in pipe.jobs:
         for node in job.outputs:
-            for conv in read_node(pipe.nodes[node], relion_project):
+            for conv in read_node(pipe.nodes[node], relion_project, mic_ids):
                 sets[conv.set_type] = conv
+                if conv.set_type == "hpcem.SetOfMicrographs":  # ids the store would keep
+                    mic_ids = {
+                        os.path.relpath(p, relion_project): 10 + i
+                        for i, p in enumerate(conv.columns["image"])
+                    }
     assert set(sets) == {
         "hpcem.SetOfMovies",
         "hpcem.SetOfMicrographs",
@@ -491,4 +498,6 @@ def test_continue_a_relion_project(relion_project):
     np.testing.assert_array_equal(sets["hpcem.SetOfCoordinates"].columns["x"], coords["x"])
     parts = sets["hpcem.SetOfParticles"]
     np.testing.assert_array_equal(parts.columns["coord_y"], coords["y"])
+    np.testing.assert_array_equal(parts.columns["micrograph_id"], [10, 11])
+    np.testing.assert_array_equal(sets["hpcem.SetOfCoordinates"].columns["micrograph_id"], [10, 11])
     assert all(str(p).startswith(str(relion_project)) for p in parts.columns["image"])
