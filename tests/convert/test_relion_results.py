@@ -229,6 +229,49 @@ def test_micrographs_with_ctf_roundtrip(tmp_path):
     assert m.optics["pixel_size_A"][0] == pytest.approx(0.885)
 
 
+MICS_30 = """
+data_
+
+loop_
+_rlnMicrographName #1
+_rlnCtfImage #2
+_rlnDefocusU #3
+_rlnDefocusV #4
+_rlnDefocusAngle #5
+_rlnVoltage #6
+_rlnSphericalAberration #7
+_rlnAmplitudeContrast #8
+_rlnMagnification #9
+_rlnDetectorPixelSize #10
+_rlnCtfFigureOfMerit #11
+_rlnCtfMaxResolution #12
+MotionCorr/a.mrc CtfFind/job003/a.ctf:mrc 10864.1 10575.7 77.06 300 2.7 0.1 10000 3.54 0.13 4.8
+MotionCorr/b.mrc CtfFind/job003/b.ctf:mrc 9814.75 9484.72 81.12 300 2.7 0.1 10000 3.54 0.13 4.5
+MotionCorr/c.mrc CtfFind/job003/c.ctf:mrc 10131.3 9804.41 -3.21 200 2.7 0.1 10000 3.54 0.12 5.1
+"""
+
+
+@pytest.mark.skipif(shutil.which("relion_convert_star") is None, reason="RELION not installed")
+def test_30_micrographs_and_ctfs_as_relion_converts_them(tmp_path):
+    """A RELION 3.0 micrographs_ctf.star (per-row optics, written here after RELION 3.0's
+    CtfFind output): our optics groups, pixel sizes and CTFs equal those of RELION's own
+    3.0 -> 3.1 conversion of the same file."""
+    src = tmp_path / "mics30.star"
+    src.write_text(MICS_30)
+    out = tmp_path / "mics31.star"
+    _run(["relion_convert_star", "--i", str(src), "--o", str(out)], tmp_path)
+    ours, theirs = relion.read_micrographs(src), relion.read_micrographs(out)
+    np.testing.assert_array_equal(ours.columns["optics_group"], [1, 1, 2])
+    np.testing.assert_array_equal(ours.columns["optics_group"], theirs.columns["optics_group"])
+    for f in ("pixel_size_A", "voltage_kV", "spherical_aberration_mm", "amplitude_contrast"):
+        np.testing.assert_allclose(ours.optics[f], theirs.optics[f], rtol=1e-6)
+    assert ours.optics["pixel_size_A"][0] == pytest.approx(3.54)
+    c_ours, c_theirs = relion.read_ctfs(src), relion.read_ctfs(out)
+    for f in ("defocus_u", "defocus_v", "defocus_angle", "fit_score", "fit_resolution"):
+        np.testing.assert_allclose(c_ours.columns[f], c_theirs.columns[f], rtol=1e-6)
+    assert list(c_ours.columns["psd"]) == [f"CtfFind/job003/{m}.ctf" for m in "abc"]
+
+
 # --- classes ---------------------------------------------------------------------------
 
 
