@@ -344,8 +344,9 @@ def _running_max_numpy(
         best_index[better] = first + j
 
 
-def _conj_multiply_numpy(ft: np.ndarray, image_ft: np.ndarray) -> None:
-    """Numpy reference of kernel ``ncc.conj_multiply``: ``ft[j] = conj(ft[j]) * image_ft``."""
+def _conj_multiply(ft: np.ndarray, image_ft: np.ndarray) -> None:
+    """``ft[j] = conj(ft[j]) * image_ft`` in place (two ufuncs: measured twice as fast as
+    a scalar Cython loop over the complex numbers)."""
     np.conjugate(ft, out=ft)
     ft *= image_ft[None]
 
@@ -429,13 +430,12 @@ def ncc_search(
     best = np.full((ny, nx), -np.inf, dtype=np.float32)
     best_index = np.full((ny, nx), -1, dtype=np.int32)
     running_max = kernel.running_max if kernel is not None else _running_max_numpy
-    conj_multiply = kernel.conj_multiply if kernel is not None else _conj_multiply_numpy
     # Full-width half spectra of the rows, zero beyond ``columns``: irfft then needs no
     # padding copy (which made it 1.8x slower than the column passes saved).
     half = np.zeros((BATCH, ny, shape[1] // 2 + 1), dtype=np.complex64)
     for start in range(0, len(normalised), BATCH):
         ft = _corner_ft(normalised[start : start + BATCH], shape, columns)
-        conj_multiply(ft, image_ft)
+        _conj_multiply(ft, image_ft)
         n = len(ft)
         half[:n, :, :columns] = scipy.fft.ifft(ft, axis=-2, workers=_WORKERS)[:, :ny]
         corr = scipy.fft.irfft(half[:n], n=shape[1], axis=-1, workers=_WORKERS)
