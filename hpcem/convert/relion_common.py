@@ -272,8 +272,8 @@ def _link_micrographs(
     path: str, block: str, names: np.ndarray, micrograph_ids: Mapping[str, int] | None
 ) -> np.ndarray | None:
     """Micrograph ids from names through ``micrograph_ids`` (None when not given): the
-    name as written first, then its file name alone (RELION jobs refer to the same
-    micrograph through different job folders, e.g. after a Select job)."""
+    name as written first, then its file name alone (for a mapping built from paths held
+    differently, e.g. absolute ones of an hpcem set)."""
     import pandas as pd
 
     if micrograph_ids is None:
