@@ -321,6 +321,65 @@ def test_class2d_from_relion(class2d):
     np.testing.assert_allclose(again.extra["rlnClassDistribution"], conv.columns["size"] / 5)
 
 
+@pytest.fixture
+def class3d(tmp_path):
+    """A RELION 3.1 3D classification (K=2, 1 iteration) of 20 noise particles of 32 px
+    with random angles, from a reference reconstructed by relion_reconstruct (~1 s)."""
+    if shutil.which("relion_refine") is None or shutil.which("relion_reconstruct") is None:
+        pytest.skip("RELION (relion_refine, relion_reconstruct) not installed")
+    mrcfile = pytest.importorskip("mrcfile")
+    rng = np.random.default_rng(0)
+    n = 20
+    with mrcfile.new(tmp_path / "parts.mrcs") as f:
+        f.set_data(rng.normal(0, 1, (n, 32, 32)).astype(np.float32))
+    cols = {
+        "image": np.array(["parts.mrcs"] * n, dtype=object),
+        "image_index": np.arange(n),
+        "rot": rng.uniform(-180, 180, n),
+        "tilt": rng.uniform(0, 180, n),
+        "psi": rng.uniform(-180, 180, n),
+        "defocus_u": np.full(n, 15000.0),
+        "defocus_v": np.full(n, 14000.0),
+        "defocus_angle": np.zeros(n),
+    }
+    optics = {
+        "optics_group": [1],
+        "pixel_size_A": [4.0],
+        "voltage_kV": [300.0],
+        "spherical_aberration_mm": [2.7],
+        "amplitude_contrast": [0.1],
+        "image_size_px": [32],
+    }
+    relion.write_particles(tmp_path / "parts.star", cols, optics)
+    _run(["relion_reconstruct", "--i", "parts.star", "--o", "ref.mrc", "--ctf"], tmp_path)
+    (tmp_path / "Class3D").mkdir()
+    _run(
+        ["relion_refine", "--i", "parts.star", "--o", "Class3D/run", "--ref", "ref.mrc"]
+        + ["--ini_high", "30", "--K", "2", "--iter", "1", "--tau2_fudge", "4"]
+        + ["--particle_diameter", "100", "--ctf", "--healpix_order", "0", "--sym", "C1"]
+        + ["--offset_range", "2", "--offset_step", "2", "--zero_mask", "--j", "1"]
+        + ["--pool", "20", "--dont_combine_weights_via_disc"],
+        tmp_path,
+    )
+    return tmp_path
+
+
+def test_class3d_from_relion(class3d):
+    model = class3d / "Class3D/run_it001_model.star"
+    data = class3d / "Class3D/run_it001_data.star"
+    conv = rr.read_classes(model, data, root=class3d)
+    assert conv.set_type == "hpcem.SetOfClasses3D"
+    classes = starfile.read(model)["model_classes"]
+    number = starfile.read(data)["particles"]["rlnClassNumber"].to_numpy()
+    np.testing.assert_allclose(conv.columns["resolution_A"], classes["rlnEstimatedResolution"])
+    for k in range(2):
+        assert conv.columns["representative"][k] == str(class3d / classes["rlnReferenceImage"][k])
+        assert (class3d / classes["rlnReferenceImage"][k]).exists()
+        np.testing.assert_array_equal(conv.columns["member_ids"][k], np.nonzero(number == k + 1)[0])
+    assert conv.columns["size"].sum() == 20
+    np.testing.assert_array_equal(rr.class_of_particles(conv.columns, np.arange(20)), number)
+
+
 MODEL_3D = """
 # version 30001
 
