@@ -170,17 +170,22 @@ def _parse_block(path: str, data: bytes, start: int, end: int, name: str, line: 
             if in_loop:
                 labels.append(s.split()[0][1:])
             else:
-                parts = shlex.split(s) if '"' in s or "'" in s else s.split(None, 1)
+                try:
+                    parts = shlex.split(s) if '"' in s or "'" in s else s.split(None, 1)
+                except ValueError as exc:  # an unclosed quote
+                    lno = data.count(b"\n", 0, pos) + 1
+                    raise DataFormatError(f"{path}, line {lno}: {exc}") from None
                 if len(parts) < 2:
                     lno = data.count(b"\n", 0, pos) + 1
                     raise DataFormatError(f"{path}, line {lno}: label {parts[0]} has no value")
-                values[parts[0][1:]] = _numericise(parts[1])
+                label = parts[0][1:]
+                values[label] = parts[1] if label in TEXT_LABELS else _numericise(parts[1])
         elif in_loop:
             body_start = pos
             break
         else:
             lno = data.count(b"\n", 0, pos) + 1
-            raise DataFormatError(f"{path}, line {lno}: unexpected text {s_head(text)!r}")
+            raise DataFormatError(f"{path}, line {lno}: unexpected text {_head(text)!r}")
         pos = nxt
     if not in_loop:
         return StarBlock(name, False, values=values, line=line)
@@ -190,7 +195,7 @@ def _parse_block(path: str, data: bytes, start: int, end: int, name: str, line: 
     return StarBlock(name, True, columns=columns, line=line)
 
 
-def s_head(text: bytes) -> str:
+def _head(text: bytes) -> str:
     """The first 40 characters of a line, for messages."""
     return text[:40].decode("utf-8", "replace")
 

@@ -200,3 +200,13 @@ def test_writer_in_chunks_and_threads(shared_data, tmp_path, monkeypatch):
     assert list(a.columns) == list(b.columns) and len(b) == 139
     for col in a.columns:
         assert a[col].tolist() == b[col].tolist(), col
+
+
+def test_key_value_blocks(tmp_path):
+    path = tmp_path / "kv.star"
+    path.write_text("data_general\n_rlnMaskName 1\n_rlnFinalResolution -nan\n_rlnX 'open\n")
+    with pytest.raises(DataFormatError, match=r"kv.star, line 4"):
+        read_star(path)
+    path.write_text("data_general\n_rlnMaskName 1\n_rlnFinalResolution -nan\n")
+    values = read_star(path)["general"].values
+    assert values["rlnMaskName"] == "1" and np.isnan(values["rlnFinalResolution"])
