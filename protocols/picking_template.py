@@ -10,9 +10,10 @@ given, and correlated by Roseman's fast local correlation (:mod:`hpcem.picking.t
 the local maxima of the best NCC above ``threshold`` are the picks. ``register`` writes the
 ``coordinates`` set (:mod:`hpcem.picking.steps`).
 
-A micrograph that cannot be read, is constant, has no CTF in a given ``ctfs`` input or is
-too coarse for the particle is rejected; zero picks is a count, not an error. References
-of a wrong pixel size fail the ``templates`` step (and validation) with the reason.
+A micrograph that cannot be read, is constant, has no CTF in a given ``ctfs`` input, is
+smaller than two particle diameters or too coarse for the particle is rejected; zero picks
+is a count, not an error. References of a wrong pixel size fail the ``templates`` step (and
+validation) with the reason.
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ def pick_one(
 
     require_ctf(ctf, micrograph_id)
     image, pixel_size_A = load_for_picking(path, micrograph_id, pixel_size_A)
+    diameter_px = options["diameter_A"] / pixel_size_A
+    if min(image.shape) < 2 * diameter_px:
+        raise ItemRejected(
+            f"micrograph {micrograph_id}: {image.shape[1]}x{image.shape[0]} px is smaller "
+            f"than two particle diameters ({2 * diameter_px:.0f} px at {pixel_size_A} Å/px)"
+        )
     templates = read_mrc(options["templates"])
     if templates.ndim == 2:
         templates = templates[None]

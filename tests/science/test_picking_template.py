@@ -330,6 +330,9 @@ def test_pick_step_caps_warns_and_rejects(tmp_path):
     assert (tmp_path / "pictures" / "m.png").stat().st_size > 1000
     with pytest.raises(ItemRejected, match="micrograph 7: no CTF for it in input ctfs"):
         pick_one(path, 7, 1.5, {}, options, None)
+    small = write_mrc(tmp_path / "small.mrc", np.random.default_rng(0).normal(size=(150, 400)), 1.5)
+    with pytest.raises(ItemRejected, match="400x150 px is smaller than two particle diameters"):
+        pick_one(str(small), 8, 1.5, ctf, options, None)
 
 
 # --- the protocol ----------------------------------------------------------------------------
