@@ -56,7 +56,9 @@ def create_run(
         params or {},
         inputs or {},
         project,
-        make_context=lambda req: RunContext(project, None, req.params, req.inputs),
+        make_context=lambda req: RunContext(
+            project, None, req.params, req.inputs, site=(placement or {}).get("site")
+        ),
     )
     return project.create_run(
         protocol=protocol.name,

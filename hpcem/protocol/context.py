@@ -39,8 +39,12 @@ class RunContext:
         params: dict,
         inputs: dict[str, list[str]],
         attempt: int | None = None,
+        site: str | None = None,
     ):
         self.project = project
+        #: The site named for the run when it is created (``--site``), for checks at
+        #: validation that depend on it (programs of the site); None = the default.
+        self.site = site
         self.run_id = run_id
         self.attempt = attempt
         self.params = dict(params)
