@@ -437,40 +437,62 @@ def test_protocol_end_to_end_with_a_map_and_ctfs(project, tmp_path, wait_for_run
     assert (project.path / pick_step["picture"]).stat().st_size > 1000
 
 
-def test_protocol_refuses_class_averages_whose_header_disagrees(project, tmp_path, wait_for_run):
-    from hpcem.execution import runs as lifecycle
-    from hpcem.io import write_mrc
-
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    rng = np.random.default_rng(0)
-    write_mrc(raw / "m0.mrc", rng.normal(size=(256, 256)).astype(np.float32), 2.0)
-    mic_run = _import(
-        project,
-        "import.micrographs",
-        {"files": str(raw / "*.mrc"), "pixel_size_A": 2.0, "voltage_kV": 300.0},
-        wait_for_run,
-    )
-    stack = np.zeros((2, 64, 64), dtype=np.float32)
-    stack[:, 24:40, 24:40] = 1.0
-    averages = write_mrc(project.path / "averages.mrcs", stack, 4.0)  # the set says 2.0
+def _classes_run(project, mic_run, stack_path, n):
+    """A finished run whose output ``classes`` has ``n`` classes, the averages being
+    images 0..n-1 of ``stack_path``, with the micrographs' optics (their pixel size)."""
     mics = project.open_set(mic_run, "micrographs")
     rec = project.create_run("test.classes", "classes")
     writer = project.create_set(rec.id, "classes", "hpcem.SetOfClasses2D")
     writer.set_optics(mics.optics)
     writer.append_columns(
         {
-            "representative": [str(averages)] * 2,
-            "representative_index": np.array([0, 1]),
-            "size": np.array([10, 12]),
+            "representative": [str(stack_path)] * n,
+            "representative_index": np.arange(n),
+            "size": np.full(n, 10),
         }
     )
     writer.close()
-    project.set_output(rec.id, "classes", "hpcem.SetOfClasses2D", 2)
+    project.set_output(rec.id, "classes", "hpcem.SetOfClasses2D", n)
     _finished(project, rec.id)
-    inputs = {"micrographs": [f"{mic_run}:micrographs"], "references": [f"{rec.id}:classes"]}
+    return rec.id
+
+
+@pytest.mark.slow
+def test_protocol_with_class_averages(project, tmp_path, wait_for_run):
+    """Class averages as references: refused when their header disagrees with their set's
+    pixel size; picked with (no CTF) when they agree."""
+    from hpcem.execution import runs as lifecycle
+    from hpcem.io import write_mrc
+
+    raw = tmp_path / "raw"
+    config, truth = _dataset(raw, n_items=1, size_px=640, pixel_size_A=2.0, seed=4)
+    mic_run = _import(
+        project,
+        "import.micrographs",
+        {"files": str(raw / "*.mrc"), "pixel_size_A": 2.0, "voltage_kV": 300.0},
+        wait_for_run,
+    )
+    averages = dataset_volume(config).projector().project(tp.sphere_directions(60.0))
+    wrong = write_mrc(project.path / "wrong.mrcs", averages, 4.0)  # the set says 2.0
+    inputs = {
+        "micrographs": [f"{mic_run}:micrographs"],
+        "references": [f"{_classes_run(project, mic_run, wrong, 11)}:classes"],
+    }
     with pytest.raises(ValidationError, match="has 4 Å/px in its header but its set says 2 Å/px"):
         lifecycle.create_run(project, "picking.template", {}, inputs)
+    right = write_mrc(project.path / "classes.mrcs", averages, 2.0)
+    inputs["references"] = [f"{_classes_run(project, mic_run, right, 11)}:classes"]
+    run = lifecycle.create_run(project, "picking.template", {}, inputs)
+    lifecycle.launch(project, run.id, workers=1)
+    done = wait_for_run(project, run.id, timeout_s=120)
+    assert done.state == "finished", done.error
+    steps = {r["name"]: r for r in project.read_steps(run.id).to_records()}
+    assert steps["templates"]["result"]["count"] == 11
+    assert steps["templates"]["result"]["angles_deg"] is None
+    out = project.open_set(run.id, "coordinates").read_columns()
+    xy = np.stack([out["x"], out["y"]], axis=1)
+    score = match_picks(xy, truth_xy(truth, "mic_000.mrc"), 0.5 * DIAMETER_A / 2.0)
+    assert score["f1"] >= 0.9, score
 
 
 @pytest.mark.slow
