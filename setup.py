@@ -56,6 +56,10 @@ setup(
         # PDB/mmCIF models and their electron scattering factors for the simulator.
         "gemmi>=0.6",
     ],
-    extras_require={"test": ["pytest>=7", "ruff==0.17.6"]},
+    extras_require={
+        # cryosparc-tools: tests check that the .cs files hpcem writes load in cryoSPARC's own
+        # library.
+        "test": ["pytest>=7", "ruff==0.17.6", "cryosparc-tools>=4.4"]
+    },
     entry_points={"console_scripts": ["hpcem = hpcem.cli.main:main"]},
 )
