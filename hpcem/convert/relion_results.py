@@ -357,8 +357,8 @@ def read_motion(
         local = blocks.get("local_motion_model")
         rows["local"].append(int(local is not None and local.loop and len(local) > 0))
         local_models.append(local.columns if local is not None else {})
-        sx.append(x * pix)
-        sy.append(y * pix)
+        sx.append(-x * pix)  # RELION's aligning shift -> hpcem's displacement
+        sy.append(-y * pix)
         names.append(name)
         general.append(dict(gen.values))
     cols: dict[str, Any] = {k: np.asarray(v) for k, v in rows.items()}
@@ -379,15 +379,16 @@ def write_motion(
     general: Mapping[str, Any],
     first_frame: int = 0,
 ) -> None:
-    """Write one micrograph's whole-frame shifts (Å) as a RELION motion metadata STAR
-    (``data_general`` + ``data_global_shift`` in unbinned pixels). ``general`` must hold
+    """Write one micrograph's whole-frame shifts (Å, hpcem's sign: the displacement of
+    each frame, written negated as RELION's aligning shifts) as a RELION motion metadata
+    STAR (``data_general`` + ``data_global_shift`` in unbinned pixels). ``general`` must hold
     ``rlnMicrographOriginalPixelSize`` and should hold RELION's other general labels
     (image size, movie name, dose rate, ...)."""
     if "rlnMicrographOriginalPixelSize" not in general:
         raise ValidationError("motion metadata needs rlnMicrographOriginalPixelSize")
     pix = float(general["rlnMicrographOriginalPixelSize"])
-    x = np.asarray(shifts_x_A, dtype=np.float64) / pix
-    y = np.asarray(shifts_y_A, dtype=np.float64) / pix
+    x = -np.asarray(shifts_x_A, dtype=np.float64) / pix
+    y = -np.asarray(shifts_y_A, dtype=np.float64) / pix
     frames = np.arange(first_frame + 1, first_frame + 1 + len(x), dtype=np.int64)
     write_star(
         path,

@@ -1,8 +1,12 @@
 """The item types of single-particle analysis, declared once.
 
-Conventions (EMX-compatible): defocus in Å, positive = underfocus; astigmatism angle in
-degrees; Euler angles ZYZ (rot, tilt, psi) in degrees; shifts in Å; pixel size in Å/px;
-coordinates in pixels of their micrograph (origin at the first pixel); dose in e⁻/Å².
+Conventions (EMX-compatible; every rule with its test in docs/conventions.md): defocus
+in Å, positive = underfocus; astigmatism angle in degrees from x to the U axis; Euler
+angles ZYZ (rot, tilt, psi) in degrees, RELION's matrix; particle shifts in Å with RELION
+3.1's ``_rlnOriginXAngst`` sign (particle centre = box centre − shift); movie frame shifts
+in Å as the specimen's displacement (RELION stores the negative); coordinates = the box
+centre in pixels of the micrograph, 0-based, x along columns (RELION's
+``_rlnCoordinateX/Y``); pixel size in Å/px; dose in e⁻/Å².
 Acquisition parameters live in a per-set ``optics`` table (like RELION 3.1) and items
 carry an ``optics_group`` id that refers to it.
 """

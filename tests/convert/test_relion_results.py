@@ -94,7 +94,13 @@ def test_motion_correction_outputs(relion_project):
         motion.columns["early_drift"], mics.extra["rlnAccumMotionEarly"], atol=1e-5
     )
     shifts = starfile.read(relion_project / "MotionCorr/job002/Movies/mov0.star")["global_shift"]
-    np.testing.assert_allclose(motion.columns["shifts_x"][0], shifts["rlnMicrographShiftX"] * 1.0)
+    # hpcem keeps the displacement of each frame, RELION the shift that aligns it.
+    np.testing.assert_allclose(motion.columns["shifts_x"][0], -shifts["rlnMicrographShiftX"] * 1.0)
+    written = relion_project / "m_sign.star"
+    rr.write_motion(written, [1.0, 2.0], [0.0, -3.0], {"rlnMicrographOriginalPixelSize": 2.0})
+    raw = starfile.read(written)["global_shift"]
+    assert list(raw["rlnMicrographShiftX"]) == [-0.5, -1.0]
+    assert list(raw["rlnMicrographShiftY"]) == [0.0, 1.5]
     assert motion.columns["first_frame"][0] == 0 and motion.columns["last_frame"][0] == 5
     assert list(motion.extra["rlnMicrographMovieName"]) == ["Movies/mov0.mrc", "Movies/mov1.mrc"]
     # round trip of one motion STAR
