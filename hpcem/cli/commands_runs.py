@@ -418,13 +418,26 @@ def _tail(path, n: int) -> list[str]:
 @click.argument("project")
 @click.argument("run")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
-def log_cmd(project, run, follow):
-    """Print the log of RUN (id or label)."""
+@click.option(
+    "--file",
+    "log_name",
+    default="run.log",
+    show_default=True,
+    help="Another log of the run folder, e.g. relion.log (what external programs printed).",
+)
+def log_cmd(project, run, follow, log_name):
+    """Print the log of RUN (id or label). Other logs of the run (external programs'
+    output, e.g. relion.log) are named at the end; show one with --file NAME."""
     from hpcem.execution.runs import ACTIVE_STATES, effective_state
 
     proj = _open(project)
     rec = _run_ref(proj, run)
-    path = proj.run_dir(rec.id) / "run.log"
+    if "/" in log_name or not log_name.endswith(".log") or log_name.startswith("."):
+        raise click.BadParameter(f"{log_name!r}: give a .log file name of the run folder")
+    run_dir = proj.run_dir(rec.id)
+    path = run_dir / log_name
+    if log_name != "run.log" and not path.is_file():
+        raise HpcemError(f"run {rec.id} has no {log_name} (in {run_dir})")
     pos = 0
     while True:
         try:
@@ -442,6 +455,17 @@ def log_cmd(project, run, follow):
         if not chunk and effective_state(proj.run(rec.id)) not in ACTIVE_STATES:
             break  # the run has ended and everything it wrote was printed
         time.sleep(0.3)
+    others = sorted(
+        p.name
+        for p in run_dir.glob("*.log")
+        if p.name not in (log_name, "stdout.log", "stderr.log") and p.is_file()
+    )
+    if others and log_name == "run.log":
+        click.echo(
+            f"(other logs of run {rec.id}: {', '.join(others)}; "
+            f"hpcem log {project} {rec.id} --file NAME)",
+            err=True,
+        )
 
 
 # --- continue / restart / stop / copy ----------------------------------------------------------
