@@ -193,6 +193,10 @@ def extract_one(
     }
 
 
+#: Particles shown in the run's gallery.png.
+GALLERY_SIZE = 32
+
+
 def register_particles(ctx) -> dict:
     """Controller step: write output ``particles`` from the extraction steps.
 
@@ -201,7 +205,8 @@ def register_particles(ctx) -> dict:
     position, RELION's ``rlnCoordinateX/Y``) and ``shift_x``/``shift_y`` the remainder in
     Å with RELION 3.1's origin sign: picked position = coord − shift / pixel size.
 
-    Returns ``{"count", "per_micrograph": {id: n}, "rejected": [{"micrograph_id",
+    Draws the first :data:`GALLERY_SIZE` particles into the run's ``gallery.png``.
+    Returns ``{"count", "gallery", "per_micrograph": {id: n}, "rejected": [{"micrograph_id",
     "reason"}], "dropped_outside", "dropped_edge": counts, "dropped_ids": [{"id",
     "reason"}] (the first 1000), "padded", "no_coordinates": [micrograph ids],
     "coordinates_without_micrograph", "backend"}``. Raises HpcemError when every
@@ -306,9 +311,23 @@ def register_particles(ctx) -> dict:
                     columns[dst] = np.asarray(ctf_cols[src])[index]
             writer.append_columns(columns)
             count = len(rows)
+    gallery = ""
+    if count:
+        from hpcem.particles.gallery import first_images, write_gallery
+
+        stacks = list(dict.fromkeys(parts["image"]))
+        images = first_images(stacks, GALLERY_SIZE)
+        gallery = ctx.relpath(str(ctx.run_dir / "gallery.png"))
+        write_gallery(
+            ctx.path(gallery),
+            images,
+            f"first {len(images)} of {count} particles ({out_box} px, "
+            f"{float(out_optics['pixel_size_A'][0]):.2f} Å/px)",
+        )
     listed = set(mic_ids.tolist())
     return {
         "count": count,
+        "gallery": gallery,
         "per_micrograph": per_micrograph,
         "rejected": rejected,
         "dropped_outside": n_outside,

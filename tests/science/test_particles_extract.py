@@ -425,6 +425,11 @@ def test_protocol_registers_particles_with_their_lineage(project, tmp_path, monk
     ]
     assert result["no_coordinates"] == [13] and result["coordinates_without_micrograph"] == 3
     assert result["backend"] in ("cython", "numpy")
+    # the gallery: a PNG of the 8 particles, 8 tiles of 48 px drawn at least 96 px wide
+    gallery = project.path / result["gallery"]
+    head = gallery.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(head[16:20], "big") >= 8 * 96
 
     particles = project.open_set(run.id, "particles")
     cols = particles.read_columns()
