@@ -16,6 +16,12 @@ threads pinned to 1 before numpy is imported); the 2-core figure runs two such
 micrographs in two processes at once and reports the wall time per micrograph.
 ``--profile`` also runs the defocus estimator once under cProfile on the 4096²
 micrograph and adds the functions with the most own time.
+
+Picking and extraction (issue 10) have their own scripts, each JSON on one core and each
+with RELION side by side where RELION does the same job: ``bench_dog.py`` (DoG picking vs
+``relion_autopick --LoG``), ``bench_template.py`` (template picking, 50 templates × 36
+angles per 4096² micrograph), ``bench_extract.py`` (extraction vs ``relion_preprocess
+--extract``) and ``bench_picking.py`` (consensus picking); figures in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def _particles(project, run, root, config, truth, ali, con, mic_name) -> None:
         f"\nextraction: {len(particles)} particles, box {box} px binned to {box // 2} px "
         f"({particles.optics['pixel_size_A'][0]:.2f} Å/px); {len(errors)} on a true particle, "
         f"median centre error {np.median(errors) if errors else float('nan'):.1f} px "
-        f"(stacks in runs/{ext.id:06d}/particles/)\n"
+        f"(stacks in runs/{ext.id:06d}/particles/, a gallery in runs/{ext.id:06d}/gallery.png)\n"
     )
 
 
