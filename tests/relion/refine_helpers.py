@@ -1,0 +1,105 @@
+"""Particles for the relion_refine protocol tests: projections of the simulator's volume
+from a few known views, with known in-plane angles, shifts and CTFs, in a finished run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from relion_helpers import _finish, _finished_run
+
+PIXEL_A = 4.0
+BOX_PX = 48
+#: Three views (rot, tilt) of the simulator's particle that look different in 2D.
+VIEWS = ((0.0, 0.0), (0.0, 90.0), (90.0, 90.0))
+
+
+def view_particles(
+    project,
+    folder: Path,
+    n: int = 150,
+    views=VIEWS,
+    noise: float = 0.5,
+    seed: int = 0,
+    pixel_A: float = PIXEL_A,
+    box: int = BOX_PX,
+    random_views: bool = False,
+):
+    """A finished run whose ``particles`` are ``n`` projections: view ``i % len(views)``
+    (or random orientations with ``random_views``), a random in-plane angle psi, shifts
+    up to ±2 px, each with its own CTF, contrast-inverted as extraction leaves them, plus
+    gaussian noise (sd ``noise`` × the signal's). The truth (``view``, ``rot``, ``tilt``,
+    ``psi``, ``shift_px``, the volume path) is returned with the input reference.
+    The particle set carries no poses (rot/tilt/psi/shift 0), as extraction leaves it."""
+    import scipy.fft
+
+    from hpcem.ctf.model import ctf_2d
+    from hpcem.io import write_mrc
+    from hpcem.sim.projection import random_orientations
+    from hpcem.sim.volume import load_volume
+
+    volume = load_volume(None, pixel_A, box)
+    rng = np.random.default_rng(seed)
+    view = np.arange(n) % len(views)
+    if random_views:
+        angles = random_orientations(rng, n)
+    else:
+        angles = np.zeros((n, 3))
+        angles[:, :2] = np.asarray(views, dtype=float)[view]
+        angles[:, 2] = rng.uniform(0.0, 360.0, n)
+    shifts_px = rng.uniform(-2.0, 2.0, size=(n, 2))
+    ft = volume.projector().project_ft(angles, shifts_px)
+    du = rng.uniform(10000.0, 25000.0, n)
+    dv = du - rng.uniform(0.0, 800.0, n)
+    da = rng.uniform(0.0, 180.0, n)
+    for i in range(n):
+        ft[i] *= ctf_2d((box, box), pixel_A, du[i], dv[i], da[i], half=True)
+    images = -scipy.fft.irfft2(ft, s=(box, box)).astype(np.float32)
+    images += rng.normal(0.0, noise * images.std(), images.shape).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    stack = write_mrc(folder / "views.mrcs", images, pixel_A, kind="stack", overwrite=True)
+    truth_map = write_mrc(
+        folder / "truth.mrc", volume.data.astype(np.float32), pixel_A, overwrite=True
+    )
+    run = _finished_run(project, "test.particles", "projections")
+    writer = project.create_set(run, "particles", "hpcem.SetOfParticles")
+    writer.set_optics(
+        {
+            "optics_group": [1],
+            "voltage_kV": [300.0],
+            "spherical_aberration_mm": [2.7],
+            "amplitude_contrast": [0.1],
+            "pixel_size_A": [pixel_A],
+            "image_size_px": [box],
+        }
+    )
+    writer.append_columns(
+        {
+            "image": [str(stack)] * n,
+            "image_index": np.arange(n),
+            "defocus_u": du,
+            "defocus_v": dv,
+            "defocus_angle": da,
+        }
+    )
+    writer.close()
+    project.set_output(run, "particles", "hpcem.SetOfParticles", n)
+    _finish(project, run)
+    truth = {
+        "view": view,
+        "rot": angles[:, 0],
+        "tilt": angles[:, 1],
+        "psi": angles[:, 2],
+        "shift_px": shifts_px,
+        "defocus_u": du,
+        "map": truth_map,
+        "volume": volume,
+    }
+    return f"{run}:particles", truth
+
+
+def circular_spread_deg(angles_deg) -> float:
+    """Circular standard deviation (degrees) of angles: 0 when all are equal."""
+    a = np.radians(np.asarray(angles_deg, dtype=float))
+    r = np.hypot(np.cos(a).mean(), np.sin(a).mean())
+    return float(np.degrees(np.sqrt(-2.0 * np.log(max(r, 1e-12)))))
