@@ -20,7 +20,13 @@ One iteration:
    their CTF, and the rotated CTF² (Wiener numerator and denominator); one
    ``Allreduce`` of the sums; every rank forms the same new averages
    ``FT⁻¹[Σ CTF·X / (Σ CTF² + τ)]`` with ``τ`` = ``wiener_fraction`` × the mean of
-   ``Σ CTF²`` (without CTF correction: the plain mean).
+   ``Σ CTF²`` (without CTF correction: the plain mean). Two filters of the same sums: the
+   references of the next search use ``wiener_fraction`` = 0.1 (damped low frequencies,
+   where the CTF is small: stable assignments), the averages reported use
+   ``output_wiener_fraction`` = 0.03 (closer to the true image). Measured on 200
+   simulated particles at SNR 0.1 (5 views): one filter at 0.1 for both gives purity 1.0
+   but averages that correlate 0.86–0.89 with the true projections; 0.03 for both, 0.95
+   but purity 0.965; 0.01, purity 0.41.
 
 **Convergence**: stop after an iteration in which fewer than 1 % of the particles
 changed class (:data:`CONVERGED_FRACTION`) and no class was re-seeded, or after
@@ -210,6 +216,7 @@ def classify(
     align_box_px: int = 48,
     seed: int = 0,
     wiener_fraction: float = 0.1,
+    output_wiener_fraction: float = 0.03,
     min_class_size: int = 0,
     comm=None,
     on_iteration: Callable[[int, np.ndarray, dict], None] | None = None,
@@ -256,17 +263,23 @@ def classify(
 
     def m_step():
         counts = np.bincount(classes, minlength=n_classes)
-        sums = class_sums(
-            images, ctf_half, ctf_centred, classes[local], psi[local], shifts[local], n_classes
+        sums = comm.sum(
+            class_sums(
+                images, ctf_half, ctf_centred, classes[local], psi[local], shifts[local], n_classes
+            )
         )
-        return averages_from_sums(comm.sum(sums), counts, wiener_fraction, mask), counts
+        return (
+            averages_from_sums(sums, counts, wiener_fraction, mask),
+            averages_from_sums(sums, counts, output_wiener_fraction, mask),
+            counts,
+        )
 
-    averages, sizes = m_step()
+    references, averages, sizes = m_step()
     history = []
     converged = False
     iteration = 0
     for iteration in range(1, iterations + 1):
-        bank, power = align2d.reference_bank(averages, angles, mask, align_px)
+        bank, power = align2d.reference_bank(references, angles, mask, align_px)
         found = align2d.align_particles(particles_ft, ctf2, bank, power, max_shift_align)
         cls, ang = align2d.refine_angle(found["scores"], found["index"], len(angles), step)
         parts = comm.allgather((cls, ang, found["shift"] * scale, found["score"]))
@@ -276,7 +289,7 @@ def classify(
         shifts = np.concatenate([p[2] for p in parts])
         scores = np.concatenate([p[3] for p in parts])
         classes, reseeded = reseed_empty(new_classes, scores, n_classes, min_class_size)
-        averages, sizes = m_step()
+        references, averages, sizes = m_step()
         info = {
             "iteration": iteration,
             "changed_fraction": changed,
