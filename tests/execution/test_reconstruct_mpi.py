@@ -65,6 +65,7 @@ def _maps(project, run_id: int) -> list[np.ndarray]:
     return [read_image(Path(project.path) / str(p)) for p in vols["image"]]
 
 
+@pytest.mark.slow  # ~18 s on the shared 2-core machine: two runs, one on MPI
 def test_two_ranks_give_the_map_of_one_process(project, tmp_path, sim):
     particles = _particle_run(project, tmp_path / "data", sim, n_stacks=3)
     results = {}
@@ -85,6 +86,7 @@ def test_two_ranks_give_the_map_of_one_process(project, tmp_path, sim):
     np.testing.assert_allclose(fsc2["fsc"][0], fsc1["fsc"][0], atol=1e-5)
 
 
+@pytest.mark.slow  # ~9 s: a failed attempt and its continuation
 def test_a_dying_rank_fails_the_step_and_continue_reruns_it(project, tmp_path, sim):
     particles = _particle_run(project, tmp_path / "data", sim, n_stacks=2)
     run = lifecycle.create_run(
@@ -117,6 +119,7 @@ def _slurm_answers() -> str | None:
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # ~5 s: a batch job
 def test_reconstruction_under_srun_on_two_nodes(tmp_path, sim):
     """The step body on 2 ranks, one per node (2 threads each fill a 2-core node), in a
     batch job on the local SLURM; the map equals the one-process map."""
