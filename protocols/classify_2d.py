@@ -176,7 +176,7 @@ def register_classes(ctx) -> dict:
 
 
 class Classify2D(Protocol):
-    name = "classify.2d"
+    name = "classify.class2d"
     label = "2D classification"
     help = (
         "Reference-free 2D classification: align every particle to K class averages "
