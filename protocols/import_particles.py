@@ -87,16 +87,19 @@ def micrograph_names(micrographs) -> dict[str, int]:
     return {str(p): int(i) for p, i in zip(paths, ids, strict=True)}
 
 
-def write_converted(writer, conv, optics: dict | None = None) -> dict[str, Any]:
+def write_converted(
+    writer, conv, optics: dict | None = None, keep_ids: bool = False
+) -> dict[str, Any]:
     """Append a :class:`~hpcem.convert.Converted` to an open set writer: the hpcem fields
     only (path fields made absolute by the caller), the optics table from ``optics`` or
-    the file's. Returns what was left out (the names of the file's other columns), for
-    the step's result."""
+    the file's; ``keep_ids``: keep the reader's ``id`` column (items that other sets of
+    the same file refer to, e.g. RELION micrographs and their CTFs). Returns what was
+    left out (the names of the file's other columns), for the step's result."""
     fields = set(writer.item_type.field_names)
     table = optics if optics is not None else conv.optics
     if table:
         writer.set_optics({k: v for k, v in table.items()})
-    cols = {k: v for k, v in conv.columns.items() if k in fields and k != "id"}
+    cols = {k: v for k, v in conv.columns.items() if k in fields and (keep_ids or k != "id")}
     if len(conv):
         writer.append_columns(cols)
     skipped = [k for k in conv.columns if k not in fields]

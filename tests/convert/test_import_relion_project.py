@@ -1,0 +1,197 @@
+"""``hpcem import-relion``: a RELION project made here by RELION's own pipeliner
+(relion_pipeliner: Import -> LoG AutoPick -> Extract on small micrographs) imported as
+hpcem runs with lineage; values checked against starfile's reading of RELION's files.
+The job graph of a real tutorial project (starfile's default_pipeline.star) is imported
+without its files: nothing is half-imported."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import starfile
+from click.testing import CliRunner
+from hpcem.protocols.import_relion_project import import_relion_project
+
+from hpcem.command import run_command
+from hpcem.io import write_mrc
+
+PIXEL_A = 2.0
+
+
+def _pipeliner(folder, *args):
+    run_command(["relion_pipeliner", *args], cwd=folder, timeout_s=300)
+
+
+def _job_star(path, job_type: int, options: dict) -> str:
+    rows = "\n".join(f"{k} {v}" for k, v in options.items())
+    path.write_text(
+        f"data_job\n\n_rlnJobType {job_type}\n_rlnJobIsContinue 0\n\n"
+        "data_joboptions_values\n\nloop_\n_rlnJobOptionVariable #1\n"
+        f"_rlnJobOptionValue #2\n{rows}\n"
+    )
+    return str(path)
+
+
+def _run_job(folder, job_type: int, options: dict, name: str) -> None:
+    star = _job_star(folder / f"{name.split('/')[0]}.job.star", job_type, options)
+    _pipeliner(folder, "--addJobFromStar", star)
+    _pipeliner(folder, "--RunJobs", name, "--sec_wait_after", "0")
+    assert (folder / name / "RELION_JOB_EXIT_SUCCESS").exists(), folder / name / "run.err"
+
+
+@pytest.fixture(scope="module")
+def relion_project(tmp_path_factory):
+    for program in ("relion_pipeliner", "relion_import", "relion_autopick", "relion_preprocess"):
+        if shutil.which(program) is None:
+            pytest.skip(f"{program} is not installed (Debian package relion)")
+    folder = tmp_path_factory.mktemp("relion")
+    (folder / "mics").mkdir()
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:256, :256]
+    for i in range(2):
+        image = rng.normal(0, 1, (256, 256)).astype(np.float32)
+        for cx, cy in rng.uniform(30, 226, (12, 2)):  # dark blobs of 50 Å: LoG finds them
+            image -= 4 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 6.0**2))
+        write_mrc(folder / "mics" / f"m{i}.mrc", image, PIXEL_A)
+    (folder / "default_pipeline.star").write_text(
+        "data_pipeline_general\n\n_rlnPipeLineJobCounter 1\n"
+    )
+    _run_job(
+        folder,
+        0,
+        {
+            "do_raw": "Yes",
+            "fn_in_raw": "mics/*.mrc",
+            "is_multiframe": "No",
+            "angpix": PIXEL_A,
+            "kV": 300,
+            "Cs": 2.7,
+            "Q0": 0.1,
+            "optics_group_name": "opticsGroup1",
+            "do_queue": "No",
+        },
+        "Import/job001/",
+    )
+    _run_job(
+        folder,
+        4,
+        {
+            "fn_input_autopick": "Import/job001/micrographs.star",
+            "do_log": "Yes",
+            "log_diam_min": 40,
+            "log_diam_max": 60,
+            "angpix": -1,
+            "gpu_ids": '""',
+            "use_gpu": "No",
+            "do_queue": "No",
+        },
+        "AutoPick/job002/",
+    )
+    _run_job(folder, 5, _extract(32), "Extract/job003/")
+    return folder
+
+
+def _extract(box: int) -> dict:
+    return {
+        "star_mics": "Import/job001/micrographs.star",
+        "coords_suffix": "AutoPick/job002/coords_suffix_autopick.star",
+        "extract_size": box,
+        "do_rescale": "No",
+        "do_norm": "Yes",
+        "bg_diameter": -1,
+        "do_invert": "No",
+        "do_queue": "No",
+        "nr_mpi": 1,
+    }
+
+
+def test_relion_project_imports_with_lineage(project, relion_project):
+    rows = import_relion_project(project, str(relion_project))
+    assert [(r["job"], r["state"]) for r in rows] == [
+        ("Import/job001/", "finished"),
+        ("AutoPick/job002/", "finished"),
+        ("Extract/job003/", "finished"),
+    ]
+    runs = {r["job"]: r["run"] for r in rows}
+    mic_run, pick_run, ext_run = (
+        runs["Import/job001/"],
+        runs["AutoPick/job002/"],
+        runs["Extract/job003/"],
+    )
+    assert project.run(pick_run).inputs == {"upstream": [f"{mic_run}:micrographs"]}
+    assert project.run(ext_run).inputs == {
+        "upstream": [f"{mic_run}:micrographs", f"{pick_run}:coordinates"]
+    }
+    assert project.run(ext_run).params["job_type"] == "relion.extract"
+    mics = project.open_set(mic_run, "micrographs")
+    id_of = {
+        os.path.relpath(str(p), relion_project): int(i)
+        for p, i in zip(mics.column("image"), mics.column("id"))
+    }
+    assert sorted(id_of) == ["mics/m0.mrc", "mics/m1.mrc"]
+    np.testing.assert_allclose(mics.optics["pixel_size_A"], PIXEL_A)
+
+    # coordinates: RELION's per-micrograph STARs, read by starfile
+    coords = project.open_set(pick_run, "coordinates")
+    for name, mid in id_of.items():
+        stem = os.path.splitext(os.path.basename(name))[0]
+        ref = starfile.read(relion_project / "AutoPick/job002/mics" / f"{stem}_autopick.star")
+        on = coords.column("micrograph_id") == mid
+        assert on.sum() == len(ref) > 0
+        np.testing.assert_allclose(coords.column("x")[on], ref["rlnCoordinateX"], atol=1e-3)
+        np.testing.assert_allclose(coords.column("y")[on], ref["rlnCoordinateY"], atol=1e-3)
+
+    # particles: RELION's Extract output
+    parts = project.open_set(ext_run, "particles")
+    ref = starfile.read(relion_project / "Extract/job003/particles.star")
+    p = ref["particles"]
+    assert len(parts) == len(p)
+    np.testing.assert_allclose(parts.column("coord_x"), p["rlnCoordinateX"], atol=1e-3)
+    assert parts.column("image_index").tolist() == [
+        int(n.split("@")[0]) - 1 for n in p["rlnImageName"]
+    ]
+    assert parts.column("micrograph_id").tolist() == [id_of[m] for m in p["rlnMicrographName"]]
+    assert all(os.path.exists(f) for f in set(parts.column("image").tolist()))
+    assert parts.optics["image_size_px"].tolist() == [32]
+
+
+def test_reimport_adds_only_new_jobs_and_cli(project, relion_project):
+    """RELION goes on (a second extraction with a 48 px box): import-relion again imports
+    that job alone, through the command line."""
+    from hpcem.cli.commands_convert import import_relion_cmd
+
+    first = import_relion_project(project, str(relion_project))
+    copy = relion_project.parent / "relion_more"
+    if not copy.exists():
+        shutil.copytree(relion_project, copy, symlinks=True)
+        _run_job(copy, 5, _extract(48), "Extract/job004/")
+    # the copy is another RELION folder: its jobs are not the first folder's
+    result = CliRunner().invoke(import_relion_cmd, [str(project.path), str(copy)])
+    assert result.exit_code == 0, result.output
+    assert "4 job(s) imported" in result.output
+    result = CliRunner().invoke(import_relion_cmd, [str(project.path), str(copy)])
+    assert result.exit_code == 0 and "0 job(s) imported" in result.output
+    runs = {r.params["job"]: r for r in project.runs if r.params.get("relion_dir") == str(copy)}
+    assert runs["Extract/job004/"].output_sizes["particles"] > 0
+    assert len(project.runs) == len(first) + 4
+    new = project.open_set(runs["Extract/job004/"].id, "particles")
+    assert new.optics["image_size_px"].tolist() == [48]
+
+
+def test_tutorial_graph_without_files_imports_nothing_half(project, shared_data, tmp_path):
+    """starfile's default_pipeline.star (31 jobs of the RELION tutorial) without the job
+    files: the first job fails naming its missing file, every job downstream is skipped."""
+    folder = tmp_path / "tutorial"
+    folder.mkdir()
+    shutil.copy(shared_data / "starfile-0.5.13/default_pipeline.star", folder)
+    rows = import_relion_project(project, str(folder))
+    assert len(rows) == 31
+    assert rows[0]["job"] == "Import/job001/" and rows[0]["state"] == "failed"
+    assert "movies.star" in rows[0]["note"]
+    assert all(r["state"] == "skipped" for r in rows[1:])
+    assert "upstream job" in rows[1]["note"]
+    failed = project.run(rows[0]["run"])
+    assert failed.output_types == {}
