@@ -151,6 +151,8 @@ class Project:
                 "created": now,
                 "hpcem_version": __version__,
                 "next_run_id": 1,
+                # kept by every copy of the folder: a merge refuses unrelated projects
+                "project_id": record.new_origin(),
             }
             p._write_index(attrs, _empty_run_columns())
         return p
@@ -276,6 +278,13 @@ class Project:
             return None
 
     @property
+    def project_id(self) -> str | None:
+        """The random id given at creation (kept by copies of the folder); None for a
+        project created before projects had one (see docs/merge.md)."""
+        attrs, _ = self._read_index()
+        return sf._as_str(attrs["project_id"]) if "project_id" in attrs else None
+
+    @property
     def default_site(self) -> str | None:
         """The site runs of this project use when none is named (None: not set)."""
         attrs, _ = self._read_index()
@@ -335,6 +344,12 @@ class Project:
         with self._index_lock():
             attrs, cols = self._read_index(fresh=True)
             run_id = attrs["next_run_id"]
+            if os.path.lexists(self.path / "runs" / f"{int(run_id):06d}"):
+                # a folder no run owns: one a merge renamed into place and never
+                # committed (killed) goes back to the merge's staging folder
+                from hpcem.store.merge import recover_locked
+
+                recover_locked(self.path, cols["id"].tolist())
             rec = RunRecord(
                 id=run_id,
                 protocol=protocol,
@@ -344,6 +359,7 @@ class Project:
                 inputs=ins,
                 placement=placement,
                 created=time.time(),
+                origin=record.new_origin(),
                 project_path=self.path,
             )
             row = _record_row(rec)

@@ -170,6 +170,10 @@ class RunRecord:
     steps_done: int = 0
     steps_total: int = 0
     error: str = ""
+    #: A random id (uuid4 hex) given at creation and kept by every copy of the project,
+    #: so that a merge recognises the same run in two copies; "" for runs created before
+    #: it existed. A copied run (a branch) is a new run with a new origin.
+    origin: str = ""
     project_path: Any = field(default=None, compare=False, repr=False)
 
     # --- derived views ----------------------------------------------------------------
@@ -234,8 +238,10 @@ class RunRecord:
 
 
 def to_json(rec: RunRecord) -> dict:
-    """The record's JSON form (the ``record_json`` column, plus the scalar columns)."""
-    return {
+    """The record's JSON form (the ``record_json`` column, plus the scalar columns).
+
+    ``origin`` is written only when the run has one (runs created before it have none)."""
+    out = {
         "record_version": RECORD_VERSION,
         "params": rec.params,
         "inputs": rec.inputs,
@@ -246,6 +252,9 @@ def to_json(rec: RunRecord) -> dict:
             n: {"type": t, "size": rec.output_sizes.get(n)} for n, t in rec.output_types.items()
         },
     }
+    if rec.origin:
+        out["origin"] = rec.origin
+    return out
 
 
 def parts_from_json(d: dict) -> dict:
@@ -261,6 +270,7 @@ def parts_from_json(d: dict) -> dict:
         "blocks": tuple(d.get("blocks", [])),
         "output_types": {n: o["type"] for n, o in outputs.items()},
         "output_sizes": {n: o["size"] for n, o in outputs.items() if o.get("size") is not None},
+        "origin": str(d.get("origin", "")),
     }
 
 
@@ -291,6 +301,13 @@ def _from_v1(d: dict) -> dict:
         "output_types": dict(d.get("outputs", {})),
         "output_sizes": dict(sizes),
     }
+
+
+def new_origin() -> str:
+    """A fresh origin id for a new run (or a new project): 32 random hex digits."""
+    import uuid
+
+    return uuid.uuid4().hex
 
 
 def request_digest(rec: RunRecord) -> str:

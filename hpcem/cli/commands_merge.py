@@ -1,0 +1,45 @@
+"""``hpcem project merge TARGET SOURCE``: merge a diverged copy of a project into another.
+
+Attached to the ``project`` group by ``commands_project`` (``project_group.add_command(
+merge_cmd)``); the work is done by :func:`hpcem.store.merge.merge`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+#: Exit status when the merge ran but left conflicts or held-back runs (see docs/merge.md).
+EXIT_CONFLICTS = 3
+
+
+@click.command("merge")
+@click.argument("target")
+@click.argument("source")
+@click.option("--dry-run", is_flag=True, help="Say what would be merged; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON for scripts.")
+@click.pass_context
+def merge_cmd(ctx: click.Context, target: str, source: str, dry_run: bool, as_json: bool) -> None:
+    """Merge the runs of project SOURCE into project TARGET (two copies of one project).
+
+    Runs present in both (same origin id) are kept once; new runs of SOURCE are added
+    with their folders, output sets and lineage, renumbered when TARGET already uses
+    their ids. A run changed in both copies is a conflict: reported, TARGET's version
+    kept, and SOURCE's runs made from it are held back. All-or-nothing: TARGET is not
+    modified unless the whole merge succeeds. SOURCE is only read.
+
+    Refused (nothing changed) for unrelated projects, the same folder twice, a SOURCE
+    with runs still active, and links where SOURCE keeps store files. Exit status 0
+    when merged (or nothing to merge), 3 when conflicts or held-back runs were reported.
+    """
+    from hpcem.store.merge import merge
+
+    report = merge(target, source, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if report.conflicts or report.held_back:
+        ctx.exit(EXIT_CONFLICTS)
