@@ -71,11 +71,17 @@ class Added:
 
 @dataclass
 class Conflict:
-    """A run present in both copies and changed on both sides: left as TARGET has it."""
+    """A run present in both copies that differs: left as TARGET has it.
+
+    ``kind``: ``"both"`` (changed on both sides, or the same attempts now differ) or
+    ``"newer_in_source"`` (SOURCE ran it again after the copy, TARGET did not: taking
+    over such a run is not done by a merge, see docs/merge.md).
+    """
 
     source_id: int
     target_id: int
     differences: list[str]
+    kind: str = "both"
 
 
 @dataclass
@@ -125,9 +131,10 @@ class MergeReport:
         if self.same:
             out.append(f"  {len(self.same)} run(s) already in TARGET, unchanged")
         for c in self.conflicts:
+            where = "in SOURCE only" if c.kind == "newer_in_source" else "on both sides"
             out.append(
-                f"  CONFLICT run {c.source_id} (TARGET run {c.target_id}) changed on both "
-                f"sides: {'; '.join(c.differences)}; TARGET's version kept"
+                f"  CONFLICT run {c.source_id} (TARGET run {c.target_id}) changed {where}: "
+                f"{'; '.join(c.differences)}; TARGET's version kept"
             )
         for s, why in self.held_back:
             out.append(f"  held back run {s}: {why}")
@@ -153,9 +160,10 @@ class _Plan:
 
 
 # --- the plan (pure: records in, decisions out) -----------------------------------------
-def _fallback_key(rec: record.RunRecord) -> str:
+def _fallback_key(rec: record.RunRecord, id_map: Mapping[int, int] | None = None) -> str:
+    inputs = _map_inputs(rec.inputs, id_map) if id_map else rec.inputs
     return json.dumps(
-        [rec.protocol, rec.params, rec.inputs, repr(float(rec.created))],
+        [rec.protocol, rec.params, inputs, repr(float(rec.created))],
         sort_keys=True,
         default=str,
     )
@@ -191,6 +199,17 @@ def _differences(t: record.RunRecord, s: record.RunRecord, id_map: Mapping[int, 
     return diffs
 
 
+def _attempt_ids(rec: record.RunRecord) -> list[tuple]:
+    """What identifies each launch (later fields of an attempt may still be refined)."""
+    return [(a.number, repr(a.launched), a.launcher_host, a.launcher_pid) for a in rec.attempts]
+
+
+def _ahead(longer: record.RunRecord, shorter: record.RunRecord) -> bool:
+    """``longer`` holds every launch of ``shorter`` and more: it was run again since."""
+    a, b = _attempt_ids(longer), _attempt_ids(shorter)
+    return len(a) > len(b) and a[: len(b)] == b
+
+
 def _plan(
     target_runs: Sequence[record.RunRecord],
     next_id: int,
@@ -213,7 +232,7 @@ def _plan(
         if s.origin:
             t = by_origin.get(s.origin)
         else:
-            found = by_key.get(_fallback_key(s), [])
+            found = by_key.get(_fallback_key(s, id_map), [])
             t = found[0] if len(found) == 1 else None
             if t is not None:
                 fallback.append(s.id)
@@ -227,8 +246,17 @@ def _plan(
             claimed.add(t.id)
             id_map[s.id] = t.id
             diffs = _differences(t, s, id_map)
-            if diffs:
-                report.conflicts.append(Conflict(s.id, t.id, diffs))
+            if diffs and _ahead(t, s):
+                report.notes.append(
+                    f"run {s.id} was run again in TARGET (as run {t.id}) since the copy; "
+                    "TARGET's newer version kept"
+                )
+                blocked[s.id] = f"it was made from an older version of run {s.id}"
+            elif diffs:
+                kind = "newer_in_source" if _ahead(s, t) else "both"
+                if kind == "newer_in_source":
+                    diffs.insert(0, "run again in SOURCE only")
+                report.conflicts.append(Conflict(s.id, t.id, diffs, kind))
                 blocked[s.id] = f"it uses outputs of run {s.id}, which conflicts"
             else:
                 report.same.append((s.id, t.id))
@@ -238,7 +266,12 @@ def _plan(
                         "SOURCE; TARGET's label kept"
                     )
             continue
-        upstream = [int(r.partition(":")[0]) for refs in s.inputs.values() for r in refs]
+        upstream = [
+            int(r.partition(":")[0])
+            for refs in s.inputs.values()
+            for r in refs
+            if r.partition(":")[0].isdigit()
+        ]
         held = [u for u in upstream if u in blocked]
         if held:
             report.held_back.append((s.id, blocked[held[0]]))
@@ -584,7 +617,9 @@ def merge(target, source, *, dry_run: bool = False) -> MergeReport:
 
 def _stage(target, source, plan: _Plan, stage: Path) -> None:
     """Copy and rewrite the new runs' folders under ``stage`` (inside TARGET)."""
-    os.makedirs(stage)
+    from hpcem.store.safeopen import open_dir
+
+    os.close(open_dir(stage, 3, create=True))  # .hpcem/merge/<token>: no link followed
     with open(stage / JOURNAL, "x", encoding="utf-8") as f:
         json.dump({"source": str(source.path), "target_ids": sorted(plan.new)}, f)
         f.flush()

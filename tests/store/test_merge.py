@@ -184,6 +184,29 @@ def test_run_changed_on_both_sides_is_a_conflict_left_untouched(diverged, tmp_pa
     assert tree_digest(target.path / "runs/000002") == digest2
 
 
+def rerun(p: Project, run_id: int, state: str) -> None:
+    """Launch ``run_id`` again and end it in ``state``."""
+    n = len(p.run(run_id).attempts) + 1
+    p.begin_attempt(run_id, (p.run(run_id).state,))
+    p.transition(run_id, ("launched",), "running", attempt=n)
+    p.controller_commit(run_id, n, state=state)
+
+
+def test_a_run_changed_in_one_copy_only_is_reported_with_its_side(diverged):
+    target, source = diverged
+    rerun(source, 2, "failed")  # SOURCE ran run 2 again after the copy, TARGET did not
+    report = merge(target.path, source.path, dry_run=True)
+    assert [(c.source_id, c.kind) for c in report.conflicts] == [(2, "newer_in_source")]
+    assert "changed in SOURCE only" in "\n".join(report.lines())
+    assert [s for s, _ in report.held_back] == [3, 4]
+    # the other way: TARGET ran it again; TARGET's newer version is kept, no conflict,
+    # and SOURCE's runs made from the older version are held back
+    report = merge(source.path, target.path)
+    assert not report.conflicts and report.nothing_to_merge
+    assert any("run again in TARGET" in n for n in report.notes)
+    assert report.held_back == [(3, "it was made from an older version of run 2")]
+
+
 def test_refused_merges_leave_target_byte_identical(diverged, tmp_path):
     target, source = diverged
     digest = tree_digest(target.path, skip_hpcem=False)
