@@ -195,3 +195,40 @@ def test_tutorial_graph_without_files_imports_nothing_half(project, shared_data,
     assert "upstream job" in rows[1]["note"]
     failed = project.run(rows[0]["run"])
     assert failed.output_types == {}
+
+
+def test_export_relion_and_cs(project, relion_project, tmp_path):
+    """The way back: the imported particles written as RELION 3.1 STAR (read by starfile)
+    and as a cryoSPARC .cs (loaded by cryosparc-tools when installed)."""
+    from hpcem.cli.commands_convert import export_relion_cmd
+
+    rows = import_relion_project(project, str(relion_project))
+    ext = next(r["run"] for r in rows if r["job"] == "Extract/job003/")
+    parts = project.open_set(ext, "particles")
+    out = tmp_path / "back.star"
+    res = CliRunner().invoke(
+        export_relion_cmd, [str(project.path), f"{ext}:particles", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    back = starfile.read(out)
+    src = starfile.read(relion_project / "Extract/job003/particles.star")
+    np.testing.assert_allclose(
+        back["particles"]["rlnCoordinateX"], src["particles"]["rlnCoordinateX"], atol=1e-3
+    )
+    stacks = [n.split("@")[1] for n in back["particles"]["rlnImageName"]]
+    assert all(os.path.isabs(s) and s.endswith(".mrcs") for s in stacks)
+    assert back["optics"]["rlnImageSize"].tolist() == [32]
+    cs = tmp_path / "back.cs"
+    res = CliRunner().invoke(
+        export_relion_cmd, [str(project.path), f"{ext}:particles", "-o", str(cs), "--cs"]
+    )
+    assert res.exit_code == 0, res.output
+    dataset = pytest.importorskip("cryosparc.dataset")
+    d = dataset.Dataset.load(str(cs))
+    assert len(d) == len(parts)
+    assert d["blob/idx"].tolist() == parts.column("image_index").tolist()
+    mic = next(r["run"] for r in rows if r["job"] == "AutoPick/job002/")
+    res = CliRunner().invoke(
+        export_relion_cmd, [str(project.path), f"{mic}:coordinates", "-o", str(out)]
+    )
+    assert res.exit_code != 0 and "SetOfCoordinates" in str(res.exception)
