@@ -294,8 +294,9 @@ def _plan(
             "by protocol, params, inputs and creation time"
         )
     mapping = {k: v for k, v in id_map.items() if k != v}
+    by_id = {r.id: r for r in source_runs}
     for tid, sid in sources.items():
-        s = next(r for r in source_runs if r.id == sid)
+        s = by_id[sid]
         new[tid] = dataclasses.replace(
             s,
             id=tid,

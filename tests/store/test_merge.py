@@ -26,6 +26,7 @@ from hpcem.store import Project, StepTable
 from hpcem.store import merge as merge_mod
 from hpcem.store.manifest import read_manifest
 from hpcem.store.merge import merge
+from hpcem.store.steps import append_steps
 
 
 def finished_run(p: Project, protocol: str, inputs=(), n=4, label="") -> int:
@@ -97,6 +98,9 @@ def diverged(tmp_path):
     finished_run(source, "refine", ["2:particles"], label="s-refine")
     finished_run(source, "postprocess", ["3:particles", "1:particles"], label="s-post")
     source.set_label(1, "imported movies")
+    # a step-log delta left after the last fold (a commit the run made as it ended)
+    delta = {"id": "s2", "name": "late", "func": "m:g", "state": "finished"}
+    append_steps(source.path / "runs/000004/steps.h5", 4, [{**delta, "args": {"o": "runs/000003"}}])
     return target, source
 
 
@@ -137,6 +141,8 @@ def test_merge_adds_new_runs_renumbered_with_pointers_rewritten(diverged):
     assert steps[0]["args"]["out"] == "runs/000005/out"
     assert steps[0]["args"]["input"] == "4:particles"
     assert steps[0]["result"] == {"path": "runs/000005/out/stack0.mrcs", "ref": "5:particles"}
+    assert steps[1]["name"] == "late" and steps[1]["args"] == {"o": "runs/000004"}
+    assert not list((target.path / "runs/000005").glob("steps-*.h5"))  # folded
     with h5py.File(target.path / "runs/000005/steps.h5", "r") as f:
         assert int(f.attrs["run_id"]) == 5
     # TARGET's own run 3 kept its own folder and files
