@@ -5,10 +5,10 @@ For each particle p and each pixel (kx, ky) of its rfft2 (kx >= 0, ky signed, in
 radius ``max_r`` in pixels of the image's transform) the 3D frequency is
 ``f = pad · Aᵀ (kx, ky, 0)`` in grid units of the padded volume (A the particle's
 rotation matrix, RELION's convention). Points with f_x < 0 are replaced by their Friedel
-mate (−f, conjugate value). The value ``ctf · X`` is spread trilinearly onto the eight
-neighbours of f in ``data`` (shape (m, m, h + 1, 2): real and imaginary parts, [z, y, x],
-z and y periodic) and ``ctf²`` onto the same neighbours of ``weight`` (m, m, h + 1).
-The extra x plane only catches the zero-weight neighbour of points on the last plane.
+mate (−f, conjugate value). The value ``ctf · X`` and the weight ``ctf²`` are spread trilinearly
+onto the eight neighbours of f in ``grid`` (shape (m, m, h + 1, 3): real part, imaginary
+part and weight of each voxel together, [z, y, x], z and y periodic). The extra x plane
+only catches the zero-weight neighbour of points on the last plane.
 
 The numpy reference, and the test oracle, is
 :func:`hpcem.reconstruct.fourier.insert_slices_numpy`.
@@ -18,15 +18,14 @@ from libc.math cimport floor
 
 
 def insert_slices(
-    double[:, :, :, ::1] data,
-    double[:, :, ::1] weight,
+    double[:, :, :, ::1] grid,
     const float[:, :, :, ::1] ft,
     const float[:, :, ::1] ctf,
     const double[:, :, ::1] rotations,
     int pad,
     double max_r,
 ):
-    """Add the particles' slices to ``data`` and ``weight`` in place.
+    """Add the particles' slices to ``grid`` in place.
 
     ``ft``: (n, N, N//2 + 1, 2) float32, the images' rfft2 (real, imaginary) with the
     particle centre moved to pixel 0; ``ctf``: (n, N, N//2 + 1) float32;
@@ -35,12 +34,13 @@ def insert_slices(
     cdef Py_ssize_t n = ft.shape[0]
     cdef Py_ssize_t size = ft.shape[1]
     cdef Py_ssize_t half = ft.shape[2]
-    cdef Py_ssize_t m = data.shape[0]
+    cdef Py_ssize_t m = grid.shape[0]
     cdef Py_ssize_t p, iy, ix, z0, y0, x0, z1, y1, x1
     cdef double max_r2 = max_r * max_r
     cdef double a00, a01, a02, a10, a11, a12
     cdef double kx, ky, fx, fy, fz, re, im, c, w, gx, gy, gz, hx, hy, hz
     cdef double w000, w001, w010, w011, w100, w101, w110, w111
+    cdef double *cell
     cdef long samples = 0
     for p in range(n):
         a00 = pad * rotations[p, 0, 0]
@@ -97,29 +97,37 @@ def insert_slices(
                 w101 = gz * hy * gx
                 w110 = gz * gy * hx
                 w111 = gz * gy * gx
-                data[z0, y0, x0, 0] += w000 * re
-                data[z0, y0, x0, 1] += w000 * im
-                weight[z0, y0, x0] += w000 * w
-                data[z0, y0, x1, 0] += w001 * re
-                data[z0, y0, x1, 1] += w001 * im
-                weight[z0, y0, x1] += w001 * w
-                data[z0, y1, x0, 0] += w010 * re
-                data[z0, y1, x0, 1] += w010 * im
-                weight[z0, y1, x0] += w010 * w
-                data[z0, y1, x1, 0] += w011 * re
-                data[z0, y1, x1, 1] += w011 * im
-                weight[z0, y1, x1] += w011 * w
-                data[z1, y0, x0, 0] += w100 * re
-                data[z1, y0, x0, 1] += w100 * im
-                weight[z1, y0, x0] += w100 * w
-                data[z1, y0, x1, 0] += w101 * re
-                data[z1, y0, x1, 1] += w101 * im
-                weight[z1, y0, x1] += w101 * w
-                data[z1, y1, x0, 0] += w110 * re
-                data[z1, y1, x0, 1] += w110 * im
-                weight[z1, y1, x0] += w110 * w
-                data[z1, y1, x1, 0] += w111 * re
-                data[z1, y1, x1, 1] += w111 * im
-                weight[z1, y1, x1] += w111 * w
+                cell = &grid[z0, y0, x0, 0]
+                cell[0] += w000 * re
+                cell[1] += w000 * im
+                cell[2] += w000 * w
+                cell = &grid[z0, y0, x1, 0]
+                cell[0] += w001 * re
+                cell[1] += w001 * im
+                cell[2] += w001 * w
+                cell = &grid[z0, y1, x0, 0]
+                cell[0] += w010 * re
+                cell[1] += w010 * im
+                cell[2] += w010 * w
+                cell = &grid[z0, y1, x1, 0]
+                cell[0] += w011 * re
+                cell[1] += w011 * im
+                cell[2] += w011 * w
+                cell = &grid[z1, y0, x0, 0]
+                cell[0] += w100 * re
+                cell[1] += w100 * im
+                cell[2] += w100 * w
+                cell = &grid[z1, y0, x1, 0]
+                cell[0] += w101 * re
+                cell[1] += w101 * im
+                cell[2] += w101 * w
+                cell = &grid[z1, y1, x0, 0]
+                cell[0] += w110 * re
+                cell[1] += w110 * im
+                cell[2] += w110 * w
+                cell = &grid[z1, y1, x1, 0]
+                cell[0] += w111 * re
+                cell[1] += w111 * im
+                cell[2] += w111 * w
                 samples += 1
     return samples

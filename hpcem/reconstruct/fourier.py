@@ -24,6 +24,7 @@ to float tolerance. Arrays are [z, y, x]; the map's centre is voxel N // 2.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -36,14 +37,17 @@ KERNEL = "backproject"
 
 
 class FourierAccumulator:
-    """Sum of CTF-weighted slices (``data``) and CTF² weights (``weight``) of one map.
+    """Sum of CTF-weighted slices and CTF² weights of one map, interleaved in ``grid``.
 
-    ``data`` has shape (m, m, h + 1, 2) (real, imaginary), ``weight`` (m, m, h + 1), with
-    m = pad · N and h = m // 2 + 1; the last x plane only catches zero-weight spill-over.
-    Two accumulators of the same shape add with :meth:`add` (what an MPI Reduce does).
+    ``grid`` has shape (m, m, h + 1, 3) float64, [z, y, x, (real, imaginary, weight)],
+    with m = pad · N and h = m // 2 + 1; the last x plane only catches zero-weight
+    spill-over. The three values of a voxel sit together, so the kernel touches one cache
+    line where separate arrays would touch two, and an MPI Reduce is one call.
+    Accumulators of the same shape add with :meth:`add` (what the Reduce does). ``grid``
+    may be given (zeros of that shape), e.g. a part of a larger array reduced at once.
     """
 
-    def __init__(self, box_px: int, pad: int = 2):
+    def __init__(self, box_px: int, pad: int = 2, grid: np.ndarray | None = None):
         if box_px < 4 or box_px % 2:
             raise ValidationError(f"box must be even and >= 4 px, got {box_px}")
         if pad not in (1, 2, 3, 4):
@@ -51,21 +55,33 @@ class FourierAccumulator:
         self.box_px = int(box_px)
         self.pad = int(pad)
         m = self.pad * self.box_px
-        h = m // 2 + 1
-        self.data = np.zeros((m, m, h + 1, 2), dtype=np.float64)
-        self.weight = np.zeros((m, m, h + 1), dtype=np.float64)
+        shape = (m, m, m // 2 + 2, 3)
+        if grid is None:
+            grid = np.zeros(shape, dtype=np.float64)
+        elif grid.shape != shape or grid.dtype != np.float64 or not grid.flags.c_contiguous:
+            raise ValidationError(f"accumulator grid must be C-contiguous float64 {shape}")
+        self.grid = grid
         self.n_particles = 0
 
     @property
     def padded_px(self) -> int:
         return self.pad * self.box_px
 
+    @property
+    def data(self) -> np.ndarray:
+        """View (m, m, h + 1, 2): real and imaginary parts of the summed slices."""
+        return self.grid[..., :2]
+
+    @property
+    def weight(self) -> np.ndarray:
+        """View (m, m, h + 1): the summed CTF² weights."""
+        return self.grid[..., 2]
+
     def add(self, other: FourierAccumulator) -> None:
         """Add ``other`` (same box and pad) into this one."""
-        if other.data.shape != self.data.shape:
+        if other.grid.shape != self.grid.shape:
             raise ValidationError("cannot add Fourier accumulators of different shapes")
-        self.data += other.data
-        self.weight += other.weight
+        self.grid += other.grid
         self.n_particles += other.n_particles
 
     def insert(
@@ -93,8 +109,7 @@ class FourierAccumulator:
         kernel = load(KERNEL) if use_kernel else None
         if kernel is not None:
             count = kernel.insert_slices(
-                self.data,
-                self.weight,
+                self.grid,
                 ft.view(np.float32).reshape(*ft.shape, 2),
                 ctf32,
                 rot,
@@ -102,14 +117,13 @@ class FourierAccumulator:
                 r,
             )
         else:
-            count = insert_slices_numpy(self.data, self.weight, ft, ctf32, rot, self.pad, r)
+            count = insert_slices_numpy(self.grid, ft, ctf32, rot, self.pad, r)
         self.n_particles += len(ft)
         return int(count)
 
 
 def insert_slices_numpy(
-    data: np.ndarray,
-    weight: np.ndarray,
+    grid: np.ndarray,
     ft: np.ndarray,
     ctf: np.ndarray,
     rotations: np.ndarray,
@@ -119,14 +133,14 @@ def insert_slices_numpy(
     """Numpy reference of ``backproject.insert_slices`` (same arguments, ``ft`` complex):
     trilinear spreading with ``np.bincount`` on flat indices."""
     size = ft.shape[1]
-    m = data.shape[0]
-    hx = data.shape[2]
+    m = grid.shape[0]
+    hx = grid.shape[2]
     ky = np.fft.fftfreq(size, 1.0 / size)[:, None]
     kx = np.arange(ft.shape[2], dtype=np.float64)[None, :]
     inside = kx * kx + ky * ky <= max_r * max_r
     kx = np.broadcast_to(kx, inside.shape)[inside]
     ky = np.broadcast_to(ky, inside.shape)[inside]
-    n_vox = data.shape[0] * data.shape[1] * hx
+    n_vox = m * m * hx
     flat_re = np.zeros(n_vox)
     flat_im = np.zeros(n_vox)
     flat_w = np.zeros(n_vox)
@@ -157,9 +171,9 @@ def insert_slices_numpy(
                     flat_re += np.bincount(idx, share * val.real, n_vox)
                     flat_im += np.bincount(idx, share * val.imag, n_vox)
                     flat_w += np.bincount(idx, share * w, n_vox)
-    data[..., 0] += flat_re.reshape(weight.shape)
-    data[..., 1] += flat_im.reshape(weight.shape)
-    weight += flat_w.reshape(weight.shape)
+    grid[..., 0] += flat_re.reshape(grid.shape[:3])
+    grid[..., 1] += flat_im.reshape(grid.shape[:3])
+    grid[..., 2] += flat_w.reshape(grid.shape[:3])
     return int(inside.sum()) * len(ft)
 
 
@@ -170,11 +184,12 @@ def centred_transforms(images: np.ndarray, centres_px: np.ndarray) -> np.ndarray
     n = imgs.shape[-1]
     ft = scipy.fft.rfft2(imgs, workers=1)
     centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
-    ky = np.fft.fftfreq(n)[None, :, None]
-    kx = np.fft.rfftfreq(n)[None, None, :]
-    phase = np.exp(2j * math.pi * centres[:, 1, None, None] * ky).astype(np.complex64)
-    phase = phase * np.exp(2j * math.pi * centres[:, 0, None, None] * kx).astype(np.complex64)
-    return (ft * phase).astype(np.complex64)
+    ky = np.fft.fftfreq(n)[None, :]
+    kx = np.fft.rfftfreq(n)[None, :]
+    # The phase ramp is separable: one factor per row, one per column, applied in place.
+    ft *= np.exp(2j * math.pi * centres[:, 1, None] * ky).astype(np.complex64)[:, :, None]
+    ft *= np.exp(2j * math.pi * centres[:, 0, None] * kx).astype(np.complex64)[:, None, :]
+    return ft
 
 
 def particle_centres_px(shifts_A: np.ndarray, box_px: int, pixel_size_A: float) -> np.ndarray:
@@ -194,33 +209,41 @@ def relion_ctfs(
     phase_shift_deg: np.ndarray | None = None,
 ) -> np.ndarray:
     """CTFs (n, N, N//2+1) float32 on the rfft2 grid with RELION's sign (+A at zero
-    frequency), i.e. ``−ctf_2d``: the contrast of extracted, contrast-inverted particles.
-    The optics values may be scalars or one value per particle (several optics groups)."""
-    from hpcem.ctf.model import ctf_2d
+    frequency), i.e. ``−ctf_2d`` of :mod:`hpcem.ctf.model` (the same χ, vectorised over
+    particles): the contrast of extracted, contrast-inverted particles. The optics values
+    may be scalars or one value per particle (several optics groups)."""
+    from hpcem.ctf.model import electron_wavelength_A, frequency_grid
 
     du = np.atleast_1d(np.asarray(defocus_u_A, dtype=np.float64))
-    dv = np.atleast_1d(np.asarray(defocus_v_A, dtype=np.float64))
-    da = np.atleast_1d(np.asarray(defocus_angle_deg, dtype=np.float64))
-    ps = np.zeros_like(du) if phase_shift_deg is None else np.atleast_1d(phase_shift_deg)
+    shape = du.shape
+    dv = np.broadcast_to(np.asarray(defocus_v_A, np.float64), shape)
+    da = np.radians(np.broadcast_to(np.asarray(defocus_angle_deg, np.float64), shape))
+    ps = np.zeros(shape) if phase_shift_deg is None else np.broadcast_to(phase_shift_deg, shape)
     kv, cs, ac = (
-        np.broadcast_to(np.asarray(v, np.float64), du.shape)
+        np.broadcast_to(np.asarray(v, np.float64), shape)
         for v in (voltage_kV, cs_mm, amplitude_contrast)
     )
-    out = np.empty((len(du), box_px, box_px // 2 + 1), dtype=np.float32)
-    for i in range(len(du)):
-        out[i] = -ctf_2d(
-            (box_px, box_px),
-            pixel_size_A,
-            du[i],
-            dv[i],
-            da[i],
-            voltage_kV=float(kv[i]),
-            cs_mm=float(cs[i]),
-            amplitude_contrast=float(ac[i]),
-            phase_shift_deg=float(ps[i]),
-            half=True,
-        )
-    return out
+    if np.any(ac < 0) or np.any(ac >= 1) or np.any(cs < 0):
+        raise ValidationError("amplitude contrast must be in [0, 1) and Cs >= 0")
+    lam = np.asarray([electron_wavelength_A(float(v)) for v in kv])
+    ky, kx = frequency_grid((box_px, box_px), pixel_size_A, half=True)
+    k2 = (ky * ky + kx * kx).astype(np.float32)
+    az = np.arctan2(ky, kx)
+    cos2, sin2 = np.cos(2 * az).astype(np.float32), np.sin(2 * az).astype(np.float32)
+    mean = 0.5 * (du + dv)
+    half = 0.5 * (du - dv)
+    # Δf(α) = mean + half · cos 2(α − angle); χ = π λ Δf k² − ½ π Cs λ³ k⁴ + φ
+    hc = (half * np.cos(2 * da)).astype(np.float32)[:, None, None]
+    hs = (half * np.sin(2 * da)).astype(np.float32)[:, None, None]
+    defocus = mean.astype(np.float32)[:, None, None] + hc * cos2 + hs * sin2
+    a1 = (math.pi * lam).astype(np.float32)[:, None, None]
+    a2 = (0.5 * math.pi * cs * 1e7 * lam**3).astype(np.float32)[:, None, None]
+    offset = (np.radians(ps) + np.arcsin(ac)).astype(np.float32)[:, None, None]
+    chi = defocus * k2
+    chi *= a1
+    chi -= a2 * (k2 * k2)
+    chi += offset
+    return np.sin(chi, out=chi)
 
 
 def expand_symmetry(rotations: np.ndarray, symmetry: str) -> np.ndarray:
@@ -239,22 +262,25 @@ def _hermitian_x0(acc: FourierAccumulator) -> tuple[np.ndarray, np.ndarray]:
     """Complex data (m, m, h) and weight with the x = 0 plane made Hermitian: each point
     gets the conjugate sum of itself and its mate (−y, −z), as does its weight."""
     h = acc.padded_px // 2 + 1
-    data = acc.data[:, :, :h, 0] + 1j * acc.data[:, :, :h, 1]
-    weight = acc.weight[:, :, :h].copy()
-    plane = data[:, :, 0]
-    mate = np.roll(plane[::-1, ::-1], 1, axis=(0, 1))  # value at (−z, −y)
-    data[:, :, 0] = plane + np.conj(mate)
-    wplane = weight[:, :, 0]
-    weight[:, :, 0] = wplane + np.roll(wplane[::-1, ::-1], 1, axis=(0, 1))
+    grid = acc.grid[:, :, :h]
+    data = np.empty(grid.shape[:3], dtype=np.complex128)
+    data.real, data.imag = grid[..., 0], grid[..., 1]
+    weight = np.ascontiguousarray(grid[..., 2])
+    plane = data[:, :, 0].copy()
+    data[:, :, 0] += np.conj(np.roll(plane[::-1, ::-1], 1, axis=(0, 1)))  # value at (−z, −y)
+    wplane = weight[:, :, 0].copy()
+    weight[:, :, 0] += np.roll(wplane[::-1, ::-1], 1, axis=(0, 1))
     return data, weight
 
 
+@functools.lru_cache(maxsize=4)
 def _radius_grid(m: int) -> np.ndarray:
     """Radius (in padded grid units) of each voxel of an (m, m, m//2+1) half-volume."""
-    kz = np.fft.fftfreq(m, 1.0 / m)[:, None, None]
-    ky = np.fft.fftfreq(m, 1.0 / m)[None, :, None]
-    kx = np.arange(m // 2 + 1, dtype=np.float64)[None, None, :]
-    return np.sqrt(kz * kz + ky * ky + kx * kx)
+    k2 = np.fft.fftfreq(m, 1.0 / m) ** 2
+    kx2 = np.arange(m // 2 + 1, dtype=np.float64) ** 2
+    r = np.sqrt(k2[:, None, None] + k2[None, :, None] + kx2[None, None, :])
+    r.flags.writeable = False
+    return r
 
 
 def finish(
@@ -273,20 +299,20 @@ def finish(
     data, weight = _hermitian_x0(acc)
     radius = _radius_grid(m)
     limit = (n / 2) if max_r_px is None else min(max_r_px, n / 2)
-    shell = np.rint(radius).astype(np.intp)
+    shell = np.minimum(np.rint(radius), m // 2 + 1).astype(np.intp)
     n_shells = m // 2 + 2
-    inside = radius <= limit * acc.pad + 1.0  # the trilinear spill-over of the last samples
-    sums = np.bincount(shell[inside], weight[inside], n_shells)
-    counts = np.bincount(shell[inside], None, n_shells)
-    mean_w = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
-    denom = weight + wiener * mean_w[np.minimum(shell, n_shells - 1)]
-    ok = inside & (radius <= limit * acc.pad) & (denom > 0)
-    vol_ft = np.zeros_like(data)
-    vol_ft[ok] = data[ok] / denom[ok]
+    sums = np.bincount(shell.ravel(), weight.ravel(), n_shells)
+    counts = np.bincount(shell.ravel(), None, n_shells)
+    mean_w = sums / np.maximum(counts, 1)
+    denom = weight + wiener * mean_w[shell]
+    ok = (radius <= limit * acc.pad) & (denom > 0)
+    vol_ft = np.zeros(data.shape, dtype=np.complex64)
+    np.divide(data, denom, out=vol_ft, where=ok, casting="unsafe")
     padded = scipy.fft.irfftn(vol_ft, s=(m, m, m), workers=1)
-    padded = np.fft.fftshift(padded)
-    lo = m // 2 - n // 2
-    volume = padded[lo : lo + n, lo : lo + n, lo : lo + n]
+    # The centre is at voxel 0 (periodic): take the N-box around it without a full shift.
+    lo = n // 2
+    idx = np.arange(-lo, n - lo) % m
+    volume = padded[np.ix_(idx, idx, idx)]
     if gridding_correction:
         volume = volume / gridding_kernel(n, m)
     return np.ascontiguousarray(volume, dtype=np.float32)

@@ -3,8 +3,8 @@
 :func:`reconstruct_step` reads the particle table (an ``.npz`` written by the protocol's
 ``prepare`` step: stacks, indices, poses, shifts, CTFs, halves, optics), splits the rows
 into contiguous blocks, one per rank, inserts each block into two Fourier accumulators
-(half 1 and half 2) with the ``backproject`` kernel, and sums them on rank 0 with one
-``MPI.Reduce`` per array. Rank 0 then finishes the two half maps and the full map (the sum
+(half 1 and half 2, one array) with the ``backproject`` kernel, and sums them on rank 0
+with one ``MPI.Reduce``. Rank 0 then finishes the two half maps and the full map (the sum
 of both halves' data and weights), computes the gold-standard FSC, writes the maps (MRC),
 the curve (``fsc.npz``) and the plot (PNG), and returns the result. With
 ``use_mpi=False`` the same code runs in one process without mpi4py.
@@ -60,7 +60,8 @@ class _SerialComm:
     size = 1
 
     def Reduce(self, send, recv, op=None, root=0):
-        recv[...] = send
+        if send is not None:  # None: in place, the data is already where it goes
+            recv[...] = send
 
 
 def write_table(path: str, columns: dict, optics: dict) -> str:
@@ -157,28 +158,26 @@ def reconstruct_step(table: str, out: dict, options: dict, use_mpi: bool = True)
     if use_mpi:
         from mpi4py import MPI
 
-        comm, op = MPI.COMM_WORLD, MPI.SUM
+        comm, op, in_place = MPI.COMM_WORLD, MPI.SUM, MPI.IN_PLACE
     else:
-        comm, op = _SerialComm(), None
+        comm, op, in_place = _SerialComm(), None, None
     data = read_table(table)
     box = int(data["optics_image_size_px"])
     pixel = float(data["optics_pixel_size_A"])
     n = len(data["rot"])
     lo, hi = np.linspace(0, n, comm.size + 1).astype(int)[comm.rank : comm.rank + 2]
-    accs = {1: FourierAccumulator(box, options["pad"]), 2: FourierAccumulator(box, options["pad"])}
+    pad = options["pad"]
+    m = pad * box
+    # Both halves in one array: the ranks' shares are summed by one Reduce.
+    both = np.zeros((2, m, m, m // 2 + 2, 3), dtype=np.float64)
+    accs = {h: FourierAccumulator(box, pad, both[h - 1]) for h in (1, 2)}
     inserted = _insert_rows(accs, data, np.arange(lo, hi), options)
     insert_s = time.perf_counter() - started
-    totals = {}
-    for h, acc in accs.items():
-        for name in ("data", "weight"):
-            local = getattr(acc, name)
-            total = np.empty_like(local) if comm.rank == 0 else None
-            comm.Reduce(local, total, op=op, root=0)
-            totals[(h, name)] = total
-    if comm.rank != 0:
+    if comm.rank == 0:  # summed in place on rank 0: no second copy of the volume
+        comm.Reduce(in_place, both, op=op, root=0)
+    else:
+        comm.Reduce(both, None, op=op, root=0)
         return None
-    for h, acc in accs.items():
-        acc.data, acc.weight = totals[(h, "data")], totals[(h, "weight")]
     return _finish_maps(accs, data, out, options, box, pixel, n, inserted, comm.size, insert_s)
 
 
