@@ -424,16 +424,23 @@ def _copy_bytes(src: int, dst: int, size: int) -> None:
         os.write(dst, chunk)
 
 
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _copy_tree(
-    src: Path, dst: Path, rel: str, top: bool, mapping: Mapping[int, int], notes: list[str]
+    sfd: int, src: Path, dst: Path, rel: str, top: bool, mapping: Mapping[int, int], notes: list
 ) -> None:
-    """Copy folder ``src`` to the new folder ``dst`` (``rel``: ``dst`` relative to the
-    project, as the run will be named): folders and regular files copied, temp files of
-    the store skipped, links recreated as links (never followed; refused where the store
-    keeps its own files), anything else refused."""
-    os.mkdir(dst)
-    sfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    dfd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """Copy the folder open as ``sfd`` (``src``, for messages; closed here) to the new
+    folder ``dst`` (``rel``: ``dst`` relative to the project, as the run will be named):
+    folders (opened by descriptor, ``O_NOFOLLOW``) and regular files copied, temp files
+    of the store skipped, links recreated as links (never followed; refused where the
+    store keeps its own files), anything else refused."""
+    try:
+        os.mkdir(dst)
+        dfd = os.open(dst, _DIR_NOFOLLOW)
+    except BaseException:
+        os.close(sfd)
+        raise
     try:
         for entry in sorted(os.scandir(sfd), key=lambda e: e.name):
             name = entry.name
@@ -453,7 +460,8 @@ def _copy_tree(
                 if os.path.isabs(text):
                     notes.append(f"{rel}/{name} is a link to {text}, copied as a link")
             elif stat.S_ISDIR(st.st_mode):
-                _copy_tree(src / name, dst / name, f"{rel}/{name}", False, mapping, notes)
+                sub = os.open(name, _DIR_NOFOLLOW, dir_fd=sfd)
+                _copy_tree(sub, src / name, dst / name, f"{rel}/{name}", False, mapping, notes)
             elif stat.S_ISREG(st.st_mode):
                 _copy_file(sfd, name, dfd, where)
             else:
@@ -630,14 +638,14 @@ def _stage(target, source, plan: _Plan, stage: Path) -> None:
     outputs = {r.id: set(r.output_types) for r in source.runs}
     for tid, sid in sorted(plan.sources.items()):
         src = source.path / "runs" / f"{sid:06d}"
-        if not os.path.lexists(src):
+        try:  # runs/ and runs/NNNNNN must be real folders: no link is followed
+            sfd = open_dir(src, 2)
+        except FileNotFoundError:
             continue  # a run never launched has no folder
-        if os.path.islink(src) or not src.is_dir():
-            raise StoreError(
-                f"{src} is a symbolic link or not a folder; links are never followed: "
-                "remove it from SOURCE"
-            )
-        _copy_tree(src, stage / f"{tid:06d}", f"runs/{tid:06d}", True, mapping, plan.report.notes)
+        except StoreError as exc:
+            raise StoreError(f"{exc} (in SOURCE: it is not merged)") from None
+        dst = stage / f"{tid:06d}"
+        _copy_tree(sfd, src, dst, f"runs/{tid:06d}", True, mapping, plan.report.notes)
         _rewrite_run(stage / f"{tid:06d}", sid, tid, mapping, outputs)
     if sf.FSYNC:
         sf.fsync_path(stage, directory=True)

@@ -239,13 +239,18 @@ def test_refused_merges_leave_target_byte_identical(diverged, tmp_path):
     seg.symlink_to(victim)
     with pytest.raises(StoreError, match="symbolic link where hpcem keeps its own files"):
         merge(target.path, source.path)
-    assert (
-        tree_digest(target.path, skip_hpcem=False).items()
-        >= {k: v for k, v in digest.items() if not k.startswith(".hpcem")}.items()
-    )
+    seg.unlink()
+    # the run folder itself replaced by a link to a folder outside the project
+    shutil.move(source.path / "runs/000004", tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", source.path / "runs/000004")
+    with pytest.raises(StoreError, match="000004 is a symbolic link.*not merged"):
+        merge(target.path, source.path)
+    # TARGET as it was, but for lock files and an empty staging folder under .hpcem/
     assert tree_digest(target.path) == {
         k: v for k, v in digest.items() if not k.startswith(".hpcem")
     }
+    assert tree_digest(target.path, skip_hpcem=False)["./project.h5"] == digest["./project.h5"]
+    assert not os.listdir(target.path / ".hpcem" / "merge")
     assert victim.read_bytes() == b"secret"
 
 
