@@ -32,20 +32,25 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcem.errors import DataFormatError, HpcemError
+from hpcem.errors import DataFormatError, HpcemError, ValidationError
 from hpcem.protocol import Input, Output, Param, Protocol, Step
 from hpcem.relion import RELION_CITATIONS
 
 PROGRAM = "relion_refine"
+MPI_PROGRAM = "relion_refine_mpi"
 STAR_NAME = "particles.star"
 #: ``--o`` of every relion_refine run, in the folder of the STAR file (files
 #: ``refine/run_it025_model.star`` etc.; RELION wants a folder in the prefix).
 OUT_DIR = "refine"
 OUT_PREFIX = "run"
-#: Particle fields written for RELION (it reads the image, its CTF and its origin).
+#: Particle fields written for RELION: the image, its CTF, its pose (the centre of local
+#: searches; RELION ignores it in global searches) and the half set.
 STAR_FIELDS = (
     "image",
     "image_index",
+    "rot",
+    "tilt",
+    "psi",
     "shift_x",
     "shift_y",
     "defocus_u",
@@ -58,13 +63,21 @@ STAR_FIELDS = (
 #: Per-particle results read back from RELION's data STAR.
 POSE_FIELDS = ("rot", "tilt", "psi", "shift_x", "shift_y", "class_id")
 _SYMMETRY_RE = re.compile(r"^(C\d+|D\d+|T|O|I[1-5]?)$", re.IGNORECASE)
-_ITERATION_RE = re.compile(r"_it(\d{3})_model\.star$")
+_ITERATION_RE = re.compile(r"_it(\d{3})_(?:half1_)?model\.star$")
 
 
 # --- shared by the relion_refine protocols -------------------------------------------------
-def common_params(threads_default: int = 1) -> tuple[Param, ...]:
+def common_params(threads_default: int = 1, ranks_default: int = 1) -> tuple[Param, ...]:
     """Parameters every relion_refine protocol has (RELION 3.1 GUI defaults)."""
     return (
+        Param.int(
+            "mpi_ranks",
+            ranks_default,
+            min=1,
+            max=4096,
+            help="MPI processes of relion_refine_mpi (1 = relion_refine without MPI; "
+            "RELION's leader rank does no refinement work, so use 3 or more).",
+        ),
         Param.float(
             "particle_diameter_A",
             200.0,
@@ -188,6 +201,115 @@ def particle_problems(ctx, diameter_A: float) -> list[str]:
     return []
 
 
+def mpi_launcher(site_name: str | None, ranks: int) -> list[str]:
+    """The MPI launcher of ``relion_refine_mpi`` for ``site_name``: the site's
+    ``[programs] relion_mpi_command`` (a command line with ``{ranks}``, e.g.
+    ``"srun --mpi=pmix -n {ranks}"``), else ``mpirun -n RANKS`` from ``PATH`` (the MPI
+    that Debian's RELION is built with). The site's ``[mpi] command`` is not used: it
+    launches hpcem's own MPI steps, whose MPI library may not be RELION's."""
+    import shlex
+    import shutil
+
+    from hpcem.relion.programs import _site_programs
+
+    programs, path = _site_programs(site_name)
+    if "relion_mpi_command" in programs:
+        try:
+            return [
+                part.format(ranks=ranks) for part in shlex.split(programs["relion_mpi_command"])
+            ]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValidationError(
+                f"{path}: [programs] relion_mpi_command: {exc} (use {{ranks}})"
+            ) from None
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise ValidationError(
+            "mpi_ranks > 1 needs an MPI launcher for relion_refine_mpi: no mpirun on PATH; "
+            'set [programs] relion_mpi_command (e.g. "mpirun -n {ranks}") in the site config'
+        )
+    return [mpirun, "-n", str(ranks)]
+
+
+def mpi_problems(ranks: int, site_name: str | None, at_least: int = 1) -> list[str]:
+    """Validation of ``mpi_ranks``: relion_refine_mpi and a launcher exist."""
+    from hpcem.relion.programs import program_problems
+
+    if ranks < at_least:
+        return [f"mpi_ranks {ranks}: RELION needs at least {at_least} here"]
+    if ranks == 1:
+        return []
+    try:
+        mpi_launcher(site_name, ranks)
+    except ValidationError as exc:
+        return [str(exc)]
+    return program_problems([MPI_PROGRAM], site_name)
+
+
+def run_relion_mpi(args: list[str], *, workdir: Path, ranks: int, options: dict) -> dict:
+    """:func:`hpcem.relion.runner.run_relion` for ``relion_refine_mpi`` under the MPI
+    launcher (:func:`mpi_launcher`): the same log block, provenance record and error."""
+    import shlex
+    import time
+
+    from hpcem.command import run_command
+    from hpcem.errors import CommandError
+    from hpcem.relion.programs import find_program
+    from hpcem.relion.runner import RelionError, _append_log, tail
+
+    path, version = find_program(MPI_PROGRAM, options["site"])
+    argv = [*mpi_launcher(options["site"], ranks), path, *map(str, args)]
+    command = shlex.join(argv)
+    log = os.path.abspath(options["log"])
+    # Open MPI refuses more ranks than cores unless told (RELION's leader mostly waits).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+    started = time.time()
+    try:
+        result = run_command(
+            argv,
+            timeout_s=3600.0 * float(options["time_limit_h"]),
+            cwd=workdir,
+            env=env,
+            check=False,
+            die_with_parent=True,
+        )
+    except CommandError as exc:
+        _append_log(log, f"relion_refine: $ {command}  (failed: {exc})", exc.stdout, exc.stderr)
+        lines = tail(exc.stderr or exc.stdout)
+        raise RelionError(
+            f"{MPI_PROGRAM}: {exc}" + ("\n" + "\n".join(lines) if lines else ""),
+            argv,
+            None,
+            exc.stdout,
+            exc.stderr,
+        ) from None
+    seconds = time.time() - started
+    _append_log(
+        log,
+        f"relion_refine: $ {command}  (in {workdir}; exit {result.returncode}, {seconds:.1f} s)",
+        result.stdout,
+        result.stderr,
+    )
+    if result.returncode != 0:
+        lines = tail(result.stderr) or tail(result.stdout) or ["no output"]
+        raise RelionError(
+            f"{MPI_PROGRAM} exited with code {result.returncode}: " + " | ".join(lines),
+            argv,
+            result.returncode,
+            result.stdout,
+            result.stderr,
+        )
+    return {
+        "program": path,
+        "version": version,
+        "argv": argv,
+        "command": command,
+        "cwd": str(workdir),
+        "returncode": result.returncode,
+        "seconds": round(seconds, 3),
+    }
+
+
 def symmetry_problems(symmetry: str) -> list[str]:
     if _SYMMETRY_RE.match(symmetry):
         return []
@@ -226,7 +348,8 @@ def _clear_outputs(work: Path) -> int:
 
 
 def last_iteration(work: str | os.PathLike) -> int:
-    """The highest iteration of ``run_itNNN_model.star`` in ``work`` (-1: none)."""
+    """The highest iteration of ``run_itNNN_model.star`` (auto-refine:
+    ``run_itNNN_half1_model.star``) in ``work`` (-1: none)."""
     its = [
         int(m.group(1))
         for name in os.listdir(work)
@@ -250,16 +373,21 @@ def refine(star: str, args: list[str], options: dict) -> dict:
     work = home / OUT_DIR
     work.mkdir(parents=True, exist_ok=True)
     removed = _clear_outputs(work)
-    record = run_relion(
-        PROGRAM,
-        ["--i", Path(star).name, "--o", f"{OUT_DIR}/{OUT_PREFIX}", *args],
-        workdir=home,
-        site=options["site"],
-        log=options["log"],
-        label="relion_refine",
-        timeout_s=3600.0 * float(options["time_limit_h"]),
-        threads=1,  # relion_refine's own --j threads; no OpenMP inside them
-    )
+    args = ["--i", Path(star).name, "--o", f"{OUT_DIR}/{OUT_PREFIX}", *args]
+    ranks = int(options.get("mpi_ranks", 1))
+    if ranks > 1:
+        record = run_relion_mpi(args, workdir=home, ranks=ranks, options=options)
+    else:
+        record = run_relion(
+            PROGRAM,
+            args,
+            workdir=home,
+            site=options["site"],
+            log=options["log"],
+            label="relion_refine",
+            timeout_s=3600.0 * float(options["time_limit_h"]),
+            threads=1,  # relion_refine's own --j threads; no OpenMP inside them
+        )
     iteration = last_iteration(work)
     if iteration < 0:
         raise HpcemError(f"{PROGRAM} wrote no {OUT_PREFIX}_itNNN_model.star in {work}")
@@ -364,6 +492,7 @@ def refine_steps(ctx, args: list[str], register: str, final: str, keep_half_sets
         "site": places["site"],
         "log": places["log"],
         "time_limit_h": p["time_limit_h"],
+        "mpi_ranks": p["mpi_ranks"],
         "final": final,
     }
     return [
@@ -468,7 +597,9 @@ class Class2DRelion(Protocol):
     def validate(self, ctx) -> list[str]:
         from hpcem.relion.programs import program_problems, site_name_of
 
-        problems = particle_problems(ctx, ctx.params["particle_diameter_A"])
+        p = ctx.params
+        problems = particle_problems(ctx, p["particle_diameter_A"])
+        problems += mpi_problems(p["mpi_ranks"], site_name_of(ctx))
         return problems + program_problems([PROGRAM], site_name_of(ctx))
 
     def steps(self, ctx) -> list[Step]:

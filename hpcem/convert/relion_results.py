@@ -300,6 +300,30 @@ def write_postprocess(
     write_star(path, [("general", gen), ("fsc", table)])
 
 
+def read_model_fsc(model_path: str | os.PathLike, class_number: int = 1) -> Converted:
+    """The gold-standard FSC of a RELION refinement's ``_model.star`` (``run_model.star``
+    of an auto-refine; ``data_model_class_N``'s ``_rlnGoldStandardFsc`` between the two
+    unmasked half maps) as one FSC row labelled ``"gold_standard"``: ``frequency`` in 1/Å
+    (``_rlnResolution``), ``fsc``, and ``resolution_A`` = ``_rlnCurrentResolution`` of
+    ``data_model_general`` (RELION's own estimate of the refinement's resolution)."""
+    model_path = os.fspath(model_path)
+    blocks = read_star(model_path)
+    general = _block(model_path, blocks, "model_general", False)
+    table = _block(model_path, blocks, f"model_class_{class_number}", True)
+    _require(model_path, general, ("rlnCurrentResolution",), "the resolution")
+    _require(model_path, table, ("rlnResolution", "rlnGoldStandardFsc"), "the FSC")
+    freq = np.asarray(table.columns["rlnResolution"], dtype=np.float64)
+    fsc = np.asarray(table.columns["rlnGoldStandardFsc"], dtype=np.float64)
+    cols = {
+        "id": np.asarray([1], dtype=np.int64),
+        "label": np.asarray(["gold_standard"], dtype=object),
+        "resolution_A": np.asarray([float(general.values["rlnCurrentResolution"])]),
+        "frequency": Ragged(freq, np.asarray([0, len(freq)])),
+        "fsc": Ragged(fsc, np.asarray([0, len(fsc)])),
+    }
+    return Converted("hpcem.SetOfFSCs", cols, {}, {"general": dict(general.values)}, model_path)
+
+
 def _ragged(values: Any) -> list[np.ndarray]:
     return values.tolist() if isinstance(values, Ragged) else [np.asarray(v) for v in values]
 

@@ -24,13 +24,16 @@ def view_particles(
     pixel_A: float = PIXEL_A,
     box: int = BOX_PX,
     random_views: bool = False,
+    start_pose_sd_deg: float | None = None,
 ):
     """A finished run whose ``particles`` are ``n`` projections: view ``i % len(views)``
     (or random orientations with ``random_views``), a random in-plane angle psi, shifts
     up to ±2 px, each with its own CTF, contrast-inverted as extraction leaves them, plus
     gaussian noise (sd ``noise`` × the signal's). The truth (``view``, ``rot``, ``tilt``,
     ``psi``, ``shift_px``, the volume path) is returned with the input reference.
-    The particle set carries no poses (rot/tilt/psi/shift 0), as extraction leaves it."""
+    The particle set carries no poses (rot/tilt/psi/shift 0), as extraction leaves it;
+    with ``start_pose_sd_deg`` it carries the true angles plus gaussian errors of that
+    size, the true shifts and half sets 1, 2, 1, 2 ... (a refinement to continue)."""
     import scipy.fft
 
     from hpcem.ctf.model import ctf_2d
@@ -73,15 +76,20 @@ def view_particles(
             "image_size_px": [box],
         }
     )
-    writer.append_columns(
-        {
-            "image": [str(stack)] * n,
-            "image_index": np.arange(n),
-            "defocus_u": du,
-            "defocus_v": dv,
-            "defocus_angle": da,
-        }
-    )
+    cols = {
+        "image": [str(stack)] * n,
+        "image_index": np.arange(n),
+        "defocus_u": du,
+        "defocus_v": dv,
+        "defocus_angle": da,
+    }
+    if start_pose_sd_deg is not None:
+        noisy = angles + rng.normal(0.0, start_pose_sd_deg, angles.shape)
+        cols |= {"rot": noisy[:, 0], "tilt": noisy[:, 1], "psi": noisy[:, 2]}
+        # RELION 3.1's origin: the particle's centre is at box centre - shift.
+        cols |= {"shift_x": -shifts_px[:, 0] * pixel_A, "shift_y": -shifts_px[:, 1] * pixel_A}
+        cols["half_set"] = 1 + np.arange(n) % 2
+    writer.append_columns(cols)
     writer.close()
     project.set_output(run, "particles", "hpcem.SetOfParticles", n)
     _finish(project, run)
@@ -103,3 +111,13 @@ def circular_spread_deg(angles_deg) -> float:
     a = np.radians(np.asarray(angles_deg, dtype=float))
     r = np.hypot(np.cos(a).mean(), np.sin(a).mean())
     return float(np.degrees(np.sqrt(-2.0 * np.log(max(r, 1e-12)))))
+
+
+def angular_error_deg(a_deg, b_deg) -> np.ndarray:
+    """Angle (degrees) of the rotation between each pair of ZYZ Euler triples: 0 when
+    the orientations are the same, whatever the triples (they are not unique)."""
+    from hpcem.sim.projection import euler_matrices
+
+    ra, rb = euler_matrices(np.asarray(a_deg)), euler_matrices(np.asarray(b_deg))
+    trace = np.einsum("nij,nij->n", ra, rb)
+    return np.degrees(np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0)))
