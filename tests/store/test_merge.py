@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -414,3 +415,55 @@ def test_sigkill_at_random_moments_leaves_old_or_merged_target(diverged, tmp_pat
         # either way the merge can be run (again) and ends merged
         merge(target.path, source.path)
         assert sorted(r.id for r in Project.open(target.path).runs) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_real_protocol_runs_merge_and_run_again_in_target(tmp_path):
+    """Real runs (simulated micrographs, CTF estimation on them) in two copies: the
+    renumbered runs' outputs, step arguments and lineage work in TARGET, where the CTF
+    run is run again from its renumbered input."""
+    from hpcem.execution import runs as lifecycle
+
+    def simulate(p: Project, seed: int) -> int:
+        params = {"kind": "micrographs", "n_items": 1, "size_px": 256, "pixel_size_A": 2.0}
+        run = lifecycle.create_run(p, "sim.dataset", {**params, "seed": seed})
+        lifecycle.launch(p, run.id, foreground=True)
+        assert p.run(run.id).state == "finished", p.run(run.id).error
+        return run.id
+
+    base = Project.create(tmp_path / "base")
+    simulate(base, 5)
+    shutil.copytree(base.path, tmp_path / "tgt", symlinks=True)
+    shutil.copytree(base.path, tmp_path / "src", symlinks=True)
+    target, source = Project.open(tmp_path / "tgt"), Project.open(tmp_path / "src")
+    simulate(target, 6)
+    simulate(source, 7)
+    ctf = lifecycle.create_run(
+        source, "ctf.estimate", {}, inputs={"micrographs": ["2:micrographs"]}
+    )
+    lifecycle.launch(source, ctf.id, foreground=True)
+    assert source.run(ctf.id).state == "finished", source.run(ctf.id).error
+
+    report = merge(target.path, source.path)
+    assert report.renumbered == {2: 3, 3: 4}
+    mics = target.open_set(3, "micrographs")
+    mics.check_files()
+    for ours, theirs in zip(
+        mics.columns["image"], source.open_set(2, "micrographs").columns["image"], strict=True
+    ):
+        assert ours.startswith(str(target.path / "runs/000003/"))
+        assert Path(ours).read_bytes() == Path(theirs).read_bytes()
+    args = json.dumps([s["args"] for s in target.read_steps(3).to_records()])
+    assert "runs/000003/" in args and "runs/000002/" not in args
+    assert target.run(4).inputs == {"micrographs": ["3:micrographs"]}
+    fits = target.open_set(4, "ctfs")
+    assert len(fits) == len(source.open_set(3, "ctfs"))
+    # the renumbered CTF run runs again in TARGET from its renumbered input
+    lifecycle.restart_run(target, 4, foreground=True)
+    again = target.run(4)
+    assert again.state == "finished", again.error
+    np.testing.assert_allclose(
+        target.open_set(4, "ctfs").columns["defocus_u"],
+        source.open_set(3, "ctfs").columns["defocus_u"],
+        rtol=1e-6,
+    )
