@@ -218,7 +218,7 @@ class Classify2D(Protocol):
             min=0.0,
             max=1000.0,
             units="Å",
-            help="Largest shift searched in x and y (0 = 10 % of the box).",
+            help="Largest shift searched in x and y (0 = 6 % of the box, at least 2 pixels).",
         ),
         Param.int(
             "align_box_px",
@@ -267,7 +267,7 @@ class Classify2D(Protocol):
             "iterations": p["iterations"],
             "mask_diameter_A": p["mask_diameter_A"] or 0.9 * box * pixel,
             "angle_step_deg": p["angle_step_deg"],
-            "max_shift_A": p["max_shift_A"] or math.ceil(0.1 * box) * pixel,
+            "max_shift_A": p["max_shift_A"] or max(2, math.ceil(0.06 * box)) * pixel,
             "align_box_px": p["align_box_px"],
             "seed": p["seed"],
             "ctf_correction": p["ctf_correction"],
