@@ -232,3 +232,117 @@ def test_export_relion_and_cs(project, relion_project, tmp_path):
         export_relion_cmd, [str(project.path), f"{mic}:coordinates", "-o", str(out)]
     )
     assert res.exit_code != 0 and "SetOfCoordinates" in str(res.exception)
+
+
+PIPELINE_CTF = """
+# version 30001
+
+data_pipeline_general
+
+_rlnPipeLineJobCounter 3
+
+data_pipeline_processes
+
+loop_
+_rlnPipeLineProcessName #1
+_rlnPipeLineProcessAlias #2
+_rlnPipeLineProcessTypeLabel #3
+_rlnPipeLineProcessStatusLabel #4
+Import/job001/ None relion.importmovies Succeeded
+CtfFind/job002/ CtfFind/ctffind4/ relion.ctffind.ctffind4 Succeeded
+
+data_pipeline_nodes
+
+loop_
+_rlnPipeLineNodeName #1
+_rlnPipeLineNodeTypeLabel #2
+Import/job001/micrographs.star MicrographGroupMetadata.star.relion
+CtfFind/job002/micrographs_ctf.star MicrographGroupMetadata.star.relion.ctf
+CtfFind/job002/logfile.pdf LogFile.pdf.relion.ctffind
+
+data_pipeline_input_edges
+
+loop_
+_rlnPipeLineEdgeFromNode #1
+_rlnPipeLineEdgeProcess #2
+Import/job001/micrographs.star CtfFind/job002/
+
+data_pipeline_output_edges
+
+loop_
+_rlnPipeLineEdgeProcess #1
+_rlnPipeLineEdgeToNode #2
+Import/job001/ Import/job001/micrographs.star
+CtfFind/job002/ CtfFind/job002/micrographs_ctf.star
+CtfFind/job002/ CtfFind/job002/logfile.pdf
+"""
+
+
+def test_ctffind_job_gives_micrographs_and_linked_ctfs(project, tmp_path):
+    """A RELION 4 CtfFind job (pipeline and STARs written here with starfile, as RELION
+    lays them out): its micrographs_ctf.star becomes a micrograph set and a CTF set whose
+    micrograph_id are those micrographs' ids; the log is listed as not imported."""
+    import pandas as pd
+
+    root = tmp_path / "rel"
+    (root / "mics").mkdir(parents=True)
+    (root / "Import/job001").mkdir(parents=True)
+    (root / "CtfFind/job002").mkdir(parents=True)
+    for i in range(3):
+        write_mrc(root / "mics" / f"m{i}.mrc", np.zeros((64, 64), np.float32), PIXEL_A)
+    (root / "CtfFind/job002/logfile.pdf").write_text("")
+    (root / "default_pipeline.star").write_text(PIPELINE_CTF)
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnOpticsGroup": [1],
+            "rlnMicrographPixelSize": [PIXEL_A],
+            "rlnVoltage": [300.0],
+            "rlnSphericalAberration": [2.7],
+            "rlnAmplitudeContrast": [0.1],
+        }
+    )
+    names = [f"mics/m{i}.mrc" for i in range(3)]
+    starfile.write(
+        {
+            "optics": optics,
+            "micrographs": pd.DataFrame({"rlnMicrographName": names, "rlnOpticsGroup": 1}),
+        },
+        root / "Import/job001/micrographs.star",
+    )
+    dfu = [12000.5, 15000.25, 9000.0]
+    ctf = pd.DataFrame(
+        {
+            "rlnMicrographName": names[::-1],
+            "rlnOpticsGroup": 1,
+            "rlnCtfImage": [f"CtfFind/job002/mics/m{i}.ctf:mrc" for i in (2, 1, 0)],
+            "rlnDefocusU": dfu[::-1],
+            "rlnDefocusV": [d - 300 for d in dfu[::-1]],
+            "rlnDefocusAngle": [10.0, 20.0, 30.0],
+            "rlnCtfFigureOfMerit": [0.1, 0.2, 0.3],
+            "rlnCtfMaxResolution": [4.0, 5.0, 6.0],
+        }
+    )
+    starfile.write(
+        {"optics": optics, "micrographs": ctf}, root / "CtfFind/job002/micrographs_ctf.star"
+    )
+    rows = import_relion_project(project, str(root))
+    assert [r["state"] for r in rows] == ["finished", "finished"], rows
+    run = project.run(rows[1]["run"])
+    assert run.label == "RELION CtfFind/job002 (CtfFind/ctffind4/)"
+    assert sorted(run.output_types) == ["ctfs", "micrographs"]
+    mics = project.open_set(run.id, "micrographs")
+    ctfs = project.open_set(run.id, "ctfs")
+    name_of = {
+        int(i): os.path.relpath(str(p), root)
+        for i, p in zip(mics.column("id"), mics.column("image"))
+    }
+    got = {
+        name_of[int(m)]: float(u)
+        for m, u in zip(ctfs.column("micrograph_id"), ctfs.column("defocus_u"))
+    }
+    assert got == {n: pytest.approx(d) for n, d in zip(names, dfu)}
+    assert set(ctfs.column("estimator").tolist()) == {"relion"}
+    steps = {r["name"]: r for r in project.read_steps(run.id).to_records()}
+    skipped = steps["register"]["result"]["not_imported"]
+    assert [s["node"] for s in skipped] == ["CtfFind/job002/logfile.pdf"]
