@@ -10,17 +10,13 @@ import json
 
 import click
 
-#: Exit status when the merge ran but left conflicts or held-back runs (see docs/merge.md).
-EXIT_CONFLICTS = 3
-
 
 @click.command("merge")
 @click.argument("target")
 @click.argument("source")
 @click.option("--dry-run", is_flag=True, help="Say what would be merged; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON for scripts.")
-@click.pass_context
-def merge_cmd(ctx: click.Context, target: str, source: str, dry_run: bool, as_json: bool) -> None:
+def merge_cmd(target: str, source: str, dry_run: bool, as_json: bool) -> None:
     """Merge the runs of project SOURCE into project TARGET (two copies of one project).
 
     Runs present in both (same origin id) are kept once; new runs of SOURCE are added
@@ -31,8 +27,10 @@ def merge_cmd(ctx: click.Context, target: str, source: str, dry_run: bool, as_js
 
     Refused (nothing changed) for unrelated projects, the same folder twice, a SOURCE
     with runs still active, and links where SOURCE keeps store files. Exit status 0
-    when merged (or nothing to merge), 3 when conflicts or held-back runs were reported.
+    when merged (or nothing to merge), 1 when conflicts or held-back runs were reported
+    (the rest is merged).
     """
+    from hpcem.errors import HpcemError
     from hpcem.store.merge import merge
 
     report = merge(target, source, dry_run=dry_run)
@@ -42,4 +40,8 @@ def merge_cmd(ctx: click.Context, target: str, source: str, dry_run: bool, as_js
         for line in report.lines():
             click.echo(line)
     if report.conflicts or report.held_back:
-        ctx.exit(EXIT_CONFLICTS)
+        done = "would be merged" if dry_run else "was merged"
+        raise HpcemError(
+            f"{len(report.conflicts)} conflicting and {len(report.held_back)} held-back "
+            f"run(s) of SOURCE need a decision (listed above); the rest {done}"
+        )

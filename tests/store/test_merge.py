@@ -320,7 +320,7 @@ def test_failure_before_commit_moves_folders_back(diverged, monkeypatch):
 def test_command_line_report_json_and_exit_status(diverged):
     from click.testing import CliRunner
 
-    from hpcem.cli.commands_merge import EXIT_CONFLICTS, merge_cmd
+    from hpcem.cli.commands_merge import merge_cmd
 
     target, source = diverged
     runner = CliRunner()
@@ -336,7 +336,8 @@ def test_command_line_report_json_and_exit_status(diverged):
         p.begin_attempt(1, ("finished",))
         p.transition(1, ("launched",), "aborted", attempt=2)
     again = runner.invoke(merge_cmd, [str(target.path), str(source.path)])
-    assert again.exit_code == EXIT_CONFLICTS and "CONFLICT run 1" in again.output
+    assert again.exit_code == 1 and "CONFLICT run 1" in again.output
+    assert "1 conflicting and 0 held-back run(s)" in str(again.exception)  # 3, 4 merged
     refused = runner.invoke(merge_cmd, [str(target.path), str(target.path)])
     assert refused.exit_code != 0 and "same folder" in str(refused.exception)
 
