@@ -329,9 +329,10 @@ def export_crate(
                         crate_id, describe_file(copy, full_max_bytes=1 << 62), path
                     )
                     entity["alternateName"] = path
-                else:
+                else:  # a web-based data entity (RO-Crate 1.1), listed in hasPart too
                     crate_id = Path(absolute).as_uri()
                     entity = _file_entity(crate_id, f, path, {"alternateName": path})
+                    parts.append(crate_id)
                 entity["description"] = f"{f['role']} file of set {f['set']}"
                 g.add(entity)
                 target.append(crate_id)
