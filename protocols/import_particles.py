@@ -153,8 +153,8 @@ def read_particle_file(
         if missing:
             raise DataFormatError(
                 f"{path}: {len(missing)} image stack(s) do not exist, e.g. {missing[0]} "
-                f"(paths relative to {base}; give root, the {fmt} project folder, or "
-                "check_files=False)"
+                f"(paths relative to {base}; give root, the {fmt} project folder, or turn "
+                "check_files off: --no-check-files)"
             )
     conv.extra["root"] = base
     return conv
