@@ -300,6 +300,36 @@ def test_dry_run_changes_nothing(diverged):
     assert tree_digest(target.path, skip_hpcem=False) == digest
 
 
+@pytest.mark.parametrize("side", ["TARGET", "SOURCE"])
+def test_a_copy_changed_while_merging_is_refused(diverged, monkeypatch, side):
+    target, source = diverged
+    digest = tree_digest(target.path)
+    stage = merge_mod._stage
+
+    def stage_then_change(t, s, plan, folder):
+        stage(t, s, plan, folder)
+        (target if side == "TARGET" else source).create_run("meanwhile")
+
+    monkeypatch.setattr(merge_mod, "_stage", stage_then_change)
+    with pytest.raises(StoreError, match=f"{side} .* changed while the merge ran"):
+        merge(target.path, source.path)
+    if side == "TARGET":  # the run created meanwhile is the only change
+        assert [r.protocol for r in target.runs][-1] == "meanwhile"
+        digest.pop("./project.h5")
+        assert {k: v for k, v in tree_digest(target.path).items() if k != "./project.h5"} == digest
+    else:
+        assert tree_digest(target.path) == digest
+
+
+def test_a_copied_run_is_a_new_run_with_a_new_origin(project):
+    from hpcem.execution import runs as lifecycle
+
+    run = lifecycle.create_run(project, "test.trivial", {})
+    copy = lifecycle.copy_run(project, run.id)
+    assert len(run.origin) == 32 and copy.origin not in ("", run.origin)
+    assert len(project.project_id) == 32
+
+
 def test_failure_before_commit_moves_folders_back(diverged, monkeypatch):
     target, source = diverged
     digest = tree_digest(target.path)
