@@ -232,6 +232,7 @@ def _particle_run(project, folder: Path, sim: dict, optics_overrides: dict | Non
     return f"{run.id}:particles"
 
 
+@pytest.mark.slow  # ~10 s on the busy 2-core machine: a whole run
 def test_protocol_writes_maps_and_gold_standard_fsc(project, tmp_path, volume):
     sim = simulate_particles(volume, 400, snr=0.5, seed=4)
     particles = _particle_run(project, tmp_path / "data", sim)
