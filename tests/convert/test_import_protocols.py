@@ -306,3 +306,44 @@ def test_relion_ctf_star(project, tmp_path, wait_for_run):
     np.testing.assert_allclose(c.column("fit_resolution"), [5.5, 4.5])
     assert c.column("estimator").tolist() == ["relion", "relion"]
     assert str(c.column("psd")[0]).endswith("rel/ctf/m0.ctf")
+
+
+def test_cryosparc_locations(project, tmp_path, wait_for_run):
+    """A picker's .cs (numpy structured array with cryoSPARC's location/* fields, written
+    here with numpy): x = center_x_frac * nx, y = center_y_frac * ny (micrograph_shape is
+    (ny, nx)); picks of a micrograph that is not in the set are rejected by name."""
+    mics = _micrographs(project, wait_for_run, tmp_path / "mics", ["a", "b"], shape=(200, 300))
+    dtype = [
+        ("uid", "<u8"),
+        ("location/micrograph_path", "S40"),
+        ("location/micrograph_shape", "<u4", (2,)),
+        ("location/center_x_frac", "<f4"),
+        ("location/center_y_frac", "<f4"),
+    ]
+    rows = [
+        (1, b"J3/motioncorrected/a.mrc", (200, 300), 0.25, 0.5),
+        (2, b"J3/motioncorrected/b.mrc", (200, 300), 0.5, 0.125),
+        (3, b"J3/motioncorrected/zz.mrc", (200, 300), 0.5, 0.5),
+        (4, b"J3/motioncorrected/a.mrc", (200, 300), 0.75, 0.25),
+    ]
+    path = tmp_path / "picked.cs"
+    with open(path, "wb") as fh:
+        np.save(fh, np.array(rows, dtype=dtype))
+    run, result = _run(
+        project,
+        wait_for_run,
+        "import.coordinates",
+        {"files": str(path)},
+        {"micrographs": [f"{mics}:micrographs"]},
+    )
+    assert result["count"] == 3 and len(result["rejected"]) == 1
+    assert "zz.mrc" in result["rejected"][0]["reason"]
+    c = project.open_set(run, "coordinates")
+    m = project.open_set(mics, "micrographs")
+    ids = {str(p).rsplit("/", 1)[-1]: int(i) for p, i in zip(m.column("image"), m.column("id"))}
+    got = sorted(
+        zip(c.column("micrograph_id").tolist(), c.column("x").tolist(), c.column("y").tolist())
+    )
+    assert got == sorted(
+        [(ids["a.mrc"], 75.0, 100.0), (ids["b.mrc"], 150.0, 25.0), (ids["a.mrc"], 225.0, 50.0)]
+    )
