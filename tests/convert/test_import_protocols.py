@@ -23,7 +23,7 @@ from hpcem.io import write_mrc
 
 def _run(project, wait_for_run, protocol, params, inputs=None):
     run = lifecycle.create_run(project, protocol, params, inputs or {})
-    lifecycle.launch(project, run.id, workers=1)
+    lifecycle.launch(project, run.id, workers=1, foreground=True)  # the controller inline
     done = wait_for_run(project, run.id, timeout_s=120)
     assert done.state == "finished", done.error
     steps = {r["name"]: r for r in project.read_steps(run.id).to_records()}
@@ -254,7 +254,7 @@ def test_ctffind_pixel_size_mismatch_is_rejected(project, shared_data, tmp_path,
     run = lifecycle.create_run(
         project, "import.ctfs", {"files": str(src)}, {"micrographs": [f"{mics}:micrographs"]}
     )
-    lifecycle.launch(project, run.id, workers=1)
+    lifecycle.launch(project, run.id, workers=1, foreground=True)
     done = wait_for_run(project, run.id)
     assert done.state == "failed" and "1 Å/px" in done.error and "1.5" in done.error
 
