@@ -108,6 +108,7 @@ def _extract(box: int) -> dict:
     }
 
 
+@pytest.mark.slow  # RELION's programs make the project once (~5 s)
 def test_relion_project_imports_with_lineage(project, relion_project):
     rows = import_relion_project(project, str(relion_project))
     assert [(r["job"], r["state"]) for r in rows] == [
@@ -158,6 +159,7 @@ def test_relion_project_imports_with_lineage(project, relion_project):
     assert parts.optics["image_size_px"].tolist() == [32]
 
 
+@pytest.mark.slow  # RELION's programs make the project once (~5 s)
 def test_reimport_adds_only_new_jobs_and_cli(project, relion_project):
     """RELION goes on (a second extraction with a 48 px box): import-relion again imports
     that job alone, through the command line."""
@@ -197,6 +199,7 @@ def test_tutorial_graph_without_files_imports_nothing_half(project, shared_data,
     assert failed.output_types == {}
 
 
+@pytest.mark.slow  # RELION's programs make the project once (~5 s)
 def test_export_relion_and_cs(project, relion_project, tmp_path):
     """The way back: the imported particles written as RELION 3.1 STAR (read by starfile)
     and as a cryoSPARC .cs (loaded by cryosparc-tools when installed)."""
