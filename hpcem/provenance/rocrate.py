@@ -389,9 +389,10 @@ def export_crate(
         g.add(action)
         actions.append(action_id)
         wf_results.extend(results)
-        for ident in objects:
-            if ident.startswith("file:") or int(ident.split("/")[1]) not in ids:
-                wf_objects.append(ident)
+        wf_objects.extend(objects)
+    # the workflow consumed what no run of it made (imported files, sets of other runs)
+    made = set(wf_results)
+    wf_objects = [i for i in wf_objects if i not in made]
 
     wf_action = {
         "@id": "#workflow-run",

@@ -213,3 +213,18 @@ def test_cli_shows_the_record_and_its_json(workflow):
     res = runner.invoke(provenance_cmd, [str(project.path), "99"])
     assert isinstance(res.exception, RunError)
     assert runner.invoke(provenance_cmd, ["--help"]).exit_code == 0
+
+
+def test_a_run_never_launched_has_a_record_without_attempts_or_files(project):
+    """A saved run (no attempt, no step, no output) still has a record, and its seed."""
+    from hpcem.execution import runs as lifecycle
+
+    run = lifecycle.create_run(project, "sim.dataset", {"kind": "micrographs", "seed": 11})
+    rec = provenance(project, run.id)
+    assert rec["run"]["state"] == "saved"
+    assert rec["execution"]["attempts"] == [] and rec["execution"]["started"] is None
+    assert rec["steps"] == [] and rec["commands"] == []
+    assert rec["files"] == {"inputs": [], "outputs": []}
+    assert rec["seeds"]["params"] == {"seed": 11}
+    assert "run 1 'Simulate a dataset': sim.dataset" in format_text(rec)
+    json.dumps(rec, allow_nan=False)  # strict JSON: no NaN times

@@ -72,6 +72,11 @@ def test_profiles_and_the_main_workflow(crate, workflow):
     wf = c.get("#workflow-run")
     assert _ids(wf["instrument"]) == ["workflow.json"]
     assert wf["startTime"] <= wf["endTime"]
+    # everything the runs read was made by the simulation run inside the crate
+    assert _ids(wf.get("object") or []) == []
+    made = {i for m in mentions[1:] for i in _ids(c.get(m)["result"])}
+    assert set(_ids(wf["result"])) == made
+    assert f"runs/{runs[0]:06d}/sets/micrographs/manifest.h5" in made
 
 
 @pytest.mark.slow
