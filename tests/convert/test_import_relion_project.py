@@ -158,6 +158,20 @@ def test_relion_project_imports_with_lineage(project, relion_project):
     assert all(os.path.exists(f) for f in set(parts.column("image").tolist()))
     assert parts.optics["image_size_px"].tolist() == [32]
 
+    # the same STAR through import.particles, with the micrographs as its optional input
+    from hpcem.execution import runs as lifecycle
+
+    run = lifecycle.create_run(
+        project,
+        "import.particles",
+        {"file": str(relion_project / "Extract/job003/particles.star")},
+        {"micrographs": [f"{mic_run}:micrographs"]},
+    )
+    assert lifecycle.launch(project, run.id, workers=1, foreground=True).state == "finished"
+    again = project.open_set(run.id, "particles")
+    assert again.column("micrograph_id").tolist() == parts.column("micrograph_id").tolist()
+    assert again.column("image").tolist() == parts.column("image").tolist()  # root found
+
 
 @pytest.mark.slow  # RELION's programs make the project once (~5 s)
 def test_reimport_adds_only_new_jobs_and_cli(project, relion_project):
