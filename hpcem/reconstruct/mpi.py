@@ -59,6 +59,9 @@ class _SerialComm:
     rank = 0
     size = 1
 
+    def gather(self, value, root=0):
+        return [value]
+
     def Reduce(self, send, recv, op=None, root=0):
         if send is not None:  # None: in place, the data is already where it goes
             recv[...] = send
@@ -155,6 +158,7 @@ def reconstruct_step(table: str, out: dict, options: dict, use_mpi: bool = True)
     ``max_res_A``, ``ctf``. Rank 0 returns the result, other ranks None.
     """
     started = time.perf_counter()
+    cpu_started = time.process_time()
     if use_mpi:
         from mpi4py import MPI
 
@@ -173,12 +177,17 @@ def reconstruct_step(table: str, out: dict, options: dict, use_mpi: bool = True)
     accs = {h: FourierAccumulator(box, pad, both[h - 1]) for h in (1, 2)}
     inserted = _insert_rows(accs, data, np.arange(lo, hi), options)
     insert_s = time.perf_counter() - started
+    # Each rank's CPU seconds for its share: how evenly the work is split, whatever else
+    # runs on the machine (wall times on a busy machine say little about scaling).
+    cpu_per_rank = comm.gather(round(time.process_time() - cpu_started, 3), root=0)
     if comm.rank == 0:  # summed in place on rank 0: no second copy of the volume
         comm.Reduce(in_place, both, op=op, root=0)
     else:
         comm.Reduce(both, None, op=op, root=0)
         return None
-    return _finish_maps(accs, data, out, options, box, pixel, n, inserted, comm.size, insert_s)
+    result = _finish_maps(accs, data, out, options, box, pixel, n, inserted, comm.size, insert_s)
+    result["insert_cpu_s_per_rank"] = cpu_per_rank
+    return result
 
 
 def _finish_maps(accs, data, out, options, box, pixel, n, inserted, ranks, insert_s) -> dict:
