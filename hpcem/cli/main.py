@@ -20,6 +20,7 @@ def _cli():
 
     from hpcem import __version__
     from hpcem.cli import (
+        commands_convert,
         commands_demo,
         commands_project,
         commands_runs,
@@ -37,7 +38,15 @@ def _cli():
         ctx.obj["debug"] = debug
 
     # Each command module defines its click commands; this is the only list of them.
-    for module in (commands_project, commands_runs, commands_site, commands_demo, commands_sim):
+    modules = (
+        commands_project,
+        commands_runs,
+        commands_site,
+        commands_demo,
+        commands_sim,
+        commands_convert,
+    )
+    for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)
     return cli
