@@ -424,12 +424,15 @@ def insert_with_symmetry(
     max_r_px: float | None,
     use_kernel: bool = True,
 ) -> int:
-    """Insert each slice once per operator of ``symmetry`` (see :func:`expand_symmetry`)."""
-    rot = expand_symmetry(rotations, symmetry)
-    order = len(rot) // len(ft)
-    if order > 1:
-        ft = np.repeat(ft, order, axis=0)
-        ctf = np.repeat(ctf, order, axis=0)
-    added = acc.insert(ft, ctf, rot, max_r_px, use_kernel)
-    acc.n_particles -= len(ft) - len(ft) // order  # count particles, not copies
+    """Insert each slice once per operator R of ``symmetry``, at ``A · R`` (see
+    :func:`expand_symmetry`), one operator at a time so memory does not grow with the
+    group's order."""
+    from hpcem.reconstruct.symmetry import symmetry_matrices
+
+    rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    added = 0
+    for op in symmetry_matrices(symmetry):
+        added += acc.insert(ft, ctf, rot @ op, max_r_px, use_kernel)
+        acc.n_particles -= len(ft)
+    acc.n_particles += len(ft)  # count particles, not copies
     return added

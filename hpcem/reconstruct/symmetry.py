@@ -12,6 +12,7 @@ is applied.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -93,7 +94,11 @@ def symmetry_matrices(symmetry: str) -> np.ndarray:
     """Rotation matrices (n, 3, 3) of the point group ``symmetry``, identity first.
 
     n is the group's order: n for C_n, 2n for D_n, 12 for T, 24 for O, 60 for I."""
-    name = normalise_symmetry(symmetry)
+    return _group(normalise_symmetry(symmetry)).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _group(name: str) -> np.ndarray:
     if name[0] in "CD":
         n = int(name[1:])
         gens = [axis_rotation(360.0 / n, (0.0, 0.0, 1.0))]
