@@ -146,7 +146,11 @@ def class_sums(
     """Wiener numerator and denominator of each class from these particles, packed in one
     float64 array (2, K, N, N) for a single reduction: ``[0]`` the real-space sum of
     ``FT⁻¹(CTF·X)`` shifted by −shift and rotated by −psi, ``[1]`` the sum of CTF²
-    (centred Fourier layout) rotated by −psi."""
+    (centred Fourier layout) rotated by −psi. Uses the compiled ``rotate_add`` of
+    ``hpcem.kernels.align2d`` when built (no temporaries), else :func:`rotate_images`."""
+    from hpcem.kernels import load
+
+    kernel = load("align2d")  # rotate_add; None: the numpy reference below
     n, box, _ = images.shape
     sums = np.zeros((2, n_classes, box, box), np.float64)
     ky = np.fft.fftfreq(box)[:, None]
@@ -158,11 +162,18 @@ def class_sums(
         # particle centre at box centre + d: move it back by -d
         ft *= np.exp(2j * np.pi * (d[:, 0, None, None] * kx + d[:, 1, None, None] * ky))
         centred = scipy.fft.irfft2(ft, s=(box, box), workers=-1)
-        back = align2d.rotate_images(centred, -psi_deg[start:stop])
-        weights = align2d.rotate_images(ctf_centred[start:stop] ** 2, -psi_deg[start:stop])
+        angles = -psi_deg[start:stop]
+        weights = ctf_centred[start:stop] ** 2
+        if kernel is not None:
+            for j, k in enumerate(classes[start:stop]):
+                kernel.rotate_add(sums[0, k], np.ascontiguousarray(centred[j]), angles[j])
+                kernel.rotate_add(sums[1, k], weights[j], angles[j])
+            continue
+        back = align2d.rotate_images(centred, angles)
+        turned = align2d.rotate_images(weights, angles)
         for j, k in enumerate(classes[start:stop]):
             sums[0, k] += back[j]
-            sums[1, k] += weights[j]
+            sums[1, k] += turned[j]
     return sums
 
 

@@ -95,6 +95,7 @@ def classify_step(
     "backend", "averages", "assignment", "pngs"}``; other ranks None.
     """
     from hpcem.io import write_mrc
+    from hpcem.kernels import backend
 
     if use_mpi:
         from mpi4py import MPI
@@ -151,7 +152,8 @@ def classify_step(
         "sizes": [int(s) for s in result["sizes"]],
         "history": result["history"],
         "ranks": int(comm.size),
-        "backend": "numpy+blas",
+        # the search is numpy + BLAS; the M-step's rotate_add is the compiled kernel
+        "backend": {"align2d": backend("align2d")},
         "averages": averages,
         "assignment": assignment,
         "pngs": pngs,

@@ -163,6 +163,26 @@ def test_windowed_correlation_equals_the_inverse_fft():
     )
 
 
+def test_compiled_rotate_add_matches_the_numpy_reference():
+    """Equal inside the inscribed circle (outside it, in the corners, the two treat the
+    border pixel differently; averages are masked and cut at Nyquist there)."""
+    from hpcem.classify.align2d import rotate_images
+    from hpcem.kernels import load
+
+    kernel = load("align2d")
+    if kernel is None:
+        pytest.skip("hpcem.kernels.align2d is not built")
+    rng = np.random.default_rng(5)
+    image = rng.normal(size=(40, 40)).astype(np.float32)
+    y, x = np.mgrid[0:40, 0:40] - 20
+    inside = np.hypot(x, y) < 19
+    for angle in (0.0, 33.3, -117.0, 271.5):
+        out = np.full((40, 40), 2.0)
+        kernel.rotate_add(out, image, angle)
+        mine = (out - 2.0)[inside]
+        np.testing.assert_allclose(mine, rotate_images(image, angle)[inside], atol=1e-5)
+
+
 # --- accuracy against ground truth -------------------------------------------------------------
 
 
