@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from hpcem.cli.commands_merge import merge_cmd
+
 
 @click.group("project")
 def project_group():
@@ -101,5 +103,7 @@ def protocols_cmd(name, as_json):
     for plugin, error in sorted(reg.errors.items()):
         click.echo(f"warning: protocol plugin {plugin} not loaded: {error}", err=True)
 
+
+project_group.add_command(merge_cmd)
 
 COMMANDS = [project_group, protocols_cmd]
