@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ PROFILES = {
     "https://w3id.org/workflowhub/workflow-ro-crate/1.0": ("Workflow RO-Crate", "1.0"),
 }
 HPCEM_URL = "https://github.com/hpcem/hpcem"
+_RUN_PATH = re.compile(r"^runs/(\d{6,})/")
 LANGUAGE_ID = "#hpcem-workflow-language"
 _FORMATS = {
     ".h5": "application/x-hdf5",
@@ -313,12 +315,8 @@ def export_crate(
             for f in record["files"][kind]:
                 path = f["path"]
                 absolute = os.path.join(project_root, path)
-                in_runs = not os.path.isabs(path) and path.startswith("runs/")
-                if (
-                    in_runs
-                    and int(path.split("/")[1]) in ids
-                    and (include_data or f["role"] == "set")
-                ):
+                owner = _RUN_PATH.match(path)  # a file in the folder of run N
+                if owner and int(owner.group(1)) in ids and (include_data or f["role"] == "set"):
                     crate_id = path
                     copy = dest / path
                     if not copy.exists():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from urllib.parse import unquote, urlparse
 
@@ -156,3 +157,32 @@ def test_include_data_copies_the_micrographs_and_a_used_folder_is_refused(workfl
     assert c.get(f"#run-{workflow['dog'].id:06d}") is None  # downstream: not included
     with pytest.raises(StoreError, match="not an empty folder"):
         export_crate(project, [workflow["ctf"].id], dest)
+
+
+@pytest.mark.slow  # one import run with its controller (a few seconds)
+def test_a_failed_run_is_a_failed_action_with_its_error(project, tmp_path):
+    import numpy as np
+
+    from hpcem.execution import runs as lifecycle
+    from hpcem.io import write_mrc
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_mrc(raw / "bad.mrc", np.zeros((64, 64), np.float32), 1.0)
+    run = lifecycle.create_run(
+        project, "import.micrographs", {"files": str(raw / "*.mrc"), "pixel_size_A": 1.0}
+    )
+    (raw / "bad.mrc").write_bytes(b"not an MRC file at all" * 50)  # broken after validation
+    lifecycle.launch(project, run.id, workers=1)
+    deadline = time.monotonic() + 60
+    while project.run(run.id).state not in ("finished", "failed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    failed = project.run(run.id)
+    assert failed.state == "failed", failed.state
+    dest = tmp_path / "crate"
+    export_crate(project, None, dest)
+    c = rocrate.ROCrate(str(dest))
+    action = c.get(f"#run-{run.id:06d}")
+    assert _ids(action["actionStatus"]) == ["http://schema.org/FailedActionStatus"]
+    assert action["error"] == failed.error and "bad.mrc" in failed.error
+    assert _ids(c.get("#workflow-run")["actionStatus"]) == ["http://schema.org/FailedActionStatus"]
