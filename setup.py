@@ -58,8 +58,9 @@ setup(
     ],
     extras_require={
         # cryosparc-tools: tests check that the .cs files hpcem writes load in cryoSPARC's own
-        # library.
-        "test": ["pytest>=7", "ruff==0.17.6", "cryosparc-tools>=4.4"]
+        # library; rocrate: tests read the provenance crates hpcem writes with the RO-Crate
+        # library's own reader (hpcem writes them without it).
+        "test": ["pytest>=7", "ruff==0.17.6", "cryosparc-tools>=4.4", "rocrate>=0.10"]
     },
     entry_points={"console_scripts": ["hpcem = hpcem.cli.main:main"]},
 )

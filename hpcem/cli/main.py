@@ -23,6 +23,7 @@ def _cli():
         commands_convert,
         commands_demo,
         commands_project,
+        commands_provenance,
         commands_runs,
         commands_sim,
         commands_site,
@@ -45,6 +46,7 @@ def _cli():
         commands_demo,
         commands_sim,
         commands_convert,
+        commands_provenance,
     )
     for module in modules:
         for command in module.COMMANDS:
