@@ -320,3 +320,23 @@ def test_at_least_as_good_as_relion_reconstruct(tmp_path, volume):
     res_theirs = resolution_at_half(fsc_by_definition(theirs, volume.data), BOX, PIXEL_A)
     assert fsc_by_definition(theirs, volume.data)[0] > 0.9  # RELION read the same poses
     assert res_ours <= res_theirs, (res_ours, res_theirs)
+
+
+def test_max_resolution_and_no_ctf(volume):
+    """Without CTF (images are plain projections) the map holds to Nyquist; with
+    ``max_res_A`` 16 Å nothing beyond 16 Å is left in the map."""
+    from hpcem.sim.projection import project
+
+    rng = np.random.default_rng(9)
+    angles = random_orientations(rng, 300)
+    images = project(volume, angles)
+    shifts = np.zeros((300, 2))
+    plain = fourier.reconstruct(images, angles, shifts, None, PIXEL_A)
+    assert fsc_by_definition(plain, volume.data)[:22].min() > 0.98
+    limited = fourier.reconstruct(images, angles, shifts, None, PIXEL_A, max_res_A=16.0)
+    spectrum = np.abs(np.fft.fftn(limited))
+    k = np.fft.fftfreq(BOX, PIXEL_A)
+    s = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    # The box sphere's soft edge leaks a little; beyond 14 Å (2 shells on) nothing is left.
+    assert spectrum[s > 1 / 14].max() < 0.02 * spectrum.max()
+    assert fsc_by_definition(limited, volume.data)[:10].min() > 0.95
