@@ -234,6 +234,13 @@ def test_sigkill_at_random_moments_leaves_each_commit_whole_or_absent(run_id, st
         child.start()
         if it % 3:
             assert started.wait(20)
+        if it % 3 == 2:
+            # Progress that does not depend on the machine's speed: on a loaded machine a
+            # fixed sleep may see few commits; here the writer makes 6 before the kill.
+            deadline = time.monotonic() + 60
+            while counter(st.read_steps_file(steps_path, run_id)) < prev + 6:
+                assert time.monotonic() < deadline, "the writer made no progress in 60 s"
+                time.sleep(0.01)
         time.sleep(float(rng.uniform(0, 0.3)))
         os.kill(child.pid, signal.SIGKILL)
         child.join(20)
@@ -243,7 +250,9 @@ def test_sigkill_at_random_moments_leaves_each_commit_whole_or_absent(run_id, st
         assert k >= prev  # a committed step change is never lost
         assert table == replay.at(k)  # exactly the state after commit k
         prev = k
-    assert prev > 100  # the writers made real progress between kills
+    # the writers made real progress between kills: at least 8 × 6 commits, so kills also
+    # landed after whole-table rewrites (every 23rd commit) and merges
+    assert prev >= 48
     # the next writer removes what the killed ones left (temp files, merged inputs)
     st.append_steps(steps_path, run_id, changes(prev + 1))
     names = [p.name for p in steps_path.parent.iterdir()]
