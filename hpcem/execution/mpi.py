@@ -89,7 +89,15 @@ def write_args(workdir: str | os.PathLike, name: str, args: dict) -> tuple[Path,
     except TypeError as exc:
         raise ValidationError(f"MPI step arguments are not JSON-serialisable: {exc}") from None
     result_file.unlink(missing_ok=True)
+    for stale in rank_error_files(result_file):
+        stale.unlink(missing_ok=True)
     return args_file, result_file
+
+
+def rank_error_files(result_file: str | os.PathLike) -> list[Path]:
+    """The ``RESULT.rankN.error`` files failing ranks wrote (hpcem.execution.mpi_entry)."""
+    result_file = Path(result_file)
+    return sorted(result_file.parent.glob(result_file.name + ".rank*.error"))
 
 
 def read_result(result_file: str | os.PathLike):
@@ -126,7 +134,16 @@ def run_mpi_step(
         )
     except CommandError as exc:
         tail = "\n".join((exc.stderr or exc.stdout).strip().splitlines()[-5:])
-        raise StepError(f"MPI step {func_ref} on {ranks} ranks failed: {exc}\n{tail}") from None
+        ranks_said = []
+        for path in rank_error_files(result_file):
+            try:
+                ranks_said.append(path.read_text().strip())
+            except OSError:
+                continue
+        said = f" ({'; '.join(ranks_said[:2])})" if ranks_said else ""
+        raise StepError(
+            f"MPI step {func_ref} on {ranks} ranks failed{said}: {exc}\n{tail}"
+        ) from None
     return read_result(result_file)
 
 

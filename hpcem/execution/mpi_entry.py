@@ -1,8 +1,9 @@
 """Entry point every MPI rank runs: ``python -m hpcem.execution.mpi_entry FUNC ARGS RESULT``.
 
 Each rank imports ``module:function`` and calls it with the JSON arguments; rank 0
-writes ``{"result": ...}`` to RESULT (atomically). A failing rank aborts the whole job
-so that no rank waits forever in a collective.
+writes ``{"result": ...}`` to RESULT (atomically). A failing rank writes its error's
+first line to ``RESULT.rankN.error`` and aborts the whole job so that no rank waits
+forever in a collective.
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ def main(argv: list[str]) -> int:
             with open(tmp, "w") as f:
                 json.dump({"result": result, "ranks": comm.size}, f)
             os.replace(tmp, result_file)
-    except Exception:  # noqa: BLE001 - report and abort every rank
+    except Exception as exc:  # noqa: BLE001 - report and abort every rank
         sys.stderr.write(f"rank {comm.rank}: step {func_ref} failed\n{traceback.format_exc()}")
         sys.stderr.flush()
+        # The rank's own error, for the step's error message (the launcher's output ends
+        # with MPI's abort lines, not with this).
+        try:
+            with open(f"{result_file}.rank{comm.rank}.error", "w") as f:
+                f.write(f"rank {comm.rank}: {type(exc).__name__}: {exc}".splitlines()[0])
+        except OSError:
+            pass
         comm.Abort(1)
     return 0
 
