@@ -588,8 +588,8 @@ class Class2DRelion(Protocol):
         Output(
             "particles",
             "hpcem.SetOfParticles",
-            help="The input particles with class_id, psi and shift_x/y (Å, RELION 3.1 sign) "
-            "from RELION; CTF and everything else unchanged.",
+            help="The input particles with class_id, psi (rot and tilt 0) and shift_x/y (Å, "
+            "RELION 3.1 sign) from RELION; CTF and everything else unchanged.",
         ),
     )
     citations = RELION_CITATIONS
