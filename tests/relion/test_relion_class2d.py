@@ -92,3 +92,83 @@ def test_classes_recover_the_true_views_and_psi_follows_relion(project, tmp_path
     assert result["iteration"] == 6 and result["particles"] == 150
     assert 0.0 < result["max_value_prob"]["median"] <= 1.0
     assert (Path(project.run_dir(run.id)) / "relion.log").is_file()
+
+
+def _prepared_outputs(folder: Path, n: int, k: int = 2) -> Path:
+    """What a 1-iteration relion_refine run writes (model, data, averages), made with
+    hpcem's writers, for a fake relion_refine to copy: particle i in class 1 + i % k."""
+    from hpcem.convert.relion import write_particles
+    from hpcem.convert.relion_results import write_classes
+    from hpcem.io import write_mrc
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_mrc(folder / "run_it001_classes.mrcs", np.ones((k, 48, 48), np.float32), 4.0,
+              kind="stack", overwrite=True)  # fmt: skip
+    write_classes(
+        folder / "run_it001_model.star",
+        {
+            "representative": ["refine/run_it001_classes.mrcs"] * k,
+            "representative_index": np.arange(k),
+            "size": np.full(k, n // k),
+        },
+        2,
+    )
+    optics = {"optics_group": [1], "pixel_size_A": [4.0], "image_size_px": [48],
+              "voltage_kV": [300.0], "spherical_aberration_mm": [2.7],
+              "amplitude_contrast": [0.1]}  # fmt: skip
+    write_particles(
+        folder / "run_it001_data.star",
+        {
+            "image": np.asarray(["views.mrcs"] * n, dtype=object),
+            "image_index": np.arange(n),
+            "psi": np.full(n, 30.0),
+            "shift_x": np.full(n, 1.5),
+            "class_id": 1 + np.arange(n) % k,
+        },
+        optics,
+    )
+    return folder
+
+
+@pytest.mark.slow  # about 15 s: two attempts of a run, with fake relion_refine programs
+def test_a_failed_refinement_fails_the_step_with_relions_error_and_continues_whole(
+    project, tmp_path, wait_for_run
+):
+    from relion_helpers import fake_program, site_file
+
+    particles, _ = view_particles(project, tmp_path / "data", n=6)
+    prepared = _prepared_outputs(tmp_path / "prepared", 6)
+    program = fake_program(
+        tmp_path / "bin",
+        "relion_refine",
+        # a crash in iteration 2, leaving that iteration's model behind
+        body="touch refine/run_it002_model.star; echo 'ERROR: out of memory in iteration 2' >&2;"
+        " exit 1",
+    )
+    site = site_file(tmp_path / "site", {"relion_refine": str(program)})
+    run = lifecycle.create_run(
+        project,
+        "relion.class2d",
+        PARAMS | {"classes": 2},
+        {"particles": [particles]},
+        placement={"site": str(site)},
+    )
+    lifecycle.launch(project, run.id, workers=1)
+    done = wait_for_run(project, run.id, timeout_s=120)
+    assert done.state == "failed"
+    assert "relion_refine exited with code 1" in done.error
+    assert "out of memory in iteration 2" in done.error
+    # The fixed program finishes one iteration; `continue` re-runs the step whole: the
+    # earlier attempt's iteration-2 file is removed, not taken for the last iteration.
+    fake_program(tmp_path / "bin", "relion_refine", body=f"cp {prepared}/* refine/")
+    lifecycle.continue_run(project, run.id, workers=1)
+    done = wait_for_run(project, run.id, timeout_s=120)
+    assert done.state == "finished", done.error
+    steps = {r["name"]: r for r in project.read_steps(run.id).to_records()}
+    refined = steps["refine"]["result"]
+    assert refined["iteration"] == 1 and refined["removed_earlier_files"] == 1
+    out = project.open_set(run.id, "particles").read_columns()
+    assert out["class_id"].tolist() == [1, 2, 1, 2, 1, 2]
+    np.testing.assert_allclose(out["psi"], 30.0)
+    np.testing.assert_allclose(out["shift_x"], 1.5)
+    assert project.open_set(run.id, "classes").read_columns()["size"].tolist() == [3, 3]
