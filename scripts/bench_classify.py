@@ -120,6 +120,8 @@ def main() -> None:
             "purity": round(ours[0], 3),
             "average_correlation": round(ours[1], 3),
         }
+        # hpcem's half now (RELION may take long on a busy machine)
+        print(json.dumps({"hpcem": out["hpcem"]}), file=sys.stderr, flush=True)
         if not args.no_relion:
             cls, relion_averages, relion_s = relion_class2d(
                 data["images"],
