@@ -138,3 +138,21 @@ def test_auto_refine_recovers_the_map_the_poses_and_keeps_the_half_sets(
     assert Path(argv[3]).name == "relion_refine_mpi"
     for flag in ("--auto_refine", "--split_random_halves", "--firstiter_cc", "--ctf"):
         assert flag in argv
+
+
+def test_the_mpi_launcher_comes_from_the_site_else_mpirun(tmp_path, monkeypatch):
+    from hpcem.protocols.relion_class2d import last_iteration, mpi_launcher
+    from relion_helpers import site_file
+
+    site = site_file(tmp_path / "s", {"relion_mpi_command": "srun --mpi=pmix -n {ranks}"})
+    assert mpi_launcher(str(site), 5) == ["srun", "--mpi=pmix", "-n", "5"]
+    bad = site_file(tmp_path / "b", {"relion_mpi_command": "srun -n {nodes}"})
+    with pytest.raises(ValidationError, match="relion_mpi_command"):
+        mpi_launcher(str(bad), 3)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ValidationError, match="no mpirun on PATH"):
+        mpi_launcher(None, 3)
+    # The last iteration: run_itNNN_model.star, or an auto-refine's half1 model.
+    for name in ("run_it000_model.star", "run_it003_half1_model.star", "run_it002_model.star"):
+        (tmp_path / name).touch()
+    assert last_iteration(tmp_path) == 3
