@@ -30,7 +30,6 @@ def branch(
     the copies of the runs after it read the new copies. With ``run`` each copy is
     launched and waited for in order.
     """
-    from hpcem.protocol.registry import get_protocol
     from hpcem.workflow.load import check, instantiate
     from hpcem.workflow.template import downstream, export_runs
 
@@ -55,18 +54,14 @@ def branch(
         }
         entry["label"] = _branch_label(rec.label, [r.label for r in runs])
     doc.pop("placeholders", None)
-    protocol = get_protocol(root["protocol"])
-    known = {p.name for p in protocol.params}
-    unknown = sorted(set(params or {}) - known)
-    if unknown:
-        raise ValidationError(
-            f"{protocol.name}: unknown parameter(s) {', '.join(unknown)}", list(unknown)
-        )
     root["params"].update(dict(params or {}))
     for name, refs in (inputs or {}).items():
         root["inputs"][name] = [refs] if isinstance(refs, str) else list(refs)
-    workflow = check(doc, {}, project, allow_project_refs=True)
-    new = instantiate(project, workflow, run=run, workers=workers)
+    try:
+        workflow = check(doc, {}, project, allow_project_refs=True)
+        new = instantiate(project, workflow, run=run, workers=workers)
+    except ValidationError as exc:
+        raise ValidationError(f"branch of run {run_id}: {exc}", exc.problems) from None
     return {int(k): v for k, v in new.items()}
 
 

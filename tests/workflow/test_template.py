@@ -75,3 +75,19 @@ def test_branch_selection_and_outside_inputs(project):
 
 def test_published_schema_is_the_shipped_one():
     assert json.loads(DOCS_SCHEMA.read_text()) == schema()
+
+
+def test_branch_refusal_lists_every_problem_and_creates_nothing(project):
+    import pytest
+
+    from hpcem.errors import ValidationError
+    from hpcem.workflow.branch import branch
+
+    _imp, _ali, est, _fit, _con = _graph(project)
+    before = len(project.runs)
+    with pytest.raises(ValidationError) as info:
+        branch(project, est.id, {"defocus_max_A": -4, "nope": 1})
+    assert "unknown parameter 'nope'" in str(info.value)
+    assert "'defocus_max_A' = -4 is below the minimum" in str(info.value)
+    assert str(info.value).startswith(f"branch of run {est.id}: ")
+    assert len(project.runs) == before
