@@ -37,6 +37,7 @@ setup(
         "hpcem.queue_templates": ["*.j2"],
         "hpcem.site_configs": ["*.toml"],
         "hpcem.sim": ["data/*.bz2", "data/README.md"],
+        "hpcem.workflow": ["schema.json"],
     },
     ext_modules=cythonize(extensions, language_level=3, quiet=True),
     install_requires=[
@@ -55,6 +56,8 @@ setup(
         "matplotlib>=3.7",
         # PDB/mmCIF models and their electron scattering factors for the simulator.
         "gemmi>=0.6",
+        # Checks workflow templates against their published JSON Schema on import.
+        "jsonschema>=4.18",
     ],
     extras_require={
         # cryosparc-tools: tests check that the .cs files hpcem writes load in cryoSPARC's own

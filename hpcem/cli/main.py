@@ -27,6 +27,7 @@ def _cli():
         commands_runs,
         commands_sim,
         commands_site,
+        commands_workflow,
     )
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,6 +48,7 @@ def _cli():
         commands_sim,
         commands_convert,
         commands_provenance,
+        commands_workflow,
     )
     for module in modules:
         for command in module.COMMANDS:
