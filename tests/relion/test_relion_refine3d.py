@@ -85,13 +85,15 @@ def test_auto_refine_recovers_the_map_the_poses_and_keeps_the_half_sets(
     reference = reference_volumes(project, truth["map"], PIXEL_A, BOX)
     # Debian's relion_refine_mpi is built on Open MPI, whose mpirun listens on every
     # interface: on the test machine it runs in its own network namespace (loopback only).
+    # orterun is Open MPI's own name for its launcher; "mpirun" may be MPICH's (the test
+    # environment's bin/ comes first on PATH), which would start single-rank copies.
     from relion_helpers import site_file
 
     site = site_file(
         tmp_path / "site",
         {
             "relion_mpi_command": 'unshare -n sh -c \'ip link set lo up && exec "$0" "$@"\' '
-            "mpirun -n {ranks}"
+            "orterun -n {ranks}"
         },
     )
     run = lifecycle.create_run(
@@ -146,7 +148,7 @@ def test_auto_refine_recovers_the_map_the_poses_and_keeps_the_half_sets(
     assert 2 * PIXEL_A <= result["resolution_A"] <= 25.0  # measured 17.5 Å
     assert result["half_sets_kept"] is True and result["half_set_sizes"] == [50, 50]
     argv = steps["refine"]["result"]["commands"][0]["argv"]
-    at = argv.index("mpirun")
+    at = argv.index("orterun")
     assert argv[0] == "unshare" and argv[at + 1 : at + 3] == ["-n", "3"]
     assert Path(argv[at + 3]).name == "relion_refine_mpi"
     for flag in ("--auto_refine", "--split_random_halves", "--firstiter_cc", "--ctf"):
