@@ -54,8 +54,9 @@ DELTA_FANOUT = 4
 #: The deltas are folded into the base once they carry this many records or as many as
 #: the base has rows, whichever is more.
 BASE_MIN_ROWS = 64
-#: Times a reader starts again when a compaction changed the log under it.
-READ_TRIES = 20
+#: Seconds a reader keeps starting again when compactions change the log under it (a
+#: busy node makes one read slow while the writer goes on committing).
+READ_PATIENCE_S = 60.0
 NO_EXIT_CODE = -(2**31)  # exit_code stored for "no exit code yet" (None in records)
 RUN_LEVELS = 2  # folders of the project above steps.h5: runs/<id>/
 
@@ -314,11 +315,14 @@ def read_steps_file(path: Path, run_id: int) -> StepTable:
     next to it; an empty table if there is neither.
 
     Takes no lock. A compaction that removes deltas while they are read makes it start
-    again (up to :data:`READ_TRIES` times), so the table is always one committed state.
+    again (for up to :data:`READ_PATIENCE_S` seconds), so the table is always one committed
+    state.
     """
     path = Path(path)
     previous = None
-    for attempt in range(READ_TRIES):
+    deadline = time.monotonic() + READ_PATIENCE_S
+    attempt = 0
+    while True:
         try:
             deltas, _ = _scan(path.parent)
         except FileNotFoundError:
@@ -344,11 +348,13 @@ def read_steps_file(path: Path, run_id: int) -> StepTable:
                 pass  # merged or folded into the base while we read: start again
             else:
                 return merge_tables([base, *tables])
-        time.sleep(0.002 * (attempt + 1))
-    raise StoreError(
-        f"{path}: the step log changed under every one of {READ_TRIES} reads; "
-        "is something compacting it in a loop?"
-    )
+        attempt += 1
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"{path}: the step log changed under every one of {attempt} reads in "
+                f"{READ_PATIENCE_S:.0f} s; is something compacting it in a loop?"
+            )
+        time.sleep(min(0.002 * attempt, 0.05))
 
 
 def _size_hint(table: StepTable) -> int:
