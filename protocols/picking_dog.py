@@ -35,7 +35,7 @@ def pick_one(
     """Step of ``picking.dog``: pick one micrograph file, write its picture, return
     :func:`hpcem.picking.steps.pick_result` plus the binning and the excluded area."""
     from hpcem.kernels import backend
-    from hpcem.picking.steps import load_for_picking, pick_result, require_ctf
+    from hpcem.picking.steps import load_for_picking, picked, require_ctf
 
     require_ctf(ctf, micrograph_id)
     image, pixel_size_A = load_for_picking(path, micrograph_id, pixel_size_A)
@@ -60,23 +60,16 @@ def pick_one(
         )
     except ValidationError as exc:
         raise ItemRejected(f"micrograph {micrograph_id}: {exc}") from None
-    if picture:
-        from hpcem.picking.plot import write_picks_png
-
-        write_picks_png(
-            picture,
-            image,
-            picks["xy"],
-            diameter_px,
-            title=f"micrograph {micrograph_id}: {len(picks['xy'])} DoG picks",
-        )
-    result = pick_result(
+    result = picked(
         micrograph_id,
+        image,
         picks["xy"],
         picks["scores"],
-        picture,
-        {"peaks": backend("peaks")},
-        picks["capped_from"],
+        diameter_px=diameter_px,
+        picture=picture,
+        method="DoG",
+        backend={"peaks": backend("peaks")},
+        capped_from=picks["capped_from"],
     )
     result["bin"] = round(picks["bin"], 4)
     result["excluded_fraction"] = round(picks["excluded_fraction"], 4)

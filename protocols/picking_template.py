@@ -99,7 +99,7 @@ def pick_one(
     size and the best template/in-plane angle of each pick."""
     from hpcem.io.mrc import read_mrc
     from hpcem.kernels import backend
-    from hpcem.picking.steps import load_for_picking, pick_result, require_ctf
+    from hpcem.picking.steps import load_for_picking, picked, require_ctf
     from hpcem.picking.template import pick_micrograph
 
     require_ctf(ctf, micrograph_id)
@@ -131,23 +131,16 @@ def pick_one(
         )
     except ValidationError as exc:
         raise ItemRejected(f"micrograph {micrograph_id}: {exc}") from None
-    if picture:
-        from hpcem.picking.plot import write_picks_png
-
-        write_picks_png(
-            picture,
-            image,
-            picks["xy"],
-            diameter_A / pixel_size_A,
-            title=f"micrograph {micrograph_id}: {len(picks['xy'])} template picks",
-        )
-    result = pick_result(
+    result = picked(
         micrograph_id,
+        image,
         picks["xy"],
         picks["scores"],
-        picture,
-        {"ncc": picks["backend"], "peaks": backend("peaks")},
-        picks["n_above"],
+        diameter_px=diameter_A / pixel_size_A,
+        picture=picture,
+        method="template",
+        backend={"ncc": picks["backend"], "peaks": backend("peaks")},
+        capped_from=picks["n_above"],
     )
     result["binned_pixel_A"] = round(picks["binned_pixel_A"], 5)
     result["template"] = [int(i) // picks["n_angles"] for i in picks["template_index"]]

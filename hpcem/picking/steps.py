@@ -152,6 +152,33 @@ def pick_result(
     }
 
 
+def picked(
+    micrograph_id: int,
+    image: np.ndarray,
+    xy: np.ndarray,
+    scores: np.ndarray,
+    *,
+    diameter_px: float,
+    picture: str | None,
+    method: str,
+    backend: str | dict,
+    capped_from: int = 0,
+) -> dict:
+    """The tail of every picker step: the picks drawn over ``image`` into ``picture``
+    (when given; titled with the ``method``'s name) and :func:`pick_result`."""
+    if picture:
+        from hpcem.picking.plot import write_picks_png
+
+        write_picks_png(
+            picture,
+            image,
+            xy,
+            diameter_px,
+            title=f"micrograph {micrograph_id}: {len(xy)} {method} picks",
+        )
+    return pick_result(micrograph_id, xy, scores, picture, backend, capped_from)
+
+
 def register_coordinates(ctx) -> dict:
     """Controller step: write output ``coordinates`` (in micrograph order, optics of the
     micrographs) from the picking steps' results.
