@@ -1,13 +1,13 @@
 """Gold-standard 3D auto-refinement with RELION 3.1's ``relion_refine_mpi``
 (``relion.refine3d``).
 
-The steps of :mod:`hpcem.protocols.relion_class2d` with a reference map (as
-:mod:`hpcem.protocols.relion_class3d`) and ``--auto_refine --split_random_halves``:
+The steps of every ``relion_refine`` protocol (:mod:`hpcem.relion.refine`) with a
+reference map (as ``relion.class3d``) and ``--auto_refine --split_random_halves``:
 RELION refines two random halves of the particles independently (each against its own
 map, joined below ``low_resol_join_halves_A``), raises the angular sampling until the
 resolution stops improving, then combines the halves. RELION needs MPI for this (two
 working ranks plus a leader: ``mpi_ranks`` >= 3, launched as
-:func:`hpcem.protocols.relion_class2d.mpi_launcher` says).
+:func:`hpcem.relion.mpi.mpi_launcher` says).
 
 Outputs: ``volumes`` (``run_class001.mrc``, half = 0, and the two unfiltered half maps
 ``run_half1/2_class001_unfil.mrc``, half = 1 and 2, for ``relion.postprocess``),
@@ -22,11 +22,9 @@ refinement) keep them (``_rlnRandomSubset`` is written); otherwise RELION draws 
 
 from __future__ import annotations
 
-from hpcem.protocols import relion_class2d as rr
-from hpcem.protocols import relion_class3d as r3
-
 from hpcem.protocol import Input, Output, Param, Protocol, Step
 from hpcem.relion import RELION_CITATIONS
+from hpcem.relion import refine as rr
 
 
 def register_refine3d(ctx) -> dict:
@@ -94,7 +92,7 @@ class Refine3DRelion(Protocol):
         ),
     )
     params = (
-        *r3.reference_params(60.0, 2),
+        *rr.reference_params(60.0, 2),
         Param.int(
             "local_searches_from",
             4,
@@ -143,7 +141,7 @@ class Refine3DRelion(Protocol):
         problems = rr.symmetry_problems(p["symmetry"])
         problems += rr.particle_problems(ctx, p["particle_diameter_A"])
         if not problems:
-            problems += r3.reference_problems(ctx)
+            problems += rr.reference_problems(ctx)
         return problems + rr.mpi_problems(p["mpi_ranks"], site_name_of(ctx), at_least=3)
 
     def steps(self, ctx) -> list[Step]:
@@ -152,7 +150,7 @@ class Refine3DRelion(Protocol):
             "--auto_refine", "--split_random_halves",
             "--low_resol_join_halves", f"{p['low_resol_join_halves_A']:g}",
             "--auto_local_healpix_order", str(p["local_searches_from"]),
-            *r3.reference_args(p),
+            *rr.reference_args(p),
         ]  # fmt: skip
         steps = rr.refine_steps(
             ctx,
@@ -161,4 +159,4 @@ class Refine3DRelion(Protocol):
             "auto_refine",
             keep_half_sets=True,
         )
-        return r3.with_reference(ctx, steps)
+        return rr.with_reference(ctx, steps)

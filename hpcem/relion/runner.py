@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hpcem.errors import CommandError
@@ -71,17 +71,22 @@ def run_relion(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     threads: int = 1,
     check: bool = True,
+    launcher: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict:
     """Run RELION ``program`` with ``args`` in ``workdir``; return its provenance record.
 
     ``site``: the run's site (its ``[programs]`` table says where RELION is); ``log``:
     the file that collects every command's output (``runs/<id>/relion.log``); ``label``:
     what the log block is about (e.g. ``"pick/000003 micrograph 4"``); ``threads``:
-    ``OMP_NUM_THREADS`` for the program. Returns ``{"program", "version", "argv",
-    "command", "cwd", "returncode", "seconds"}`` (``command`` is the shell-quoted argv,
-    what a user would type in ``cwd``); with ``check=False`` a non-zero exit is returned,
-    not raised, with ``"stderr_tail"`` (for a caller that knows when RELION's exit code
-    can be ignored).
+    ``OMP_NUM_THREADS`` for the program; ``launcher``: an argv prefix put before the
+    program's path (an MPI launcher such as ``["orterun", "-n", "3"]``, see
+    :func:`hpcem.relion.mpi.mpi_launcher`); ``extra_env``: variables added to the
+    program's environment (e.g. ``OMPI_MCA_rmaps_base_oversubscribe``). Returns
+    ``{"program", "version", "argv", "command", "cwd", "returncode", "seconds"}``
+    (``command`` is the shell-quoted argv, launcher included, what a user would type in
+    ``cwd``); with ``check=False`` a non-zero exit is returned, not raised, with
+    ``"stderr_tail"`` (for a caller that knows when RELION's exit code can be ignored).
 
     Raises :class:`RelionError` (message ending with RELION's last stderr lines) on a
     non-zero exit or a timeout, and ValidationError when the program is missing or of an
@@ -91,12 +96,12 @@ def run_relion(
     from hpcem.relion.programs import find_program
 
     path, version = find_program(program, site)
-    argv = [path, *(str(a) for a in args)]
+    argv = [*map(str, launcher), path, *(str(a) for a in args)]
     command = shlex.join(argv)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = os.path.abspath(log) if log else None
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, int(threads)))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, int(threads))), **(extra_env or {})}
     where = f"{label}: " if label else ""
     started = time.time()
     try:

@@ -1,15 +1,21 @@
-"""Particles for the relion_refine protocol tests: projections of the simulator's volume
-from a few known views, with known in-plane angles, shifts and CTFs, in a finished run."""
+"""Particles for the relion_refine protocol tests (and ``scripts/figures_relion_refine.py``):
+projections of the simulator's volume from a few known views, with known in-plane angles,
+shifts and CTFs, in a finished run; a reference map as a finished run's volumes; a site
+that runs Open MPI only in a loopback-only network namespace."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from relion_helpers import _finish, _finished_run
+from relion_helpers import _finish, _finished_run, site_file
 
 PIXEL_A = 4.0
 BOX_PX = 48
+#: ``[programs] relion_mpi_command`` that starts Open MPI's launcher by its own name
+#: (``orterun``; an MPICH ``mpirun`` may come first on PATH) in its own network namespace
+#: with only the loopback interface: Open MPI's launcher listens on every interface.
+LOOPBACK_OPEN_MPI = 'unshare -n sh -c \'ip link set lo up && exec "$0" "$@"\' orterun -n {ranks}'
 #: Three views (rot, tilt) of the simulator's particle that look different in 2D.
 VIEWS = ((0.0, 0.0), (0.0, 90.0), (90.0, 90.0))
 
@@ -121,3 +127,23 @@ def angular_error_deg(a_deg, b_deg) -> np.ndarray:
     ra, rb = euler_matrices(np.asarray(a_deg)), euler_matrices(np.asarray(b_deg))
     trace = np.einsum("nij,nij->n", ra, rb)
     return np.degrees(np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0)))
+
+
+def loopback_open_mpi_site(folder: Path) -> Path:
+    """A local site whose ``relion_mpi_command`` is :data:`LOOPBACK_OPEN_MPI` (its path
+    works as a site name). Open MPI refuses to run as root unless told: set
+    ``OMPI_ALLOW_RUN_AS_ROOT`` and ``OMPI_ALLOW_RUN_AS_ROOT_CONFIRM`` to 1 there."""
+    return site_file(folder, {"relion_mpi_command": LOOPBACK_OPEN_MPI})
+
+
+def reference_volumes(project, path: Path, pixel_A: float, box: int) -> str:
+    """A finished run whose output ``volumes`` is the map at ``path``."""
+    run = _finished_run(project, "test.volumes", "reference")
+    writer = project.create_set(run, "volumes", "hpcem.SetOfVolumes")
+    writer.append_columns(
+        {"image": [str(path)], "pixel_size_A": [pixel_A], "box_size": [box], "half": [0]}
+    )
+    writer.close()
+    project.set_output(run, "volumes", "hpcem.SetOfVolumes", 1)
+    _finish(project, run)
+    return f"{run}:volumes"

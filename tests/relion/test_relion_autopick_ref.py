@@ -105,7 +105,7 @@ def test_class_averages_pick_the_true_particles(project, tmp_path, wait_for_run)
 @pytest.mark.slow  # about 30 s: a 3D reference projected at healpix order 0 (12 directions)
 def test_a_3d_reference_picks_the_true_particles(project, tmp_path, wait_for_run):
     need_relion("relion_autopick")
-    from test_relion_refine3d import reference_volumes
+    from refine_helpers import reference_volumes
 
     from hpcem.sim.volume import load_volume
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from refine_helpers import angular_error_deg, view_particles
+from refine_helpers import angular_error_deg, reference_volumes, view_particles
 from relion_helpers import need_relion
-from test_relion_refine3d import reference_volumes
 
 from hpcem.errors import ValidationError
 from hpcem.execution import runs as lifecycle

@@ -15,8 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from refine_helpers import angular_error_deg, view_particles
-from relion_helpers import _finish, _finished_run, fsc_curve, need_relion
+from refine_helpers import (
+    angular_error_deg,
+    loopback_open_mpi_site,
+    reference_volumes,
+    view_particles,
+)
+from relion_helpers import fsc_curve, need_relion
 
 from hpcem.errors import ValidationError
 from hpcem.execution import runs as lifecycle
@@ -32,19 +37,6 @@ PARAMS = {
     "offset_step_px": 1.0,
     "mpi_ranks": 3,
 }
-
-
-def reference_volumes(project, path: Path, pixel_A: float, box: int) -> str:
-    """A finished run whose output ``volumes`` is the map at ``path``."""
-    run = _finished_run(project, "test.volumes", "reference")
-    writer = project.create_set(run, "volumes", "hpcem.SetOfVolumes")
-    writer.append_columns(
-        {"image": [str(path)], "pixel_size_A": [pixel_A], "box_size": [box], "half": [0]}
-    )
-    writer.close()
-    project.set_output(run, "volumes", "hpcem.SetOfVolumes", 1)
-    _finish(project, run)
-    return f"{run}:volumes"
 
 
 def _first_below(curve, level=0.5) -> int:
@@ -83,19 +75,7 @@ def test_auto_refine_recovers_the_map_the_poses_and_keeps_the_half_sets(
         start_pose_sd_deg=3.0,
     )
     reference = reference_volumes(project, truth["map"], PIXEL_A, BOX)
-    # Debian's relion_refine_mpi is built on Open MPI, whose mpirun listens on every
-    # interface: on the test machine it runs in its own network namespace (loopback only).
-    # orterun is Open MPI's own name for its launcher; "mpirun" may be MPICH's (the test
-    # environment's bin/ comes first on PATH), which would start single-rank copies.
-    from relion_helpers import site_file
-
-    site = site_file(
-        tmp_path / "site",
-        {
-            "relion_mpi_command": 'unshare -n sh -c \'ip link set lo up && exec "$0" "$@"\' '
-            "orterun -n {ranks}"
-        },
-    )
+    site = loopback_open_mpi_site(tmp_path / "site")
     run = lifecycle.create_run(
         project,
         "relion.refine3d",
@@ -155,19 +135,10 @@ def test_auto_refine_recovers_the_map_the_poses_and_keeps_the_half_sets(
         assert flag in argv
 
 
-def test_the_mpi_launcher_comes_from_the_site_else_mpirun(tmp_path, monkeypatch):
-    from hpcem.protocols.relion_class2d import last_iteration, mpi_launcher
-    from relion_helpers import site_file
+def test_the_last_iteration_is_the_highest_model_star(tmp_path):
+    from hpcem.relion.refine import last_iteration
 
-    site = site_file(tmp_path / "s", {"relion_mpi_command": "srun --mpi=pmix -n {ranks}"})
-    assert mpi_launcher(str(site), 5) == ["srun", "--mpi=pmix", "-n", "5"]
-    bad = site_file(tmp_path / "b", {"relion_mpi_command": "srun -n {nodes}"})
-    with pytest.raises(ValidationError, match="relion_mpi_command"):
-        mpi_launcher(str(bad), 3)
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(ValidationError, match="no mpirun on PATH"):
-        mpi_launcher(None, 3)
-    # The last iteration: run_itNNN_model.star, or an auto-refine's half1 model.
+    # run_itNNN_model.star, or an auto-refine's half1 model.
     for name in ("run_it000_model.star", "run_it003_half1_model.star", "run_it002_model.star"):
         (tmp_path / name).touch()
     assert last_iteration(tmp_path) == 3
