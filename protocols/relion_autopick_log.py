@@ -1,10 +1,11 @@
 """Reference-free picking with RELION's Laplacian-of-Gaussian picker (``relion.autopick_log``).
 
-One step per micrograph (:func:`pick_one`): the micrograph is linked into the step's
-folder under the run's ``relion/``, ``relion_autopick --LoG`` picks it there, and its
-coordinate STAR file is read back: ``_rlnCoordinateX/Y`` (the particle centre in pixels
-of the micrograph, as hpcem's coordinates) and ``_rlnAutopickFigureOfMerit`` as the
-score. The ``register`` step writes the ``coordinates`` set
+One step per micrograph (:func:`pick_one`, the body shared with
+``relion.autopick_ref``: :mod:`hpcem.relion.autopick`): the micrograph is linked into the
+step's folder under the run's ``relion/``, ``relion_autopick --LoG`` picks it there, and
+its coordinate STAR file is read back: ``_rlnCoordinateX/Y`` (the particle centre in
+pixels of the micrograph, as hpcem's coordinates) and ``_rlnAutopickFigureOfMerit`` as
+the score. The ``register`` step writes the ``coordinates`` set
 (:mod:`hpcem.picking.steps`). The defaults are those of RELION 3.1's GUI.
 
 A micrograph that cannot be read, has NaN/Inf pixels or is constant is rejected before
@@ -17,19 +18,9 @@ in the run's ``relion.log``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
-from hpcem.errors import DataFormatError, ItemRejected
 from hpcem.protocol import Input, Output, Param, Protocol, Step
 from hpcem.relion import RELION_CITATIONS
-
-PROGRAM = "relion_autopick"
-#: Files relion_autopick writes besides the coordinates (summary plots): removed, they
-#: take 150 kB per micrograph and describe one micrograph only.
-_SUMMARY_FILES = ("all_FOMs.eps", "all_nr_parts.eps", "logfile.pdf", "logfile.pdf.lst")
-_PICKNAME = "autopick"
+from hpcem.relion.autopick import PICKNAME, PROGRAM
 
 
 def autopick_args(name: str, pixel_size_A: float, options: dict) -> list[str]:
@@ -37,7 +28,7 @@ def autopick_args(name: str, pixel_size_A: float, options: dict) -> list[str]:
     args = [
         "--i", name,
         "--odir", "./",
-        "--pickname", _PICKNAME,
+        "--pickname", PICKNAME,
         "--LoG",
         "--LoG_diam_min", f"{options['diameter_min_A']:g}",
         "--LoG_diam_max", f"{options['diameter_max_A']:g}",
@@ -60,81 +51,24 @@ def pick_one(
     options: dict,
     picture: str | None = None,
 ) -> dict:
-    """Step of ``relion.autopick_log``: pick one micrograph with relion_autopick --LoG.
+    """Step of ``relion.autopick_log``: pick one micrograph with relion_autopick --LoG
+    (:func:`hpcem.relion.autopick.pick_micrograph`).
 
     ``options`` holds the protocol's parameters and ``site`` (where RELION is found),
-    ``work`` (the run's RELION folder) and ``log`` (the run's relion.log). Returns
-    :func:`hpcem.picking.steps.pick_result` plus ``commands`` and ``relion_version``.
+    ``work`` (the run's RELION folder) and ``log`` (the run's relion.log).
     """
-    from hpcem.picking.steps import load_for_picking, pick_result
-    from hpcem.relion.runner import RelionError, link_input, run_relion
+    from hpcem.relion.autopick import pick_micrograph
 
-    image, pixel_size_A = load_for_picking(path, micrograph_id, pixel_size_A)
-    work = Path(options["work"]) / f"mic_{micrograph_id:06d}"
-    name = f"mic_{micrograph_id:06d}.mrc"
-    link_input(path, work / name)
-    coords = work / f"mic_{micrograph_id:06d}_{_PICKNAME}.star"
-    if coords.exists():
-        coords.unlink()  # an earlier attempt's; only this command's output counts
-    try:
-        record = run_relion(
-            PROGRAM,
-            autopick_args(name, pixel_size_A, options),
-            workdir=work,
-            site=options["site"],
-            log=options["log"],
-            label=f"micrograph {micrograph_id}",
-            check=False,
-        )
-    except RelionError as exc:
-        raise ItemRejected(f"micrograph {micrograph_id}: {exc}") from None
-    warning = None
-    if record["returncode"] != 0:
-        tail = " | ".join(record.get("stderr_tail") or ["no output"])
-        if not coords.is_file() or coords.stat().st_size:
-            raise ItemRejected(
-                f"micrograph {micrograph_id}: {PROGRAM} exited with code "
-                f"{record['returncode']}: {tail}"
-            )
-        # RELION 3.1 writes the empty coordinate file, then aborts plotting zero picks.
-        warning = (
-            f"micrograph {micrograph_id}: no LoG picks; {PROGRAM} then exited with code "
-            f"{record['returncode']} while plotting its summary ({tail})"
-        )
-    for extra in _SUMMARY_FILES:
-        (work / extra).unlink(missing_ok=True)
-    if not coords.is_file():
-        raise ItemRejected(f"micrograph {micrograph_id}: {PROGRAM} wrote no {coords.name}")
-    if coords.stat().st_size:
-        from hpcem.convert.relion import read_coordinates
-
-        try:
-            cols = read_coordinates(coords, micrograph_id).columns
-        except DataFormatError as exc:
-            raise ItemRejected(f"micrograph {micrograph_id}: RELION's output: {exc}") from None
-    else:
-        cols = {}
-    xy = np.stack(
-        [np.asarray(cols.get("x", []), dtype=float), np.asarray(cols.get("y", []), dtype=float)],
-        axis=1,
+    return pick_micrograph(
+        path,
+        micrograph_id,
+        pixel_size_A,
+        options,
+        args_for=lambda name, pixel_A: autopick_args(name, pixel_A, options),
+        kind="LoG",
+        diameter_A=0.5 * (options["diameter_min_A"] + options["diameter_max_A"]),
+        picture=picture,
     )
-    fom = np.asarray(cols.get("score", np.zeros(len(xy))), dtype=float)
-    if picture:
-        from hpcem.picking.plot import write_picks_png
-
-        diameter_px = 0.5 * (options["diameter_min_A"] + options["diameter_max_A"]) / pixel_size_A
-        write_picks_png(
-            picture,
-            image,
-            xy,
-            diameter_px,
-            title=f"micrograph {micrograph_id}: {len(xy)} RELION LoG picks",
-        )
-    result = pick_result(micrograph_id, xy, fom, picture, f"relion {record['version']}")
-    result["warning"] = warning
-    result["commands"] = [record]
-    result["relion_version"] = record["version"]
-    return result
 
 
 class AutopickLoG(Protocol):

@@ -5,7 +5,8 @@ averages of the classes with members, in class order, copied into one stack) or 
 map (a SetOfVolumes: its first full map, which relion_autopick projects at healpix order
 ``healpix_order`` with ``symmetry``). A controller step ``references`` writes the stack
 or links the map into the run's ``relion/`` folder; then one step per micrograph
-(:func:`pick_one`) links the micrograph and the references into its folder and runs
+(:func:`pick_one`, the body shared with ``relion.autopick_log``:
+:mod:`hpcem.relion.autopick`) links the micrograph and the references into its folder and runs
 ``relion_autopick --ref`` there (``--angpix_ref`` the references' pixel size,
 ``--invert`` with ``invert``: references with white particles, as RELION makes them
 from contrast-inverted particles, against micrographs with dark ones). Its coordinate
@@ -24,13 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcem.errors import DataFormatError, HpcemError, ItemRejected
+from hpcem.errors import HpcemError
 from hpcem.protocol import Input, Output, Param, Protocol, Step
 from hpcem.relion import RELION_CITATIONS
+from hpcem.relion.autopick import PICKNAME, PROGRAM
 
-PROGRAM = "relion_autopick"
-_PICKNAME = "autopick"
-_SUMMARY_FILES = ("all_FOMs.eps", "all_nr_parts.eps", "logfile.pdf", "logfile.pdf.lst")
 STACK_NAME = "references.mrcs"
 MAP_NAME = "reference.mrc"
 
@@ -98,7 +97,7 @@ def autopick_args(name: str, ref: str, pixel_size_A: float, ref_pixel_A: float, 
     args = [
         "--i", name,
         "--odir", "./",
-        "--pickname", _PICKNAME,
+        "--pickname", PICKNAME,
         "--ref", ref,
         "--angpix", f"{pixel_size_A:g}",
         "--angpix_ref", f"{ref_pixel_A:g}",
@@ -129,77 +128,25 @@ def pick_one(
     picture: str | None = None,
 ) -> dict:
     """Step: pick one micrograph with relion_autopick and the run's references
-    (``options["references"]``: :func:`reference_plan`)."""
-    from hpcem.picking.steps import load_for_picking, pick_result
-    from hpcem.relion.runner import RelionError, link_input, run_relion
+    (``options["references"]``: :func:`reference_plan`;
+    :func:`hpcem.relion.autopick.pick_micrograph`)."""
+    from hpcem.relion.autopick import pick_micrograph
 
     refs = options["references"]
-    image, pixel_size_A = load_for_picking(path, micrograph_id, pixel_size_A)
-    work = Path(options["work"]) / f"mic_{micrograph_id:06d}"
-    name = f"mic_{micrograph_id:06d}.mrc"
-    link_input(path, work / name)
     ref_name = Path(refs["reference"]).name
-    link_input(refs["reference"], work / ref_name)
-    coords = work / f"mic_{micrograph_id:06d}_{_PICKNAME}.star"
-    if coords.exists():
-        coords.unlink()
-    args = autopick_args(name, ref_name, pixel_size_A, refs["pixel_size_A"], options)
-    try:
-        record = run_relion(
-            PROGRAM,
-            args,
-            workdir=work,
-            site=options["site"],
-            log=options["log"],
-            label=f"micrograph {micrograph_id}",
-            check=False,
-        )
-    except RelionError as exc:
-        raise ItemRejected(f"micrograph {micrograph_id}: {exc}") from None
-    warning = None
-    if record["returncode"] != 0:
-        tail = " | ".join(record.get("stderr_tail") or ["no output"])
-        if not coords.is_file() or coords.stat().st_size:
-            raise ItemRejected(
-                f"micrograph {micrograph_id}: {PROGRAM} exited with code "
-                f"{record['returncode']}: {tail}"
-            )
-        warning = (
-            f"micrograph {micrograph_id}: no picks; {PROGRAM} then exited with code "
-            f"{record['returncode']} while plotting its summary ({tail})"
-        )
-    for extra in _SUMMARY_FILES:
-        (work / extra).unlink(missing_ok=True)
-    if not coords.is_file():
-        raise ItemRejected(f"micrograph {micrograph_id}: {PROGRAM} wrote no {coords.name}")
-    cols = {}
-    if coords.stat().st_size:
-        from hpcem.convert.relion import read_coordinates
-
-        try:
-            cols = read_coordinates(coords, micrograph_id).columns
-        except DataFormatError as exc:
-            raise ItemRejected(f"micrograph {micrograph_id}: RELION's output: {exc}") from None
-    xy = np.stack(
-        [np.asarray(cols.get("x", []), dtype=float), np.asarray(cols.get("y", []), dtype=float)],
-        axis=1,
+    return pick_micrograph(
+        path,
+        micrograph_id,
+        pixel_size_A,
+        options,
+        args_for=lambda name, pixel_A: autopick_args(
+            name, ref_name, pixel_A, refs["pixel_size_A"], options
+        ),
+        kind="reference",
+        diameter_A=options["particle_diameter_A"],
+        picture=picture,
+        links={ref_name: refs["reference"]},
     )
-    fom = np.asarray(cols.get("score", np.zeros(len(xy))), dtype=float)
-    if picture:
-        from hpcem.picking.plot import write_picks_png
-
-        write_picks_png(
-            picture,
-            image,
-            xy,
-            options["particle_diameter_A"] / pixel_size_A,
-            title=f"micrograph {micrograph_id}: {len(xy)} RELION reference picks",
-        )
-    result = pick_result(micrograph_id, xy, fom, picture, f"relion {record['version']}")
-    result["warning"] = warning
-    result["commands"] = [record]
-    result["relion_version"] = record["version"]
-    return result
 
 
 class AutopickRef(Protocol):
@@ -309,9 +256,8 @@ class AutopickRef(Protocol):
     citations = RELION_CITATIONS
 
     def validate(self, ctx) -> list[str]:
-        from hpcem.protocols.relion_class2d import symmetry_problems
-
         from hpcem.relion.programs import program_problems, site_name_of
+        from hpcem.relion.refine import symmetry_problems
 
         problems = symmetry_problems(ctx.params["symmetry"])
         try:
