@@ -10,13 +10,13 @@ One project in a temporary folder (needs the relion_* programs on PATH):
   ``relion_autopick_log.png``: the picks and the true centres on one micrograph, and the
   figure of merit of picks that match a true particle against those that do not;
 * ``relion.extract`` (96-px boxes) of the *true* coordinates with the true CTFs (written
-  into sets by this script) → ``relion_extract.png``: 16 extracted particles and the
+  into sets by the tests' helpers) → ``relion_extract.png``: 16 extracted particles and the
   histogram of their background pixels against a standard normal;
 * ``sim.dataset`` of two 512-px, 16-frame movies (seed 5) → ``relion.motioncorr`` →
   ``relion_motioncorr.png``: RELION's trajectory against the simulated one;
 * 2,000 projections of the model at 4 Å/px (48-px boxes, random poses, ±3 px shifts,
-  each with its own CTF, contrast-inverted, noise sd half the signal's; written into a
-  particle set by this script) → ``relion.reconstruct`` with half maps →
+  each with its own CTF, contrast-inverted, noise sd half the signal's; made by the
+  tests' own helper, ``tests/relion/relion_helpers.py``) → ``relion.reconstruct`` with half maps →
   ``relion_reconstruct.png``: central slices of the map and of the true volume, FSC of
   the map and of the half maps against the truth;
 * ``relion.postprocess`` of those half maps with a soft spherical mask →
@@ -30,12 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+# The simulation helpers of the RELION tests: the pictures show what the tests check.
+sys.path.insert(0, str(REPO / "tests" / "relion"))
+from relion_helpers import _finish, _finished_run, fsc_curve, projected_particles, truth_sets
 
 
 def run(project, name: str, params: dict, inputs: dict, workers: int):
@@ -55,116 +59,6 @@ def _steps(project, run_id: int) -> dict:
 def _truth(project, sim_id: int) -> dict:
     result = _steps(project, sim_id)["register"]["result"]
     return json.loads((Path(project.path) / result["ground_truth"][0]).read_text())
-
-
-def _set_run(project, label: str):
-    """A run record to hold sets this script writes itself (marked finished)."""
-    rec = project.create_run("figures.sets", label)
-    project.begin_attempt(rec.id, ("saved",))
-    project.transition(rec.id, ("launched",), "running", attempt=1)
-    return rec.id
-
-
-def _finish(project, run_id: int) -> None:
-    project.controller_commit(run_id, 1, state="finished")
-
-
-def truth_inputs(project, sim_id: int, truth: dict) -> dict:
-    """Sets of the true coordinates and CTFs of a simulated micrograph run."""
-    mics = project.open_set(sim_id, "micrographs")
-    by_name = {Path(str(p)).name: int(i) for p, i in zip(mics.column("image"), mics.column("id"))}
-    coords = {"micrograph_id": [], "x": [], "y": []}
-    ctfs = {k: [] for k in ("micrograph_id", "defocus_u", "defocus_v", "defocus_angle")}
-    for item in truth["items"]:
-        mid = by_name[item["name"]]
-        coords["micrograph_id"] += [mid] * len(item["particles"]["x"])
-        coords["x"] += list(item["particles"]["x"])
-        coords["y"] += list(item["particles"]["y"])
-        ctfs["micrograph_id"].append(mid)
-        for k in ("defocus_u", "defocus_v", "defocus_angle"):
-            ctfs[k].append(item[k])
-    run_id = _set_run(project, "true coordinates and CTFs")
-    lineage = [f"{sim_id}:micrographs"]
-    for name, set_type, cols in (
-        ("coordinates", "hpcem.SetOfCoordinates", coords),
-        ("ctfs", "hpcem.SetOfCTFs", ctfs),
-    ):
-        writer = project.create_set(run_id, name, set_type, inputs=lineage)
-        writer.set_optics(mics.optics)
-        writer.append_columns({k: np.asarray(v) for k, v in cols.items()})
-        writer.close()
-        project.set_output(run_id, name, set_type, len(cols["micrograph_id"]))
-    _finish(project, run_id)
-    return {"coordinates": [f"{run_id}:coordinates"], "ctfs": [f"{run_id}:ctfs"]}
-
-
-def projection_particles(project, folder: Path, n=2000, pixel_A=4.0, box=48):
-    """A particle set of ``n`` CTF-modulated, inverted, noisy projections; the truth."""
-    import scipy.fft
-
-    from hpcem.ctf.model import ctf_2d
-    from hpcem.io import write_mrc
-    from hpcem.sim.projection import random_orientations
-    from hpcem.sim.volume import load_volume
-
-    volume = load_volume(None, pixel_A, box)
-    rng = np.random.default_rng(0)
-    angles = random_orientations(rng, n)
-    shifts = rng.uniform(-3.0, 3.0, size=(n, 2))
-    ft = volume.projector().project_ft(angles, shifts)
-    du = rng.uniform(10000.0, 25000.0, n)
-    dv = du - rng.uniform(0.0, 800.0, n)
-    da = rng.uniform(0.0, 180.0, n)
-    for i in range(n):
-        ft[i] *= ctf_2d((box, box), pixel_A, du[i], dv[i], da[i], half=True)
-    images = -scipy.fft.irfft2(ft, s=(box, box)).astype(np.float32)
-    images += rng.normal(0.0, 0.5 * images.std(), images.shape).astype(np.float32)
-    folder.mkdir(parents=True, exist_ok=True)
-    stack = write_mrc(folder / "projections.mrcs", images, pixel_A, kind="stack", overwrite=True)
-    run_id = _set_run(project, "projections")
-    writer = project.create_set(run_id, "particles", "hpcem.SetOfParticles")
-    writer.set_optics(
-        {
-            "optics_group": [1],
-            "voltage_kV": [300.0],
-            "spherical_aberration_mm": [2.7],
-            "amplitude_contrast": [0.1],
-            "pixel_size_A": [pixel_A],
-            "image_size_px": [box],
-        }
-    )
-    writer.append_columns(
-        {
-            "image": [str(stack)] * n,
-            "image_index": np.arange(n),
-            "rot": angles[:, 0],
-            "tilt": angles[:, 1],
-            "psi": angles[:, 2],
-            "shift_x": -shifts[:, 0] * pixel_A,
-            "shift_y": -shifts[:, 1] * pixel_A,
-            "defocus_u": du,
-            "defocus_v": dv,
-            "defocus_angle": da,
-            "half_set": 1 + np.arange(n) % 2,
-        }
-    )
-    writer.close()
-    project.set_output(run_id, "particles", "hpcem.SetOfParticles", n)
-    _finish(project, run_id)
-    return f"{run_id}:particles", volume.data
-
-
-def fsc_curve(a, b) -> np.ndarray:
-    fa, fb = np.fft.fftn(np.asarray(a, float)), np.fft.fftn(np.asarray(b, float))
-    n = fa.shape[0]
-    k = np.fft.fftfreq(n) * n
-    shell = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k**2)).astype(int)
-    num = np.bincount(shell.ravel(), (fa * np.conj(fb)).real.ravel())
-    den = np.sqrt(
-        np.bincount(shell.ravel(), (np.abs(fa) ** 2).ravel())
-        * np.bincount(shell.ravel(), (np.abs(fb) ** 2).ravel())
-    )
-    return (num / den)[1 : n // 2 + 1]
 
 
 # --- pictures ---------------------------------------------------------------------------
@@ -238,7 +132,8 @@ def figure_extract(project, sim_id: int, truth: dict, workers: int, out: Path) -
 
     from hpcem.io import read_image
 
-    inputs = truth_inputs(project, sim_id, truth) | {"micrographs": [f"{sim_id}:micrographs"]}
+    refs = truth_sets(project, sim_id, truth)
+    inputs = {k: [v] for k, v in refs.items()} | {"micrographs": [f"{sim_id}:micrographs"]}
     ext = run(project, "relion.extract", {"box_size_px": 96}, inputs, workers)
     cols = project.open_set(ext.id, "particles").read_columns()
     stack = read_image(Path(project.path) / str(cols["image"][0]))
@@ -322,7 +217,8 @@ def figure_reconstruct(project, folder: Path, workers: int, out: Path) -> dict:
 
     from hpcem.io import read_image
 
-    particles, volume = projection_particles(project, folder)
+    particles, truth_map = projected_particles(project, folder, n=2000)
+    volume = read_image(truth_map)
     rec = run(
         project, "relion.reconstruct", {"half_maps": True}, {"particles": [particles]}, workers
     )
@@ -359,7 +255,7 @@ def figure_postprocess(project, volumes: str, folder: Path, workers: int, out: P
     mask_path = write_mrc(
         folder / "mask.mrc", (0.5 - 0.5 * np.cos(np.pi * edge)).astype(np.float32), 4.0
     )
-    run_id = _set_run(project, "mask")
+    run_id = _finished_run(project, "figures.sets", "mask")
     writer = project.create_set(run_id, "mask", "hpcem.SetOfMasks")
     writer.append_columns({"image": [str(mask_path)], "pixel_size_A": [4.0], "box_size": [48]})
     writer.close()

@@ -3,11 +3,14 @@
 
     python scripts/figures_relion_refine.py [--out-dir docs] [--only class2d,autopick_ref]
 
-One project in a temporary folder (needs relion_refine, and relion_refine_mpi with an
-``mpirun`` for refine3d, on PATH). The particles are projections of the shipped model
-(PDB 7DDO, ~131 Å), each with its own CTF (defocus 1–2.5 µm), contrast-inverted as
-extraction leaves them, with gaussian noise (sd half the signal's), written into a
-particle set by this script with the truth kept aside:
+One project in a temporary folder (needs relion_refine, and for refine3d
+relion_refine_mpi with Open MPI's ``orterun`` and ``unshare``, on PATH: Open MPI runs only
+inside a network namespace with nothing but the loopback interface, through the site's
+``relion_mpi_command``, as in ``tests/relion/test_relion_refine3d.py``). The particles
+are projections of the shipped model (PDB 7DDO, ~131 Å), each with its own CTF (defocus
+1–2.5 µm), contrast-inverted as extraction leaves them, with gaussian noise (sd half the
+signal's), made by the tests' own helpers (``tests/relion/refine_helpers.py``) with the
+truth kept aside:
 
 * ``relion.class2d`` (K 3, 10 iterations) of 300 particles of 48 px at 4 Å/px from
   three views at random in-plane angles → ``relion_class2d.png``: the three true views
@@ -33,129 +36,52 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-VIEWS = ((0.0, 0.0), (0.0, 90.0), (90.0, 90.0))
+# The simulation helpers of the RELION tests: the pictures show what the tests check.
+sys.path.insert(0, str(REPO / "tests" / "relion"))
+from refine_helpers import (
+    VIEWS,
+    angular_error_deg,
+    loopback_open_mpi_site,
+    reference_volumes,
+    view_particles,
+)
+from relion_helpers import _finish, _finished_run, fsc_curve
 
 
-def run(project, name: str, params: dict, inputs: dict, workers: int = 1):
+def run(project, name: str, params: dict, inputs: dict, workers: int = 1, site=None):
     from hpcem.execution.runs import create_run, launch
 
-    record = create_run(project, name, params, inputs)
+    placement = {"site": str(site)} if site else None
+    record = create_run(project, name, params, inputs, placement=placement)
     done = launch(project, record.id, workers, foreground=True)
     if done.state != "finished":
         raise SystemExit(f"run {record.id} ({name}) ended {done.state}: {done.error}")
     return done
 
 
-def _set_run(project, label: str) -> int:
-    rec = project.create_run("figures.sets", label)
-    project.begin_attempt(rec.id, ("saved",))
-    project.transition(rec.id, ("launched",), "running", attempt=1)
-    return rec.id
-
-
-def _finish(project, run_id: int) -> None:
-    project.controller_commit(run_id, 1, state="finished")
-
-
 def particles(project, folder: Path, n, pixel_A, box, views=None, start_sd_deg=None, seed=0):
-    """A particle set of ``n`` CTF-modulated, inverted, noisy projections; the truth."""
-    import scipy.fft
-
-    from hpcem.ctf.model import ctf_2d
-    from hpcem.io import write_mrc
-    from hpcem.sim.projection import random_orientations
-    from hpcem.sim.volume import load_volume
-
-    volume = load_volume(None, pixel_A, box)
-    rng = np.random.default_rng(seed)
-    view = np.arange(n) % len(views or [0])
-    if views:
-        angles = np.zeros((n, 3))
-        angles[:, :2] = np.asarray(views, dtype=float)[view]
-        angles[:, 2] = rng.uniform(0.0, 360.0, n)
-    else:
-        angles = random_orientations(rng, n)
-    shifts_px = rng.uniform(-2.0, 2.0, size=(n, 2))
-    ft = volume.projector().project_ft(angles, shifts_px)
-    du = rng.uniform(10000.0, 25000.0, n)
-    dv = du - rng.uniform(0.0, 800.0, n)
-    da = rng.uniform(0.0, 180.0, n)
-    for i in range(n):
-        ft[i] *= ctf_2d((box, box), pixel_A, du[i], dv[i], da[i], half=True)
-    images = -scipy.fft.irfft2(ft, s=(box, box)).astype(np.float32)
-    images += rng.normal(0.0, 0.5 * images.std(), images.shape).astype(np.float32)
-    folder.mkdir(parents=True, exist_ok=True)
-    stack = write_mrc(folder / "particles.mrcs", images, pixel_A, kind="stack", overwrite=True)
-    truth_map = write_mrc(
-        folder / "truth.mrc", volume.data.astype(np.float32), pixel_A, overwrite=True
+    """A particle set of ``n`` CTF-modulated, inverted, noisy projections (from ``views``,
+    else random orientations); the truth with ``angles`` (n × 3: rot, tilt, psi)."""
+    ref, truth = view_particles(
+        project,
+        folder,
+        n=n,
+        views=views or VIEWS,
+        seed=seed,
+        pixel_A=pixel_A,
+        box=box,
+        random_views=not views,
+        start_pose_sd_deg=start_sd_deg,
     )
-    run_id = _set_run(project, "projections")
-    writer = project.create_set(run_id, "particles", "hpcem.SetOfParticles")
-    writer.set_optics(
-        {
-            "optics_group": [1],
-            "voltage_kV": [300.0],
-            "spherical_aberration_mm": [2.7],
-            "amplitude_contrast": [0.1],
-            "pixel_size_A": [pixel_A],
-            "image_size_px": [box],
-        }
-    )
-    cols = {
-        "image": [str(stack)] * n,
-        "image_index": np.arange(n),
-        "defocus_u": du,
-        "defocus_v": dv,
-        "defocus_angle": da,
-    }
-    if start_sd_deg is not None:
-        noisy = angles + rng.normal(0.0, start_sd_deg, angles.shape)
-        cols |= {"rot": noisy[:, 0], "tilt": noisy[:, 1], "psi": noisy[:, 2]}
-        cols |= {"shift_x": -shifts_px[:, 0] * pixel_A, "shift_y": -shifts_px[:, 1] * pixel_A}
-        cols["half_set"] = 1 + np.arange(n) % 2
-    writer.append_columns(cols)
-    writer.close()
-    project.set_output(run_id, "particles", "hpcem.SetOfParticles", n)
-    _finish(project, run_id)
-    truth = {"view": view, "angles": angles, "map": truth_map, "volume": volume}
-    return f"{run_id}:particles", truth
-
-
-def volume_set(project, path, pixel_A, box) -> str:
-    run_id = _set_run(project, "reference")
-    writer = project.create_set(run_id, "volumes", "hpcem.SetOfVolumes")
-    writer.append_columns(
-        {"image": [str(path)], "pixel_size_A": [pixel_A], "box_size": [box], "half": [0]}
-    )
-    writer.close()
-    project.set_output(run_id, "volumes", "hpcem.SetOfVolumes", 1)
-    _finish(project, run_id)
-    return f"{run_id}:volumes"
-
-
-def angular_error_deg(a_deg, b_deg) -> np.ndarray:
-    from hpcem.sim.projection import euler_matrices
-
-    ra, rb = euler_matrices(np.asarray(a_deg)), euler_matrices(np.asarray(b_deg))
-    trace = np.einsum("nij,nij->n", ra, rb)
-    return np.degrees(np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0)))
-
-
-def fsc_curve(a, b):
-    fa, fb = np.fft.fftn(np.asarray(a, float)), np.fft.fftn(np.asarray(b, float))
-    n = fa.shape[0]
-    k = np.fft.fftfreq(n) * n
-    shell = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k**2)).astype(int)
-    num = np.bincount(shell.ravel(), (fa * np.conj(fb)).real.ravel())
-    da = np.bincount(shell.ravel(), (np.abs(fa) ** 2).ravel())
-    db = np.bincount(shell.ravel(), (np.abs(fb) ** 2).ravel())
-    return (num / np.sqrt(da * db))[1 : n // 2 + 1]
+    truth["angles"] = np.stack([truth["rot"], truth["tilt"], truth["psi"]], 1)
+    return ref, truth
 
 
 def fig_class2d(project, work: Path, out: Path) -> str:
@@ -214,7 +140,7 @@ def fig_class3d(project, work: Path, out: Path) -> str:
     from hpcem.io import read_image
 
     ref, truth = particles(project, work / "c3", 200, 6.0, 32)
-    reference = volume_set(project, truth["map"], 6.0, 32)
+    reference = reference_volumes(project, truth["map"], 6.0, 32)
     done = run(
         project,
         "relion.class3d",
@@ -264,7 +190,8 @@ def fig_refine3d(project, work: Path, out: Path) -> str:
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     ref, truth = particles(project, work / "r3", 200, 6.0, 32, start_sd_deg=3.0, seed=1)
-    reference = volume_set(project, truth["map"], 6.0, 32)
+    site = loopback_open_mpi_site(work / "site")
+    reference = reference_volumes(project, truth["map"], 6.0, 32)
     done = run(
         project,
         "relion.refine3d",
@@ -277,6 +204,7 @@ def fig_refine3d(project, work: Path, out: Path) -> str:
             "mpi_ranks": 3,
         },
         {"particles": [ref], "reference": [reference]},
+        site=site,
     )
     vols = project.open_set(done.id, "volumes").read_columns()
     fsc = project.open_set(done.id, "fsc").read_columns()
@@ -333,7 +261,7 @@ def fig_autopick_ref(project, work: Path, out: Path) -> str:
     angles = random_orientations(np.random.default_rng(3), 5)
     clean = np.fft.irfft2(volume.projector().project_ft(angles), s=(64, 64)).astype(np.float32)
     stack = write_mrc(work / "averages.mrcs", clean, 3.0, kind="stack", overwrite=True)
-    run_id = _set_run(project, "class averages")
+    run_id = _finished_run(project, "figures.sets", "class averages")
     writer = project.create_set(run_id, "classes", "hpcem.SetOfClasses2D")
     writer.append_columns(
         {

@@ -1,5 +1,7 @@
 """Shared set-up of the RELION protocol tests: simulated micrographs in a project, fake
-RELION programs and site configs that point at them."""
+RELION programs and site configs that point at them. The figure scripts
+(``scripts/figures_relion*.py``) import the simulation helpers from here too, so the
+pictures show what the tests check; nothing here needs pytest but :func:`need_relion`."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import stat
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from hpcem.execution import runs as lifecycle
 
@@ -19,6 +20,8 @@ SIZE_PX = 768
 
 def need_relion(*programs: str) -> None:
     """Skip the calling test when a RELION program is not installed here."""
+    import pytest
+
     for program in programs:
         if shutil.which(program) is None:
             pytest.skip(f"{program} is not installed (Debian/Ubuntu: apt-get install relion)")
