@@ -232,7 +232,10 @@ def fig_refine3d(project, work: Path, out: Path) -> str:
     fig.tight_layout()
     fig.savefig(out / "relion_refine3d.png", dpi=80)
     plt.close(fig)
-    return f"refine3d: resolution {fsc['resolution_A'][0]:.1f} Å"
+    steps = {r["name"]: r for r in project.read_steps(done.id).to_records()}
+    argv = steps["refine"]["result"]["commands"][0]["argv"]
+    launcher = argv[: next(i for i, a in enumerate(argv) if a.endswith("relion_refine_mpi"))]
+    return f"refine3d: resolution {fsc['resolution_A'][0]:.1f} Å, launcher {launcher}"
 
 
 def fig_autopick_ref(project, work: Path, out: Path) -> str:
