@@ -281,7 +281,8 @@ def refine(star: str, args: list[str], options: dict) -> dict:
     """Step: ``relion_refine --i STAR --o refine/run ARGS`` in ``star``'s folder.
 
     ``options``: ``site``, ``log`` (see :func:`hpcem.relion.runner.relion_places`),
-    ``threads``, ``time_limit_h`` and ``final`` (``"iteration"``: the last
+    ``time_limit_h``, ``mpi_ranks`` (> 1: ``relion_refine_mpi`` under
+    :func:`hpcem.relion.mpi.mpi_launcher`) and ``final`` (``"iteration"``: the last
     ``run_itNNN_*`` files; ``"auto_refine"``: the converged ``run_model.star``,
     ``run_data.star``, ``run_class001.mrc`` and half maps). Returns ``commands``,
     ``relion_version``, ``iteration`` and ``files`` (project-relative, by kind).

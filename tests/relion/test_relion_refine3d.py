@@ -142,3 +142,22 @@ def test_the_last_iteration_is_the_highest_model_star(tmp_path):
     for name in ("run_it000_model.star", "run_it003_half1_model.star", "run_it002_model.star"):
         (tmp_path / name).touch()
     assert last_iteration(tmp_path) == 3
+
+
+def test_step_names_recorded_by_older_runs_still_resolve_to_the_shared_functions():
+    """Runs store a step's function as "module:function" (part of its identity); the
+    names of the first version (in protocols/relion_class2d.py, relion_class3d.py) must
+    keep resolving, to the functions now in hpcem.relion.refine."""
+    import importlib
+
+    from hpcem.relion import refine as shared
+
+    recorded = {
+        "hpcem.protocols.relion_class2d:write_particles": shared.write_particles,
+        "hpcem.protocols.relion_class2d:refine": shared.refine,
+        "hpcem.protocols.relion_class3d:link_reference": shared.link_reference,
+    }
+    assert set(shared.STEP_FUNCS.values()) == set(recorded)
+    for name, func in recorded.items():
+        module, _, attr = name.partition(":")
+        assert getattr(importlib.import_module(module), attr) is func
