@@ -1,6 +1,9 @@
 """RELION 3.1 programs run by hpcem protocols: finding them and checking their version
 (:mod:`hpcem.relion.programs`), running one command with its log and provenance
-(:mod:`hpcem.relion.runner`), reading RELION output tables hpcem has no set for
+(:mod:`hpcem.relion.runner`), the MPI launcher of ``relion_refine_mpi``
+(:mod:`hpcem.relion.mpi`), what the ``relion_refine`` protocols share
+(:mod:`hpcem.relion.refine`), one micrograph picked by ``relion_autopick``
+(:mod:`hpcem.relion.autopick`), reading RELION output tables hpcem has no set for
 (:mod:`hpcem.relion.star`), and RELION's citations. Conversions of hpcem sets to and from
 RELION's STAR files are :mod:`hpcem.convert.relion`'s."""
 
