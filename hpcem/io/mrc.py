@@ -158,6 +158,14 @@ def read_mrc(path: str | os.PathLike, index: int | None = None) -> np.ndarray:
     return out[0] if nz == 1 else out
 
 
+def mrc_label() -> str:
+    """The text label :func:`write_mrc` puts in every header: the writer and its version,
+    deterministic (MRC labels are free text of at most 80 ASCII characters)."""
+    from hpcem import __version__
+
+    return f"hpcem {__version__}"[:80]
+
+
 def write_mrc(
     path: str | os.PathLike,
     array: np.ndarray,
@@ -175,6 +183,10 @@ def write_mrc(
     kind : for 3D data, ``"stack"``/``"movie"`` (space group 0) or ``"volume"``
         (space group 1); default: ``"stack"`` for ``.mrcs`` names, else ``"volume"``.
     overwrite : refuse to replace an existing file unless True.
+
+    The header carries one text label, :func:`mrc_label` (``hpcem VERSION``, no time of
+    writing, unlike mrcfile's default label): the same array written twice gives the same
+    bytes, so re-running a workflow can be checked file for file.
     """
     path = Path(path)
     array = np.asarray(array)
@@ -202,6 +214,10 @@ def write_mrc(
                 else:
                     mrc.set_image_stack()
             mrc.voxel_size = pixel_size_A
+            # mrcfile stamps label 0 with the time of writing; ours is the same every run
+            mrc.header.label[:] = b""
+            mrc.header.label[0] = mrc_label().encode("ascii")
+            mrc.header.nlabl = 1
             mrc.flush()
         os.replace(tmp_name, path)
     finally:

@@ -2,6 +2,7 @@
 
 import hashlib
 import shutil
+import time
 import warnings
 
 import mrcfile
@@ -266,3 +267,18 @@ def test_reading_never_modifies_inputs(shared_file, tmp_path):
     read_header(copy)
     read_image(copy)
     assert (_sha(copy), copy.stat().st_mtime_ns) == before
+
+
+def test_write_mrc_is_byte_identical_and_labelled_without_a_time(tmp_path):
+    """Two writes of one array give the same bytes: the header label names the writer and
+    its version, not the time of writing (mrcfile's default label does)."""
+    import hpcem
+
+    data = np.random.default_rng(3).normal(size=(3, 16, 16)).astype(np.float32)
+    a = write_mrc(tmp_path / "a.mrcs", data, 1.5)
+    time.sleep(1.1)  # mrcfile's default label would now show another second
+    b = write_mrc(tmp_path / "b.mrcs", data, 1.5)
+    assert a.read_bytes() == b.read_bytes()
+    with mrcfile.open(a, permissive=True) as mrc:
+        assert int(mrc.header.nlabl) == 1
+        assert mrc.get_labels() == [f"hpcem {hpcem.__version__}"]
