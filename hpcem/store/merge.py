@@ -45,6 +45,12 @@ from hpcem.store import record
 #: Where merges stage their run folders inside TARGET (``.hpcem/merge/<token>/``).
 MERGE_DIR = Path(".hpcem") / "merge"
 JOURNAL = "journal.json"
+#: Written in the staging folder, under the index lock, before the first folder rename:
+#: which runs taken over had a folder in TARGET (set aside as ``old-NNNNNN``).
+COMMIT = "commit.json"
+OLD = "old-"
+#: Attribute of ``project.h5`` naming the staging folder of the last committed merge.
+TOKEN_ATTR = "merge_token"
 #: Top-level files of a run folder that hold the store's own state: a link there is
 #: refused (anything under ``sets/`` too). Links deeper in a protocol's own folders (e.g.
 #: RELION's input links) are copied as links, never followed.
@@ -70,12 +76,24 @@ class Added:
 
 
 @dataclass
+class TakenOver:
+    """A run present in both copies that was run again only in SOURCE since the copy:
+    TARGET's record, folder, output sets and step log replaced by SOURCE's."""
+
+    source_id: int
+    target_id: int
+    protocol: str
+    label: str
+    differences: list[str]
+
+
+@dataclass
 class Conflict:
     """A run present in both copies that differs: left as TARGET has it.
 
     ``kind``: ``"both"`` (changed on both sides, or the same attempts now differ) or
-    ``"newer_in_source"`` (SOURCE ran it again after the copy, TARGET did not: taking
-    over such a run is not done by a merge, see docs/merge.md).
+    ``"newer_in_source"`` (SOURCE ran it again after the copy, TARGET did not, but it
+    cannot be taken over: the first difference says why, see docs/merge.md).
     """
 
     source_id: int
@@ -93,6 +111,7 @@ class MergeReport:
     dry_run: bool = False
     added: list[Added] = field(default_factory=list)
     same: list[tuple[int, int]] = field(default_factory=list)  # (source id, target id)
+    taken_over: list[TakenOver] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     held_back: list[tuple[int, str]] = field(default_factory=list)  # (source id, why)
     notes: list[str] = field(default_factory=list)
@@ -104,7 +123,7 @@ class MergeReport:
 
     @property
     def nothing_to_merge(self) -> bool:
-        return not self.added
+        return not self.added and not self.taken_over
 
     def to_json(self) -> dict:
         return {
@@ -114,6 +133,7 @@ class MergeReport:
             "added": [dataclasses.asdict(a) for a in self.added],
             "renumbered": {str(k): v for k, v in self.renumbered.items()},
             "same": [list(p) for p in self.same],
+            "taken_over": [dataclasses.asdict(t) for t in self.taken_over],
             "conflicts": [dataclasses.asdict(c) for c in self.conflicts],
             "held_back": [{"source_id": s, "reason": r} for s, r in self.held_back],
             "notes": list(self.notes),
@@ -128,6 +148,12 @@ class MergeReport:
         for a in self.added:
             moved = f" as run {a.target_id}" if a.target_id != a.source_id else ""
             out.append(f"  {verb} run {a.source_id}{moved}: {a.protocol} {a.label!r}".rstrip())
+        take = "would take over" if self.dry_run else "took over"
+        for t in self.taken_over:
+            out.append(
+                f"  {take} run {t.source_id} (TARGET run {t.target_id}): {t.protocol} "
+                f"{t.label!r}, run again in SOURCE only: {'; '.join(t.differences)}"
+            )
         if self.same:
             out.append(f"  {len(self.same)} run(s) already in TARGET, unchanged")
         for c in self.conflicts:
@@ -148,15 +174,27 @@ class _Plan:
     id_map: dict[int, int]  # every mapped source id -> target id
     new: dict[int, record.RunRecord]  # target id -> record to add (already rewritten)
     sources: dict[int, int]  # target id -> source id of the added runs
+    #: target id -> SOURCE's record (rewritten) that replaces TARGET's
+    takeover: dict[int, record.RunRecord] = field(default_factory=dict)
+    took: dict[int, int] = field(default_factory=dict)  # target id -> source id
+    replaced: dict[int, str] = field(default_factory=dict)  # target id -> fingerprint
 
     def key(self) -> tuple:
-        """What must not change between planning and commit."""
+        """What must not change between planning and commit (a run to be taken over
+        must not change in TARGET at all, not even its label)."""
         r = self.report
         return (
             sorted(self.sources.items()),
+            sorted(self.took.items()),
+            sorted(self.replaced.items()),
             sorted((c.source_id, c.target_id) for c in r.conflicts),
             sorted(r.held_back),
         )
+
+    @property
+    def copies(self) -> dict[int, int]:
+        """Target id -> source id of every run folder copied from SOURCE."""
+        return {**self.sources, **self.took}
 
 
 # --- the plan (pure: records in, decisions out) -----------------------------------------
@@ -210,6 +248,30 @@ def _ahead(longer: record.RunRecord, shorter: record.RunRecord) -> bool:
     return len(a) > len(b) and a[: len(b)] == b
 
 
+def _upstream(inputs: Mapping[str, Sequence[str]]) -> list[int]:
+    """The run ids named by input refs ``"RUN:OUTPUT"``, in order."""
+    return [
+        int(r.partition(":")[0])
+        for refs in inputs.values()
+        for r in refs
+        if str(r).partition(":")[0].isdigit()
+    ]
+
+
+def _takeover_refusal(t: record.RunRecord, s: record.RunRecord, id_map) -> str | None:
+    """Why SOURCE's newer version ``s`` cannot replace TARGET's ``t`` by itself (None:
+    it can, as far as the two records tell). Only attempts say what changed since the
+    copy: params or inputs that differ may have been edited on either side."""
+    if t.state in record.ACTIVE_STATES:
+        return f"it is {t.state} in TARGET: an active run is never replaced"
+    if t.params != s.params or t.inputs != _map_inputs(s.inputs, id_map):
+        return (
+            "its params or inputs differ too, and nothing tells which copy changed them "
+            "(only attempts record what happened since the copy)"
+        )
+    return None
+
+
 def _plan(
     target_runs: Sequence[record.RunRecord],
     next_id: int,
@@ -224,10 +286,11 @@ def _plan(
     id_map: dict[int, int] = {}
     blocked: dict[int, str] = {}  # source id -> why its outputs cannot be used
     claimed: set[int] = set()
-    new: dict[int, record.RunRecord] = {}
-    sources: dict[int, int] = {}
+    matched: list[tuple[record.RunRecord, record.RunRecord]] = []
+    fresh: list[record.RunRecord] = []
     fallback = []
     source_ids = {r.id for r in source_runs}
+    # 1. which runs of SOURCE TARGET has (by origin; old runs by their fallback key)
     for s in sorted(source_runs, key=lambda r: r.id):
         if s.origin:
             t = by_origin.get(s.origin)
@@ -241,37 +304,96 @@ def _plan(
                 Conflict(s.id, t.id, [f"another run of SOURCE already matched TARGET run {t.id}"])
             )
             blocked[s.id] = f"run {s.id} conflicts"
-            continue
-        if t is not None:
+        elif t is not None:
             claimed.add(t.id)
             id_map[s.id] = t.id
-            diffs = _differences(t, s, id_map)
-            if diffs and _ahead(t, s):
+            matched.append((s, t))
+        else:
+            fresh.append(s)
+    # 2. what to do with each run both have
+    kept: set[int] = set()  # target ids of runs whose version in TARGET stays
+    candidates: dict[int, tuple] = {}  # source id -> (s, t, differences)
+    for s, t in matched:
+        diffs = _differences(t, s, id_map)
+        if not diffs:
+            report.same.append((s.id, t.id))
+            if t.label != s.label:
                 report.notes.append(
-                    f"run {s.id} was run again in TARGET (as run {t.id}) since the copy; "
-                    "TARGET's newer version kept"
+                    f"run {s.id} is labelled {t.label!r} in TARGET and {s.label!r} in "
+                    "SOURCE; TARGET's label kept"
                 )
-                blocked[s.id] = f"it was made from an older version of run {s.id}"
-            elif diffs:
-                kind = "newer_in_source" if _ahead(s, t) else "both"
-                if kind == "newer_in_source":
-                    diffs.insert(0, "run again in SOURCE only")
-                report.conflicts.append(Conflict(s.id, t.id, diffs, kind))
-                blocked[s.id] = f"it uses outputs of run {s.id}, which conflicts"
-            else:
-                report.same.append((s.id, t.id))
-                if t.label != s.label:
-                    report.notes.append(
-                        f"run {s.id} is labelled {t.label!r} in TARGET and {s.label!r} in "
-                        "SOURCE; TARGET's label kept"
-                    )
             continue
-        upstream = [
-            int(r.partition(":")[0])
-            for refs in s.inputs.values()
-            for r in refs
-            if r.partition(":")[0].isdigit()
-        ]
+        kept.add(t.id)
+        if _ahead(t, s):
+            report.notes.append(
+                f"run {s.id} was run again in TARGET (as run {t.id}) since the copy; "
+                "TARGET's newer version kept"
+            )
+            blocked[s.id] = f"it was made from an older version of run {s.id}"
+        elif _ahead(s, t):
+            why = _takeover_refusal(t, s, id_map)
+            if why is None:
+                kept.discard(t.id)
+                candidates[s.id] = (s, t, diffs)
+            else:
+                report.conflicts.append(
+                    Conflict(
+                        s.id,
+                        t.id,
+                        [f"run again in SOURCE only, but {why}", *diffs],
+                        "newer_in_source",
+                    )
+                )
+                blocked[s.id] = f"it uses outputs of run {s.id}, which conflicts"
+        else:
+            report.conflicts.append(Conflict(s.id, t.id, diffs, "both"))
+            blocked[s.id] = f"it uses outputs of run {s.id}, which conflicts"
+    # 3. a run is taken over only if every run of TARGET that uses its outputs ends up
+    # as SOURCE has it (the same, or taken over too), and its own inputs do as well
+    users: dict[int, set[int]] = {}
+    for r in target_runs:
+        for u in _upstream(r.inputs):
+            users.setdefault(u, set()).add(r.id)
+    matched_targets = {t.id for _, t in matched}
+    changed = True
+    while changed:
+        changed = False
+        for sid, (s, t, diffs) in sorted(candidates.items()):
+            foreign = sorted(
+                u for u in users.get(t.id, ()) if u in kept or u not in matched_targets
+            )
+            upstream = [u for u in _upstream(s.inputs) if u in blocked]
+            if foreign:
+                why = (
+                    f"TARGET run(s) {foreign} use its outputs and are not in SOURCE as they "
+                    "are in TARGET: replacing the outputs would make their lineage false"
+                )
+            elif upstream:
+                why = f"it was made from run {upstream[0]}, whose SOURCE version is not merged"
+            else:
+                continue
+            del candidates[sid]
+            kept.add(t.id)
+            report.conflicts.append(
+                Conflict(
+                    s.id, t.id, [f"run again in SOURCE only, but {why}", *diffs], "newer_in_source"
+                )
+            )
+            blocked[s.id] = f"it uses outputs of run {s.id}, which conflicts"
+            changed = True
+    report.conflicts.sort(key=lambda c: c.source_id)
+    for sid, (s, t, diffs) in sorted(candidates.items()):
+        report.taken_over.append(TakenOver(s.id, t.id, s.protocol, t.label, diffs))
+        if t.label != s.label:
+            report.notes.append(
+                f"run {s.id} is labelled {t.label!r} in TARGET and {s.label!r} in SOURCE; "
+                "TARGET's label kept"
+            )
+    # 4. new runs of SOURCE: added, renumbered where TARGET used their ids
+    new: dict[int, record.RunRecord] = {}
+    sources: dict[int, int] = {}
+    for s in fresh:
+        upstream = _upstream(s.inputs)
         held = [u for u in upstream if u in blocked]
         if held:
             report.held_back.append((s.id, blocked[held[0]]))
@@ -294,10 +416,9 @@ def _plan(
             "by protocol, params, inputs and creation time"
         )
     mapping = {k: v for k, v in id_map.items() if k != v}
-    by_id = {r.id: r for r in source_runs}
-    for tid, sid in sources.items():
-        s = by_id[sid]
-        new[tid] = dataclasses.replace(
+
+    def rewritten(s: record.RunRecord, tid: int, **changes) -> record.RunRecord:
+        return dataclasses.replace(
             s,
             id=tid,
             inputs=_map_inputs(s.inputs, id_map),
@@ -305,8 +426,18 @@ def _plan(
                 dataclasses.replace(a, exit_code_file=map_path(a.exit_code_file, mapping))
                 for a in s.attempts
             ),
+            **changes,
         )
-    return _Plan(report, id_map, new, sources)
+
+    by_id = {r.id: r for r in source_runs}
+    for tid, sid in sources.items():
+        new[tid] = rewritten(by_id[sid], tid)
+    plan = _Plan(report, id_map, new, sources)
+    for sid, (s, t, _) in candidates.items():
+        plan.takeover[t.id] = rewritten(s, t.id, label=t.label)
+        plan.took[t.id] = sid
+        plan.replaced[t.id] = _fingerprint(t)
+    return plan
 
 
 # --- rewriting pointers ------------------------------------------------------------------
@@ -474,29 +605,75 @@ def _copy_tree(
 
 
 # --- recovery of interrupted merges --------------------------------------------------------
-def _journal_ids(stage: Path) -> list[int]:
+def _journal(stage: Path, name: str) -> dict:
     try:
-        with open(stage / JOURNAL, encoding="utf-8") as f:
-            return [int(i) for i in json.load(f)["target_ids"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        with open(stage / name, encoding="utf-8") as f:
+            value = json.load(f)
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _ids(value: Any) -> list[int]:
+    try:
+        return [int(i) for i in value or ()]
+    except (TypeError, ValueError):
         return []
 
 
+def _committed_token(project_path: Path) -> str | None:
+    """The staging folder name of the last merge committed into the index (None: none,
+    or the index cannot be read)."""
+    try:
+        with sf.open_h5(Path(project_path) / "project.h5", "project index") as f:
+            return sf._as_str(f.attrs[TOKEN_ATTR]) if TOKEN_ATTR in f.attrs else None
+    except (OSError, StoreError):
+        return None
+
+
 def recover_locked(project_path: Path, indexed_ids: Iterable[int]) -> list[int]:
-    """Move run folders that an interrupted merge renamed into ``runs/`` but never
-    committed (their ids are not in the index) back into its staging folder, so that no
-    new run adopts them. Call it holding the project's index lock; returns the ids moved."""
+    """Undo the folder renames of interrupted merges whose index commit never happened:
+    run folders renamed into ``runs/`` for ids the index does not list go back to their
+    staging folder (so that no new run adopts them), and runs taken over get their
+    TARGET folder back from ``old-NNNNNN`` (SOURCE's goes back to staging). A merge whose
+    commit happened (the index names its staging folder) is left alone: what its staging
+    folder holds is garbage. Call it holding the project's index lock; returns the ids
+    whose folders moved."""
     root = Path(project_path) / MERGE_DIR
     indexed = {int(i) for i in indexed_ids}
     moved = []
-    with contextlib.suppress(FileNotFoundError):
-        for stage in sorted(p for p in root.iterdir() if p.is_dir()):
-            for tid in _journal_ids(stage):
-                run = Path(project_path) / "runs" / f"{tid:06d}"
-                back = stage / f"{tid:06d}"
-                if tid in indexed or not os.path.lexists(run) or os.path.lexists(back):
-                    continue
-                os.rename(run, back)
+    try:
+        stages = sorted(p for p in root.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return moved
+    if not stages:
+        return moved
+    committed = _committed_token(project_path)
+    for stage in stages:
+        if stage.name == committed:
+            continue
+        for tid in _ids(_journal(stage, JOURNAL).get("target_ids")):
+            run = Path(project_path) / "runs" / f"{tid:06d}"
+            back = stage / f"{tid:06d}"
+            if tid in indexed or not os.path.lexists(run) or os.path.lexists(back):
+                continue
+            os.rename(run, back)
+            moved.append(tid)
+        commit = _journal(stage, COMMIT)  # absent: no folder of a taken-over run moved
+        for tid in _ids(commit.get("replaced")):
+            run = Path(project_path) / "runs" / f"{tid:06d}"
+            staged, old = stage / f"{tid:06d}", stage / f"{OLD}{tid:06d}"
+            if not os.path.lexists(old):
+                continue  # TARGET's folder was never set aside
+            if os.path.lexists(run):  # SOURCE's version was renamed in
+                os.rename(run, staged)
+            os.rename(old, run)
+            moved.append(tid)
+        for tid in _ids(commit.get("empty")):
+            run = Path(project_path) / "runs" / f"{tid:06d}"
+            staged = stage / f"{tid:06d}"
+            if os.path.lexists(run) and not os.path.lexists(staged):
+                os.rename(run, staged)
                 moved.append(tid)
     return moved
 
@@ -606,7 +783,7 @@ def merge(target, source, *, dry_run: bool = False) -> MergeReport:
         )
     attrs, _ = target._read_index()
     plan = _plan(_read_all(target, "TARGET"), int(attrs["next_run_id"]), source_runs, report)
-    if dry_run or not plan.new:
+    if dry_run or not (plan.new or plan.takeover):
         return report
     with _merge_lock(target):
         _recover(target)
@@ -630,13 +807,18 @@ def _stage(target, source, plan: _Plan, stage: Path) -> None:
 
     os.close(open_dir(stage, 3, create=True))  # .hpcem/merge/<token>: no link followed
     with open(stage / JOURNAL, "x", encoding="utf-8") as f:
-        json.dump({"source": str(source.path), "target_ids": sorted(plan.new)}, f)
+        journal = {
+            "source": str(source.path),
+            "target_ids": sorted(plan.new),
+            "taken_over": sorted(plan.takeover),
+        }
+        json.dump(journal, f)
         f.flush()
         if sf.FSYNC:
             os.fsync(f.fileno())
     mapping = {k: v for k, v in plan.id_map.items() if k != v}
     outputs = {r.id: set(r.output_types) for r in source.runs}
-    for tid, sid in sorted(plan.sources.items()):
+    for tid, sid in sorted(plan.copies.items()):
         src = source.path / "runs" / f"{sid:06d}"
         try:  # runs/ and runs/NNNNNN must be real folders: no link is followed
             sfd = open_dir(src, 2)
@@ -652,8 +834,9 @@ def _stage(target, source, plan: _Plan, stage: Path) -> None:
 
 
 def _commit(target, source_runs, plan: _Plan, stage: Path) -> None:
-    """Under TARGET's index lock: check nothing changed, rename the staged folders into
-    ``runs/``, commit the index once; a failure before the commit moves them back."""
+    """Under TARGET's index lock: check nothing changed, set the folders of the runs
+    taken over aside and rename the staged folders into ``runs/``, commit the index once
+    (naming this merge in it); a failure before the commit puts everything back."""
     from hpcem.store.index import RUN_COLUMNS, SUMMARY_COLUMNS
     from hpcem.store.project import _record_row
 
@@ -678,14 +861,33 @@ def _commit(target, source_runs, plan: _Plan, stage: Path) -> None:
                 f"TARGET has folder(s) {', '.join(f'runs/{t:06d}' for t in taken)} that no "
                 "run owns; nothing was merged: move them away and run it again"
             )
-        moved = []
+        replaced = [t for t in sorted(plan.takeover) if os.path.lexists(runs / f"{t:06d}")]
+        _write_json(
+            stage / COMMIT,
+            {"replaced": replaced, "empty": sorted(set(plan.takeover) - set(replaced))},
+        )
+        done: list[tuple[Path, Path]] = []  # renames made, in order
         try:
+            for tid in sorted(plan.takeover):
+                name = f"{tid:06d}"
+                if tid in replaced:
+                    _rename(runs / name, stage / f"{OLD}{name}")
+                    done.append((runs / name, stage / f"{OLD}{name}"))
+                if os.path.isdir(stage / name):
+                    _rename(stage / name, runs / name)
+                    done.append((stage / name, runs / name))
             for tid in sorted(plan.new):
                 if os.path.isdir(stage / f"{tid:06d}"):
                     _rename(stage / f"{tid:06d}", runs / f"{tid:06d}")
-                    moved.append(tid)
+                    done.append((stage / f"{tid:06d}", runs / f"{tid:06d}"))
             if sf.FSYNC:
                 sf.fsync_path(runs, directory=True)
+                sf.fsync_path(stage, directory=True)
+            for tid, rec in plan.takeover.items():
+                i = int(np.flatnonzero(cols["id"] == tid)[0])
+                row = _record_row(dataclasses.replace(rec, project_path=target.path))
+                for name, value in row.items():
+                    cols[name][i] = value
             rows = [
                 _record_row(dataclasses.replace(plan.new[t], project_path=target.path))
                 for t in sorted(plan.new)
@@ -694,10 +896,26 @@ def _commit(target, source_runs, plan: _Plan, stage: Path) -> None:
                 cols[name] = np.append(
                     cols[name], np.array([r[name] for r in rows], dtype=cols[name].dtype)
                 )
-            attrs["next_run_id"] = max(int(attrs["next_run_id"]), max(plan.new) + 1)
+            if plan.new:
+                attrs["next_run_id"] = max(int(attrs["next_run_id"]), max(plan.new) + 1)
+            attrs[TOKEN_ATTR] = stage.name  # how recovery tells a committed merge
             target._write_index(attrs, cols)
         except BaseException:
-            for tid in moved:
-                with contextlib.suppress(OSError):
-                    os.rename(runs / f"{tid:06d}", stage / f"{tid:06d}")
+            if _committed_token(target.path) != stage.name:
+                for a, b in reversed(done):
+                    with contextlib.suppress(OSError):
+                        os.rename(b, a)
             raise
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """A small JSON file written whole (temp file, fsync, rename) before it is used."""
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+        f.flush()
+        if sf.FSYNC:
+            os.fsync(f.fileno())
+    os.rename(tmp, path)
+    if sf.FSYNC:
+        sf.fsync_path(path.parent, directory=True)
