@@ -25,6 +25,7 @@ import numpy as np
 
 from hpcem.errors import DataFormatError, HpcemError, ItemRejected, ValidationError
 from hpcem.protocol import Citation, Input, Output, Param, Protocol, Step
+from hpcem.provenance.seeds import DEFAULT_SEED, MAX_SEED
 
 STEP_PREFIX = "extract/"
 #: CTF columns copied from ``ctfs`` to the particles (CTF column -> particle column).
@@ -84,6 +85,8 @@ def _options(p: dict) -> dict:
         "dust_sd": p["dust_sd"],
         "invert_contrast": p["invert_contrast"],
         "edge": p["edge"],
+        # runs made before the parameter existed have no seed: the default
+        "seed": int(p.get("seed", DEFAULT_SEED)),
     }
 
 
@@ -134,7 +137,7 @@ def _extract(image: np.ndarray, micrograph_id: int, pixel_size_A: float, xy, ctf
         dust_sd=options["dust_sd"],
         invert_contrast=options["invert_contrast"],
         edge=options["edge"],
-        seed=int(micrograph_id),
+        seed=(int(options.get("seed", DEFAULT_SEED)), int(micrograph_id)),
     )
 
 
@@ -422,6 +425,15 @@ class ExtractParticles(Protocol):
             help="Replace pixels further than this many background sd from the background "
             "mean, on either side, by gaussian noise of that mean and sd (RELION's "
             "--white_dust and --black_dust with one value; 0 = off, as RELION's default).",
+        ),
+        Param.int(
+            "seed",
+            DEFAULT_SEED,
+            min=0,
+            max=MAX_SEED,
+            expert=1,
+            help="Seed of the dust-removal noise (used when dust_sd > 0): each micrograph "
+            "draws from (seed, micrograph id), whatever the number of workers or the order.",
         ),
         Param.bool(
             "invert_contrast",

@@ -12,7 +12,9 @@ Refused at validation (one message each): a symmetry that is not C_n, D_n, T, O,
 particles without poses (every rot, tilt and psi 0: they were never aligned), without a
 CTF (defocus 0) unless ``ctf`` is off, with several pixel sizes or boxes in their optics
 groups, or whose stacks' images are not ``image_size_px`` square. Particles without a half
-set (0) are put into halves at random (seed 0), and the result says how many were.
+set (0) are put into halves at random: each particle's half is a function of the run's
+``seed`` and the particle's id only (:func:`hpcem.provenance.seeds.coin_flips`), so it does
+not depend on the order of the set; the result says how many were assigned.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from hpcem.errors import HpcemError, ValidationError
 from hpcem.protocol import MPI, Citation, Input, Output, Param, Protocol, Step
+from hpcem.provenance.seeds import DEFAULT_SEED, MAX_SEED
 
 PENCZEK_2004 = Citation(
     "Penczek2004",
@@ -50,7 +53,6 @@ DALCIN_2021 = Citation(
     "Engineering}, volume = {23}, pages = {47--54}, year = {2021}, "
     "doi = {10.1109/MCSE.2021.3083216}}",
 )
-HALF_SEED = 0
 _FIELDS = (
     "image",
     "image_index",
@@ -122,19 +124,32 @@ def particle_problems(particles, ctf: bool, check_stacks: bool = True) -> list[s
     return problems
 
 
-def prepare(ctx, table: str) -> dict:
-    """Controller step: write the particle table for the reconstruction step."""
+def assign_halves(ids: np.ndarray, half_set: np.ndarray, seed: int) -> np.ndarray:
+    """Half sets (1 or 2) of the particles: their own where it is 1 or 2, else a random
+    half drawn from (``seed``, particle id) — the same particle gets the same half in any
+    order and next to any other particles."""
+    from hpcem.provenance.seeds import coin_flips
+
+    halves = np.asarray(half_set, dtype=np.int64).copy()
+    missing = ~np.isin(halves, (1, 2))
+    if missing.any():
+        ids = np.asarray(ids, dtype=np.int64)[missing]
+        halves[missing] = 1 + coin_flips(seed, ids).astype(np.int64)
+    return halves
+
+
+def prepare(ctx, table: str, seed: int = 0) -> dict:
+    """Controller step: write the particle table for the reconstruction step (particles
+    without a half set are assigned one from ``seed``, see :func:`assign_halves`)."""
     from hpcem.reconstruct.mpi import write_table
 
     particles = ctx.input("particles")
-    cols = particles.read_columns(list(_FIELDS))
+    cols = particles.read_columns(["id", *_FIELDS])
     optics = particles.optics
     row_of = {int(g): i for i, g in enumerate(optics["optics_group"])}
     rows = np.asarray([row_of[int(g)] for g in cols["optics_group"]], dtype=np.intp)
-    halves = np.asarray(cols["half_set"], dtype=np.int64).copy()
-    missing = ~np.isin(halves, (1, 2))
-    rng = np.random.default_rng(HALF_SEED)
-    halves[missing] = rng.integers(1, 3, int(missing.sum()))
+    missing = ~np.isin(np.asarray(cols["half_set"]), (1, 2))
+    halves = assign_halves(cols["id"], cols["half_set"], seed)
     columns = {k: cols[k] for k in _FIELDS if k not in ("image", "half_set", "optics_group")}
     columns["stack"] = [ctx.relpath(ctx.path(str(s))) for s in cols["image"]]
     columns["half"] = halves
@@ -222,6 +237,14 @@ class ReconstructFourier(Protocol):
         ),
         Param.int("pad", 2, min=1, max=4, expert=1, help="Oversampling of the Fourier volume."),
         Param.int(
+            "seed",
+            DEFAULT_SEED,
+            min=0,
+            max=MAX_SEED,
+            help="Seed of the random half sets given to particles without one (half_set 0); "
+            "a particle's half depends only on the seed and its id.",
+        ),
+        Param.int(
             "ranks",
             1,
             min=1,
@@ -278,7 +301,8 @@ class ReconstructFourier(Protocol):
             Step(
                 "prepare",
                 "hpcem.protocols.reconstruct_fourier:prepare",
-                {"table": table},
+                # runs made before the parameter existed have no seed: the default
+                {"table": table, "seed": int(p.get("seed", DEFAULT_SEED))},
                 controller=True,
             ),
             Step(

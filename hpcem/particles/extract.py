@@ -407,15 +407,17 @@ def extract_particles(
     dust_sd: float = 0.0,
     invert_contrast: bool = True,
     edge: str = "drop",
-    seed: int = 0,
+    seed: int | tuple[int, ...] = 0,
 ) -> Extraction:
     """Extract the particles at ``xy`` (n, 2: x, y in pixels) from one micrograph.
 
-    ``rescaled_box_px`` = 0 keeps the box; ``ctf`` (see :func:`phase_flip`) turns phase
-    flipping on; ``bg_radius_px`` = 0 means :func:`default_bg_radius` of the final box;
-    ``dust_sd`` = 0 is no dust removal (random values from ``seed``); ``edge`` is
-    ``"drop"`` or ``"pad"``. Raises ValidationError when the box does not fit in the
-    micrograph at all or a parameter is out of range.
+        ``rescaled_box_px`` = 0 keeps the box; ``ctf`` (see :func:`phase_flip`) turns phase
+        flipping on; ``bg_radius_px`` = 0 means :func:`default_bg_radius` of the final box;
+        ``dust_sd`` = 0 is no dust removal (random values from ``numpy.random.default_rng(seed)``;
+    the protocol passes (run seed, micrograph id), so a micrograph's noise does not depend on
+    which worker extracts it or when); ``edge`` is
+        ``"drop"`` or ``"pad"``. Raises ValidationError when the box does not fit in the
+        micrograph at all or a parameter is out of range.
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
@@ -459,7 +461,7 @@ def extract_particles(
             invert_contrast,
         )
         stack = np.empty((len(c), out_box, out_box), dtype=np.float32)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed)
         for lo in range(0, len(c), FFT_CHUNK):
             part = slice(lo, lo + FFT_CHUNK)
             stack[part], n_dust = steps.run(image, c[part], padded[part], rng)

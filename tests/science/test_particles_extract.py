@@ -609,3 +609,53 @@ def test_step_reads_float_int_and_tiff_micrographs_alike(tmp_path, kind):
         counts.astype(np.float32), np.stack([coords["x"], coords["y"]], 1), 32, PIXEL_A
     )
     np.testing.assert_allclose(read_image(out), expected.stack, atol=1e-6)
+
+
+def test_dust_noise_comes_from_the_run_seed_and_the_micrograph_id(tmp_path):
+    """Dust is replaced by noise drawn from numpy.random.default_rng([run seed, micrograph
+    id]): the same seed and micrograph give the same stack file byte for byte, whoever
+    extracts it; another seed or another micrograph id changes only the dust pixels."""
+    from hpcem.protocols.particles_extract import extract_one
+
+    image = np.random.default_rng(9).normal(size=(128, 128)).astype(np.float32)
+    image[30, 30] = 80.0  # dust in the background of the first box
+    image[90, 100] = -80.0  # and of the second
+    path = write_mrc(tmp_path / "m.mrc", image, PIXEL_A)
+    coords = {"x": [40.0, 96.0], "y": [40.0, 96.0]}
+
+    def stack(name, micrograph_id, seed):
+        out = tmp_path / f"{name}.mrcs"
+        options = OPTIONS | {"dust_sd": 5.0, "seed": seed}
+        result = extract_one(str(path), micrograph_id, PIXEL_A, coords, None, options, str(out))
+        assert result["dust_pixels"] == 2
+        return out
+
+    a, again = stack("a", 7, 5), stack("again", 7, 5)
+    assert a.read_bytes() == again.read_bytes()
+    expected = ex.extract_particles(
+        image, np.stack([coords["x"], coords["y"]], 1), 32, PIXEL_A, dust_sd=5.0, seed=(5, 7)
+    )
+    np.testing.assert_array_equal(read_image(a), expected.stack)
+    for other in (stack("seed", 7, 6), stack("micrograph", 8, 5)):
+        differ = read_image(other) != read_image(a)
+        # the dust pixels differ (and, through the normalisation, so does the rest)
+        assert differ[0, 30 - 24, 30 - 24] and differ[1, 90 - 80, 100 - 80]
+
+
+def test_seed_is_a_recorded_parameter_carried_by_every_step(project, tmp_path):
+    from hpcem.protocols.particles_extract import ExtractParticles
+
+    from hpcem.execution import runs as lifecycle
+    from hpcem.protocol.context import RunContext
+
+    inputs, _, _ = _project_inputs(project, tmp_path)
+    run = lifecycle.create_run(
+        project, "particles.extract", {"box_size_px": 32, "dust_sd": 3.0, "seed": 42}, inputs
+    )
+    assert project.run(run.id).params["seed"] == 42
+    steps = ExtractParticles().steps(RunContext(project, run.id, run.params, run.inputs))
+    assert {s.args["options"]["seed"] for s in steps if not s.controller} == {42}
+    # a run stored before the parameter existed plans with the default seed
+    old = {k: v for k, v in run.params.items() if k != "seed"}
+    steps = ExtractParticles().steps(RunContext(project, run.id, old, run.inputs))
+    assert {s.args["options"]["seed"] for s in steps if not s.controller} == {0}
