@@ -21,9 +21,12 @@ def merge_cmd(target: str, source: str, dry_run: bool, as_json: bool) -> None:
 
     Runs present in both (same origin id) are kept once; new runs of SOURCE are added
     with their folders, output sets and lineage, renumbered when TARGET already uses
-    their ids. A run changed in both copies is a conflict: reported, TARGET's version
-    kept, and SOURCE's runs made from it are held back. All-or-nothing: TARGET is not
-    modified unless the whole merge succeeds. SOURCE is only read.
+    their ids. A run run again only in SOURCE since the copy is taken over (TARGET's
+    record, folder and outputs replaced by SOURCE's) unless TARGET still runs it, its
+    params differ, or a run only TARGET has uses its outputs. A run changed in both
+    copies is a conflict: reported, TARGET's version kept, and SOURCE's runs made from
+    it are held back. All-or-nothing: TARGET is not modified unless the whole merge
+    succeeds. SOURCE is only read.
 
     Refused (nothing changed) for unrelated projects, the same folder twice, a SOURCE
     with runs still active, and links where SOURCE keeps store files. Exit status 0

@@ -9,16 +9,22 @@ ids that TARGET already uses are renumbered (in order, from TARGET's next free i
 every pointer to them is rewritten: the ``inputs`` refs of runs, the lineage ``inputs``
 and ``run_id`` of set manifests, the ``files`` tables of sets (``runs/NNNNNN/...``), step
 arguments and results that name such paths or refs, relative symbolic links between run
-folders. A run changed on both sides (state, params, inputs, attempts or outputs differ)
-is a **conflict**: reported, left as TARGET has it, and the new runs of SOURCE that
-depend on it are held back (their lineage would be false in TARGET).
+folders. A run run again only in SOURCE since the copy (SOURCE's attempts extend
+TARGET's, same params and inputs, not active in TARGET, and no run of TARGET that SOURCE
+lacks uses its outputs) is **taken over**: TARGET's record, folder, sets and step log are
+replaced by SOURCE's. Any other run changed on both sides (state, params, inputs,
+attempts or outputs differ) is a **conflict**: reported, left as TARGET has it, and the
+new runs of SOURCE that depend on it are held back (their lineage would be false in
+TARGET).
 
-All-or-nothing: the new run folders are copied and rewritten under
+All-or-nothing: the run folders to add or take over are copied and rewritten under
 ``TARGET/.hpcem/merge/<token>/``, where no reader looks; then, under TARGET's index lock,
-they are renamed to ``runs/NNNNNN`` and the index is committed once (an atomic rename of
-``project.h5``). Until that commit TARGET's index is unchanged; folders renamed before a
-crash are not listed in it and are set aside by the next merge, or by ``create_run`` if it
-meets one (:func:`recover`). See docs/merge.md.
+the folders of runs taken over are set aside into the staging folder (``old-NNNNNN``),
+the staged ones renamed to ``runs/NNNNNN``, and the index is committed once (an atomic
+rename of ``project.h5`` that also names the token: ``merge_token``). Until that commit
+TARGET's index is unchanged; after a crash before it the next merge, :func:`recover` or a
+``create_run`` that meets a leftover folder puts every folder back; after it, the staging
+folder (with the old folders) is just removed. See docs/merge.md.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -262,3 +263,99 @@ def test_sigkill_after_the_index_commit_keeps_the_merge(continued):
     assert tree_digest(target.path / "runs/000002") == tree_digest(source.path / "runs/000002")
     assert len(target.open_set(2, "particles")) == 6
     assert merge(target.path, source.path).nothing_to_merge
+
+
+def runs_state(project_path) -> dict:
+    """``tree_digest`` of ``runs/``, with each set manifest as what it says (run id,
+    lineage, files table) rather than its bytes: a rewritten manifest records when it
+    was written, so two merges write different bytes."""
+    out = tree_digest(project_path / "runs")
+    for name in out:
+        if name.endswith("manifest.h5"):
+            m = read_manifest(project_path / "runs" / os.path.dirname(name))
+            out[name] = (m.run_id, list(m.inputs), list(m.files))
+    return out
+
+
+def _merge_child(target, source, started):
+    from hpcem.store.project import Project  # imported before the clock starts
+
+    Project.open(target)
+    started.set()
+    merge(target, source)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_of_a_takeover(continued, tmp_path):
+    target, source = continued
+    pristine = tmp_path / "pristine"
+    shutil.copytree(target.path, pristine, symlinks=True)
+    digest = tree_digest(pristine)
+    index = (pristine / "project.h5").read_bytes()
+    t0 = time.monotonic()
+    merge(target.path, source.path)
+    duration = time.monotonic() - t0
+    merged = runs_state(target.path)
+    rng = np.random.default_rng(17)
+    outcomes = []  # the deterministic tests above kill at each rename
+    for _ in range(12):
+        shutil.rmtree(target.path)
+        shutil.copytree(pristine, target.path, symlinks=True)
+        started = MP.Event()
+        child = MP.Process(target=_merge_child, args=(target.path, source.path, started))
+        child.start()
+        assert started.wait(20)
+        time.sleep(float(rng.uniform(0, 1.2 * duration)))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(60)
+        t = Project.open(target.path)
+        merge_mod.recover(t)
+        before = (target.path / "project.h5").read_bytes() == index
+        outcomes.append("before" if before else "after")
+        if before:
+            assert tree_digest(target.path) == digest  # wholly before
+        else:  # wholly after
+            assert runs_state(target.path) == merged
+            assert len(t.run(2).attempts) == 2 and len(t.open_set(2, "particles")) == 6
+        merge(target.path, source.path)  # either way the merge can be run (again)
+        assert runs_state(target.path) == merged
+        assert merge(target.path, source.path).nothing_to_merge
+    assert len(outcomes) == 12  # both outcomes are usually seen; the timing decides
+
+
+@pytest.mark.slow
+def test_real_ctf_run_launched_only_in_source_is_taken_over(tmp_path):
+    """Real runs: a CTF run created before the copy (never launched) is run in SOURCE
+    only; TARGET simulated another dataset meanwhile. The CTF run is taken over, its
+    fits are SOURCE's, and it runs again in TARGET to the same defocus values."""
+    from hpcem.execution import runs as lifecycle
+
+    def simulate(p: Project, seed: int) -> int:
+        params = {"kind": "micrographs", "n_items": 1, "size_px": 256, "pixel_size_A": 2.0}
+        run = lifecycle.create_run(p, "sim.dataset", {**params, "seed": seed})
+        lifecycle.launch(p, run.id, foreground=True)
+        assert p.run(run.id).state == "finished", p.run(run.id).error
+        return run.id
+
+    base = Project.create(tmp_path / "base")
+    simulate(base, 5)
+    ctf = lifecycle.create_run(base, "ctf.estimate", {}, inputs={"micrographs": ["1:micrographs"]})
+    shutil.copytree(base.path, tmp_path / "tgt", symlinks=True)
+    shutil.copytree(base.path, tmp_path / "src", symlinks=True)
+    target, source = Project.open(tmp_path / "tgt"), Project.open(tmp_path / "src")
+    simulate(target, 6)
+    lifecycle.launch(source, ctf.id, foreground=True)
+    assert source.run(ctf.id).state == "finished", source.run(ctf.id).error
+
+    report = merge(target.path, source.path)
+    assert [(t.source_id, t.target_id) for t in report.taken_over] == [(2, 2)]
+    assert not report.added and not report.conflicts
+    assert target.run(2).state == "finished" and target.run(2) == source.run(2)
+    fits = target.open_set(2, "ctfs")
+    theirs = source.open_set(2, "ctfs").columns["defocus_u"]
+    np.testing.assert_array_equal(fits.columns["defocus_u"], theirs)
+    assert target.open_set(3, "micrographs")  # TARGET's own run kept
+    lifecycle.restart_run(target, 2, foreground=True)
+    again = target.run(2)
+    assert again.state == "finished", again.error
+    np.testing.assert_allclose(target.open_set(2, "ctfs").columns["defocus_u"], theirs, rtol=1e-6)
