@@ -7,7 +7,8 @@ from the protocol's declared default, with their units — the compiled-kernel b
 and external programs (with the version they reported) its steps used, and the keys of
 the protocol's citations as ``[@key]`` (pandoc's citation syntax, so the text renders
 with the BibTeX file). It ends with the software versions. :func:`bibtex` gives every
-citation of those runs' protocols plus hpcem's own, each key once.
+citation of those runs' protocols plus hpcem's own, each key once. Versions are those the
+runs' attempts recorded when they began (this environment's for older attempts).
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def run_sentence(project, run, labels: dict[int, str]) -> str:
         cites = [c.key for c in protocol.citations]
     else:
         what, detail, version, cites = run.protocol, "", "?", []
+    # the version the run was launched with, when its attempt recorded it
+    version = _recorded(run).get("protocol_version") or version
     named = f" ({run.label})" if run.label and run.label != what else ""
     text = f"Run {run.id}{named}: {what} with `{run.protocol}` (protocol version {version})"
     if detail:
@@ -160,10 +163,35 @@ def run_sentence(project, run, labels: dict[int, str]) -> str:
     return text + "."
 
 
-def _software_sentence(project, runs: Sequence) -> str:
-    from hpcem.provenance.record import project_created_with, software_now
+def _recorded(run) -> dict:
+    """The software the run's latest attempt recorded when it began ({} when none)."""
+    attempt = run.attempt
+    software = getattr(attempt, "software", None) if attempt is not None else None
+    return software if isinstance(software, dict) else {}
 
-    sw = software_now()
+
+def _versions(runs: Sequence) -> dict:
+    """hpcem, Python and library versions the runs' latest attempts recorded (each a
+    '/'-joined set of versions, when runs differ); this environment's for runs without a
+    record (attempts made before hpcem recorded them)."""
+    from hpcem.provenance.record import software_now
+
+    recorded = [_recorded(r) for r in runs]
+    now = software_now() if not recorded or not all(recorded) else None
+    sources = [r for r in recorded if r] + ([now] if now else [])
+    out: dict = {"packages": {}}
+    for key in ("hpcem", "python"):
+        out[key] = "/".join(sorted({str(s.get(key)) for s in sources if s.get(key)})) or "?"
+    for name in ("numpy", "scipy", "h5py", "mrcfile"):
+        found = {str(s["packages"][name]) for s in sources if (s.get("packages") or {}).get(name)}
+        out["packages"][name] = "/".join(sorted(found))
+    return out
+
+
+def _software_sentence(project, runs: Sequence) -> str:
+    from hpcem.provenance.record import project_created_with
+
+    sw = _versions(runs)
     pk = sw["packages"]
     libs = ", ".join(f"{k} {pk[k]}" for k in ("numpy", "scipy", "h5py", "mrcfile") if pk.get(k))
     programs: dict[str, set[str]] = {}

@@ -9,8 +9,10 @@ now (the versions of hpcem, Python and the libraries installed here, and the ver
 each external program reports today), and the sizes and hashes of the run's input and
 output files (:mod:`hpcem.provenance.hashes`, cached in ``runs/<id>/provenance/``).
 
-Versions of the Python software are those of the environment the record is made in:
-the store does not keep them per attempt (see docs/provenance.md).
+Versions of the software come twice: per attempt, as recorded when the attempt began
+(``execution.attempts[].software``, :mod:`hpcem.provenance.software`; empty for attempts
+made before hpcem recorded it), and those of the environment the record is made in
+(``software``).
 """
 
 from __future__ import annotations
@@ -350,6 +352,20 @@ def provenance(project, run_id: int) -> dict:
     }
 
 
+def attempt_software_text(sw: dict) -> str:
+    """One line on the software an attempt recorded when it began."""
+    if not sw:
+        return "software at launch: not recorded (attempt made before hpcem recorded it)"
+    packages = ", ".join(f"{k} {v}" for k, v in (sw.get("packages") or {}).items() if v)
+    kernels = ", ".join(sw.get("kernels_compiled") or []) or "none (numpy references)"
+    return (
+        f"software at launch: hpcem {sw.get('hpcem', '?')}, protocol version "
+        f"{sw.get('protocol_version') or '?'}, Python {sw.get('python', '?')}"
+        + (f", {packages}" if packages else "")
+        + f"; compiled kernels: {kernels}; host {sw.get('host', '?')} ({sw.get('platform', '?')})"
+    )
+
+
 def format_text(record: dict) -> str:
     """The record as a few readable lines (what ``hpcem provenance`` prints)."""
     r, sw, ex = record["run"], record["software"], record["execution"]
@@ -385,6 +401,7 @@ def format_text(record: dict) -> str:
             + (f", job {a['job_id']}" if a["job_id"] else "")
             + (f": {a['outcome']}" if a["outcome"] else "")
         )
+        lines.append("  " + attempt_software_text(a.get("software") or {}))
     states = Counter(s["state"] for s in record["steps"])
     lines.append(
         f"steps: {len(record['steps'])} ("

@@ -422,7 +422,13 @@ class Project:
         The new attempt's number is the new lease: a controller of an older attempt is
         fenced off from then on. ``reset`` also clears outputs and progress (restart).
         Taken under the run's steps lock too, so no fenced write can land after it.
+        The attempt records the software of this process (``software``, found before the
+        locks are taken: :func:`hpcem.provenance.software.attempt_software`).
         """
+        if "software" not in attempt_fields:
+            from hpcem.provenance.software import attempt_software
+
+            attempt_fields["software"] = attempt_software(self.run(run_id).protocol)
 
         def change(rec: RunRecord) -> RunRecord:
             _check_lease(rec, from_states, None)

@@ -122,17 +122,19 @@ class Attempt:
     outcome: str = ""
     outcome_reason: str = ""
     provisional: bool = False
+    software: dict = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_json(cls, d: dict) -> Attempt:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(
-            **{
-                k: (math.nan if v is None and k in _TIME_FIELDS else v)
-                for k, v in d.items()
-                if k in known
-            }
-        )
+        fields = {
+            k: (math.nan if v is None and k in _TIME_FIELDS else v)
+            for k, v in d.items()
+            if k in known
+        }
+        if not isinstance(fields.get("software", {}), dict):
+            fields["software"] = {}
+        return cls(**fields)
 
     def to_json(self) -> dict:
         return {

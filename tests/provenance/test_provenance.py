@@ -228,3 +228,64 @@ def test_a_run_never_launched_has_a_record_without_attempts_or_files(project):
     assert rec["seeds"]["params"] == {"seed": 11}
     assert "run 1 'Simulate a dataset': sim.dataset" in format_text(rec)
     json.dumps(rec, allow_nan=False)  # strict JSON: no NaN times
+
+
+# --- software recorded per attempt -----------------------------------------------------------
+def _built_kernels() -> list[str]:
+    """Compiled kernels of this installation, from the files (the outside view)."""
+    import importlib.machinery
+    from pathlib import Path
+
+    import hpcem.kernels
+
+    names = set()
+    suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
+    for f in Path(hpcem.kernels.__file__).parent.iterdir():
+        suffix = next((s for s in suffixes if f.name.endswith(s)), None)
+        if suffix:  # the longest: "NAME.cpython-311-x86_64-linux-gnu.so" is NAME
+            names.add(f.name[: -len(suffix)])
+    return sorted(names)
+
+
+@pytest.mark.slow
+def test_each_attempt_records_the_software_it_was_launched_with(workflow):
+    from hpcem.protocol.registry import get_protocol
+
+    rec = provenance(workflow["project"], workflow["ctf"].id)
+    (a,) = rec["execution"]["attempts"]
+    sw = a["software"]
+    assert sw["hpcem"] == importlib.metadata.version("hpcem")
+    assert sw["protocol_version"] == get_protocol("ctf.estimate").version
+    assert sw["python"] == "{}.{}.{}".format(*sys.version_info[:3])
+    for name in ("numpy", "scipy", "h5py", "mrcfile"):
+        assert sw["packages"][name] == importlib.metadata.version(name)
+    assert sw["kernels_compiled"] == _built_kernels()
+    assert sw["host"] == socket.gethostname() == a["launcher_host"]
+    assert f"software at launch: hpcem {sw['hpcem']}, protocol version" in format_text(rec)
+
+
+def test_begin_attempt_records_software_and_old_attempts_still_load(project):
+    """A new attempt carries its software in the stored record; an attempt stored before
+    the field existed (no "software" key) loads with an empty one and is shown as such."""
+    from hpcem.store import record as store_record
+
+    run = project.create_run("ctf.estimate", "x")
+    project.begin_attempt(run.id, ("saved",))
+    again = type(project).open(project.path).run(run.id)  # read back from the index
+    sw = again.attempt.software
+    assert sw["hpcem"] == importlib.metadata.version("hpcem")
+    assert sw["packages"]["numpy"] == importlib.metadata.version("numpy")
+    assert sw["kernels_compiled"] == _built_kernels()
+    # the record of an older hpcem: the same JSON without the field
+    stored = store_record.to_json(again)
+    for a in stored["attempts"]:
+        del a["software"]
+    old = store_record.parts_from_json(json.loads(json.dumps(stored)))
+    assert old["attempts"][0].software == {}
+    assert old["attempts"][0].launcher_host == again.attempt.launcher_host
+    rec = provenance(project, run.id)
+    assert rec["execution"]["attempts"][0]["software"] == sw
+    from hpcem.provenance.record import attempt_software_text
+
+    shown = attempt_software_text({})
+    assert shown.endswith("not recorded (attempt made before hpcem recorded it)")
