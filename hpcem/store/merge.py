@@ -706,6 +706,21 @@ def _recover(project) -> list[str]:
     return removed
 
 
+def pending(project_path: str | os.PathLike) -> bool:
+    """Whether a merge staging folder exists in the project (one merge running, or one
+    interrupted): one ``scandir`` of ``.hpcem/merge``, cheap enough for every commit to
+    ask before calling :func:`recover_locked`."""
+    try:
+        with os.scandir(Path(project_path) / MERGE_DIR) as it:
+            return any(True for _ in it)
+    except FileNotFoundError:
+        return False
+
+
+def _leftovers(project) -> bool:
+    return pending(project.path)
+
+
 def _merge_lock(project):
     return project._lock("merge", f"a merge into project {project.path}").acquire(0)
 
@@ -787,6 +802,9 @@ def merge(target, source, *, dry_run: bool = False) -> MergeReport:
             f"cannot merge: SOURCE {source.path} has runs still active: {', '.join(active)}; "
             "wait for them to end (or stop them) first"
         )
+    if not dry_run and _leftovers(target):  # an interrupted merge: undo or finish it
+        with _merge_lock(target):
+            _recover(target)
     attrs, _ = target._read_index()
     plan = _plan(_read_all(target, "TARGET"), int(attrs["next_run_id"]), source_runs, report)
     if dry_run or not (plan.new or plan.takeover):
