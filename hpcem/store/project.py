@@ -344,12 +344,7 @@ class Project:
         with self._index_lock():
             attrs, cols = self._read_index(fresh=True)
             run_id = attrs["next_run_id"]
-            if os.path.lexists(self.path / "runs" / f"{int(run_id):06d}"):
-                # a folder no run owns: one a merge renamed into place and never
-                # committed (killed) goes back to the merge's staging folder
-                from hpcem.store.merge import recover_locked
-
-                recover_locked(self.path, cols["id"].tolist())
+            self._recover_merge(cols)
             rec = RunRecord(
                 id=run_id,
                 protocol=protocol,
@@ -371,12 +366,22 @@ class Project:
             self._write_index(attrs, cols)
         return rec
 
+    def _recover_merge(self, cols) -> None:
+        """Under the index lock, before a commit: undo a merge killed in the middle of its
+        own commit (run folders renamed into place or aside, index not yet written), so no
+        run is created or changed on a folder the index does not describe."""
+        from hpcem.store.merge import pending, recover_locked
+
+        if pending(self.path):
+            recover_locked(self.path, cols["id"].tolist())
+
     # --- atomic changes of one run (each one commit under the index lock) ---
     def _mutate(self, run_id: int, change: Callable[[RunRecord], RunRecord]) -> RunRecord:
         """Read the run under the index lock, apply ``change``, commit. ``change`` may
         raise to refuse (nothing is written); it must not do I/O."""
         with self._index_lock():
             attrs, cols = self._read_index(fresh=True)
+            self._recover_merge(cols)
             i = self._row(cols, run_id)
             old = self._record(cols, i)
             new = change(old)
