@@ -39,6 +39,7 @@ particles at random in-plane angles (from ``seed``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -49,6 +50,21 @@ from hpcem.errors import ValidationError
 
 #: The run has converged when fewer than this fraction of particles changed class.
 CONVERGED_FRACTION = 0.01
+#: The coarse stage of the two-stage search: Fourier crop (fraction of ``align_box_px``),
+#: every how many angles of the fine grid, and how many classes per particle (each at
+#: its best coarse angle) go on to the fine stage. Measured on the benchmark's 2,000
+#: particles (96 px, K = 10, SNR 0.1, 10 iterations, one core): purity 0.990 and
+#: class-average correlation 0.973 in 15.5 CPU s, against 0.991 and 0.973 in 39.7 CPU s
+#: for the exhaustive search; with 3 candidates instead of 10, purity fell to 0.96 on
+#: 500 of those particles (0.99 exhaustive).
+COARSE_BOX_FRACTION = 2 / 3
+COARSE_ANGLE_FACTOR = 2
+CANDIDATES = 10
+#: ... but the coarse crop is never under this box, nor its angular step over this: on
+#: 60 particles of 32 px searched at 10° (coarse 20° on a 22 px crop), one particle in
+#: 60 went to a wrong class that the exhaustive search got right.
+COARSE_MIN_BOX_PX = 32
+COARSE_MAX_STEP_DEG = 10.0
 #: Default smallest class, as a fraction of the mean class size (n / K): a smaller class
 #: is re-seeded from the largest one.
 MIN_CLASS_FRACTION = 0.5
@@ -146,28 +162,34 @@ def class_sums(
     """Wiener numerator and denominator of each class from these particles, packed in one
     float64 array (2, K, N, N) for a single reduction: ``[0]`` the real-space sum of
     ``FT⁻¹(CTF·X)`` shifted by −shift and rotated by −psi, ``[1]`` the sum of CTF²
-    (centred Fourier layout) rotated by −psi. Uses the compiled ``rotate_add`` of
-    ``hpcem.kernels.align2d`` when built (no temporaries), else :func:`rotate_images`."""
+    (centred Fourier layout) rotated by −psi. Uses the compiled ``rotate_add_pairs`` of
+    ``hpcem.kernels.align2d`` when built (no temporaries, no Python per particle), else
+    :func:`rotate_images`."""
     from hpcem.kernels import load
 
-    kernel = load("align2d")  # rotate_add; None: the numpy reference below
+    kernel = load("align2d")  # rotate_add_pairs; None: the numpy reference below
     n, box, _ = images.shape
     sums = np.zeros((2, n_classes, box, box), np.float64)
-    ky = np.fft.fftfreq(box)[:, None]
-    kx = np.fft.rfftfreq(box)[None, :]
+    ky = np.fft.fftfreq(box).astype(np.float32)
+    kx = np.fft.rfftfreq(box).astype(np.float32)
     for start in range(0, n, 64):
         stop = min(n, start + 64)
         ft = scipy.fft.rfft2(images[start:stop], workers=-1) * ctf_half[start:stop]
-        d = shifts_px[start:stop]
-        # particle centre at box centre + d: move it back by -d
-        ft *= np.exp(2j * np.pi * (d[:, 0, None, None] * kx + d[:, 1, None, None] * ky))
-        centred = scipy.fft.irfft2(ft, s=(box, box), workers=-1)
-        angles = -psi_deg[start:stop]
+        d = shifts_px[start:stop].astype(np.float32)
+        # particle centre at box centre + d: move it back by -d (the ramp is separable)
+        ft *= np.exp(2j * np.pi * d[:, 0, None, None] * kx[None, None, :]).astype(np.complex64)
+        ft *= np.exp(2j * np.pi * d[:, 1, None, None] * ky[None, :, None]).astype(np.complex64)
+        centred = scipy.fft.irfft2(ft, s=(box, box), workers=-1).astype(np.float32)
+        angles = -np.asarray(psi_deg[start:stop], dtype=np.float64)
         weights = ctf_centred[start:stop] ** 2
         if kernel is not None:
-            for j, k in enumerate(classes[start:stop]):
-                kernel.rotate_add(sums[0, k], np.ascontiguousarray(centred[j]), angles[j])
-                kernel.rotate_add(sums[1, k], weights[j], angles[j])
+            kernel.rotate_add_pairs(
+                sums,
+                np.ascontiguousarray(centred),
+                np.ascontiguousarray(weights, dtype=np.float32),
+                np.ascontiguousarray(classes[start:stop], dtype=np.intp),
+                np.ascontiguousarray(angles),
+            )
             continue
         back = align2d.rotate_images(centred, angles)
         turned = align2d.rotate_images(weights, angles)
@@ -267,6 +289,8 @@ def classify(
     min_class_size: int = 0,
     comm=None,
     on_iteration: Callable[[int, np.ndarray, dict], None] | None = None,
+    two_stage: bool = True,
+    stop_when_converged: bool = True,
 ) -> dict:
     """Classify the particles of this rank (global rows ``offset .. offset+len(images)``
     of ``n_total``) into ``n_classes`` classes together with the other ranks of ``comm``
@@ -275,13 +299,30 @@ def classify(
     ``images`` (n, N, N) with the particle centred at pixel N//2; ``ctf`` a dict of
     per-particle arrays (defocus_u, defocus_v, defocus_angle, phase_shift, voltage_kV,
     cs_mm, amplitude_contrast) for CTF correction, or None. ``on_iteration(i, averages,
-    info)`` is called on every rank after each iteration.
+    info)`` is called on every rank after each iteration. ``two_stage``: the
+    coarse-to-fine search (:func:`hpcem.classify.align2d.search_two_stage`, on a crop of
+    :data:`COARSE_BOX_FRACTION` of ``align_box_px`` at every
+    :data:`COARSE_ANGLE_FACTOR`-th angle, then :data:`CANDIDATES` candidates refined);
+    False: every class at every angle and shift on the full search crop.
+    ``stop_when_converged`` False runs all ``iterations`` (benchmarks).
 
     Returns, the same on every rank, ``{"class" (n_total,) 0-based, "psi_deg",
     "shift_px" (n_total, 2) as (dx, dy) = particle centre − box centre, "score",
     "averages" (K, N, N), "sizes", "history": [{"iteration", "changed_fraction",
-    "reseeded", "sizes"}], "converged": bool, "iterations_run"}``.
+    "reseeded", "sizes"}], "converged": bool, "iterations_run", "cpu_s": this rank's CPU
+    seconds in ``setup`` (normalising, CTFs, transforms), ``references`` (rotated banks),
+    ``search``, ``m_step`` (sums, reduction, averages, centring)}``.
     """
+    clock = time.process_time
+    cpu_s = {"setup_s": 0.0, "references_s": 0.0, "search_s": 0.0, "m_step_s": 0.0}
+    tick = clock()
+
+    def lap(key: str) -> None:
+        nonlocal tick
+        now = clock()
+        cpu_s[key] += now - tick
+        tick = now
+
     comm = comm or SerialComm()
     n_local, box, _ = images.shape
     min_class_size = min_class_size or max(3, int(MIN_CLASS_FRACTION * n_total / n_classes))
@@ -293,13 +334,27 @@ def classify(
     mask = align2d.soft_mask(box, mask_diameter_px)
     images = normalise(images, mask)
     ctf_half, ctf_centred = particle_ctfs(ctf, n_local, box, pixel_size_A)
-    particles_ft = align2d.crop_rfft(
-        scipy.fft.rfft2(images * mask, workers=-1) * ctf_half, align_px
-    ).astype(np.complex64)
+    full_ft = scipy.fft.rfft2(images * mask, workers=-1) * ctf_half
+    particles_ft = align2d.crop_rfft(full_ft, align_px).astype(np.complex64)
     ctf2 = (align2d.crop_rfft(ctf_half, align_px) ** 2).reshape(n_local, -1)
     angles = align2d.angle_grid(angle_step_deg)
     step = 360.0 / len(angles)
     max_shift_align = max(1, int(np.ceil(max_shift_px / scale)))
+    coarse_px = min(
+        align_px, 2 * max(COARSE_MIN_BOX_PX // 2, round(COARSE_BOX_FRACTION * align_px / 2))
+    )
+    factor = COARSE_ANGLE_FACTOR
+    if len(angles) % factor or factor * step > COARSE_MAX_STEP_DEG:
+        factor = 1
+    two_stage = two_stage and (coarse_px < align_px or factor > 1)
+    if two_stage:
+        coarse_ft = align2d.crop_rfft(full_ft, coarse_px).astype(np.complex64)
+        coarse_ctf2 = (align2d.crop_rfft(ctf_half, coarse_px) ** 2).reshape(n_local, -1)
+        coarse_shift = max(1, int(np.ceil(max_shift_px * coarse_px / box)))
+        coarse_rows = (
+            np.arange(n_classes)[:, None] * len(angles) + np.arange(0, len(angles), factor)
+        ).ravel()
+    del full_ft
 
     rng = np.random.default_rng(seed)
     classes = rng.integers(0, n_classes, n_total)
@@ -330,14 +385,33 @@ def classify(
         shifts[:, 1] += -s * off[:, 0] + c * off[:, 1]
         return shift_images(references, -offsets) * mask, shift_images(averages, -offsets) * mask
 
+    lap("setup_s")
     references, averages, sizes = m_step()
+    lap("m_step_s")
     history = []
     converged = False
     iteration = 0
     for iteration in range(1, iterations + 1):
-        bank, power = align2d.reference_bank(references, angles, mask, align_px)
-        found = align2d.align_particles(particles_ft, ctf2, bank, power, max_shift_align)
-        cls, ang = align2d.refine_angle(found["scores"], found["index"], len(angles), step)
+        rotated = align2d.rotated_references_ft(references, angles, mask)
+        bank, power = align2d.bank_from_ft(rotated, align_px)
+        if two_stage:
+            coarse_bank = align2d.bank_from_ft(rotated[coarse_rows], coarse_px)
+            lap("references_s")
+            found = align2d.search_two_stage(
+                (coarse_ft, coarse_ctf2, *coarse_bank, coarse_shift),
+                (particles_ft, ctf2, bank, power, max_shift_align),
+                len(angles),
+                step,
+                factor,
+                CANDIDATES,
+            )
+            cls, ang = found["class"], found["psi_deg"]
+        else:
+            lap("references_s")
+            found = align2d.align_particles(particles_ft, ctf2, bank, power, max_shift_align)
+            cls, ang = align2d.refine_angle(found["scores"], found["index"], len(angles), step)
+        del rotated
+        lap("search_s")
         parts = comm.allgather((cls, ang, found["shift"] * scale, found["score"]))
         new_classes = np.concatenate([p[0] for p in parts])
         changed = float(np.mean(new_classes != classes))
@@ -347,6 +421,7 @@ def classify(
         classes, reseeded = reseed_empty(new_classes, scores, n_classes, min_class_size)
         references, averages, sizes = m_step()
         references, averages = centre(references, averages)
+        lap("m_step_s")
         info = {
             "iteration": iteration,
             "changed_fraction": changed,
@@ -356,9 +431,11 @@ def classify(
         history.append(info)
         if on_iteration is not None:
             on_iteration(iteration, averages, info)
-        if iteration > 1 and changed < CONVERGED_FRACTION and not reseeded:
+        done = iteration > 1 and changed < CONVERGED_FRACTION and not reseeded
+        if done and stop_when_converged:
             converged = True
             break
+        converged = done
     return {
         "class": classes,
         "psi_deg": psi,
@@ -369,4 +446,5 @@ def classify(
         "history": history,
         "converged": converged,
         "iterations_run": iteration,
+        "cpu_s": {k: round(v, 3) for k, v in cpu_s.items()},
     }

@@ -183,6 +183,83 @@ def test_compiled_rotate_add_matches_the_numpy_reference():
         np.testing.assert_allclose(mine, rotate_images(image, angle)[inside], atol=1e-5)
 
 
+def test_compiled_pair_and_stack_rotations_match_the_numpy_reference():
+    """``rotate_add_pairs`` (the M-step: two images per particle into their class) and
+    ``rotate_stack`` (the rotated references) against :func:`rotate_images` inside the
+    inscribed circle."""
+    from hpcem.classify.align2d import rotate_images
+    from hpcem.kernels import load
+
+    kernel = load("align2d")
+    if kernel is None:
+        pytest.skip("hpcem.kernels.align2d is not built")
+    rng = np.random.default_rng(6)
+    images = rng.normal(size=(5, 40, 40)).astype(np.float32)
+    weights = rng.uniform(0, 1, size=(5, 40, 40)).astype(np.float32)
+    classes = np.array([0, 2, 0, 1, 2], dtype=np.intp)
+    angles = np.array([0.0, 33.3, -117.0, 271.5, 359.9])
+    y, x = np.mgrid[0:40, 0:40] - 20
+    inside = np.hypot(x, y) < 19
+    sums = np.full((2, 3, 40, 40), 1.5)
+    kernel.rotate_add_pairs(sums, images, weights, classes, angles)
+    expected = np.full((2, 3, 40, 40), 1.5)
+    for j, k in enumerate(classes):
+        expected[0, k] += rotate_images(images[j], angles[j])
+        expected[1, k] += rotate_images(weights[j], angles[j])
+    np.testing.assert_allclose(sums[..., inside], expected[..., inside], atol=1e-5)
+    stack = np.empty((5, 40, 40), np.float32)
+    kernel.rotate_stack(stack, images[0], angles)
+    reference = rotate_images(np.repeat(images[:1], 5, axis=0), angles)
+    np.testing.assert_allclose(stack[:, inside], reference[:, inside], atol=1e-5)
+    with pytest.raises(ValueError, match="class 3 outside 0..2"):
+        kernel.rotate_add_pairs(sums, images, weights, classes + 1, angles)
+
+
+def test_two_stage_search_finds_what_the_exhaustive_search_finds():
+    """Clean projections of 3 views at known psi and shift: the coarse-to-fine search
+    (10° on a 32 px crop, then 5° at 48 px) finds the class, psi (to 1.5°: a parabola
+    through 5° steps) and shift (to 0.3 px) of the truth, and what the exhaustive search
+    finds."""
+    from hpcem.classify import align2d
+    from hpcem.sim.volume import load_volume
+
+    projector = load_volume(None, PIXEL_A, BOX).projector()
+    views = np.array([[10.0, 80.0, 0.0], [100.0, 30.0, 0.0], [200.0, 120.0, 0.0]])
+    references = projector.project(views)
+    rng = np.random.default_rng(8)
+    truth = np.arange(12) % 3
+    psi = rng.uniform(0, 360, 12)
+    shifts = rng.uniform(-2.5, 2.5, (12, 2))
+    poses = views[truth].copy()
+    poses[:, 2] = psi
+    particles = scipy.fft.irfft2(projector.project_ft(poses, shifts), s=(BOX, BOX))
+    mask = align2d.soft_mask(BOX, 44)
+    angles = align2d.angle_grid(5.0)
+    rotated = align2d.rotated_references_ft(references, angles, mask)
+    bank, power = align2d.bank_from_ft(rotated, BOX)
+    coarse_bank, coarse_power = align2d.bank_from_ft(
+        rotated.reshape(3, 72, BOX, -1)[:, ::2].reshape(108, BOX, -1), 32
+    )
+    ft = scipy.fft.rfft2(particles * mask)
+    ctf2 = np.ones((12, ft[0].size))
+    coarse_ft = align2d.crop_rfft(ft, 32)
+    found = align2d.search_two_stage(
+        (coarse_ft, np.ones((12, coarse_ft[0].size)), coarse_bank, coarse_power, 3),
+        (ft, ctf2, bank, power, 4),
+        72,
+        5.0,
+        2,
+    )
+    full = align2d.align_particles(ft, ctf2, bank, power, 4)
+    cls, full_psi = align2d.refine_angle(full["scores"], full["index"], 72, 5.0)
+    np.testing.assert_array_equal(found["class"], truth)
+    np.testing.assert_array_equal(cls, truth)
+    assert np.abs((found["psi_deg"] - psi + 180) % 360 - 180).max() < 1.5  # parabola at 5°
+    assert np.abs((found["psi_deg"] - full_psi + 180) % 360 - 180).max() < 0.05
+    np.testing.assert_allclose(found["shift"], shifts, atol=0.3)
+    np.testing.assert_allclose(found["shift"], full["shift"], atol=0.05)
+
+
 # --- accuracy against ground truth -------------------------------------------------------------
 
 
