@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpcem.errors import DataFormatError, RunError, ValidationError
+from hpcem.errors import DataFormatError, HpcemError, RunError, ValidationError
 from hpcem.workflow import placeholders as ph
 from hpcem.workflow.template import FORMAT, SCHEMA_VERSION
 
@@ -367,11 +367,14 @@ def instantiate(
 ) -> dict[str, int]:
     """Create the workflow's runs in ``project``; returns template key -> new run id.
 
-    Runs that read only existing runs are validated in full first (all problems in one
-    error, nothing created). With ``run`` each run is created with the full validation of
+    Before anything is created, every run is validated (all problems in one error,
+    nothing created): runs that read only existing runs in full, runs that read runs of
+    the template in everything that does not need those inputs (:func:`_before_inputs`:
+    parameter types, ranges and choices, inputs from the project, and the protocol's own
+    checks). With ``run`` each run is then created with the full validation of
     :func:`hpcem.execution.runs.create_run`, launched and waited for before the next one
     (its inputs then exist). Without it, runs reading runs of the template are stored
-    with their parameters checked by type and range; launch them in order.
+    after those checks; launch them in order.
     """
     from hpcem.execution import runs as lifecycle
     from hpcem.protocol.context import RunContext
@@ -387,6 +390,7 @@ def instantiate(
     problems = []
     for p in workflow.runs:
         if any(r.startswith("@") for refs in p.inputs.values() for r in refs):
+            problems += [f"run {p.key}: {x}" for x in _before_inputs(project, p, placement(p))]
             continue
         try:
             validate_request(
@@ -434,6 +438,68 @@ def instantiate(
                     f"{project.run(rec.id).error}; the runs after it were not created"
                 )
     return ids
+
+
+#: The text of the error a run's input made by a run of the template gives while that
+#: run does not exist; problems naming it are not problems of the template.
+NOT_MADE_YET = "is made by a run of the template that is not created yet"
+
+
+class _NotMadeYet(RunError):
+    """An input made by a run of the template was opened before that run exists."""
+
+
+def _template_context(project, params: dict, inputs: dict, site):
+    """A run context whose inputs from runs of the template (``@KEY:OUTPUT``) cannot be
+    opened yet (:class:`_NotMadeYet`), while inputs from the project can."""
+    from hpcem.protocol.context import RunContext
+
+    class TemplateContext(RunContext):
+        def _open(self, ref: str):
+            if ref.startswith("@"):
+                raise _NotMadeYet(f"input {ref} {NOT_MADE_YET}")
+            return super()._open(ref)
+
+    return TemplateContext(project, None, params, inputs, site=site)
+
+
+def _before_inputs(project, planned: PlannedRun, placement: dict) -> list[str]:
+    """Every problem of a run that reads runs of the template that can be found before
+    those runs exist: parameter types, ranges and choices (:func:`convert_params`),
+    inputs from the project (resolved as by ``create_run``), and the protocol's own
+    ``validate`` with the template's inputs not openable (checks that need them are
+    skipped, see :data:`NOT_MADE_YET`). The plan itself is checked when the run is
+    created."""
+    from hpcem.protocol.registry import get_protocol
+    from hpcem.protocol.validate import convert_params, resolve_inputs, resolve_paths
+
+    protocol = get_protocol(planned.protocol)
+    untyped: set[str] = set()
+    values, problems = convert_params(protocol, _concrete(project, planned), untyped)
+    values = resolve_paths(protocol, values, project)
+    outside = {n: [r for r in refs if not r.startswith("@")] for n, refs in planned.inputs.items()}
+    inside = {n: [r for r in refs if r.startswith("@")] for n, refs in planned.inputs.items()}
+    resolved, found = resolve_inputs(protocol, {k: v for k, v in outside.items() if v}, project)
+    # an input given by a run of the template is not missing (check() saw it is there)
+    given = [f"input '{n}' is required" for n, refs in inside.items() if refs]
+    found = [x for x in found if not any(g in x for g in given)]
+    problems += found
+    missing = any(
+        p.required and values[p.name] is None for p in protocol.params if p.applies(values)
+    )
+    if untyped or missing or found:
+        return problems
+    inputs = {n: resolved.get(n, []) + inside.get(n, []) for n in planned.inputs}
+    ctx = _template_context(project, values, inputs, placement.get("site"))
+    try:
+        own = list(protocol().validate(ctx))
+    except _NotMadeYet:
+        own = []  # its remaining checks need the template's inputs: at creation
+    except HpcemError as exc:
+        own = [str(exc)]
+    except (KeyError, ValueError, TypeError, IndexError, OSError, ArithmeticError) as exc:
+        own = [f"cannot check the run: {type(exc).__name__}: {exc}"]
+    return problems + [x for x in own if NOT_MADE_YET not in x]
 
 
 def wait_for(project, run_id: int, poll_s: float = 0.2) -> str:

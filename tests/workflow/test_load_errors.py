@@ -143,3 +143,74 @@ def test_placeholders_set_and_text_substitution(project):
     wf = check(doc, {"folder": "data", "px": "0.8"}, project)
     assert wf.runs[0].params["pixel_size_A"] == "0.8"  # converted by the protocol's type
     json.dumps(doc)  # still plain data
+
+
+def _downstream(box=128, rescaled=64, symmetry="C1"):
+    """import -> DoG picking -> extraction -> (reconstruction, 2D classification): runs
+    that read runs of the template, whose inputs do not exist at import."""
+    return _doc(
+        [
+            _imp("imp", files="raw/*.mrc"),
+            {
+                "key": "pick",
+                "protocol": "picking.dog",
+                "params": {"diameter_A": 40.0},
+                "inputs": {"micrographs": "@imp:micrographs"},
+            },
+            {
+                "key": "ext",
+                "protocol": "particles.extract",
+                "params": {"box_size_px": box, "rescaled_box_px": rescaled},
+                "inputs": {"coordinates": "@pick:coordinates", "micrographs": "@imp:micrographs"},
+            },
+            {
+                "key": "rec",
+                "protocol": "reconstruct.fourier",
+                "params": {"symmetry": symmetry},
+                "inputs": {"particles": "@ext:particles"},
+            },
+            # its own check opens the particles: it must not count as a problem
+            {
+                "key": "cls",
+                "protocol": "classify.class2d",
+                "inputs": {"particles": "@ext:particles"},
+            },
+        ]
+    )
+
+
+@pytest.mark.parametrize("run", [False, True])
+def test_downstream_runs_are_validated_at_import_without_their_inputs(project, run):
+    """Problems that only the protocols' own checks see (an odd box, a rescaled box
+    larger than the box, an unknown point group) in runs whose inputs are made by other
+    runs of the template: one message with all of them, nothing created, with or
+    without --run."""
+    import numpy as np
+
+    from hpcem.io import write_mrc
+
+    (project.path / "raw").mkdir()
+    for i in range(2):
+        image = np.random.default_rng(i).normal(size=(128, 128)).astype(np.float32)
+        write_mrc(project.path / "raw" / f"mic_{i}.mrc", image, 1.0)
+    bad = _downstream(box=127, rescaled=200, symmetry="Q2")
+    wf = check(bad, {}, project)  # types and ranges are fine: the template itself passes
+    with pytest.raises(ValidationError) as info:
+        instantiate(project, wf, run=run, workers=1)
+    problems = info.value.problems
+    assert any(
+        p.startswith("run ext: ") and "box_size_px must be even, got 127" in p for p in problems
+    )
+    assert any(
+        p.startswith("run ext: ") and "rescaled_box_px must be 0 or even" in p for p in problems
+    )
+    assert any(
+        p.startswith("run rec: ") and "'Q2' is not a supported point group" in p for p in problems
+    )
+    assert len(problems) == 3, problems  # nothing about inputs that do not exist yet
+    assert project.runs == []
+
+    if not run:  # the same template with good values is stored, every run saved
+        ids = instantiate(project, check(_downstream(), {}, project))
+        assert [project.run(i).state for i in ids.values()] == ["saved"] * 5
+        assert project.run(ids["ext"]).inputs["micrographs"] == [f"{ids['imp']}:micrographs"]
