@@ -114,6 +114,8 @@ def rotated_references_ft(
         else:
             part[...] = rotate_images(np.repeat(references[i][None], n_rot, axis=0), angles)
     rotated *= mask
+    if not len(rotated):  # no references (an MPI rank with no share of the classes)
+        return np.zeros((0, box, box // 2 + 1), np.complex64)
     return scipy.fft.rfft2(rotated, workers=-1)
 
 
@@ -121,7 +123,8 @@ def bank_from_ft(ft: np.ndarray, align_px: int) -> tuple[np.ndarray, np.ndarray]
     """The bank of :func:`reference_bank` from :func:`rotated_references_ft`'s rows
     (all, or a subset such as every other angle), cropped to box ``align_px``."""
     ft = crop_rfft(ft, align_px)
-    power = (np.abs(ft) ** 2 * hermitian_weights(align_px)).reshape(len(ft), -1)
+    power = np.abs(ft) ** 2 * hermitian_weights(align_px)
+    power = power.reshape(len(ft), align_px * (align_px // 2 + 1))
     return np.conj(ft).astype(np.complex64), power.astype(np.float32)
 
 

@@ -351,10 +351,24 @@ def classify(
         coarse_ft = align2d.crop_rfft(full_ft, coarse_px).astype(np.complex64)
         coarse_ctf2 = (align2d.crop_rfft(ctf_half, coarse_px) ** 2).reshape(n_local, -1)
         coarse_shift = max(1, int(np.ceil(max_shift_px * coarse_px / box)))
-        coarse_rows = (
-            np.arange(n_classes)[:, None] * len(angles) + np.arange(0, len(angles), factor)
-        ).ravel()
     del full_ft
+
+    def banks(references):
+        """The search banks (fine, and coarse when two-stage) of all classes: each rank
+        rotates its share of the classes (the same numbers whatever the ranks) and the
+        shares are gathered."""
+        lo, hi = shard(n_classes, comm.size, comm.rank)
+        rotated = align2d.rotated_references_ft(references[lo:hi], angles, mask)
+        coarse = None
+        if two_stage:
+            rows = np.arange(hi - lo)[:, None] * len(angles) + np.arange(0, len(angles), factor)
+            coarse = align2d.bank_from_ft(rotated[rows.ravel()], coarse_px)
+        parts = comm.allgather((align2d.bank_from_ft(rotated, align_px), coarse))
+        bank = np.concatenate([p[0][0] for p in parts])
+        power = np.concatenate([p[0][1] for p in parts])
+        if two_stage:
+            coarse = tuple(np.concatenate([p[1][i] for p in parts]) for i in (0, 1))
+        return bank, power, coarse
 
     rng = np.random.default_rng(seed)
     classes = rng.integers(0, n_classes, n_total)
@@ -392,11 +406,9 @@ def classify(
     converged = False
     iteration = 0
     for iteration in range(1, iterations + 1):
-        rotated = align2d.rotated_references_ft(references, angles, mask)
-        bank, power = align2d.bank_from_ft(rotated, align_px)
+        bank, power, coarse_bank = banks(references)
+        lap("references_s")
         if two_stage:
-            coarse_bank = align2d.bank_from_ft(rotated[coarse_rows], coarse_px)
-            lap("references_s")
             found = align2d.search_two_stage(
                 (coarse_ft, coarse_ctf2, *coarse_bank, coarse_shift),
                 (particles_ft, ctf2, bank, power, max_shift_align),
@@ -407,10 +419,8 @@ def classify(
             )
             cls, ang = found["class"], found["psi_deg"]
         else:
-            lap("references_s")
             found = align2d.align_particles(particles_ft, ctf2, bank, power, max_shift_align)
             cls, ang = align2d.refine_angle(found["scores"], found["index"], len(angles), step)
-        del rotated
         lap("search_s")
         parts = comm.allgather((cls, ang, found["shift"] * scale, found["score"]))
         new_classes = np.concatenate([p[0] for p in parts])
