@@ -52,6 +52,21 @@ def _um_to_A(v):
     return float(v) * 1e4
 
 
+def _one_based(v):
+    """A frame number counted from 1 (Scipion's ProtAlignMovies, RELION) as hpcem's 0-based."""
+    return max(int(v) - 1, 0)
+
+
+def _patches(v):
+    """MotionCor2's patches per side: 1 (or 0) is global alignment only, hpcem's 0."""
+    return int(v) if int(v) > 1 else 0
+
+
+def _all_if_negative(v):
+    """Xmipp's picking consensus: -1 = picked by every input (hpcem's min_agree 0)."""
+    return max(0, int(v))
+
+
 @dataclasses.dataclass(frozen=True)
 class Mapping_:
     """How one Scipion class maps: the hpcem protocol, inputs and parameters
@@ -63,13 +78,17 @@ class Mapping_:
     remark: str = ""
 
 
-_IMPORT_PARAMS = {
+# Parameter names and units were checked against the plugins' source (class, file,
+# version: docs/reproducibility.md, "Scipion workflows"); pwem is scipion-em 3.11.0.
+_IMPORT_PARAMS = {  # pwem protocol_import/base.py, images.py, micrographs.py
     "samplingRate": ("pixel_size_A", float),
     "voltage": ("voltage_kV", float),
     "sphericalAberration": ("spherical_aberration_mm", float),
     "amplitudeContrast": ("amplitude_contrast", float),
     "magnification": ("magnification", float),
 }
+#: pwem's ProtCTFMicrographs form (XmippProtCTFMicrographs, grigoriefflab's ProtCTFFind):
+#: defocus range in µm, resolution limits as digital frequency (0-0.5).
 _CTF_PARAMS = {
     "minDefocus": ("defocus_min_A", _um_to_A),
     "maxDefocus": ("defocus_max_A", _um_to_A),
@@ -77,10 +96,18 @@ _CTF_PARAMS = {
     "lowRes": ("res_low_A", "freq"),
     "highRes": ("res_high_A", "freq"),
 }
-_MOTION = Mapping_(
+#: cistem's and gctf's own forms (CistemProtCTFFind, ProtGctf): defocus and resolution in Å.
+_CTF_PARAMS_A = {
+    "minDefocus": ("defocus_min_A", float),
+    "maxDefocus": ("defocus_max_A", float),
+    "windowSize": ("tile_size_px", int),
+    "lowRes": ("res_low_A", "freq"),
+    "highRes": ("res_high_A", "freq"),
+}
+_MOTION = Mapping_(  # pwem ProtAlignMovies: alignFrame0 counts from 1
     "motion.align",
     {"inputMovies": "movies"},
-    {"alignFrame0": ("first_frame", int), "patchX": ("patches", int)},
+    {"alignFrame0": ("first_frame", _one_based)},
     "hpcem's own global/patch alignment",
 )
 _EXTRACT = Mapping_(
@@ -104,18 +131,29 @@ MAPPING: dict[str, Mapping_] = {
     ),
     "ProtImportMicrographs": Mapping_("import.micrographs", {}, dict(_IMPORT_PARAMS)),
     "ProtImportVolumes": Mapping_("import.volumes", {}, {"samplingRate": ("pixel_size_A", float)}),
-    "ProtMovieAlignment": _MOTION,
-    "XmippProtMovieCorr": _MOTION,
+    # Scipion 1.0's xmipp3 optical-flow alignment: alignFrame0 counts from 0
+    "ProtMovieAlignment": Mapping_(
+        "motion.align",
+        {"inputMovies": "movies"},
+        {"alignFrame0": ("first_frame", int)},
+        "hpcem's own global/patch alignment",
+    ),
+    "XmippProtMovieCorr": _MOTION,  # renamed XmippProtFlexAlign in xmipp3 (2022)
     "XmippProtFlexAlign": _MOTION,
-    "ProtMotionCorr": _MOTION,
-    "ProtRelionMotioncor": Mapping_(
+    "ProtMotionCorr": Mapping_(
+        "motion.align",
+        {"inputMovies": "movies"},
+        {"alignFrame0": ("first_frame", _one_based), "patchX": ("patches", _patches)},
+        "hpcem's own global/patch alignment",
+    ),
+    "ProtRelionMotioncor": Mapping_(  # its form has no alignFrame0: sumFrame0 (from 1)
         "relion.motioncorr",
         {"inputMovies": "movies"},
         {
             "patchX": ("patches_x", int),
             "patchY": ("patches_y", int),
             "bfactor": ("bfactor_px2", float),
-            "alignFrame0": ("first_frame", int),
+            "sumFrame0": ("first_frame", _one_based),
         },
     ),
     "ProtCTFFind": Mapping_(
@@ -127,10 +165,10 @@ MAPPING: dict[str, Mapping_] = {
     "CistemProtCTFFind": Mapping_(
         "ctf.estimate",
         {"inputMicrographs": "micrographs"},
-        _CTF_PARAMS,
+        _CTF_PARAMS_A,
         "hpcem's CTF estimation (CTFFIND-like search)",
     ),
-    "ProtGctf": Mapping_("ctf.estimate", {"inputMicrographs": "micrographs"}, _CTF_PARAMS),
+    "ProtGctf": Mapping_("ctf.estimate", {"inputMicrographs": "micrographs"}, _CTF_PARAMS_A),
     "XmippProtCTFMicrographs": Mapping_(
         "ctf.fit2d", {"inputMicrographs": "micrographs"}, _CTF_PARAMS
     ),
@@ -139,7 +177,12 @@ MAPPING: dict[str, Mapping_] = {
         {"inputCTF": "ctfs", "inputCTF2": "other_ctfs"},
         {"resolution": ("resolution_A", float)},
     ),
-    "XmippProtDogPicking": Mapping_("picking.dog", _PICK, {}),
+    "DogPickerProtPicking": Mapping_(  # scipion-em-appion's DoG picker
+        "picking.dog",
+        _PICK,
+        {"diameter": ("diameter_A", float), "invert": ("invert", bool)},
+        "hpcem's own DoG picker (its threshold is on another scale: not carried over)",
+    ),
     "SphireProtCRYOLOPicking": Mapping_(
         "picking.dog",
         _PICK,
@@ -157,7 +200,7 @@ MAPPING: dict[str, Mapping_] = {
     "XmippProtConsensusPicking": Mapping_(
         "picking.consensus",
         {"inputCoordinates": "coordinates"},
-        {"consensusRadius": ("radius_px", float), "consensus": ("min_agree", int)},
+        {"consensusRadius": ("radius_px", float), "consensus": ("min_agree", _all_if_negative)},
     ),
     "ProtRelionExtractParticles": _EXTRACT,
     "XmippProtExtractParticles": _EXTRACT,

@@ -139,3 +139,76 @@ def test_not_a_scipion_workflow():
         convert({"runs": []})
     with pytest.raises(DataFormatError, match="no hpcem equivalent"):
         convert([{"object.className": "ProtMonitorSummary", "object.id": "1"}])
+
+
+# Units and counting as the plugins' forms declare them (checked in their source; see
+# docs/reproducibility.md): pwem's ProtAlignMovies counts frames from 1 ("The first frame
+# is 1"), Scipion 1.0's ProtMovieAlignment from 0, ProtRelionMotioncor has sumFrame0 (from
+# 1) and no alignFrame0; cistem's and gctf's CTF forms take the defocus range and the
+# resolution limits in Å, pwem's (grigoriefflab's ProtCTFFind) in µm and digital frequency;
+# Xmipp's picking consensus -1 means "every input"; appion's DoG picker takes Å.
+PLUGIN_FORMS = [
+    {"object.className": "ProtImportMicrographs", "object.id": "1", "samplingRate": 1.0},
+    {"object.className": "ProtImportMovies", "object.id": "2", "samplingRate": 1.0},
+    {"object.className": "ProtMotionCorr", "object.id": "3", "alignFrame0": 3, "patchX": 1}
+    | {"inputMovies": "2.outputMovies"},
+    {"object.className": "XmippProtFlexAlign", "object.id": "4", "alignFrame0": 2}
+    | {"inputMovies": "2.outputMovies"},
+    {"object.className": "ProtMovieAlignment", "object.id": "5", "alignFrame0": 2}
+    | {"inputMovies": "2.outputMovies"},
+    {"object.className": "ProtRelionMotioncor", "object.id": "6", "sumFrame0": 2, "bfactor": 150}
+    | {"inputMovies": "2.outputMovies"},
+    {"object.className": "CistemProtCTFFind", "object.id": "7", "minDefocus": 5000.0}
+    | {"maxDefocus": 50000.0, "lowRes": 30.0, "highRes": 5.0}
+    | {"inputMicrographs": "1.outputMicrographs"},
+    {"object.className": "ProtGctf", "object.id": "8", "minDefocus": 5000.0}
+    | {"maxDefocus": 90000.0, "lowRes": 50.0, "highRes": 4.0}
+    | {"inputMicrographs": "1.outputMicrographs"},
+    {"object.className": "ProtCTFFind", "object.id": "9", "minDefocus": 0.25, "maxDefocus": 4.0}
+    | {"inputMicrographs": "1.outputMicrographs"},
+    {"object.className": "DogPickerProtPicking", "object.id": "10", "diameter": 140}
+    | {"invert": True, "threshold": 0.5, "inputMicrographs": "1.outputMicrographs"},
+    {"object.className": "XmippProtConsensusPicking", "object.id": "11", "consensus": -1}
+    | {"consensusRadius": 10, "inputCoordinates": ["10.outputCoordinates"]},
+]
+
+
+def test_units_and_counting_of_each_plugin_form(project):
+    doc, report = convert(PLUGIN_FORMS)
+    params = {r["key"]: r["params"] for r in doc["runs"]}
+    assert params["3"] == {"first_frame": 2, "patches": 0}  # frame 3 of 1.. is hpcem's 2
+    assert params["4"] == {"first_frame": 1}
+    assert params["5"] == {"first_frame": 2}  # already counted from 0
+    assert params["6"] == {"first_frame": 1, "bfactor_px2": 150.0}
+    assert params["7"] == {
+        "defocus_min_A": 5000.0,
+        "defocus_max_A": 50000.0,
+        "res_low_A": 30.0,
+        "res_high_A": 5.0,
+    }
+    assert params["8"]["defocus_max_A"] == 90000.0 and params["8"]["res_high_A"] == 4.0
+    assert params["9"] == {"defocus_min_A": pytest.approx(2500.0), "defocus_max_A": 40000.0}
+    assert params["10"] == {"diameter_A": 140.0, "invert": True}
+    assert params["11"] == {"radius_px": 10.0, "min_agree": 0}
+    assert "10 DogPickerProtPicking -> picking.dog: parameters not carried over: threshold" in (
+        "\n".join(report)
+    )
+    values = {"files_1": "mics/*.mrc", "files_2": "movies/*.tiff"}
+    check(doc, values, project)  # every converted value is in range for its protocol
+
+
+def test_the_documented_table_lists_every_mapped_class():
+    import re
+    from pathlib import Path
+
+    from hpcem.workflow.scipion import MAPPING
+
+    doc = (Path(__file__).parents[2] / "docs" / "reproducibility.md").read_text()
+    table = doc[doc.index("| Scipion class |") : doc.index("## Branches and diff")]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    documented = {}
+    for row in rows:
+        cells = row.split(" | ")
+        for cls in re.findall(r"`(\w+)`", cells[0]):
+            documented[cls] = cells[1].strip("` ")
+    assert documented == {cls: m.protocol for cls, m in MAPPING.items()}
