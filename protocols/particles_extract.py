@@ -75,7 +75,7 @@ def _ctf_rows(ctx) -> dict[int, int] | None:
 
 
 def _options(p: dict) -> dict:
-    return {
+    options = {
         "box_size_px": p["box_size_px"],
         "rescaled_box_px": p["rescaled_box_px"],
         "phase_flip": p["phase_flip"],
@@ -85,9 +85,13 @@ def _options(p: dict) -> dict:
         "dust_sd": p["dust_sd"],
         "invert_contrast": p["invert_contrast"],
         "edge": p["edge"],
-        # runs made before the parameter existed have no seed: the default
-        "seed": int(p.get("seed", DEFAULT_SEED)),
     }
+    if p["dust_sd"] > 0:
+        # Only dust removal draws random numbers: without it the steps (and their stored
+        # identities, so a continued run keeps its finished steps) do not depend on the
+        # seed. Runs made before the parameter existed have none: the default.
+        options["seed"] = int(p.get("seed", DEFAULT_SEED))
+    return options
 
 
 @contextlib.contextmanager

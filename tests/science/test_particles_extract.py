@@ -659,3 +659,7 @@ def test_seed_is_a_recorded_parameter_carried_by_every_step(project, tmp_path):
     old = {k: v for k, v in run.params.items() if k != "seed"}
     steps = ExtractParticles().steps(RunContext(project, run.id, old, run.inputs))
     assert {s.args["options"]["seed"] for s in steps if not s.controller} == {0}
+    # without dust removal nothing is random: the steps do not carry (depend on) the seed
+    plain = run.params | {"dust_sd": 0.0}
+    steps = ExtractParticles().steps(RunContext(project, run.id, plain, run.inputs))
+    assert all("seed" not in s.args["options"] for s in steps if not s.controller)
