@@ -111,3 +111,42 @@ def test_import_scipion_reports_what_is_not_mapped(tmp_path, project):
     assert "not imported: 99 ProtMonitorSummary" in result.output
     assert "parameters not carried over: patchY" in result.output
     assert [r.protocol for r in project.runs] == ["import.movies", "motion.align"]
+
+
+def test_import_refuses_a_bad_downstream_run_and_creates_nothing(tmp_path, project):
+    """A run two steps downstream with a parameter only its protocol's own check refuses
+    (an odd box): `workflow import` without --run lists it and creates nothing."""
+    import numpy as np
+
+    from hpcem.io import write_mrc
+
+    (project.path / "raw").mkdir()
+    write_mrc(project.path / "raw" / "mic.mrc", np.ones((64, 64), np.float32), 1.0)
+    doc = {
+        "format": "hpcem.workflow",
+        "schema_version": 1,
+        "runs": [
+            {
+                "key": "imp",
+                "protocol": "import.micrographs",
+                "params": {"files": "raw/*.mrc", "pixel_size_A": 1.0},
+            },
+            {
+                "key": "pick",
+                "protocol": "picking.dog",
+                "inputs": {"micrographs": "@imp:micrographs"},
+            },
+            {
+                "key": "ext",
+                "protocol": "particles.extract",
+                "params": {"box_size_px": 63},
+                "inputs": {"coordinates": "@pick:coordinates", "micrographs": "@imp:micrographs"},
+            },
+        ],
+    }
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(doc))
+    refused = _cli(["workflow", "import", str(project.path), str(wf)])
+    assert refused.exit_code != 0
+    assert "run ext: box_size_px must be even, got 63" in str(refused.exception)
+    assert project.runs == []
