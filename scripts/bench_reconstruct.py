@@ -14,11 +14,16 @@ file before any clock starts. Then, pinned to one CPU with one thread for BLAS/O
   resolution at FSC = 0.5 against the true volume.
 * ``insert_particles_per_s``: the kernel alone (transforms and CTFs ready) at box 96 and
   128.
-* ``mpi``: the whole step body (two half maps, full map, FSC, files) launched with
-  ``mpiexec.gforker`` (the localhost site) on 1 and on 2 ranks, unpinned; speed-up of
-  the wall time and of the insertion phase, and of the insertion's CPU time (one rank's
-  over the busiest rank's: the speed-up with a free core per rank, which a busy machine
-  cannot show in wall time). ``--mpi-n`` particles (default ``--n``).
+* ``mpi``: the whole step body (two half maps, full map, FSC, files) on 1 and on
+  ``--ranks`` ranks, unpinned, under ``srun --mpi=pmi2`` (site local-slurm) when the
+  local SLURM answers, else ``mpiexec.gforker`` (site localhost); ``--launcher`` chooses.
+  Speed-up of the wall time and of the insertion phase; the insertion's CPU time per
+  rank (one rank's over the busiest rank's: the speed-up with a free core per rank,
+  which a busy machine cannot show in wall time); the parallel fraction of the one-rank
+  run (Amdahl: insertion CPU seconds over the wall time, the rest — start-up, reading
+  the table, reduction, finishing the maps, FSC, files — being serial), the speed-up it
+  allows, and the one these runs would show with a free core per rank. ``--mpi-n``
+  particles (default ``--n``); ``--skip-serial`` runs only this part.
 
 Prints one JSON object. CPU seconds are given beside wall seconds since the shared test
 machine is busy.
@@ -146,18 +151,42 @@ def run_relion(folder: Path, sim: dict, stack: str) -> dict:
     return {"argv": argv, **took}
 
 
-def mpi_speedup(folder: Path, table: str, ranks: int) -> dict:
+def slurm_answers() -> bool:
+    """Whether the local SLURM answers (``sinfo``)."""
+    if shutil.which("sinfo") is None or shutil.which("srun") is None:
+        return False
+    try:
+        proc = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def mpi_speedup(folder: Path, table: str, ranks: int, launcher: str = "auto") -> dict:
+    """The whole step body on 1 and on ``ranks`` ranks under ``srun --mpi=pmi2`` (site
+    local-slurm; ``auto``: when SLURM answers) or ``mpiexec.gforker`` (site localhost).
+
+    Besides the wall times, the CPU seconds of the insertion on each rank (the part that
+    is split) give the parallel fraction of the one-rank run (Amdahl: insertion CPU over
+    wall) and the speed-up the same runs would show with a free core per rank:
+    one-rank wall over (its serial part + the busiest rank's insertion CPU)."""
     from hpcem.cluster.site import load_site
     from hpcem.execution.mpi import run_mpi_step
 
-    if shutil.which("mpiexec.gforker") is None:
-        return {"skipped": "mpiexec.gforker is not on PATH"}
-    site = load_site("localhost")
+    if launcher == "auto":
+        launcher = "srun" if slurm_answers() else "gforker"
+    if launcher == "srun":
+        site, how = load_site("local-slurm"), "srun --mpi=pmi2 -n R (site local-slurm)"
+    elif shutil.which("mpiexec.gforker") is None:
+        return {"skipped": "mpiexec.gforker is not on PATH and SLURM was not asked"}
+    else:
+        site, how = load_site("localhost"), "mpiexec.gforker -n R (site localhost)"
     options = {"symmetry": "C1", "pad": 2, "wiener": 0.001, "max_res_A": 0.0, "ctf": True}
     found = {}
     for r in (1, ranks):
         out = {k: str(folder / f"mpi{r}_{k}.mrc") for k in ("full", "half1", "half2")}
         out |= {"fsc": str(folder / f"mpi{r}_fsc.npz"), "plot": str(folder / f"mpi{r}.png")}
+        load = round(os.getloadavg()[0], 2)
         start = time.perf_counter()
         result = run_mpi_step(
             site,
@@ -172,10 +201,14 @@ def mpi_speedup(folder: Path, table: str, ranks: int) -> dict:
             "insert_cpu_s_per_rank": result["insert_cpu_s_per_rank"],
             "finish_s": result["finish_s"],
             "resolution_A": round(result["resolution_A"], 3),
+            "load_average_1min_before": load,
         }
     one, many = found[1], found[ranks]
+    parallel_s = one["insert_cpu_s_per_rank"][0]
+    serial_s = max(one["wall_s"] - parallel_s, 0.0)
+    fraction = parallel_s / one["wall_s"]
     return {
-        "launcher": "mpiexec.gforker (site localhost)",
+        "launcher": how,
         "ranks": ranks,
         "one_rank": one,
         "n_ranks": many,
@@ -183,10 +216,47 @@ def mpi_speedup(folder: Path, table: str, ranks: int) -> dict:
         "speedup_insert": round(one["insert_s"] / many["insert_s"], 2),
         # CPU seconds of the one rank over the busiest of the n ranks: the speed-up of the
         # insertion when every rank has a core of its own.
-        "speedup_insert_cpu": round(
-            one["insert_cpu_s_per_rank"][0] / max(many["insert_cpu_s_per_rank"]), 2
+        "speedup_insert_cpu": round(parallel_s / max(many["insert_cpu_s_per_rank"]), 2),
+        "parallel_fraction": round(fraction, 3),
+        "serial_s": round(serial_s, 3),
+        "amdahl_limit": round(1.0 / ((1.0 - fraction) + fraction / ranks), 2),
+        "speedup_free_cores": round(
+            one["wall_s"] / (serial_s + max(many["insert_cpu_s_per_rank"])), 2
         ),
     }
+
+
+def serial_part(report: dict, args, folder: Path, sim: dict, stack: str, volume, all_cpus):
+    """hpcem's full map and relion_reconstruct's on one pinned core, and the kernel's
+    insertion rate, into ``report``."""
+    if all_cpus:
+        os.sched_setaffinity(0, {min(all_cpus)})
+    start = _clock()
+    hpcem_full_map(stack, sim, str(folder / "hpcem.mrc"))
+    report["hpcem"] = _since(start)
+    report["hpcem"]["resolution_vs_truth_A"] = resolution_vs_truth(
+        str(folder / "hpcem.mrc"), volume.data, args.pixel_size_A
+    )
+    if not args.skip_relion and shutil.which("relion_reconstruct"):
+        relion = run_relion(folder, sim, stack)
+        relion["resolution_vs_truth_A"] = resolution_vs_truth(
+            str(folder / "relion.mrc"), volume.data, args.pixel_size_A
+        )
+        report["relion"] = relion
+        report["time_ratio_relion_over_hpcem"] = round(
+            relion["wall_s"] / report["hpcem"]["wall_s"], 2
+        )
+        report["cpu_ratio_relion_over_hpcem"] = round(
+            relion["cpu_s"] / max(report["hpcem"]["cpu_s"], 1e-9), 2
+        )
+    else:
+        report["relion"] = {"skipped": "relion_reconstruct not run"}
+    report["insert_particles_per_s"] = [
+        insertion_rate(96, 500, args.seed),
+        insertion_rate(128, 500, args.seed),
+    ]
+    if all_cpus:
+        os.sched_setaffinity(0, all_cpus)
 
 
 def main(argv=None) -> int:
@@ -201,6 +271,13 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-relion", action="store_true")
     ap.add_argument("--mpi-n", type=int, default=0, help="particles for the MPI part")
     ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument(
+        "--launcher",
+        choices=("auto", "srun", "gforker"),
+        default="auto",
+        help="MPI launcher of the MPI part (auto: srun when the local SLURM answers)",
+    )
+    ap.add_argument("--skip-serial", action="store_true", help="only the MPI part")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
 
@@ -211,58 +288,35 @@ def main(argv=None) -> int:
 
     all_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     volume = load_volume(None, args.pixel_size_A, args.box)
-    sim = simulate_particles(volume, args.n, snr=args.snr, seed=args.seed)
     report: dict = {
         "particles": args.n,
         "box_px": args.box,
         "pixel_size_A": args.pixel_size_A,
         "snr": args.snr,
         "nyquist_A": 2 * args.pixel_size_A,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "load_average_start": [round(v, 2) for v in os.getloadavg()],
     }
+    mpi_n = args.mpi_n or args.n
     with tempfile.TemporaryDirectory(prefix="bench-recon-") as tmp:
         folder = Path(tmp)
-        stack = str(write_mrc(folder / "particles.mrcs", sim["images"], args.pixel_size_A))
-        if all_cpus:
-            os.sched_setaffinity(0, {min(all_cpus)})
-        start = _clock()
-        hpcem_full_map(stack, sim, str(folder / "hpcem.mrc"))
-        report["hpcem"] = _since(start)
-        report["hpcem"]["resolution_vs_truth_A"] = resolution_vs_truth(
-            str(folder / "hpcem.mrc"), volume.data, args.pixel_size_A
-        )
-        if not args.skip_relion and shutil.which("relion_reconstruct"):
-            relion = run_relion(folder, sim, stack)
-            relion["resolution_vs_truth_A"] = resolution_vs_truth(
-                str(folder / "relion.mrc"), volume.data, args.pixel_size_A
-            )
-            report["relion"] = relion
-            report["time_ratio_relion_over_hpcem"] = round(
-                relion["wall_s"] / report["hpcem"]["wall_s"], 2
-            )
-            report["cpu_ratio_relion_over_hpcem"] = round(
-                relion["cpu_s"] / max(report["hpcem"]["cpu_s"], 1e-9), 2
-            )
-        else:
-            report["relion"] = {"skipped": "relion_reconstruct not run"}
-        report["insert_particles_per_s"] = [
-            insertion_rate(96, 500, args.seed),
-            insertion_rate(128, 500, args.seed),
-        ]
-        if all_cpus:
-            os.sched_setaffinity(0, all_cpus)
-        mpi_sim = sim
-        if args.mpi_n and args.mpi_n != args.n:
-            mpi_sim = simulate_particles(volume, args.mpi_n, snr=args.snr, seed=args.seed)
-            stack = str(write_mrc(folder / "mpi.mrcs", mpi_sim["images"], args.pixel_size_A))
+        if not args.skip_serial:
+            sim = simulate_particles(volume, args.n, snr=args.snr, seed=args.seed)
+            stack = str(write_mrc(folder / "particles.mrcs", sim["images"], args.pixel_size_A))
+            serial_part(report, args, folder, sim, stack, volume, all_cpus)
+        if args.skip_serial or mpi_n != args.n:
+            sim = simulate_particles(volume, mpi_n, snr=args.snr, seed=args.seed)
+            stack = str(write_mrc(folder / "mpi.mrcs", sim["images"], args.pixel_size_A))
         table = str(folder / "table.npz")
         write_table(
             table,
-            _table(mpi_sim, stack),
+            _table(sim, stack),
             {"pixel_size_A": args.pixel_size_A, "image_size_px": args.box},
         )
-        report["mpi"] = mpi_speedup(folder, table, args.ranks)
-        report["mpi"]["particles"] = len(mpi_sim["images"])
-    report["load_average_1min"] = round(os.getloadavg()[0], 2)
+        report["mpi"] = mpi_speedup(folder, table, args.ranks, args.launcher)
+        report["mpi"]["particles"] = mpi_n
+    report["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(report, indent=1))
     return 0
 

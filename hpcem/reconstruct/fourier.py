@@ -288,12 +288,37 @@ def _radius_grid(m: int) -> np.ndarray:
     return r
 
 
+@functools.lru_cache(maxsize=4)
+def _shells(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shell index (flat, intp) of each voxel of an (m, m, m//2+1) half-volume and the
+    number of voxels of each shell: what :func:`finish` needs for the shell means,
+    computed once per grid size (the three maps of a reconstruction share it)."""
+    shell = np.minimum(np.rint(_radius_grid(m)), m // 2 + 1).astype(np.intp).ravel()
+    counts = np.bincount(shell, None, m // 2 + 2)
+    shell.flags.writeable = False
+    counts.flags.writeable = False
+    return shell, counts
+
+
+@functools.lru_cache(maxsize=8)
+def _real_space_factor(box_px: int, padded_px: int, gridding: bool, edge_px: float):
+    """The gridding correction and the box's sphere in one factor (N, N, N) float32."""
+    factor = np.ones((box_px,) * 3, np.float32)
+    if gridding:
+        factor /= gridding_kernel(box_px, padded_px).astype(np.float32)
+    if edge_px > 0:
+        factor *= box_sphere(box_px, edge_px)
+    factor.flags.writeable = False
+    return factor
+
+
 def finish(
     acc: FourierAccumulator,
     wiener: float = 0.001,
     gridding_correction: bool = True,
     max_r_px: float | None = None,
     edge_px: float = EDGE_PX,
+    workers: int = -1,
 ) -> np.ndarray:
     """The real-space map (N, N, N) float32 of an accumulator (see the module doc).
 
@@ -301,31 +326,29 @@ def finish(
     ``max_r_px`` limits the map to that radius in pixels of the N-box transform;
     ``edge_px`` > 0 multiplies the map by the sphere inscribed in the box with a
     raised-cosine edge of that width (1 up to N/2 − edge_px, 0 from N/2 on), as RELION
-    masks its reconstructions outside the box's sphere; 0 keeps the corners."""
+    masks its reconstructions outside the box's sphere; 0 keeps the corners.
+    ``workers``: threads of the inverse FFT (-1: every core; the maps are finished on
+    one rank after the others are done, so the cores are free)."""
     if wiener < 0:
         raise ValidationError(f"wiener regularisation must be >= 0, got {wiener}")
     n, m = acc.box_px, acc.padded_px
     data, weight = _hermitian_x0(acc)
     radius = _radius_grid(m)
     limit = (n / 2) if max_r_px is None else min(max_r_px, n / 2)
-    shell = np.minimum(np.rint(radius), m // 2 + 1).astype(np.intp)
-    n_shells = m // 2 + 2
-    sums = np.bincount(shell.ravel(), weight.ravel(), n_shells)
-    counts = np.bincount(shell.ravel(), None, n_shells)
+    shell, counts = _shells(m)
+    sums = np.bincount(shell, weight.ravel(), len(counts))
     mean_w = sums / np.maximum(counts, 1)
-    denom = weight + wiener * mean_w[shell]
+    denom = weight
+    denom += (wiener * mean_w)[shell].reshape(weight.shape)
     ok = (radius <= limit * acc.pad) & (denom > 0)
     vol_ft = np.zeros(data.shape, dtype=np.complex64)
     np.divide(data, denom, out=vol_ft, where=ok, casting="unsafe")
-    padded = scipy.fft.irfftn(vol_ft, s=(m, m, m), workers=1)
+    padded = scipy.fft.irfftn(vol_ft, s=(m, m, m), workers=workers)
     # The centre is at voxel 0 (periodic): take the N-box around it without a full shift.
     lo = n // 2
     idx = np.arange(-lo, n - lo) % m
     volume = padded[np.ix_(idx, idx, idx)]
-    if gridding_correction:
-        volume = volume / gridding_kernel(n, m)
-    if edge_px > 0:
-        volume = volume * box_sphere(n, edge_px)
+    volume *= _real_space_factor(n, m, bool(gridding_correction), float(edge_px))
     return np.ascontiguousarray(volume, dtype=np.float32)
 
 

@@ -119,11 +119,48 @@ def _slurm_answers() -> str | None:
     return None if out.returncode == 0 else (out.stderr.strip() or "sinfo failed")
 
 
+def _step_placement(job: str, timeout_s: float = 30.0) -> list[tuple[int, list[str]]]:
+    """(tasks, node names) of each ``srun`` step of ``job`` from SLURM's accounting
+    (``sacct``), waiting for the records to arrive; the nodes listed by ``scontrol show
+    hostnames``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-j", job, "-o", "JobID,NTasks,NodeList"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        steps = [
+            line.split("|")
+            for line in out.splitlines()
+            if line.split("|")[0].split(".")[-1].isdigit() and "." in line.split("|")[0]
+        ]
+        if steps or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    found = []
+    for _, tasks, nodes in steps:
+        names = subprocess.run(
+            ["scontrol", "show", "hostnames", nodes],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split()
+        found.append((int(tasks or 0), names))
+    return found
+
+
 @pytest.mark.slurm
 @pytest.mark.slow  # ~5 s: a batch job
 def test_reconstruction_under_srun_on_two_nodes(tmp_path, sim):
     """The step body on 2 ranks, one per node (2 threads each fill a 2-core node), in a
-    batch job on the local SLURM; the map equals the one-process map."""
+    batch job on the local SLURM; SLURM's own accounting says the MPI step ran 2 tasks
+    on 2 different nodes; the map equals the one-process map."""
     why = _slurm_answers()
     if why:
         pytest.skip(f"local SLURM not answering ({why}); start it: bash scripts/start-slurm.sh")
@@ -177,6 +214,8 @@ def test_reconstruction_under_srun_on_two_nodes(tmp_path, sim):
     assert state.state is JobState.COMPLETED, (state, (tmp_path / "recon2.out").read_text())
     result = read_result(result_file)
     assert result["ranks"] == 2
+    placement = _step_placement(job)
+    assert [(tasks, len(set(nodes))) for tasks, nodes in placement] == [(2, 2)], placement
     a = read_image(serial["maps"]["full"])
     b = read_image(result["maps"]["full"])
     np.testing.assert_allclose(b, a, atol=1e-5 * float(np.abs(a).max()))
