@@ -212,7 +212,7 @@ def _cos_sin_from_tan_half(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _euler_to_pose(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
     """:func:`conventions.euler_to_cryosparc_pose`, ~6× faster: the same quaternion, its
     sines and cosines from tangents of half angles (numpy's float64 ``tan`` is vectorised,
-    its ``sin`` and ``cos`` are not). Equal to it to 1e-15 (tested)."""
+    its ``sin`` and ``cos`` are not). Equal to it to 1e-14 rad (tested)."""
     rot, tilt, psi = np.broadcast_arrays(
         np.asarray(rot_deg, dtype=np.float64),
         np.asarray(tilt_deg, dtype=np.float64),
@@ -238,7 +238,8 @@ def _euler_to_pose(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
 def _pose_to_euler(pose_rad) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`conventions.cryosparc_pose_to_euler` of ``(n, 3)`` poses, ~4× faster: the
     quaternion's half-angle sine and cosine from the tangent of a quarter of the angle.
-    Rows at gimbal lock go through the rotation matrix, as there. Equal to it to 1e-12°."""
+    Rows at gimbal lock go through the rotation matrix, as there. Equal to it to 1e-9°
+    (rot and psi near tilt 180°, where they are ill-conditioned; 1e-12° elsewhere)."""
     w = np.asarray(pose_rad, dtype=np.float64).reshape(-1, 3)
     theta = np.sqrt(np.einsum("ij,ij->i", w, w))
     qw, sin_half = _cos_sin_from_tan_half(np.tan(theta * 0.25))
@@ -553,11 +554,14 @@ class _OpticsRows:
     :func:`_write_table`) and whether every row has a finite value.
     """
 
-    def __init__(self, optics: Mapping[str, Any], group: np.ndarray, what: str):
+    def __init__(self, optics: Mapping[str, Any], group: np.ndarray, what: str, item: str):
         self.optics = optics
         ids = np.asarray(optics.get("optics_group", ()), dtype=np.int64)
         self.rows = None
-        if len(ids) == 0 or len(group) == 0:
+        if len(ids) == 0:
+            return
+        if len(group) == 0:
+            self.rows = self.used = np.zeros(0, dtype=np.int64)
             return
         lo, hi = int(min(ids.min(), group.min())), int(max(ids.max(), group.max()))
         if hi - lo > 4 * len(group) + 1024:  # sparse ids: a sorted search, not a table
@@ -571,7 +575,9 @@ class _OpticsRows:
             rows = table[group - lo]
         if np.any(rows < 0):
             bad = int(group[np.argmax(rows < 0)])
-            raise ValidationError(f"{what}: optics group {bad} of a row is not in the optics table")
+            raise ValidationError(
+                f"{what}: optics group {bad} of a {item} is not in the optics table"
+            )
         self.rows = rows
         self.used = np.unique(rows)
 
@@ -670,7 +676,7 @@ def write_particles_cs(
     extra = dict(extra or {})
     n = len(col["image"])
     group = col.get("optics_group", np.ones(n, dtype=np.int64)).astype(np.int64, copy=False)
-    per_row = _OpticsRows(optics, group, "write_particles_cs: particle")
+    per_row = _OpticsRows(optics, group, "write_particles_cs", "particle")
     psize, finite = per_row.values("pixel_size_A", np.nan)
     if not finite:
         raise ValidationError("write_particles_cs: the optics table needs pixel_size_A")
@@ -949,7 +955,7 @@ def write_micrographs_cs(
     extra = dict(extra or {})
     n = len(columns["image"])
     group = np.asarray(columns.get("optics_group", np.ones(n)), dtype=np.int64)
-    per_row = _OpticsRows(optics, group, "write_micrographs_cs: micrograph")
+    per_row = _OpticsRows(optics, group, "write_micrographs_cs", "micrograph")
     psize, finite = per_row.values("pixel_size_A", np.nan)
     if not finite:
         raise ValidationError("write_micrographs_cs: the optics table needs pixel_size_A")
