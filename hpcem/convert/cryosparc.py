@@ -826,8 +826,7 @@ def read_coordinates_cs(
     """
     from hpcem.convert.boxfiles import match_micrographs
 
-    data = load_cs(path)
-    names = data.dtype.names
+    names = load_cs(path, mmap=True).dtype.names  # the header only
     fields = (
         "location/micrograph_path",
         "location/center_x_frac",
@@ -835,12 +834,13 @@ def read_coordinates_cs(
         "location/micrograph_shape",
     )
     _require(path, names, fields, "a coordinate set")
-    n = len(data)
-    shape = np.asarray(data["location/micrograph_shape"]).reshape(n, -1)
+    data, runs = _read_fields(path, dict.fromkeys(names), runs=fields[:1])
+    n = len(data[fields[1]])
+    shape = data["location/micrograph_shape"].reshape(n, -1)
     yfrac = data["location/center_y_frac"]
     if flip_y:
         yfrac = cv.flip_y_frac(yfrac)
-    micrographs = _decode_paths(data["location/micrograph_path"], None)
+    micrographs = _paths_from_runs(*runs[fields[0]], n, None)
     cols: dict[str, Any] = {
         "micrograph_id": match_micrographs(path, micrographs, micrograph_names),
         "x": cv.cryosparc_frac_to_px(data["location/center_x_frac"], shape[:, 1]),
@@ -850,7 +850,7 @@ def read_coordinates_cs(
         cols["score"] = data["pick_stats/ncc_score"].astype(np.float64)
     extra = {
         "micrograph": micrographs,
-        **{k: np.asarray(data[k]) for k in names if k not in fields[1:3]},
+        **{k: data[k] for k in names if k not in fields[1:3]},
     }
     return Converted("hpcem.SetOfCoordinates", cols, {}, extra, os.fspath(path))
 

@@ -289,3 +289,37 @@ def test_unknown_optics_group_refused_before_the_file_is_made(tmp_path):
     with pytest.raises(ValidationError, match="CTF needs voltage_kV"):
         write_particles_cs(out, cols, optics)
     assert not out.exists()
+
+
+def test_coordinates_read_in_blocks_equal_np_load(tmp_path, small_blocks):
+    rng = np.random.default_rng(8)
+    n = 400
+    mics = [b"J3/motion/mic_%03d.mrc" % (i // 70) for i in range(n)]  # runs of 70 picks
+    dtype = [
+        ("uid", "<u8"),
+        ("location/micrograph_path", "S30"),
+        ("location/micrograph_shape", "<u4", (2,)),
+        ("location/center_x_frac", "<f4"),
+        ("location/center_y_frac", "<f4"),
+        ("pick_stats/ncc_score", "<f4"),
+    ]
+    table = np.zeros(n, dtype=dtype)
+    table["uid"] = np.arange(n)
+    table["location/micrograph_path"] = mics
+    table["location/micrograph_shape"] = [4096, 5760]
+    table["location/center_x_frac"] = rng.random(n)
+    table["location/center_y_frac"] = rng.random(n)
+    table["pick_stats/ncc_score"] = rng.random(n)
+    with open(tmp_path / "picks.cs", "wb") as fh:
+        np.save(fh, table)
+    names = {f"MotionCorr/mic_{i:03d}.mrc": 100 + i for i in range(6)}
+    conv = cryosparc.read_coordinates_cs(tmp_path / "picks.cs", micrograph_names=names)
+    assert conv.columns["micrograph_id"].tolist() == [100 + i // 70 for i in range(n)]
+    np.testing.assert_array_equal(
+        conv.columns["x"], table["location/center_x_frac"].astype(np.float64) * 5760
+    )
+    np.testing.assert_array_equal(
+        conv.columns["y"], table["location/center_y_frac"].astype(np.float64) * 4096
+    )
+    assert conv.extra["micrograph"].tolist() == [m.decode() for m in mics]
+    np.testing.assert_array_equal(conv.extra["location/micrograph_path"], mics)
