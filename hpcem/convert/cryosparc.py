@@ -14,6 +14,11 @@ angle in radians; classes and half sets are 0-based (hpcem's ``class_id`` and
 Every field hpcem has no column for is kept in ``Converted.extra`` under its ``.cs``
 name, and :func:`write_particles_cs` writes those back, so read -> write -> read keeps
 the whole file.
+
+Particle and pick files are read and written a block of rows at a time
+(:func:`_read_fields`, :func:`_write_table`): a field of a structured array is strided
+by the row size, so filling or copying a 1 M-row table field by field would cross memory
+once per field, while a block stays in cache. ``scripts/bench_convert.py`` times it.
 """
 
 from __future__ import annotations
@@ -106,23 +111,48 @@ def _field_words(rows: np.ndarray, name: str, buffer: np.ndarray) -> np.ndarray:
     return buffer[:m].view(np.uint64)
 
 
+def _empty_columns(n: int, dtypes: Mapping[str, tuple[Any, tuple[int, ...]]]) -> dict:
+    """Uninitialised ``n``-row columns (name -> (dtype, shape per row)), carved from one
+    allocation: twenty 4 MB arrays cost ~4× more page faults than one 80 MB buffer (numpy
+    asks for huge pages only above 4 MiB)."""
+    sizes = [
+        (n * np.dtype(dt).itemsize * int(np.prod(shape)) + 63) // 64 * 64
+        for dt, shape in dtypes.values()
+    ]
+    buffer = np.empty(sum(sizes), dtype=np.uint8)
+    out, offset = {}, 0
+    for (name, (dt, shape)), size in zip(dtypes.items(), sizes, strict=True):
+        out[name] = np.ndarray((n, *shape), dtype=dt, buffer=buffer, offset=offset)
+        offset += size
+    return out
+
+
 def _read_fields(
-    path: str | os.PathLike, fields: Mapping[str, Any], runs: tuple[str, ...] = ()
+    path: str | os.PathLike,
+    layout: np.ndarray,
+    fields: Mapping[str, Any],
+    runs: tuple[str, ...] = (),
+    scratch: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Contiguous copies of ``fields`` of a ``.cs`` file and the runs of equal ``runs`` values.
 
-    ``fields``: field name -> dtype of the copy (None: the file's). ``runs`` (byte-string
+    ``layout``: the file's :func:`load_cs` memory map (its dtype, length and offset; the
+    map itself is not read). ``fields``: field name -> dtype of the copy (None: the
+    file's); ``scratch``: more fields, the same way, in an allocation of their own (copies
+    the caller converts and drops, so that they do not keep the others' memory).
+    ``runs`` (byte-string
     fields such as ``blob/path``, never copied whole): ``(starts, values)``, the first row
     of each run of equal values and its value. The file is read once, a block of rows at
     a time into one reused buffer: no copy of the whole table is made (``np.load`` of a
     1 M-particle file allocates and fills 144 MB before a field is copied out).
     """
-    layout = load_cs(path, mmap=True)  # checks the header; the map itself is not read
     dtype, n, offset = layout.dtype, len(layout), layout.offset
-    del layout
     out = {}
-    for name, cast in fields.items():
-        out[name] = np.empty((n, *dtype[name].shape), dtype=cast or dtype[name].base)
+    for group in (fields, scratch or {}):
+        specs = {
+            name: (cast or dtype[name].base, dtype[name].shape) for name, cast in group.items()
+        }
+        out.update(_empty_columns(n, specs))
     heads = {name: np.empty(n, dtype=bool) for name in runs}
     found: dict[str, list] = {name: [] for name in runs}
     words_of = {
@@ -449,14 +479,22 @@ def read_particles_cs(
     The file is read in blocks of rows, each copied field by field while it is in cache
     (:func:`_read_fields`); the image paths are decoded once per run of equal paths.
     """
-    names = load_cs(path, mmap=True).dtype.names  # the header only
+    layout = load_cs(path, mmap=True)  # the header: names, rows, where they start
+    names = layout.dtype.names
     _require(path, names, REQUIRED_PARTICLE_FIELDS, "a particle set")
     if any(f in names for f in CTF_FIELDS):
         _require(path, names, CTF_FIELDS + _OPTICS_CTF_FIELDS, "the CTF of a particle")
-    wanted = {name: None for name in names if name != "blob/path"}
-    wanted["blob/idx"] = np.int32
-    data, runs = _read_fields(path, wanted, runs=("blob/path",))
-    n = len(data["blob/idx"])
+    prefix = _alignment_prefix(names)
+    consumed = set(_CONSUMED)
+    if prefix is not None:
+        consumed.update(f"{prefix}/{k}" for k in _ALIGN_CONSUMED)
+    kept = {name: None for name in names if name not in consumed}  # extra, as they are
+    kept["blob/idx"] = np.int32  # image_index
+    converted = {name: None for name in names if name in consumed and name not in kept}
+    del converted["blob/path"]  # decoded once per run instead
+    data, runs = _read_fields(path, layout, kept, runs=("blob/path",), scratch=converted)
+    n = len(layout)
+    del layout
     cols: dict[str, Any] = {
         "image": _paths_from_runs(*runs["blob/path"], n, root),
         "image_index": data["blob/idx"],
@@ -489,8 +527,6 @@ def read_particles_cs(
         _require(path, names, ("location/micrograph_path",), "micrograph_names")
         micrographs = _decode_paths(data["location/micrograph_path"], None)
         cols["micrograph_id"] = match_micrographs(path, micrographs, micrograph_names)
-    consumed = set(_CONSUMED)
-    prefix = _alignment_prefix(names)
     if prefix is not None:
         _require(path, names, (f"{prefix}/shift",), f"{prefix} poses")
         pose = data[f"{prefix}/pose"]
@@ -506,7 +542,6 @@ def read_particles_cs(
             cols["class_id"] = data[f"{prefix}/class"].astype(np.int32) + 1
         if f"{prefix}/split" in names:
             cols["half_set"] = data[f"{prefix}/split"].astype(np.int8) + 1
-        consumed.update(f"{prefix}/{k}" for k in _ALIGN_CONSUMED)
     else:
         best = _best_class_alignment(path, data, names, n)
         if best is not None:
@@ -579,7 +614,7 @@ class _OpticsRows:
                 f"{what}: optics group {bad} of a {item} is not in the optics table"
             )
         self.rows = rows
-        self.used = np.unique(rows)
+        self.used = np.flatnonzero(np.bincount(rows, minlength=len(ids)))  # rows in use
 
     def values(self, key: str, default: float) -> tuple[Any, bool]:
         """(function of a slice -> the rows' values of optics column ``key``, all finite)."""
@@ -826,7 +861,8 @@ def read_coordinates_cs(
     """
     from hpcem.convert.boxfiles import match_micrographs
 
-    names = load_cs(path, mmap=True).dtype.names  # the header only
+    layout = load_cs(path, mmap=True)  # the header: names, rows, where they start
+    names = layout.dtype.names
     fields = (
         "location/micrograph_path",
         "location/center_x_frac",
@@ -834,8 +870,9 @@ def read_coordinates_cs(
         "location/micrograph_shape",
     )
     _require(path, names, fields, "a coordinate set")
-    data, runs = _read_fields(path, dict.fromkeys(names), runs=fields[:1])
-    n = len(data[fields[1]])
+    data, runs = _read_fields(path, layout, dict.fromkeys(names), runs=fields[:1])
+    n = len(layout)
+    del layout
     shape = data["location/micrograph_shape"].reshape(n, -1)
     yfrac = data["location/center_y_frac"]
     if flip_y:
