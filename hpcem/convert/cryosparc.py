@@ -484,9 +484,14 @@ def read_particles_cs(
     _require(path, names, REQUIRED_PARTICLE_FIELDS, "a particle set")
     if any(f in names for f in CTF_FIELDS):
         _require(path, names, CTF_FIELDS + _OPTICS_CTF_FIELDS, "the CTF of a particle")
+    if "location/center_x_frac" in names:
+        _require(path, names, ("location/center_y_frac", "location/micrograph_shape"), "location")
+    if micrograph_names is not None:
+        _require(path, names, ("location/micrograph_path",), "micrograph_names")
     prefix = _alignment_prefix(names)
     consumed = set(_CONSUMED)
     if prefix is not None:
+        _require(path, names, (f"{prefix}/shift",), f"{prefix} poses")
         consumed.update(f"{prefix}/{k}" for k in _ALIGN_CONSUMED)
     kept = {name: None for name in names if name not in consumed}  # extra, as they are
     kept["blob/idx"] = np.int32  # image_index
@@ -514,7 +519,6 @@ def read_particles_cs(
         if "ctf/cross_corr_ctffind4" in names:
             cols["ctf_fit_score"] = data["ctf/cross_corr_ctffind4"].astype(np.float64)
     if "location/center_x_frac" in names:
-        _require(path, names, ("location/center_y_frac", "location/micrograph_shape"), "location")
         shape = data["location/micrograph_shape"].reshape(n, -1)
         yfrac = data["location/center_y_frac"]
         if flip_y:
@@ -524,11 +528,9 @@ def read_particles_cs(
     if micrograph_names is not None:
         from hpcem.convert.boxfiles import match_micrographs
 
-        _require(path, names, ("location/micrograph_path",), "micrograph_names")
         micrographs = _decode_paths(data["location/micrograph_path"], None)
         cols["micrograph_id"] = match_micrographs(path, micrographs, micrograph_names)
     if prefix is not None:
-        _require(path, names, (f"{prefix}/shift",), f"{prefix} poses")
         pose = data[f"{prefix}/pose"]
         if prefix == "alignments3D":
             cols["rot"], cols["tilt"], cols["psi"] = _poses_to_euler(pose.reshape(n, 3))
@@ -626,8 +628,9 @@ class _OpticsRows:
         return (lambda sl: table[rows[sl]]), finite
 
 
-def _uid_source(n: int) -> Any:
-    """Function of a slice of ``range(n)`` -> those rows' uids (see :func:`new_uids`)."""
+def _uid_source() -> Any:
+    """Function of a slice of rows -> those rows' uids (see :func:`new_uids`): a block at
+    a time, the same numbers as one call for all rows."""
     rng = np.random.default_rng()
     start, step = rng.integers(0, np.iinfo(np.uint64).max, size=2, dtype=np.uint64)
     step |= np.uint64(1)
@@ -645,7 +648,7 @@ def new_uids(n: int) -> np.ndarray:
     ``start + i × step`` modulo 2**64 with a random odd ``step``: distinct within the file
     by construction (an odd step is invertible modulo 2**64), random across files.
     """
-    return _uid_source(n)(slice(0, n))
+    return _uid_source()(slice(0, n))
 
 
 def _path_source(values: Any) -> tuple[np.dtype, Any]:
@@ -710,6 +713,12 @@ def write_particles_cs(
     col = {name: np.asarray(values) for name, values in columns.items()}
     extra = dict(extra or {})
     n = len(col["image"])
+    for name, values in col.items():
+        if values.ndim != 1 or len(values) != n:
+            raise ValidationError(
+                f"write_particles_cs: column '{name}' has shape {values.shape}, "
+                f"'image' has {n} rows"
+            )
     group = col.get("optics_group", np.ones(n, dtype=np.int64)).astype(np.int64, copy=False)
     per_row = _OpticsRows(optics, group, "write_particles_cs", "particle")
     psize, finite = per_row.values("pixel_size_A", np.nan)
@@ -719,7 +728,7 @@ def write_particles_cs(
     if "uid" in extra and len(np.asarray(extra["uid"])) == n:
         out["uid"] = (np.uint64, (), np.asarray(extra["uid"]))
     else:
-        out["uid"] = (np.uint64, (), _uid_source(n))
+        out["uid"] = (np.uint64, (), _uid_source())
     path_dtype, paths = _path_source(col["image"])
     out["blob/path"] = (path_dtype, (), paths)
     out["blob/idx"] = (np.uint32, (), col["image_index"])
@@ -806,6 +815,10 @@ def _alignment_fields(
     rot, tilt, psi = (col.get(k, zero) for k in ("rot", "tilt", "psi"))
     apix_name = f"{prefix}/psize_A"
     apix = np.asarray(extra[apix_name], np.float64) if apix_name in extra else None
+    if apix is not None and apix.ndim and apix.shape != (n,):
+        raise ValidationError(
+            f"write_particles_cs: extra '{apix_name}' has shape {apix.shape} for {n} particles"
+        )
 
     def pixel_size(sl: slice) -> np.ndarray:
         if apix is None:

@@ -284,8 +284,10 @@ def test_unknown_optics_group_refused_before_the_file_is_made(tmp_path):
     with pytest.raises(ValidationError, match="optics group 4 of a particle"):
         write_particles_cs(out, cols, optics)
     assert not out.exists()
-    del optics["voltage_kV"]
     cols["optics_group"][7] = 2
+    with pytest.raises(ValidationError, match=r"column 'tilt' has shape \(9,\), 'image' has 10"):
+        write_particles_cs(out, {**cols, "tilt": cols["tilt"][:9]}, optics)
+    del optics["voltage_kV"]
     with pytest.raises(ValidationError, match="CTF needs voltage_kV"):
         write_particles_cs(out, cols, optics)
     assert not out.exists()
