@@ -65,7 +65,7 @@ def validate_maps(
     if mode == "half_maps":
         threshold = F.HALF_MAP_THRESHOLD
         if m is not None:
-            res = F.masked_fsc_corrected(a, b, m, pixel_size_A)
+            res = F.masked_fsc_corrected(a, b, m, pixel_size_A, seed=options.get("seed", 0))
             freq = res["frequency"]
             for key in ("corrected", "unmasked", "masked", "phase_randomised_masked"):
                 curves[key] = res[key]
@@ -230,6 +230,14 @@ class ValidateFSC(Protocol):
             units="Å²",
             help="B-factor applied without auto_bfactor (negative sharpens).",
         ),
+        Param.int(
+            "seed",
+            0,
+            min=0,
+            max=2**31 - 1,
+            expert=1,
+            help="Seed of the phase randomisation of the masked FSC (same seed, same curve).",
+        ),
     )
     outputs = (
         Output("fsc", "hpcem.SetOfFSCs", help="FSC curves, the reported one first."),
@@ -264,6 +272,8 @@ class ValidateFSC(Protocol):
                 "bfactor_A2",
             )
         }
+        if p.get("seed", 0):  # only when set: runs made before the parameter keep their steps
+            options["seed"] = p["seed"]
         out = {
             "sharpened": ctx.relpath(str(ctx.run_dir / "sharpened.mrc")),
             "plot": ctx.relpath(str(ctx.run_dir / "fsc.png")),

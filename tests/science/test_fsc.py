@@ -141,13 +141,17 @@ def _volume_run(project, folder: Path, maps: list, halves: list[int]) -> str:
 def test_protocol_half_maps_masked_and_against_a_reference(project, tmp_path, halves, truth):
     vols = _volume_run(project, tmp_path / "h", [0.5 * (halves[0] + halves[1]), *halves], [0, 1, 2])
     run = lifecycle.create_run(
-        project, "validate.fsc", {"mask_radius_A": 70.0}, {"volumes": [vols]}
+        project, "validate.fsc", {"mask_radius_A": 70.0, "seed": 5}, {"volumes": [vols]}
     )
     lifecycle.launch(project, run.id, foreground=True)
     rec = project.run(run.id)
     assert rec.state == "finished", rec.error
     fsc = project.open_set(run.id, "fsc").read_columns()
     assert fsc["label"].tolist()[:2] == ["corrected", "unmasked"]
+    # the run's seed drives the phase randomisation: the same curve as the library's
+    mask = F.soft_sphere_mask(BOX, 70.0 / PIXEL_A, 12.0 / PIXEL_A)
+    seeded = F.masked_fsc_corrected(*halves, mask, PIXEL_A, seed=5)["corrected"]
+    np.testing.assert_allclose(fsc["fsc"][0], seeded, atol=1e-5)
     _, unmasked = F.fsc_curve(*halves, PIXEL_A)
     np.testing.assert_allclose(fsc["fsc"][1], unmasked, atol=1e-5)
     steps = {s["name"]: s for s in project.read_steps(run.id).to_records()}
