@@ -475,6 +475,13 @@ def take_over(project, run_id: int, attempt: int) -> int:
                 f"run {run_id}: requeued job {job_id} cannot take the run over ({exc})"
             ) from None
         attempt = run.attempt.number
+    host = socket.gethostname()
+    fields = {}
+    if run.attempt is not None and host != run.attempt.launcher_host:
+        # a batch job on a compute node: record the software the controller runs with
+        from hpcem.provenance.software import attempt_software
+
+        fields["software"] = attempt_software(run.protocol)
     try:
         project.transition(
             run_id,
@@ -482,9 +489,10 @@ def take_over(project, run_id: int, attempt: int) -> int:
             "running",
             attempt=attempt,
             pid=os.getpid(),
-            host=socket.gethostname(),
+            host=host,
             node=_node(),
             started=time.time(),
+            **fields,
         )
     except StateConflict as exc:
         raise FencedError(f"run {run_id}: attempt {attempt} cannot start ({exc})") from None
