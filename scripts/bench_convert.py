@@ -19,8 +19,9 @@ run), ``peak_rss_mb`` (the largest of the runs) and ``rss_before_mb``;
 ``star_read_vs_starfile`` (our read time / the starfile time, min and median, wall and
 CPU); the round-trip errors of each read against the columns written
 (``roundtrip_max_abs_error``: float columns; integer columns and image paths must be
-equal); the targets (3 s per STAR direction, 0.5 s per .cs direction, 1.5 GB) and
-whether each step's minimum met them.
+equal); the targets (3 s per STAR direction, 0.5 s per .cs direction, 1.5 GB) and whether each
+step met them (``targets_met``: by its minimum wall time, and by its minimum CPU time,
+the fair figure on a busy machine; memory either way).
 """
 
 from __future__ import annotations
@@ -239,16 +240,14 @@ def main(argv=None) -> int:
         }
     targets = {"star_s": 3.0, "cs_s": 0.5, "peak_rss_mb": 1536}
     result["targets"] = targets
-    met = {}
+    met: dict = {"wall_min": {}, "cpu_min": {}}
     for step in steps:
-        if "seconds" in result.get(step, {}):
+        if "seconds" in result.get(step, {}) and step != "starfile_read":
             limit = targets["cs_s"] if step.startswith("cs") else targets["star_s"]
-            if step != "starfile_read":
-                met[step] = (
-                    result[step]["seconds"]["min"] <= limit
-                    and result[step]["peak_rss_mb"] <= targets["peak_rss_mb"]
-                )
-    result["targets_met_by_min"] = met
+            memory_ok = result[step]["peak_rss_mb"] <= targets["peak_rss_mb"]
+            for key, clock in (("wall_min", "seconds"), ("cpu_min", "cpu_seconds")):
+                met[key][step] = result[step][clock]["min"] <= limit and memory_ok
+    result["targets_met"] = met
     print(json.dumps(result, indent=1))
     return 0
 
