@@ -115,6 +115,31 @@ def test_matching_finds_the_simulated_pose_and_shift(volume):
     assert np.median(np.hypot(*(local["shift"] - true_shift).T)) < 0.2
 
 
+def test_refinement_does_not_depend_on_the_threads():
+    """The two halves in one thread or two: the same poses and maps, bit for bit."""
+    small = load_volume(None, 7.0, 24)
+    sim = simulate_particles(small, 60, snr=0.2, seed=4, max_shift_px=1.0)
+    ctfs = relion_ctfs(
+        24, 7.0, sim["defocus_u"], sim["defocus_v"], sim["defocus_angle"], 300, 2.7, 0.1
+    )
+    runs = [
+        projmatch.refine(
+            sim["images"],
+            ctfs,
+            sim["half_set"],
+            small.data,
+            7.0,
+            iterations=3,
+            angular_step_deg=20.0,
+            initial_lowpass_A=30.0,
+            threads=t,
+        )
+        for t in (1, 2)
+    ]
+    for key in ("angles", "shift_px", "half1", "half2", "full", "fsc"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key])
+
+
 @pytest.mark.slow  # ~15 s on the busy 2-core machine
 def test_refinement_recovers_poses_and_resolution(volume):
     """300 particles at SNR 0.1 from the true map low-passed to 30 Å. Measured: median
