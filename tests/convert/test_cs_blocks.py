@@ -3,9 +3,10 @@
 The blocked writer must give exactly ``np.save``'s bytes of the whole table (built here
 field by field from the conventions), and the blocked reader ``np.load``'s values, with
 runs of equal paths across block boundaries, a path field at an odd offset and a width
-that is not a multiple of 8. The pose <-> Euler formulas used there (tangents of half
-angles) must equal :mod:`hpcem.convert.conventions` and scipy's rotations. Small blocks
-(64 rows) keep the files tiny while crossing many boundaries.
+that is not a multiple of 8. The Euler -> pose formula of the writer (tangents of half
+angles) must equal :mod:`hpcem.convert.conventions`' and scipy's rotations, and the
+reader's blocked pose -> Euler the conventions function. Small blocks (64 rows) keep the
+files tiny while crossing many boundaries.
 """
 
 from __future__ import annotations
@@ -42,12 +43,7 @@ def _angles(rng, n):
     return rot, tilt, psi
 
 
-def _wrapped(a, b):
-    d = np.abs(np.asarray(a) - np.asarray(b)) % 360.0
-    return np.minimum(d, 360.0 - d)
-
-
-def test_pose_formulas_equal_conventions_and_scipy():
+def test_pose_formulas_equal_conventions_and_scipy(small_blocks):
     rng = np.random.default_rng(11)
     rot, tilt, psi = _angles(rng, 4000)
     pose = cryosparc._euler_to_pose(rot, tilt, psi)
@@ -56,13 +52,11 @@ def test_pose_formulas_equal_conventions_and_scipy():
     # scipy: the pose is the rotation vector of RELION's matrix transposed (pyem's expmap)
     relion = Rotation.from_euler("ZYZ", np.c_[rot, tilt, psi], degrees=True).as_matrix()
     np.testing.assert_allclose(Rotation.from_rotvec(pose).as_matrix(), relion, atol=1e-12)
-    # back: equal to the conventions function, and the same rotation (scipy)
+    # back in blocks: the conventions function's angles, and the same rotations (scipy)
     extra = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 7.0], [1e-12, 0.0, 0.0], [3.0, -4.0, 5.0]])
     poses = np.concatenate([pose, extra])
-    ours = np.array(cryosparc._pose_to_euler(poses))
-    ref = np.array(cv.cryosparc_pose_to_euler(poses))
-    assert _wrapped(ours, ref).max() < 1e-9
-    assert np.all((ours[0] > -180) & (ours[0] <= 180) & (ours[2] > -180) & (ours[2] <= 180))
+    ours = np.array(cryosparc._poses_to_euler(poses))
+    np.testing.assert_array_equal(ours, np.array(cv.cryosparc_pose_to_euler(poses)))
     back = Rotation.from_euler("ZYZ", ours.T, degrees=True).as_matrix()
     np.testing.assert_allclose(back, Rotation.from_rotvec(poses).as_matrix(), atol=1e-9)
 
@@ -216,8 +210,7 @@ def test_blocked_read_equals_np_load(tmp_path, small_blocks, monkeypatch):
             assert conv.extra[name].flags.c_contiguous
     pose = raw["alignments3D/pose"].astype(np.float64)
     ref = np.array(cv.cryosparc_pose_to_euler(pose))
-    ours = np.array([conv.columns[k] for k in ("rot", "tilt", "psi")])
-    assert _wrapped(ours, ref).max() < 1e-9
+    np.testing.assert_array_equal([conv.columns[k] for k in ("rot", "tilt", "psi")], ref)
     np.testing.assert_allclose(conv.columns["shift_y"], raw["alignments3D/shift"][:, 1] * 1.5)
     np.testing.assert_array_equal(conv.columns["class_id"], raw["alignments3D/class"] + 1)
     # the same with one block for the whole file
