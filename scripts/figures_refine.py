@@ -116,7 +116,7 @@ def main() -> None:
         (
             ("true map", volume.data),
             (f"initial model ({INITIAL_LOWPASS_A:g} Å)", initial),
-            ("refined map", full),
+            ("refined map (unfiltered)", full),
         )
     ):
         ax = fig.add_subplot(grid[0, i])
@@ -125,7 +125,7 @@ def main() -> None:
         ax.axis("off")
     ax = fig.add_subplot(grid[0, 3])
     ax.hist(np.clip(errors, 0, 60), bins=30, color="tab:blue")
-    ax.set_xlabel("angular error vs the true pose (°, 60 = ≥ 60)")
+    ax.set_xlabel("angular error vs truth (°; ≥ 60 at 60)")
     ax.set_ylabel("particles")
     ax.set_title(f"median {np.median(errors):.1f}°", fontsize=9)
     ax = fig.add_subplot(grid[1, :])
