@@ -267,6 +267,17 @@ def _euler_to_pose(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
     return out
 
 
+def _poses_to_euler(pose_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`conventions.cryosparc_pose_to_euler` of ``(n, 3)`` poses, a block of rows at
+    a time (its dozen temporaries stay in cache instead of being 1 M-row arrays)."""
+    n = len(pose_rad)
+    angles = tuple(np.empty(n) for _ in range(3))
+    for sl in _blocks(n):
+        for out, values in zip(angles, cv.cryosparc_pose_to_euler(pose_rad[sl]), strict=True):
+            out[sl] = values
+    return angles
+
+
 def _require_files(path: Any, files: np.ndarray) -> None:
     """Refuse a set whose image files do not exist (checked once per distinct file)."""
     uniq = list(dict.fromkeys(files.tolist()))
@@ -410,37 +421,6 @@ def _optics_groups(
     return _group_table(path, group, props)
 
 
-def _rows_of(values: Any) -> Any:
-    """Function of a slice -> those rows of ``values`` (all of it when it is a scalar)."""
-    values = np.asarray(values)
-    return (lambda sl: values[sl]) if values.ndim else (lambda sl: values)
-
-
-def _fill_columns(n: int, derived: Mapping[Any, tuple[Any, Any]]) -> dict[str, np.ndarray]:
-    """Columns computed a block of rows at a time into one allocation.
-
-    ``derived``: a column name, or a tuple of names, -> (dtype, function of a slice giving
-    the rows' values, or a tuple of them). A conversion of whole 1 M-row columns makes a
-    few 8 MB temporaries each (every one a fresh mapping to fault in); per block they are
-    small and reused.
-    """
-    names = [name for key in derived for name in (key if isinstance(key, tuple) else (key,))]
-    dtypes = {
-        name: (dtype, ())
-        for key, (dtype, _) in derived.items()
-        for name in (key if isinstance(key, tuple) else (key,))
-    }
-    out = _empty_columns(n, dtypes)
-    for sl in _blocks(n):
-        for key, (_, values) in derived.items():
-            if isinstance(key, tuple):
-                for name, part in zip(key, values(sl), strict=True):
-                    out[name][sl] = part
-            else:
-                out[key][sl] = values(sl)
-    return {name: out[name] for name in names}
-
-
 def read_particles_cs(
     path: str | os.PathLike,
     root: str | os.PathLike | None = None,
@@ -501,75 +481,52 @@ def read_particles_cs(
         _require_files(path, cols["image"])
     group, optics = _optics_groups(path, data, names, n)
     cols["optics_group"] = group
-    # output column(s) -> (dtype, function of a block's slice giving their values)
-    derived: dict[Any, tuple[Any, Any]] = {}
-    pose = None
     if "ctf/df1_A" in names:
-        derived["defocus_u"] = (np.float64, _rows_of(data["ctf/df1_A"]))
-        derived["defocus_v"] = (np.float64, _rows_of(data["ctf/df2_A"]))
-        angle = data["ctf/df_angle_rad"]
-        derived["defocus_angle"] = (np.float64, lambda sl: cv.cryosparc_df_angle_to_deg(angle[sl]))
+        cols["defocus_u"] = data["ctf/df1_A"].astype(np.float64)
+        cols["defocus_v"] = data["ctf/df2_A"].astype(np.float64)
+        cols["defocus_angle"] = cv.cryosparc_df_angle_to_deg(data["ctf/df_angle_rad"])
         if "ctf/phase_shift_rad" in names:
-            phase = data["ctf/phase_shift_rad"]
-            derived["phase_shift"] = (
-                np.float64,
-                lambda sl: np.rad2deg(phase[sl].astype(np.float64)),
-            )
+            cols["phase_shift"] = np.rad2deg(data["ctf/phase_shift_rad"].astype(np.float64))
         if "ctf/ctf_fit_to_A" in names:
-            derived["ctf_fit_resolution"] = (np.float64, _rows_of(data["ctf/ctf_fit_to_A"]))
+            cols["ctf_fit_resolution"] = data["ctf/ctf_fit_to_A"].astype(np.float64)
         if "ctf/cross_corr_ctffind4" in names:
-            derived["ctf_fit_score"] = (np.float64, _rows_of(data["ctf/cross_corr_ctffind4"]))
+            cols["ctf_fit_score"] = data["ctf/cross_corr_ctffind4"].astype(np.float64)
     if "location/center_x_frac" in names:
         shape = data["location/micrograph_shape"].reshape(n, -1)
-        xfrac, yfrac = data["location/center_x_frac"], data["location/center_y_frac"]
-        flip = cv.flip_y_frac if flip_y else np.asarray
-        derived["coord_x"] = (
-            np.float64,
-            lambda sl: cv.cryosparc_frac_to_px(xfrac[sl], shape[sl, 1]),
-        )
-        derived["coord_y"] = (
-            np.float64,
-            lambda sl: cv.cryosparc_frac_to_px(flip(yfrac[sl]), shape[sl, 0]),
-        )
-    if prefix is not None:
-        pose = data[f"{prefix}/pose"]
-        apix = data[f"{prefix}/psize_A"] if f"{prefix}/psize_A" in names else data["blob/psize_A"]
-        shift = data[f"{prefix}/shift"].reshape(n, 2)
-        cls = data.get(f"{prefix}/class")
-        split = data.get(f"{prefix}/split")
-        if prefix == "alignments2D":
-            in_plane, pose = pose, None
-            derived["psi"] = (np.float64, lambda sl: cv.cryosparc_pose2d_to_psi(in_plane[sl]))
-        else:
-            pose = pose.reshape(n, 3)
-    else:
-        best = _best_class_alignment(path, data, names, n)
-        if best is not None:
-            prefix, pose, shift, apix, cls, split = best
-    if pose is not None:
-        derived["rot", "tilt", "psi"] = (
-            np.float64,
-            lambda sl: cv.cryosparc_pose_to_euler(pose[sl]),
-        )
-    if prefix is not None:
-        derived["shift_x"] = (
-            np.float64,
-            lambda sl: cv.cryosparc_shift_to_origin_A(shift[sl, 0], _rows_of(apix)(sl)),
-        )
-        derived["shift_y"] = (
-            np.float64,
-            lambda sl: cv.cryosparc_shift_to_origin_A(shift[sl, 1], _rows_of(apix)(sl)),
-        )
-        if cls is not None:
-            derived["class_id"] = (np.int32, lambda sl: cls[sl].astype(np.int32) + 1)
-        if split is not None:
-            derived["half_set"] = (np.int8, lambda sl: split[sl].astype(np.int8) + 1)
-    cols.update(_fill_columns(n, derived))
+        yfrac = data["location/center_y_frac"]
+        if flip_y:
+            yfrac = cv.flip_y_frac(yfrac)
+        cols["coord_x"] = cv.cryosparc_frac_to_px(data["location/center_x_frac"], shape[:, 1])
+        cols["coord_y"] = cv.cryosparc_frac_to_px(yfrac, shape[:, 0])
     if micrograph_names is not None:
         from hpcem.convert.boxfiles import match_micrographs
 
         micrographs = _decode_paths(data["location/micrograph_path"], None)
         cols["micrograph_id"] = match_micrographs(path, micrographs, micrograph_names)
+    if prefix is not None:
+        pose = data[f"{prefix}/pose"]
+        if prefix == "alignments3D":
+            cols["rot"], cols["tilt"], cols["psi"] = _poses_to_euler(pose.reshape(n, 3))
+        else:
+            cols["psi"] = cv.cryosparc_pose2d_to_psi(pose)
+        apix = data[f"{prefix}/psize_A"] if f"{prefix}/psize_A" in names else data["blob/psize_A"]
+        shift = data[f"{prefix}/shift"].reshape(n, 2)
+        cols["shift_x"] = cv.cryosparc_shift_to_origin_A(shift[:, 0], apix)
+        cols["shift_y"] = cv.cryosparc_shift_to_origin_A(shift[:, 1], apix)
+        if f"{prefix}/class" in names:
+            cols["class_id"] = data[f"{prefix}/class"].astype(np.int32) + 1
+        if f"{prefix}/split" in names:
+            cols["half_set"] = data[f"{prefix}/split"].astype(np.int8) + 1
+    else:
+        best = _best_class_alignment(path, data, names, n)
+        if best is not None:
+            prefix, pose, shift, apix, cls, split = best
+            cols["rot"], cols["tilt"], cols["psi"] = _poses_to_euler(pose)
+            cols["shift_x"] = cv.cryosparc_shift_to_origin_A(shift[:, 0], apix)
+            cols["shift_y"] = cv.cryosparc_shift_to_origin_A(shift[:, 1], apix)
+            cols["class_id"] = cls.astype(np.int32) + 1
+            if split is not None:
+                cols["half_set"] = split.astype(np.int8) + 1
     extra: dict[str, Any] = {name: data[name] for name in names if name not in consumed}
     extra["cs_alignments"] = prefix or ""
     return Converted("hpcem.SetOfParticles", cols, optics, extra, os.fspath(path))
