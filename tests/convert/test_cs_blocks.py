@@ -3,8 +3,8 @@
 The blocked writer must give exactly ``np.save``'s bytes of the whole table (built here
 field by field from the conventions), and the blocked reader ``np.load``'s values, with
 runs of equal paths across block boundaries, a path field at an odd offset and a width
-that is not a multiple of 8; the reader's columns computed block by block equal the
-conventions functions' of whole columns. The writer's Euler -> pose formula (tangents of
+that is not a multiple of 8; the reader's Euler angles, computed block by block, equal
+the conventions function's of the whole column. The writer's Euler -> pose formula (tangents of
 half angles) must equal :mod:`hpcem.convert.conventions`' and scipy's rotations. Small
 blocks (64 rows) keep the files tiny while crossing many boundaries.
 """
