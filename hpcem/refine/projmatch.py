@@ -26,9 +26,10 @@ change is below half the step; else after ``iterations``. The final map is the
 reconstruction of both halves together (the sum of their Fourier accumulators).
 
 The two halves run in ``threads`` threads (numpy's BLAS calls, FFTs and ufuncs release
-the interpreter lock); the result does not depend on it (tested bit for bit). On the
-shared, busy 2-core development machine no gain could be measured (400 particles,
-64 px: 8.4 s with one thread, 11.7 s with two, at a load of 4).
+the interpreter lock); the result does not depend on it (tested bit for bit). On 2 cores
+it gains nothing, since the BLAS matrix products of the search already use both
+(``scripts/bench_refine.py``, 400 particles of 64 px, 5 iterations: 9.5 s wall and
+17.5 s CPU with one thread, 9.4 s with two); it is there for larger nodes.
 """
 
 from __future__ import annotations
