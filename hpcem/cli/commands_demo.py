@@ -55,7 +55,7 @@ def _angle_error(a: float, b: float) -> float:
 @click.option(
     "--full",
     is_flag=True,
-    help="Go on to a 3D map: initial model, refine.projmatch, FSC (about 4-5 min on 2 cores).",
+    help="Go on to a 3D map: initial model, refine.projmatch, FSC (about 3 min on 2 cores).",
 )
 @click.option(
     "--iterations",
