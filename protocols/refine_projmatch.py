@@ -10,8 +10,8 @@ halving angular step after), and the half map is reconstructed by direct Fourier
 inversion; the FSC of the half maps sets the next low-pass
 (:mod:`hpcem.refine.projmatch`). ``register`` (controller) writes ``particles`` (the
 input with rot, tilt, psi, shift_x/y in Å with RELION 3.1's sign, half_set, and the
-pose's score in ``pose_score`` where the particle type has that field; the scores are
-in ``poses.npz`` in any case), ``volume``
+pose's score in ``pose_score``; the scores are also
+in ``poses.npz``), ``volume``
 (full map, half maps 1 and 2) and ``fsc`` (the final gold-standard curve, 0.143).
 
 Refused at validation (one message each): an unknown symmetry; particles without a CTF
@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 
 from hpcem.errors import HpcemError, ValidationError
-from hpcem.model.types import SET_TYPES
 from hpcem.protocol import Citation, Input, Output, Param, Protocol, Step
 from hpcem.provenance.seeds import DEFAULT_SEED, MAX_SEED
 
@@ -140,8 +139,7 @@ def register(ctx) -> dict:
     cols["shift_x"] = (-found["shift_px"][:, 0] * pixel).astype(np.float32)
     cols["shift_y"] = (-found["shift_px"][:, 1] * pixel).astype(np.float32)
     cols["half_set"] = found["half"].astype(np.int8)
-    if SCORE_FIELD in SET_TYPES["hpcem.SetOfParticles"].field_names:
-        cols[SCORE_FIELD] = found["score"].astype(np.float32)
+    cols[SCORE_FIELD] = found["score"].astype(np.float32)
     with ctx.create_set("particles", "hpcem.SetOfParticles") as writer:
         writer.set_optics(particles.optics)
         writer.append_columns(cols)

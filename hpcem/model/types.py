@@ -156,6 +156,14 @@ PARTICLE = ItemType(
         Field("weight", "float32", "", "per-particle weight", default=1.0),
         Field("half_set", "int8", "", "gold-standard half (1 or 2; 0 = unassigned)"),
         Field(
+            "pose_score",
+            "float32",
+            "",
+            "score of its pose, higher is better (projection matching: correlation with the "
+            "CTF-weighted projection over the projection's norm)",
+            default=0.0,
+        ),
+        Field(
             "edge_padded",
             "int8",
             "",

@@ -262,6 +262,10 @@ def test_protocol_refines_and_writes_particles_maps_and_fsc(project, tmp_path, v
     shift_err = np.hypot(cols["shift_x"] - true_shift_A[:, 0], cols["shift_y"] - true_shift_A[:, 1])
     assert np.median(shift_err) < PIXEL_A  # RELION 3.1 origin sign, in Å
     assert set(cols["half_set"].tolist()) == {1, 2}
+    # each particle's pose score is stored, and higher where the pose is right
+    score, err = cols["pose_score"], angular_errors_deg(found, sim["angles"])
+    assert np.all(np.isfinite(score)) and np.ptp(score) > 0
+    assert np.median(score[err < 10.0]) > np.median(score[err >= 10.0]) or np.all(err < 10.0)
     vols = project.open_set(run.id, "volume").read_columns()
     assert vols["half"].tolist() == [0, 1, 2]
     full = read_image(Path(project.path) / str(vols["image"][0]))
