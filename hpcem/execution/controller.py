@@ -4,7 +4,8 @@ One controller process per attempt is the only writer of the run's progress, and
 write it makes names its attempt: once a later attempt exists (or ``hpcem stop`` ended
 the run) the store refuses (``FencedError``) and this controller stops without writing
 more. It skips steps that already finished with the same identity (function +
-arguments), so ``continue`` redoes only what is missing or changed. It waits on futures
+arguments) when every step they depend on is skipped too, so ``continue`` redoes only
+what is missing or changed, and what consumed it. It waits on futures
 with a timeout (no fixed sleeps) and commits step records in batches: at most every
 ``COMMIT_INTERVAL_S`` while steps stream in, and at once when nothing else is running.
 
@@ -112,10 +113,18 @@ class Controller:
         results, rejections = {}, {}
         version = str(self.protocol.version)
         self.ids = {name: step_identity(s, version) for name, s in self.graph.steps.items()}
-        for name in self.graph.order:
+        kept: set[str] = set()
+        for name in self.graph.order:  # dependencies first
             step = self.graph.steps[name]
             old = stored.get(self.ids[name])
-            if old is not None and old["state"] in DONE_STATES:
+            # a finished step is kept only when every step it depends on is kept: one that
+            # runs again may write other files or results than this step consumed
+            if (
+                old is not None
+                and old["state"] in DONE_STATES
+                and all(d in kept for d in step.deps)
+            ):
+                kept.add(name)
                 rec = dict(old, name=name)
                 if rec["state"] == FINISHED:
                     results[name] = rec["result"]

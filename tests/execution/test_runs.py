@@ -85,17 +85,20 @@ def test_kill_9_shows_failed_and_continue_redoes_only_missing_steps(
             assert s["attempts"] == 1
 
 
-def test_changed_parameters_rerun_only_changed_steps(project, tmp_path, wait_for_run):
+def test_changed_parameters_rerun_changed_steps_and_their_dependants(
+    project, tmp_path, wait_for_run
+):
     out = tmp_path / "out"
     out.mkdir()
     run = lifecycle.create_run(project, "test.dag", {"out_dir": str(out), "sleep_s": 0.0})
     lifecycle.launch(project, run.id, foreground=True)
     assert project.run(run.id).state == "finished"
-    # b1/b2 depend on sleep_s; a and c do not: their identity is unchanged.
+    # b1/b2 depend on sleep_s; a and c do not: their identity is unchanged. a is kept;
+    # c consumed what b1 and b2 made, and they run again, so c runs again too.
     project.set_params(run.id, {"out_dir": str(out), "sleep_s": 0.1})
     lifecycle.continue_run(project, run.id, foreground=True)
     assert project.run(run.id).state == "finished"
-    assert [len(_records(out, n)) for n in ("a", "b1", "b2", "c")] == [1, 2, 2, 1]
+    assert [len(_records(out, n)) for n in ("a", "b1", "b2", "c")] == [1, 2, 2, 2]
 
 
 def test_failed_step_fails_run_with_reason_then_copy_and_restart(project, tmp_path, wait_for_run):
