@@ -127,6 +127,34 @@ class FourierAccumulator:
         return int(count)
 
 
+#: Tilt bands of the viewing-direction order (over the half sphere: 90° / 16 ≈ 5.6° each).
+ORDER_BANDS = 16
+
+
+def direction_order(rotations: np.ndarray, bands: int = ORDER_BANDS) -> np.ndarray:
+    """Indices that put particles (rotations (n, 3, 3)) in viewing-direction order.
+
+    Why: a particle's slice lies in the plane normal to its viewing direction (row 2 of
+    A, as the slice is ``Aᵀ (k_x, k_y, 0)``), whatever its in-plane angle. In random
+    order consecutive slices touch voxels far apart in the padded volume, which is much
+    larger than the caches, so the insertion waits on memory; in this order consecutive
+    slices overlap and the voxels they share are still cached. Measured (3,000 particles,
+    box 96, one process): kernel CPU 1.7–2.2 s random, 0.8–1.3 s in this order.
+
+    The order: the direction and its opposite give the same plane, so each is taken on
+    the upper half sphere (z >= 0); the half sphere is cut into ``bands`` tilt bands,
+    and the particles of a band go by azimuth, one band forwards, the next backwards
+    (a serpentine). The sort is stable: equal keys keep their order. Only the
+    summation order changes, so the sums agree to float rounding.
+    """
+    rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    d = rot[:, 2, :] * np.where(rot[:, 2, 2] < 0, -1.0, 1.0)[:, None]
+    tilt = np.arccos(np.clip(d[:, 2], -1.0, 1.0))
+    band = np.minimum((tilt * (2 * bands / math.pi)).astype(np.intp), bands - 1)
+    azimuth = np.arctan2(d[:, 1], d[:, 0])
+    return np.lexsort((np.where(band % 2 == 0, azimuth, -azimuth), band))
+
+
 def insert_slices_numpy(
     grid: np.ndarray,
     ft: np.ndarray,
@@ -422,19 +450,25 @@ def accumulate(
     batch: int = 256,
     use_kernel: bool = True,
 ) -> int:
-    """Insert ``images`` into ``acc`` in batches; returns the samples inserted."""
+    """Insert ``images`` into ``acc`` in batches; returns the samples inserted.
+
+    The particles go in viewing-direction order (:func:`direction_order`: the same sums
+    to float rounding, faster since consecutive slices share cached voxels)."""
     from hpcem.sim.projection import euler_matrices
 
     box = acc.box_px
     r = max_radius_px(box, pixel_size_A, max_res_A)
+    angles = np.asarray(angles_deg, dtype=np.float64).reshape(-1, 3)
+    shifts = np.asarray(shifts_A, dtype=np.float64).reshape(-1, 2)
+    rotations = euler_matrices(angles)
+    order = direction_order(rotations)
     count = 0
-    for start in range(0, len(images), batch):
-        stop = min(start + batch, len(images))
-        centres = particle_centres_px(shifts_A[start:stop], box, pixel_size_A)
-        ft = centred_transforms(images[start:stop], centres)
-        ctf = np.ones(ft.shape, np.float32) if ctfs is None else ctfs[start:stop]
-        rot = euler_matrices(angles_deg[start:stop])
-        count += insert_with_symmetry(acc, ft, ctf, rot, symmetry, r, use_kernel)
+    for start in range(0, len(order), batch):
+        part = order[start : start + batch]
+        centres = particle_centres_px(shifts[part], box, pixel_size_A)
+        ft = centred_transforms(images[part], centres)
+        ctf = np.ones(ft.shape, np.float32) if ctfs is None else ctfs[part]
+        count += insert_with_symmetry(acc, ft, ctf, rotations[part], symmetry, r, use_kernel)
     return count
 
 

@@ -3,7 +3,8 @@
 :func:`reconstruct_step` reads the particle table (an ``.npz`` written by the protocol's
 ``prepare`` step: stacks, indices, poses, shifts, CTFs, halves, optics), splits the rows
 into contiguous blocks, one per rank, inserts each block into two Fourier accumulators
-(half 1 and half 2, one array) with the ``backproject`` kernel, and sums them on rank 0
+(half 1 and half 2, one array) with the ``backproject`` kernel, a block of particles at a
+time in viewing-direction order (the insertion is memory-bound), and sums them on rank 0
 with one ``MPI.Reduce``. Rank 0 then finishes the two half maps and the full map (the sum
 of both halves' data and weights), computes the gold-standard FSC, writes the maps (MRC),
 the curve (``fsc.npz``) and the plot (PNG), and returns the result. With
@@ -23,6 +24,7 @@ from hpcem.reconstruct.fourier import (
     KERNEL,
     FourierAccumulator,
     centred_transforms,
+    direction_order,
     finish,
     insert_with_symmetry,
     max_radius_px,
@@ -49,8 +51,12 @@ TABLE_COLUMNS = (
     "spherical_aberration_mm",
     "amplitude_contrast",
 )
-#: Particles read, transformed and inserted together.
+#: Particles read and transformed together.
 BATCH = 256
+#: Memory (bytes) for one block of transforms and CTFs, sorted by viewing direction before
+#: insertion (at box 96: about 1,200 particles; sorting blocks of 1,000 gave nearly all
+#: the gain of sorting 3,000 at once, 256 little).
+BLOCK_BYTES = 64 * 2**20
 
 
 class _SerialComm:
@@ -93,16 +99,44 @@ def read_table(path: str) -> dict:
 def _insert_rows(
     accs: dict[int, FourierAccumulator], table: dict, rows: np.ndarray, options: dict
 ) -> int:
-    """Insert the particles ``rows`` of ``table`` into ``accs`` by half; read stack by stack."""
-    from hpcem.io.mrc import mmap_mrc
-
+    """Insert the particles ``rows`` of ``table`` into ``accs`` by half, a block at a time:
+    each block is read stack by stack, then inserted in viewing-direction order
+    (:func:`~hpcem.reconstruct.fourier.direction_order`: consecutive slices share cached
+    voxels, so the memory-bound insertion runs faster; the sums agree to float rounding)."""
     box = int(table["optics_image_size_px"])
     pixel = float(table["optics_pixel_size_A"])
     r = max_radius_px(box, pixel, options["max_res_A"])
-    stacks = table["stack"][rows]
+    # Transform (complex64) and CTF (float32) of one particle: 12 bytes a pixel.
+    block = max(BATCH, BLOCK_BYTES // (12 * box * (box // 2 + 1)))
     inserted = 0
+    for start in range(0, len(rows), block):
+        part = rows[start : start + block]
+        ft, ctf = _read_block(table, part, options, box, pixel)
+        angles = np.stack([table["rot"][part], table["tilt"][part], table["psi"][part]], axis=1)
+        rot = euler_matrices(angles)
+        order = direction_order(rot)
+        halves = table["half"][part][order]
+        for h, acc in accs.items():
+            sel = order[halves == h]
+            if len(sel):
+                insert_with_symmetry(acc, ft[sel], ctf[sel], rot[sel], options["symmetry"], r)
+        inserted += len(part)
+    return inserted
+
+
+def _read_block(
+    table: dict, part: np.ndarray, options: dict, box: int, pixel: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centred transforms (k, N, N//2+1) complex64 and CTFs (k, N, N//2+1) float32 of the
+    particles ``part`` of ``table``, in that order; read stack by stack, BATCH at a time."""
+    from hpcem.io.mrc import mmap_mrc
+
+    shape = (len(part), box, box // 2 + 1)
+    ft = np.empty(shape, np.complex64)
+    ctf = np.ones(shape, np.float32)
+    stacks = table["stack"][part]
     for stack in np.unique(stacks):
-        mine = rows[stacks == stack]
+        where = np.flatnonzero(stacks == stack)
         with mmap_mrc(str(stack)) as (_, data):
             if data.shape[-2:] != (box, box):
                 raise ValidationError(
@@ -111,43 +145,30 @@ def _insert_rows(
                 )
             if data.ndim == 2:
                 data = data[None]
-            for start in range(0, len(mine), BATCH):
-                part = mine[start : start + BATCH]
-                idx = table["image_index"][part].astype(np.intp)
+            for start in range(0, len(where), BATCH):
+                pos = where[start : start + BATCH]
+                rows = part[pos]
+                idx = table["image_index"][rows].astype(np.intp)
                 if idx.min() < 0 or idx.max() >= len(data):
                     raise ValidationError(
                         f"stack {stack}: image index {int(idx.max())} beyond its {len(data)} images"
                     )
                 images = np.asarray(data[idx], dtype=np.float32)
-                shifts = np.stack([table["shift_x"][part], table["shift_y"][part]], axis=1)
-                ft = centred_transforms(images, particle_centres_px(shifts, box, pixel))
+                shifts = np.stack([table["shift_x"][rows], table["shift_y"][rows]], axis=1)
+                ft[pos] = centred_transforms(images, particle_centres_px(shifts, box, pixel))
                 if options["ctf"]:
-                    ctf = relion_ctfs(
+                    ctf[pos] = relion_ctfs(
                         box,
                         pixel,
-                        table["defocus_u"][part],
-                        table["defocus_v"][part],
-                        table["defocus_angle"][part],
-                        table["voltage_kV"][part],
-                        table["spherical_aberration_mm"][part],
-                        table["amplitude_contrast"][part],
-                        table["phase_shift"][part],
+                        table["defocus_u"][rows],
+                        table["defocus_v"][rows],
+                        table["defocus_angle"][rows],
+                        table["voltage_kV"][rows],
+                        table["spherical_aberration_mm"][rows],
+                        table["amplitude_contrast"][rows],
+                        table["phase_shift"][rows],
                     )
-                else:
-                    ctf = np.ones(ft.shape, np.float32)
-                angles = np.stack(
-                    [table["rot"][part], table["tilt"][part], table["psi"][part]], axis=1
-                )
-                rot = euler_matrices(angles)
-                halves = table["half"][part]
-                for h, acc in accs.items():
-                    sel = halves == h
-                    if sel.any():
-                        insert_with_symmetry(
-                            acc, ft[sel], ctf[sel], rot[sel], options["symmetry"], r
-                        )
-                inserted += len(part)
-    return inserted
+    return ft, ctf
 
 
 def reconstruct_step(table: str, out: dict, options: dict, use_mpi: bool = True) -> dict | None:
