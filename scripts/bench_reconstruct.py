@@ -23,7 +23,11 @@ file before any clock starts. Then, pinned to one CPU with one thread for BLAS/O
   run (Amdahl: insertion CPU seconds over the wall time, the rest — start-up, reading
   the table, reduction, finishing the maps, FSC, files — being serial), the speed-up it
   allows, and the one these runs would show with a free core per rank. ``--mpi-n``
-  particles (default ``--n``); ``--skip-serial`` runs only this part.
+  particles (default ``--n``); ``--skip-serial`` skips the one-core part, ``--skip-mpi``
+  this one.
+* ``insertion_order``: the kernel's CPU seconds for ``--order-n`` (3,000) particles
+  inserted in random order and in viewing-direction order (what the step does), in one
+  process and in two processes at once (the memory-bound case of two ranks on a node).
 
 Prints one JSON object. CPU seconds are given beside wall seconds since the shared test
 machine is busy.
@@ -119,6 +123,55 @@ def insertion_rate(box: int, n: int, seed: int) -> dict:
         "particles_per_cpu_s": round(n / max(took["cpu_s"], 1e-9), 1),
         "backend": backend("backproject"),
     }
+
+
+def _order_trial(box: int, n: int, seed: int, barrier=None, queue=None) -> dict | None:
+    """Kernel CPU seconds of ``n`` particles in table (random) order and in
+    viewing-direction order; with ``barrier``, both trials start together with the
+    other process's, and the result goes to ``queue``."""
+    from hpcem.reconstruct.fourier import FourierAccumulator, direction_order
+    from hpcem.sim.projection import euler_matrices, random_orientations
+
+    rng = np.random.default_rng(seed)
+    ft = (rng.normal(size=(n, box, box // 2 + 1)) * (1 + 1j)).astype(np.complex64)
+    ctf = rng.uniform(-1, 1, ft.shape).astype(np.float32)
+    rot = euler_matrices(random_orientations(rng, n))
+    found = {}
+    for name, order in (("random", np.arange(n)), ("direction", direction_order(rot))):
+        f, c, r = ft[order], ctf[order], rot[order]  # copies made before the clock
+        acc = FourierAccumulator(box, 2)
+        acc.grid.fill(0.0)  # touch the pages before the clock too
+        if barrier is not None:
+            barrier.wait()
+        start = time.process_time()
+        acc.insert(f, c, r)
+        found[f"{name}_cpu_s"] = round(time.process_time() - start, 3)
+    found["speedup"] = round(found["random_cpu_s"] / found["direction_cpu_s"], 2)
+    if queue is None:
+        return found
+    queue.put(found)
+    return None
+
+
+def insertion_order(box: int, n: int, seed: int) -> dict:
+    """The kernel's CPU time for ``n`` particles inserted in random order and in
+    viewing-direction order (:func:`hpcem.reconstruct.fourier.direction_order`), in one
+    process and in two processes at once (the memory-bound case: they share the memory
+    bus and the last-level cache, as two MPI ranks on one node do)."""
+    import multiprocessing
+
+    report = {"box_px": box, "particles": n, "one_process": _order_trial(box, n, seed)}
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_order_trial, args=(box, n, seed + i, barrier, queue)) for i in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    report["two_processes_at_once"] = [queue.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return report
 
 
 def resolution_vs_truth(path: str, truth: np.ndarray, pixel: float) -> float:
@@ -277,7 +330,15 @@ def main(argv=None) -> int:
         default="auto",
         help="MPI launcher of the MPI part (auto: srun when the local SLURM answers)",
     )
-    ap.add_argument("--skip-serial", action="store_true", help="only the MPI part")
+    ap.add_argument("--skip-serial", action="store_true", help="skip the one-core part")
+    ap.add_argument("--skip-mpi", action="store_true", help="skip the MPI part")
+    ap.add_argument(
+        "--order-n",
+        type=int,
+        default=3000,
+        help="particles of the insertion-order trial (random vs viewing-direction order, "
+        "one process and two at once; 0 skips it)",
+    )
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
 
@@ -305,17 +366,20 @@ def main(argv=None) -> int:
             sim = simulate_particles(volume, args.n, snr=args.snr, seed=args.seed)
             stack = str(write_mrc(folder / "particles.mrcs", sim["images"], args.pixel_size_A))
             serial_part(report, args, folder, sim, stack, volume, all_cpus)
-        if args.skip_serial or mpi_n != args.n:
-            sim = simulate_particles(volume, mpi_n, snr=args.snr, seed=args.seed)
-            stack = str(write_mrc(folder / "mpi.mrcs", sim["images"], args.pixel_size_A))
-        table = str(folder / "table.npz")
-        write_table(
-            table,
-            _table(sim, stack),
-            {"pixel_size_A": args.pixel_size_A, "image_size_px": args.box},
-        )
-        report["mpi"] = mpi_speedup(folder, table, args.ranks, args.launcher)
-        report["mpi"]["particles"] = mpi_n
+        if args.order_n:
+            report["insertion_order"] = insertion_order(args.box, args.order_n, args.seed)
+        if not args.skip_mpi:
+            if args.skip_serial or mpi_n != args.n:
+                sim = simulate_particles(volume, mpi_n, snr=args.snr, seed=args.seed)
+                stack = str(write_mrc(folder / "mpi.mrcs", sim["images"], args.pixel_size_A))
+            table = str(folder / "table.npz")
+            write_table(
+                table,
+                _table(sim, stack),
+                {"pixel_size_A": args.pixel_size_A, "image_size_px": args.box},
+            )
+            report["mpi"] = mpi_speedup(folder, table, args.ranks, args.launcher)
+            report["mpi"]["particles"] = mpi_n
     report["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(report, indent=1))
     return 0

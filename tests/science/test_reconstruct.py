@@ -120,6 +120,66 @@ def test_accumulate_in_direction_order_equals_insertion_in_table_order():
     np.testing.assert_allclose(sorted_acc.grid, plain.grid, rtol=0, atol=1e-12 * scale)
 
 
+@pytest.mark.parametrize("max_open", [256, 2])
+def test_step_insertion_in_direction_order_equals_table_order(
+    tmp_path, volume, monkeypatch, max_open
+):
+    """The step's insertion (whole share sorted, or sorted by groups of ``max_open``
+    stacks, read batch by batch with the stacks open) equals inserting each half's
+    particles in table order: every image keeps its pose, shift, CTF and half."""
+    from hpcem.reconstruct import mpi
+
+    monkeypatch.setattr(mpi, "MAX_OPEN_STACKS", max_open)
+    monkeypatch.setattr(mpi, "BATCH", 16)
+    sim = simulate_particles(volume, 90, snr=1.0, seed=5)
+    n = len(sim["images"])
+    which = np.arange(n) % 5  # particles spread over 5 stacks, interleaved in the table
+    index = np.arange(n) // 5
+    paths = [
+        str(write_mrc(tmp_path / f"s{k}.mrcs", sim["images"][which == k], PIXEL_A))
+        for k in range(5)
+    ]
+    columns, _ = particle_columns(sim, "")
+    table = {
+        "stack": np.asarray([paths[k] for k in which]),
+        "image_index": index,
+        **{k: np.asarray(columns[k]) for k in ("rot", "tilt", "psi", "shift_x", "shift_y")},
+        **{k: np.asarray(columns[k]) for k in ("defocus_u", "defocus_v", "defocus_angle")},
+        "phase_shift": np.zeros(n),
+        "half": np.asarray(columns["half_set"]),
+        "voltage_kV": np.full(n, sim["voltage_kV"]),
+        "spherical_aberration_mm": np.full(n, sim["cs_mm"]),
+        "amplitude_contrast": np.full(n, sim["amplitude_contrast"]),
+        "optics_pixel_size_A": np.asarray(PIXEL_A),
+        "optics_image_size_px": np.asarray(float(BOX)),
+    }
+    options = {"symmetry": "C1", "pad": 2, "wiener": 0.001, "max_res_A": 0.0, "ctf": True}
+    accs = {h: fourier.FourierAccumulator(BOX, 2) for h in (1, 2)}
+    assert mpi._insert_rows(accs, table, np.arange(n), options) == n
+    centres = fourier.particle_centres_px(
+        np.stack([table["shift_x"], table["shift_y"]], axis=1), BOX, PIXEL_A
+    )
+    ft = fourier.centred_transforms(sim["images"], centres)
+    ctf = fourier.relion_ctfs(
+        BOX,
+        PIXEL_A,
+        table["defocus_u"],
+        table["defocus_v"],
+        table["defocus_angle"],
+        sim["voltage_kV"],
+        sim["cs_mm"],
+        sim["amplitude_contrast"],
+    )
+    rot = euler_matrices(sim["angles"])
+    for h in (1, 2):
+        plain = fourier.FourierAccumulator(BOX, 2)
+        sel = table["half"] == h
+        plain.insert(ft[sel], ctf[sel], rot[sel])
+        assert accs[h].n_particles == plain.n_particles == int(sel.sum())
+        scale = float(np.abs(plain.grid).max())
+        np.testing.assert_allclose(accs[h].grid, plain.grid, rtol=0, atol=1e-12 * scale)
+
+
 # --- accuracy against the truth -------------------------------------------------------
 
 
