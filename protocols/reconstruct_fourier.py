@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from hpcem.errors import HpcemError, ValidationError
+from hpcem.model.types import RECONSTRUCTION_FIELDS
 from hpcem.protocol import MPI, Citation, Input, Output, Param, Protocol, Step
 from hpcem.provenance.seeds import DEFAULT_SEED, MAX_SEED
 
@@ -52,21 +53,6 @@ DALCIN_2021 = Citation(
     "Status Update After 12 Years of Development}, journal = {Computing in Science & "
     "Engineering}, volume = {23}, pages = {47--54}, year = {2021}, "
     "doi = {10.1109/MCSE.2021.3083216}}",
-)
-_FIELDS = (
-    "image",
-    "image_index",
-    "rot",
-    "tilt",
-    "psi",
-    "shift_x",
-    "shift_y",
-    "defocus_u",
-    "defocus_v",
-    "defocus_angle",
-    "phase_shift",
-    "half_set",
-    "optics_group",
 )
 
 
@@ -144,13 +130,15 @@ def prepare(ctx, table: str, seed: int = 0) -> dict:
     from hpcem.reconstruct.mpi import write_table
 
     particles = ctx.input("particles")
-    cols = particles.read_columns(["id", *_FIELDS])
+    cols = particles.read_columns(["id", *RECONSTRUCTION_FIELDS])
     optics = particles.optics
     row_of = {int(g): i for i, g in enumerate(optics["optics_group"])}
     rows = np.asarray([row_of[int(g)] for g in cols["optics_group"]], dtype=np.intp)
     missing = ~np.isin(np.asarray(cols["half_set"]), (1, 2))
     halves = assign_halves(cols["id"], cols["half_set"], seed)
-    columns = {k: cols[k] for k in _FIELDS if k not in ("image", "half_set", "optics_group")}
+    columns = {
+        k: cols[k] for k in RECONSTRUCTION_FIELDS if k not in ("image", "half_set", "optics_group")
+    }
     columns["stack"] = [ctx.relpath(ctx.path(str(s))) for s in cols["image"]]
     columns["half"] = halves
     for key in ("voltage_kV", "spherical_aberration_mm", "amplitude_contrast"):

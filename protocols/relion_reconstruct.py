@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcem.errors import HpcemError
+from hpcem.model.types import RECONSTRUCTION_FIELDS
 from hpcem.protocol import Input, Output, Param, Protocol, Step
 from hpcem.relion import RELION_CITATIONS
 
@@ -33,21 +34,6 @@ STAR_NAME = "particles.star"
 #: Map name, ``--subset`` and ``half`` of each map a run makes.
 MAPS = {"full": (-1, 0), "half1": (1, 1), "half2": (2, 2)}
 _SYMMETRY_RE = re.compile(r"^(C\d+|D\d+|T|O|I[1-5]?)$", re.IGNORECASE)
-_PARTICLE_FIELDS = (
-    "image",
-    "image_index",
-    "rot",
-    "tilt",
-    "psi",
-    "shift_x",
-    "shift_y",
-    "defocus_u",
-    "defocus_v",
-    "defocus_angle",
-    "phase_shift",
-    "half_set",
-    "optics_group",
-)
 
 
 def write_particles(ctx, star: str, half_maps: bool) -> dict:
@@ -57,7 +43,7 @@ def write_particles(ctx, star: str, half_maps: bool) -> dict:
     from hpcem.convert.relion import write_particles as write_star
 
     particles = ctx.input("particles")
-    cols = particles.read_columns(list(_PARTICLE_FIELDS))
+    cols = particles.read_columns(list(RECONSTRUCTION_FIELDS))
     path = Path(ctx.path(star))
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = os.path.abspath(path.parent)

@@ -175,6 +175,24 @@ PARTICLE = ItemType(
     "A particle image with its CTF, position, orientation and class.",
 )
 
+#: The particle fields a reconstruction from known poses reads (hpcem's or RELION's): the
+#: image, its pose, its CTF, its half set and its optics group.
+RECONSTRUCTION_FIELDS = (
+    "image",
+    "image_index",
+    "rot",
+    "tilt",
+    "psi",
+    "shift_x",
+    "shift_y",
+    "defocus_u",
+    "defocus_v",
+    "defocus_angle",
+    "phase_shift",
+    "half_set",
+    "optics_group",
+)
+
 VOLUME = ItemType(
     "hpcem.Volume",
     "Volumes",

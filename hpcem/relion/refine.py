@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcem.errors import DataFormatError, HpcemError, ValidationError
+from hpcem.model.types import RECONSTRUCTION_FIELDS
 from hpcem.protocol import Param, Step
 from hpcem.relion.mpi import mpi_launcher
 
@@ -51,21 +52,7 @@ OUT_DIR = "refine"
 OUT_PREFIX = "run"
 #: Particle fields written for RELION: the image, its CTF, its pose (the centre of local
 #: searches; RELION ignores it in global searches) and the half set.
-STAR_FIELDS = (
-    "image",
-    "image_index",
-    "rot",
-    "tilt",
-    "psi",
-    "shift_x",
-    "shift_y",
-    "defocus_u",
-    "defocus_v",
-    "defocus_angle",
-    "phase_shift",
-    "half_set",
-    "optics_group",
-)
+STAR_FIELDS = RECONSTRUCTION_FIELDS
 #: Per-particle results read back from RELION's data STAR.
 POSE_FIELDS = ("rot", "tilt", "psi", "shift_x", "shift_y", "class_id")
 #: The step functions as runs record them (their first home; see the module's text).
